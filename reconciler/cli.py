@@ -1,0 +1,261 @@
+"""The `dms-reconciler` command line: a thin layer over `desired`, `reconcile` and `render`.
+
+Exit status follows Terraform: 0 success, 1 error or refusal, and with `plan --detailed-exitcode`
+2 when there are changes. Usage mistakes also exit 1, so 2 always means "changes". Every error is a
+message, never a traceback, and nothing printed holds a password or a hash.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from reconciler import __version__
+from reconciler.desired import load_desired
+from reconciler.errors import InvalidDesiredState, ReconcilerError, Severity
+from reconciler.reconcile import Target
+
+DEFAULT_FILE = "mailserver.yaml"
+DEFAULT_CONFIG_DIR = "docker-data/dms/config"
+DEFAULT_CRON_FILE = "docker-data/dms/cron/sa-learn"
+
+
+def _common(func: Any) -> Any:
+    """-f, --config-dir and --cron-file, each with an environment variable for the container."""
+    func = click.option("--cron-file", envvar="DMS_CRON_FILE", default=DEFAULT_CRON_FILE,
+                        show_default=True, help="The sa-learn cron file (bind-mounted to "
+                        "/etc/cron.d/sa-learn). Env: DMS_CRON_FILE.")(func)
+    func = click.option("--config-dir", envvar="DMS_CONFIG_DIR", default=DEFAULT_CONFIG_DIR,
+                        show_default=True, help="The DMS config volume. Env: DMS_CONFIG_DIR.")(func)
+    return func
+
+
+def _file_option(func: Any) -> Any:
+    return click.option("-f", "--file", "file", envvar="DMS_RECONCILER_FILE", default=DEFAULT_FILE,
+                        show_default=True, help="The desired-state file. Env: DMS_RECONCILER_FILE.")(func)
+
+
+def _err(message: str) -> None:
+    click.echo(f"dms-reconciler: error: {message}", err=True)
+
+
+def _colour() -> bool:
+    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="dms-reconciler")
+def cli() -> None:
+    """GitOps for docker-mailserver: validate, plan and apply mailserver.yaml to the DMS config volume."""
+
+
+@cli.command()
+@_file_option
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def validate(file: str, fmt: str) -> int:
+    """Check mailserver.yaml (schema and mail rules). Offline; needs no secrets."""
+    try:
+        loaded = load_desired(file)
+    except InvalidDesiredState as exc:
+        errors = [d for d in exc.diagnostics if d.severity is Severity.ERROR]
+        if fmt == "json":
+            click.echo(json.dumps({
+                "valid": False, "file": file,
+                "errors": [d.to_dict() for d in errors],
+                "warnings": [d.to_dict() for d in exc.diagnostics if d.severity is Severity.WARNING],
+            }, indent=2))
+        else:
+            for d in exc.diagnostics:
+                click.echo(d.format())
+            click.echo(f"{file}: {len(errors)} error{'s' if len(errors) != 1 else ''}; nothing was changed")
+        return 1
+    state = loaded.state
+    if fmt == "json":
+        click.echo(json.dumps({
+            "valid": True, "file": file, "errors": [],
+            "warnings": [d.to_dict() for d in loaded.warnings],
+            "summary": {
+                "domains": len(state.domains), "accounts": len(state.accounts),
+                "aliases": len(state.aliases), "catch_all": len(state.catch_all),
+                "devnull": len(state.devnull), "sa_learn": len(state.sa_learn),
+                "quarantine": state.quarantine is not None,
+            },
+        }, indent=2))
+    else:
+        for d in loaded.warnings:
+            click.echo(d.format(), err=True)
+        click.echo(f"{file} is valid: {state.summary()}.")
+    return 0
+
+
+@cli.command()
+@_file_option
+@_common
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text",
+              show_default=True)
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="Save the plan for `apply PLAN`.")
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
+@click.option("--prune", is_flag=True, envvar="DMS_RECONCILER_PRUNE",
+              help="Also delete entries this tool did not write.")
+@click.option("--offline", is_flag=True, help="Show unreadable password_file/password_env secrets "
+              "as '(sensitive, resolved at apply)' instead of failing (CI).")
+def plan(file: str, config_dir: str, cron_file: str, fmt: str, out: str | None,
+         detailed_exitcode: bool, prune: bool, offline: bool) -> int:
+    """Show what apply would change in the config volume. Writes nothing."""
+    from reconciler import render, saved_plan
+    from reconciler.reconcile import plan_once
+
+    target = Target(file, config_dir, cron_file, prune=prune, offline=offline)
+    planned = plan_once(target)
+    data = planned.plan.to_dict(desired=_desired_info(planned), volume=_volume_info(target))
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2))
+    elif fmt == "markdown":
+        click.echo(render.markdown(data))
+    else:
+        for warning in planned.loaded.warnings:
+            click.echo(warning.format(), err=True)
+        click.echo(render.text(data, colour=_colour()), nl=False)
+    if out:
+        saved_plan.save(out, planned, target, data)
+        if fmt == "text":
+            click.echo(f"\nSaved the plan to {out}. Apply exactly it with: dms-reconciler apply {out}")
+    if detailed_exitcode and planned.plan.has_changes:
+        return 2
+    return 0
+
+
+@cli.command()
+@_file_option
+@_common
+@click.argument("plan_file", metavar="[PLAN]", required=False, type=click.Path(dir_okay=False))
+@click.option("--allow-deletions", type=click.IntRange(min=0), default=None,
+              help="Allow a plan that deletes up to N accounts (overrides policy.max_deletions).")
+@click.option("--prune", is_flag=True, envvar="DMS_RECONCILER_PRUNE",
+              help="Also delete entries this tool did not write.")
+@click.option("--lock-timeout", type=float, default=120.0, show_default=True,
+              help="Seconds to wait for DMS's change-detector lock.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+def apply(file: str, config_dir: str, cron_file: str, plan_file: str | None,
+          allow_deletions: int | None, prune: bool, lock_timeout: float, fmt: str) -> int:
+    """Make the config volume match mailserver.yaml (or apply exactly a saved PLAN)."""
+    from reconciler import render, saved_plan
+    from reconciler.reconcile import apply_once
+
+    def waiting(message: str) -> None:
+        click.echo(message, err=True)
+
+    if plan_file:
+        applied, target = saved_plan.apply_saved(plan_file, allow_deletions=allow_deletions,
+                                                 lock_timeout=lock_timeout, on_wait=waiting)
+    else:
+        target = Target(file, config_dir, cron_file, prune=prune)
+        applied = apply_once(target, allow_deletions=allow_deletions, lock_timeout=lock_timeout,
+                             on_wait=waiting)
+    data = applied.planned.plan.to_dict(desired=_desired_info(applied.planned),
+                                        volume=_volume_info(target))
+    data["applied"] = {
+        "files_written": list(applied.result.written),
+        "attempts": applied.attempts,
+        "converged": applied.converged,
+        "carried_lines": applied.result.carried_lines,
+    }
+    if fmt == "json":
+        click.echo(json.dumps(data, indent=2))
+        return 0
+    if data["changes"]:
+        click.echo(render.text(data, colour=_colour()), nl=False)
+        click.echo("")
+    s = data["summary"]
+    if applied.result.written or data["changes"]:
+        files = ", ".join(applied.result.paths.get(n, n) if n == "cron" else n
+                          for n in applied.result.written) or "none"
+        click.echo(f"Apply complete! Entries: {s['add']} added, {s['change']} changed, "
+                   f"{s['destroy']} destroyed. Files written: {files}.")
+    else:
+        click.echo("No changes. The config volume matches mailserver.yaml; nothing was written.")
+    return 0
+
+
+@cli.command(name="export")
+@_common
+@click.option("-o", "--output", default=DEFAULT_FILE, show_default=True, type=click.Path(dir_okay=False),
+              help="Where to write the exported mailserver.yaml (created mode 0600: it holds hashes).")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--hostname", default=None, help="The DMS container's FQDN, recorded as `hostname`.")
+def export_cmd(config_dir: str, cron_file: str, output: str, force: bool, hostname: str | None) -> int:
+    """Write a mailserver.yaml that adopts an existing config volume (hashes kept)."""
+    from reconciler.desired import load_desired_bytes
+    from reconciler.export import dump_yaml, export_state
+    from reconciler.observe import observe
+
+    observed = observe(config_dir, cron_file)
+    exported = export_state(observed, hostname=hostname)
+    for warning in exported.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    if not exported.state.accounts:
+        raise ReconcilerError(f"{config_dir} has no account that can be adopted; DMS needs at least one")
+    text = dump_yaml(exported.state)
+    load_desired_bytes(text.encode(), output)  # what we write must validate
+    _write_private(output, text, force=force)
+    click.echo(f"Wrote {output}: {exported.state.summary()}. It holds password hashes (mode 0600).")
+    return 0
+
+
+def _write_private(path: str, text: str, *, force: bool) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_TRUNC if force else os.O_EXCL)
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise ReconcilerError(f"{path} exists; give another -o or --force to overwrite it") from None
+    except OSError as exc:
+        raise ReconcilerError(f"cannot write {path}: {exc.strerror}") from None
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+def _desired_info(planned: Any) -> dict[str, Any]:
+    return {"file": planned.loaded.filename, "sha256": planned.loaded.sha256}
+
+
+def _volume_info(target: Target) -> dict[str, Any]:
+    return {"config_dir": target.config_dir, "cron_file": target.cron_path}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the CLI and turn every failure into a message and an exit status."""
+    try:
+        code = cli.main(args=argv, prog_name="dms-reconciler", standalone_mode=False)
+    except click.exceptions.UsageError as exc:
+        exc.show()
+        code = 1
+    except click.exceptions.Abort:
+        _err("aborted")
+        code = 1
+    except click.ClickException as exc:
+        exc.show()
+        code = 1
+    except InvalidDesiredState as exc:
+        for d in exc.diagnostics:
+            click.echo(d.format(), err=True)
+        _err(f"{exc}; nothing was changed")
+        code = 1
+    except ReconcilerError as exc:
+        _err(str(exc))
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        _err("interrupted")
+        code = 130
+    except Exception as exc:  # a bug: say so in one line, never a traceback with local data
+        _err(f"internal error ({type(exc).__name__}); please report it. Set DMS_RECONCILER_DEBUG=1 "
+             "for details")
+        if os.environ.get("DMS_RECONCILER_DEBUG"):
+            import traceback
+
+            traceback.print_exc()
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

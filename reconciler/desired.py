@@ -1,0 +1,312 @@
+"""Load mailserver.yaml into a validated `DesiredState`, or into a list of positioned errors.
+
+Stage 1 of the pipeline. Three passes, all of which run so every error is reported at once:
+the YAML loader (syntax, duplicate keys, bombs), the JSON Schema (types, unknown keys, enums) and
+the mail-aware rules (`rules`). Schema messages are rewritten in a mail admin's words and never
+quote a password hash. Reads one file; writes nothing; needs no secrets.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+import jsonschema
+
+from reconciler import rules
+from reconciler.errors import Diagnostic, InvalidDesiredState, Severity
+from reconciler.model import (
+    QUARANTINE_KINDS,
+    Account,
+    Alias,
+    CatchAll,
+    DesiredState,
+    Learn,
+    PasswordEnv,
+    PasswordFile,
+    PasswordHash,
+    PasswordSource,
+    Policy,
+    Quarantine,
+    SaLearnJob,
+    normalise_targets,
+)
+from reconciler.yamlload import MAX_BYTES, Document, Path, YamlLoadError, format_path, load_yaml_bytes
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A valid desired state, the warnings found on the way, and the bytes it came from."""
+
+    state: DesiredState
+    warnings: tuple[Diagnostic, ...]
+    sha256: str
+    filename: str
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict[str, Any]:
+    """The JSON Schema shipped with the package (a copy of schema/mailserver.schema.json)."""
+    text = resources.files("reconciler").joinpath("mailserver.schema.json").read_text("utf-8")
+    return json.loads(text)  # type: ignore[no-any-return]
+
+
+@lru_cache(maxsize=1)
+def _validator() -> jsonschema.protocols.Validator:
+    cls = jsonschema.validators.validator_for(schema())
+    cls.check_schema(schema())
+    return cls(schema())
+
+
+def read_desired_bytes(path: str) -> bytes:
+    """Read the file with a size cap, so a 100 MB file is refused without loading it."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise InvalidDesiredState(
+            [Diagnostic(path, None, None, "", "file not found (give the path with -f)")]
+        ) from None
+    except IsADirectoryError:
+        raise InvalidDesiredState(
+            [Diagnostic(path, None, None, "", "is a directory, not a file")]
+        ) from None
+    except OSError as exc:
+        raise InvalidDesiredState(
+            [Diagnostic(path, None, None, "", f"cannot read the file: {exc.strerror}")]
+        ) from None
+    return data
+
+
+def load_desired(path: str) -> Loaded:
+    """Read, check and model `path`; raise `InvalidDesiredState` with every error found."""
+    return load_desired_bytes(read_desired_bytes(path), path)
+
+
+def load_desired_bytes(data: bytes, filename: str) -> Loaded:
+    import hashlib
+
+    try:
+        doc = load_yaml_bytes(data, filename)
+    except YamlLoadError as exc:
+        raise InvalidDesiredState(exc.diagnostics) from None
+    diagnostics = check_document(doc)
+    if any(d.severity is Severity.ERROR for d in diagnostics):
+        raise InvalidDesiredState(diagnostics)
+    return Loaded(
+        state=build_state(doc.value),
+        warnings=tuple(diagnostics),
+        sha256=hashlib.sha256(data).hexdigest(),
+        filename=filename,
+    )
+
+
+def check_document(doc: Document) -> list[Diagnostic]:
+    """Schema and mail rules on a loaded document; rules win where both flag the same place."""
+    from_rules = rules.check(doc)
+    ruled = {d.path for d in from_rules if d.severity is Severity.ERROR}
+    from_schema = [d for d in _schema_diagnostics(doc) if d.path not in ruled]
+    found = _dedupe(from_schema + from_rules)
+    return sorted(found, key=Diagnostic.sort_key)
+
+
+def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
+    seen: set[tuple[str, str]] = set()
+    out = []
+    for d in diagnostics:
+        if (d.path, d.message) not in seen:
+            seen.add((d.path, d.message))
+            out.append(d)
+    return out
+
+
+# --- JSON Schema errors, in a mail admin's words ------------------------------------------------
+
+_TYPE_WORDS = {
+    "object": "a mapping (key: value lines)",
+    "array": "a list",
+    "string": "a string",
+    "integer": "a whole number",
+    "boolean": "true or false",
+}
+_SENSITIVE = {"password_hash"}
+
+
+def _schema_diagnostics(doc: Document) -> list[Diagnostic]:
+    out: list[Diagnostic] = []
+    for error in _validator().iter_errors(doc.value):
+        out.extend(_translate(doc, error))
+    return out
+
+
+def _diag(doc: Document, path: Path, message: str, *, key: bool = False) -> Diagnostic:
+    line, column = doc.position(path, key=key)
+    return Diagnostic(doc.filename, line, column, format_path(path), message)
+
+
+def _translate(doc: Document, error: jsonschema.ValidationError) -> list[Diagnostic]:
+    """One schema error -> zero or more diagnostics (zero where a mail rule says it better)."""
+    path: Path = tuple(error.absolute_path)
+    kind = error.validator
+    sub = error.schema if isinstance(error.schema, dict) else {}
+    title = sub.get("title")
+    instance = error.instance
+    field = path[-1] if path else ""
+
+    if kind == "additionalProperties" and isinstance(instance, dict):
+        allowed = sorted(sub.get("properties", {}))
+        return [
+            _diag(doc, path + (k,), _unknown_key(k, allowed, path), key=True)
+            for k in instance
+            if k not in sub.get("properties", {})
+        ]
+    if kind == "required":
+        missing = [k for k in error.validator_value if k not in (instance or {})]
+        return [_diag(doc, path, _missing_key(k, path)) for k in missing]
+    if kind in ("propertyNames", "maxLength") or (kind == "pattern" and title in ("address", "domain")):
+        return []  # addresses and domains: `rules` explains exactly what is wrong
+    if kind == "pattern" and field in ("password_hash", "folder"):
+        return []  # `rules` checks these with friendlier messages
+    if kind == "oneOf" and title == "account":
+        return []  # password source count: `rules._check_passwords`
+    if kind == "oneOf":  # targets: one address or a list of them
+        if isinstance(instance, str) or (
+            isinstance(instance, list) and instance and all(isinstance(t, str) for t in instance)
+        ):
+            return []
+        if isinstance(instance, list) and not instance:
+            return [_diag(doc, path, "the target list is empty; give at least one address")]
+        return [_diag(doc, path, f"expected an address or a list of addresses, not {_what(instance)}")]
+    if field == "quota" or (kind in ("anyOf", "pattern", "const") and "quota" in path):
+        return [_diag(doc, path, "quota must be 0 (no limit) or a number with a unit B, k, M, G "
+                                 "or T, like 5G or 500M (k is lowercase)")]
+    if kind == "const" and path == ("version",):
+        return [_diag(doc, path, "version must be 1, the only format version this tool knows")]
+    if kind == "type":
+        wanted = error.validator_value
+        words = " or ".join(_TYPE_WORDS.get(w, w) for w in ([wanted] if isinstance(wanted, str) else wanted))
+        return [_diag(doc, path, f"expected {words}, not {_what(instance, field)}")]
+    if kind == "enum":
+        choices = ", ".join(str(c) for c in error.validator_value)
+        shown = f"'{instance}'" if isinstance(instance, str) else _what(instance)
+        return [_diag(doc, path, f"{shown} is not allowed here; use one of: {choices}")]
+    if kind == "minProperties" and path == ("accounts",):
+        return [_diag(doc, path, "at least one account is needed: DMS shuts the container down "
+                                 "when postfix-accounts.cf has none")]
+    if kind in ("minItems", "minProperties"):
+        return [_diag(doc, path, f"'{format_path(path)}' must not be empty")]
+    if kind == "uniqueItems":
+        return [_diag(doc, path, "lists the same value twice")]
+    if kind == "not" and path and path[0] == "sa_learn":
+        return [_diag(doc, path, "give either accounts or domains for an sa_learn job, not both "
+                                 "(neither means every account)")]
+    if kind == "minimum":
+        return [_diag(doc, path, f"must be {error.validator_value} or more")]
+    if kind == "pattern" and field == "password_env":
+        return [_diag(doc, path, "password_env must be an environment variable name "
+                                 "(letters, digits and _, not starting with a digit)")]
+    if kind == "pattern":
+        return [_diag(doc, path, f"'{instance}' has an invalid form" if field not in _SENSITIVE
+                      else "has an invalid form")]
+    return [_diag(doc, path, f"failed the schema's '{kind}' check")]
+
+
+def _what(value: Any, field: Any = "") -> str:
+    if field in _SENSITIVE:
+        return "that"
+    if isinstance(value, bool):
+        return f"{str(value).lower()} (true/false)"
+    if value is None:
+        return "an empty value"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return f"the string '{value[:60]}'"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _unknown_key(key: str, allowed: list[str], path: Path) -> str:
+    where = f"under '{format_path(path)}'" if path else "at the top level"
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    hint = f"; did you mean '{close[0]}'?" if close else f"; allowed: {', '.join(allowed)}"
+    return f"unknown key '{key}' {where}{hint}"
+
+
+def _missing_key(key: str, path: Path) -> str:
+    if not path and key == "accounts":
+        return ("missing `accounts`: at least one account is needed, DMS shuts the container "
+                "down without one")
+    if not path and key == "version":
+        return "missing `version: 1` (the format version) at the top of the file"
+    if not path and key == "domains":
+        return "missing `domains`: list every mail domain this server hosts"
+    return f"missing required key '{key}'"
+
+
+# --- building the model ---------------------------------------------------------------------------
+
+def build_state(doc: dict[str, Any]) -> DesiredState:
+    """A validated document -> the normalised, immutable model the planner consumes."""
+    accounts = tuple(
+        Account(address=address, password=_password(spec), quota=_quota(spec.get("quota")))
+        for address, spec in sorted(doc["accounts"].items())
+    )
+    aliases = tuple(
+        Alias(address, normalise_targets(targets))
+        for address, targets in sorted((doc.get("aliases") or {}).items())
+    )
+    catch_all = tuple(
+        CatchAll(domain, normalise_targets(targets))
+        for domain, targets in sorted((doc.get("catch_all") or {}).items())
+    )
+    quarantine = None
+    if doc.get("quarantine"):
+        q = doc["quarantine"]
+        kinds = q.get("kinds") or QUARANTINE_KINDS
+        quarantine = Quarantine(q["mailbox"], tuple(k for k in QUARANTINE_KINDS if k in kinds))
+    jobs = tuple(
+        SaLearnJob(
+            schedule=" ".join(job["schedule"].split()),
+            learn=Learn(job["learn"]),
+            folder=job["folder"],
+            accounts=tuple(sorted(set(job["accounts"]))) if "accounts" in job else None,
+            domains=tuple(sorted(set(job["domains"]))) if "domains" in job else None,
+        )
+        for job in doc.get("sa_learn") or []
+    )
+    policy_doc = doc.get("policy") or {}
+    return DesiredState(
+        version=doc["version"],
+        hostname=doc.get("hostname"),
+        domains=tuple(sorted(set(doc["domains"]))),
+        accounts=accounts,
+        aliases=aliases,
+        catch_all=catch_all,
+        devnull=tuple(sorted(set(doc.get("devnull") or []))),
+        quarantine=quarantine,
+        sa_learn=jobs,
+        policy=Policy(
+            prune=bool(policy_doc.get("prune", False)),
+            max_deletions=policy_doc.get("max_deletions"),
+        ),
+    )
+
+
+def _password(spec: dict[str, Any]) -> PasswordSource:
+    if "password_hash" in spec:
+        return PasswordHash(spec["password_hash"])
+    if "password_file" in spec:
+        return PasswordFile(spec["password_file"])
+    return PasswordEnv(spec["password_env"])
+
+
+def _quota(value: Any) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,333 @@
+"""Apply a plan to the config volume. Stage 5 of the pipeline and the only code that writes.
+
+The order is chosen so that a crash at any instant leaves every file whole (old or new) and the
+next apply converges:
+1. make new hashes (on every core) and render every file to bytes, before touching anything;
+2. take DMS's lock, and check that no file moved since it was observed (else: `VolumeChanged`);
+3. record in the state file what we own before and after (the union), so a crash mid-way never
+   turns an entry we wrote into an unmanaged one that would then be kept forever;
+4. write every file to a temp file beside it and fsync it, then rename them into place one by one,
+   keeping mode and owner; the cron file, a single-file bind mount, is rewritten in place;
+5. write the final state, release the lock.
+A writer that appends to a file (DMS's `setup` CLI uses `>>`) while we rename it would append to the
+old inode; we hold that inode open and carry such late lines over.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler import state as state_file
+from reconciler.errors import ReconcilerError, Refused, SecretError, VolumeError
+from reconciler.formats import accounts, aliases, amavis, cron, quotas, virtual
+from reconciler.lock import DmsLock
+from reconciler.observe import CRON, FileSnapshot, Observed, read_snapshot
+from reconciler.passwords import Secret, hash_many
+from reconciler.plan import FilePlan, PendingHash, Plan
+
+TEMP_MARK = ".dms-reconciler-"
+NEW_FILE_MODES = {accounts.FILENAME: 0o640, state_file.FILENAME: 0o600}
+WRITE_ORDER = (accounts.FILENAME, quotas.FILENAME, virtual.FILENAME, aliases.FILENAME,
+               amavis.FILENAME, CRON)
+
+
+class VolumeChanged(ReconcilerError):
+    """A file changed between observing and writing: the caller re-plans from fresh state."""
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    written: tuple[str, ...]  # logical names of the files written
+    paths: Mapping[str, str]  # logical name -> path
+    sha512: Mapping[str, str]  # logical name -> sha512 of what was written (DMS's checksum)
+    carried_lines: int = 0  # lines another writer appended while we renamed, carried over
+
+
+def check_safety(plan: Plan, *, allow_deletions: int | None) -> None:
+    """Refuse plans that delete too many accounts or would leave none (DMS would shut down)."""
+    limit = plan.deletion_limit if allow_deletions is None else allow_deletions
+    if plan.account_deletions > limit:
+        source = "--allow-deletions" if allow_deletions is not None else plan.deletion_limit_source
+        raise Refused(
+            f"the plan deletes {plan.account_deletions} account(s), more than {limit} "
+            f"({source}); nothing was written. Check the plan, then run apply with "
+            f"--allow-deletions {plan.account_deletions}"
+        )
+    final_accounts = next(f for f in plan.files if f.name == accounts.FILENAME)
+    if final_accounts.write and not final_accounts.content[0]:
+        raise Refused("the plan would leave postfix-accounts.cf without accounts, and DMS shuts "
+                      "down without one; nothing was written")
+
+
+def render_files(
+    plan: Plan,
+    *,
+    hasher: Callable[[Sequence[Secret]], list[str]] = hash_many,
+    unresolved_hash: Callable[[str], str] | None = None,
+) -> dict[str, bytes]:
+    """Bytes for every file the plan writes; new password hashes are made here."""
+    pending = sorted(plan.secrets)
+    made = dict(zip(pending, hasher([plan.secrets[a] for a in pending]), strict=True))
+
+    def hash_for(value: Any) -> str:
+        if not isinstance(value, PendingHash):
+            return str(value)
+        if value.address in made:
+            return made[value.address]
+        if unresolved_hash is not None:
+            return unresolved_hash(value.address)
+        raise SecretError(f"{value.address}: the password could not be read, so apply cannot "
+                          "hash it (planned with --offline?)")
+
+    out: dict[str, bytes] = {}
+    for fp in plan.files_to_write():
+        out[fp.name] = render_file(fp, hash_for).encode("utf-8", "surrogateescape")
+    return out
+
+
+def render_file(fp: FilePlan, hash_for: Callable[[Any], str]) -> str:
+    if fp.name == amavis.FILENAME:
+        return amavis.render(fp.content)
+    if fp.name == CRON:
+        lines, comments = fp.content
+        return cron.render(lines, comments=comments)
+    entries, comments, invalid = fp.content
+    if fp.name == accounts.FILENAME:
+        entries = [accounts.AccountLine(e.address, hash_for(e.password_hash), e.extra)
+                   for e in entries]
+        return accounts.render(entries, comments=comments, invalid=invalid)
+    codec = {quotas.FILENAME: quotas, virtual.FILENAME: virtual, aliases.FILENAME: aliases}[fp.name]
+    return codec.render(entries, comments=comments, invalid=invalid)  # type: ignore[no-any-return]
+
+
+def apply_plan(
+    plan: Plan,
+    observed: Observed,
+    contents: Mapping[str, bytes],
+    *,
+    lock_timeout: float = 120.0,
+    on_wait: Callable[[str], None] | None = None,
+) -> ApplyResult:
+    """Write `contents` (from `render_files`) under DMS's lock; see the module docstring."""
+    config_dir = observed.config_dir
+    by_name = {fp.name: fp for fp in plan.files}
+    todo = [name for name in WRITE_ORDER if name in contents
+            and contents[name] != observed.snapshots[name].data]
+    new_state = plan.ownership
+    if not new_state.plan_key:
+        new_state = state_file.Ownership(new_state.entries, new_state.owns_cron,
+                                         state_file.new_plan_key())
+    state_text = state_file.render(new_state).encode()
+    state_snap = observed.snapshots[state_file.FILENAME]
+    if not todo and state_snap.data == state_text:
+        return ApplyResult((), {}, {})
+
+    written: list[str] = []
+    sha512: dict[str, str] = {}
+    carried = 0
+    with DmsLock(config_dir, timeout=lock_timeout, on_wait=on_wait):
+        _remove_stale_temp_files(config_dir)
+        held: dict[str, int] = {}
+        staged: dict[str, str] = {}
+        try:
+            for name in todo:
+                snap = observed.snapshots[name]
+                held[name] = _open_and_check(snap, by_name[name].sha256_before)
+            if todo:
+                intent = observed.ownership.union(new_state)
+                _atomic_write(os.path.join(config_dir, state_file.FILENAME),
+                              state_file.render(intent).encode(), state_snap)
+            for name in todo:
+                if not by_name[name].in_place:
+                    staged[name] = _stage(observed.snapshots[name], contents[name])
+            for name in todo:
+                snap = observed.snapshots[name]
+                if by_name[name].in_place:
+                    _write_in_place(snap.path, contents[name])
+                else:
+                    _commit(staged.pop(name), snap.path)
+                    carried += _carry_late_appends(name, snap, held.get(name), contents[name])
+                written.append(name)
+                data = read_snapshot(snap.path).data or b""
+                sha512[name] = hashlib.sha512(data).hexdigest()
+            _atomic_write(os.path.join(config_dir, state_file.FILENAME), state_text,
+                          read_snapshot(os.path.join(config_dir, state_file.FILENAME)))
+        finally:
+            for fd in held.values():
+                if fd >= 0:
+                    os.close(fd)
+            for tmp in staged.values():
+                _unlink_quietly(tmp)
+    paths = {name: observed.snapshots[name].path for name in written}
+    return ApplyResult(tuple(written), paths, sha512, carried)
+
+
+def _open_and_check(snap: FileSnapshot, expected_sha256: str | None) -> int:
+    """Open the file we are about to replace and prove it is what we planned from.
+
+    The open descriptor is kept: after the rename, lines appended to this old inode by another
+    writer are still readable through it.
+    """
+    try:
+        fd = os.open(snap.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        if expected_sha256 is not None:
+            raise VolumeChanged(f"{snap.path} was deleted since it was read") from None
+        return -1
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise VolumeError(f"{snap.path} became a symlink; refusing to follow it") from None
+        raise VolumeError(f"cannot read {snap.path}: {exc.strerror}") from None
+    if hashlib.sha256(_read_all(fd)).hexdigest() != expected_sha256:
+        os.close(fd)
+        raise VolumeChanged(f"{snap.path} changed since it was read")
+    return fd
+
+
+def _carry_late_appends(name: str, snap: FileSnapshot, fd: int | None, new: bytes) -> int:
+    """Lines another writer appended to the old file after we checked it: append them to ours."""
+    if fd is None or fd < 0 or snap.data is None:
+        return 0
+    now = _read_all(fd)
+    if now == snap.data or not now.startswith(snap.data):
+        return 0
+    tail = now[len(snap.data):]
+    if not snap.data.endswith(b"\n") and not tail.startswith(b"\n"):
+        tail = b"\n" + tail
+    if not tail.endswith(b"\n"):
+        tail += b"\n"
+    _atomic_write(snap.path, new + tail, read_snapshot(snap.path))
+    return tail.count(b"\n")
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    offset = 0
+    while chunk := os.pread(fd, 1 << 20, offset):
+        chunks.append(chunk)
+        offset += len(chunk)
+    return b"".join(chunks)
+
+
+def _stage(snap: FileSnapshot, data: bytes) -> str:
+    """Write `data` to a temp file beside `snap.path`, with the old file's mode and owner."""
+    directory, base = os.path.split(snap.path)
+    tmp = os.path.join(directory, f".{base}{TEMP_MARK}{uuid.uuid4().hex[:12]}.tmp")
+    mode = snap.mode if snap.mode is not None else NEW_FILE_MODES.get(base, 0o644)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as exc:
+        raise VolumeError(_why(exc, snap.path)) from None
+    try:
+        os.fchmod(fd, mode)  # the umask must not loosen or tighten what the admin chose
+        if snap.uid is not None and (snap.uid, snap.gid) != (os.geteuid(), os.getegid()):
+            try:
+                os.fchown(fd, snap.uid, snap.gid if snap.gid is not None else -1)
+            except PermissionError:
+                pass  # not root: the file keeps our owner; its mode is still the old one
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError as exc:
+        os.close(fd)
+        _unlink_quietly(tmp)
+        raise VolumeError(_why(exc, snap.path)) from None
+    os.close(fd)
+    return tmp
+
+
+def _commit(tmp: str, path: str) -> None:
+    try:
+        if stat.S_ISLNK(os.lstat(path).st_mode):
+            raise VolumeError(f"{path} became a symlink; refusing to replace it")
+    except FileNotFoundError:
+        pass
+    try:
+        os.replace(tmp, path)
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        raise VolumeError(_why(exc, path)) from None
+    _fsync_dir(os.path.dirname(path))
+
+
+def _atomic_write(path: str, data: bytes, snap: FileSnapshot) -> None:
+    _commit(_stage(snap if snap.path == path else FileSnapshot(path, None), data), path)
+
+
+def _write_in_place(path: str, data: bytes) -> None:
+    """Rewrite keeping the inode: a single-file bind mount would not see a renamed file.
+
+    One pwrite, then truncate: the file is the old or the new content, except that a new text
+    shorter than the old one briefly has the old tail behind it.
+    """
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise VolumeError(f"the folder of the cron file {path} does not exist (give --cron-file)")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise VolumeError(_why(exc, path)) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise VolumeError(f"{path} is not a regular file; refusing to write it")
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+        os.fsync(fd)
+    except OSError as exc:
+        raise VolumeError(_why(exc, path)) from None
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory or ".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temp_files(config_dir: str) -> None:
+    """Temp files left by a killed apply (we hold the lock, so none is in use)."""
+    try:
+        names = os.listdir(config_dir)
+    except OSError:
+        return
+    for name in names:
+        if name.startswith(".") and TEMP_MARK in name and name.endswith(".tmp"):
+            _unlink_quietly(os.path.join(config_dir, name))
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _why(exc: OSError, path: str) -> str:
+    if exc.errno == errno.ENOSPC:
+        return f"the disk is full while writing {path}; the old file is intact"
+    if exc.errno == errno.EROFS:
+        return f"the config volume is read-only ({path}); the old file is intact"
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return f"no permission to write {path}; the old file is intact"
+    if exc.errno == errno.ELOOP:
+        return f"{path} is a symlink; refusing to follow it"
+    if exc.errno == errno.EDQUOT:
+        return f"disk quota exceeded while writing {path}; the old file is intact"
+    return f"cannot write {path}: {exc.strerror}; the old file is intact"

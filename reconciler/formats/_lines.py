@@ -1,0 +1,133 @@
+"""What every line-per-entry DMS file has in common.
+
+DMS drops blank lines and lines whose first non-blank character is `#`; there are no inline
+comments (`helpers/utils.sh:_get_valid_lines_from_file`). It turns CRLF into LF and appends a missing
+final newline itself, and the first of two lines with the same key is the one that counts. A codec
+parses a file into a `ParsedFile`: the entries by key (first wins), the user's comment lines, the
+lines it could not read (kept verbatim, never dropped), and problems with their line numbers.
+Rendering is canonical: our header, the user's comments, the entries in the order DMS's greps
+need, the unreadable lines, LF endings and one final newline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+E = TypeVar("E")
+
+HEADER = "# Managed by dms-reconciler from mailserver.yaml. Declared entries are overwritten, others are kept."
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Something odd in a file on the volume: reported in the plan, never fatal."""
+
+    line: int
+    message: str
+
+
+@dataclass(frozen=True)
+class ParsedFile(Generic[E]):
+    entries: dict[str, E]  # normalised key -> entry, in file order; the first of duplicates wins
+    comments: tuple[str, ...] = ()  # the user's comment lines (our header is not one of them)
+    invalid: tuple[str, ...] = ()  # lines no reader understands, kept as they are
+    problems: tuple[Problem, ...] = ()
+
+
+def logical_lines(text: str, *, continuation: bool = False) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line, CR stripped.
+
+    With `continuation`, a line starting with whitespace continues the previous one, as in
+    Postfix tables and aliases(5).
+    """
+    pending: tuple[int, str] | None = None
+    for number, raw in enumerate(text.split("\n"), start=1):
+        line = raw[:-1] if raw.endswith("\r") else raw
+        stripped = line.strip()
+        if not stripped:
+            continue
+        if stripped.startswith("#"):
+            if pending:
+                yield pending
+                pending = None
+            yield number, line
+            continue
+        if continuation and line[0].isspace() and pending is not None:
+            pending = (pending[0], pending[1] + " " + stripped)
+            continue
+        if pending:
+            yield pending
+        pending = (number, line)
+    if pending:
+        yield pending
+
+
+def is_comment(line: str) -> bool:
+    return line.lstrip().startswith("#")
+
+
+def parse_lines(
+    text: str,
+    read: Callable[[str], tuple[str, E] | tuple[str, E, str] | str],
+    *,
+    continuation: bool = False,
+    what: str = "entry",
+    header: str = HEADER,
+) -> ParsedFile[E]:
+    """Split `text` into entries with `read(line)`.
+
+    `read` returns `(key, entry)`, `(key, entry, warning)` for a readable but suspicious line, or
+    a sentence saying why the line cannot be read.
+    """
+    entries: dict[str, E] = {}
+    first_line: dict[str, int] = {}
+    comments: list[str] = []
+    invalid: list[str] = []
+    problems: list[Problem] = []
+    for number, line in logical_lines(text, continuation=continuation):
+        if is_comment(line):
+            if line.strip() != header:
+                comments.append(line.rstrip())
+            continue
+        result = read(line)
+        if isinstance(result, str):
+            invalid.append(line)
+            problems.append(Problem(number, result))
+            continue
+        key, entry = result[0], result[1]
+        if len(result) == 3:
+            problems.append(Problem(number, result[2]))  # type: ignore[misc]
+        if key in entries:
+            problems.append(
+                Problem(number, f"duplicate {what} '{key}' (first on line {first_line[key]}); "
+                                "only the first one is used")
+            )
+            continue
+        entries[key] = entry
+        first_line[key] = number
+    return ParsedFile(entries, tuple(comments), tuple(invalid), tuple(problems))
+
+
+def render_lines(
+    entries: Iterable[E],
+    line_of: Callable[[E], str],
+    *,
+    comments: Iterable[str] = (),
+    invalid: Iterable[str] = (),
+    header: str = HEADER,
+) -> str:
+    """Header, comments, entries (already in order), unreadable lines; LF and a final newline."""
+    out = [header, *comments, *(line_of(e) for e in entries), *invalid]
+    return "\n".join(out) + "\n"
+
+
+def grep_safe_order(address: str) -> tuple[int, int, str]:
+    """Sort key that puts each exact line before any longer line an unanchored grep could match.
+
+    DMS looks accounts and quotas up with `grep "<address>"` / `grep -i "<address>:"`, unanchored and
+    with `.` as a wildcard; it takes the first match. Shorter addresses first, and among equal
+    lengths more dots first, so `al@d` comes before `pal@d` and `a.b@d` before `axb@d`.
+    """
+    return (len(address), -address.count("."), address)

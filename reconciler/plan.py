@@ -1,0 +1,165 @@
+"""The plan: typed changes per entry, per file, and its versioned JSON form.
+
+A `Plan` is what `planner.make_plan` computes and what `executor` applies. Its JSON form
+(`to_dict`, `format_version`) is the machine contract for CI; the text and Markdown renderers
+read that same dictionary, so the human and machine views cannot disagree. Nothing in a plan's
+public form is a password or a hash: sensitive values are shown as `(sensitive)`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from reconciler import __version__
+from reconciler.passwords import Secret
+from reconciler.state import Ownership
+
+FORMAT_VERSION = "1.0"
+SENSITIVE = "(sensitive)"
+RESOLVED_AT_APPLY = "(sensitive, resolved at apply)"
+
+
+class Action(str, Enum):
+    CREATE = "create"
+    UPDATE = "update"
+    DELETE = "delete"
+
+
+class Kind(str, Enum):
+    ACCOUNT = "account"
+    QUOTA = "quota"
+    ALIAS = "alias"
+    CATCH_ALL = "catch_all"
+    DEVNULL = "devnull"
+    SELF_ALIAS = "self_alias"
+    LOCAL_ALIAS = "local_alias"
+    QUARANTINE = "quarantine"
+    SA_LEARN = "sa_learn"
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry that apply creates, updates or deletes."""
+
+    file: str  # logical file name: postfix-accounts.cf ... amavis.cf, or "cron"
+    kind: Kind
+    key: str
+    action: Action
+    before: Mapping[str, Any] | None = None  # display values; secrets already masked
+    after: Mapping[str, Any] | None = None
+    reason: str = ""
+    details: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "kind": self.kind.value,
+            "key": self.key,
+            "actions": [self.action.value],
+            "before": dict(self.before) if self.before is not None else None,
+            "after": dict(self.after) if self.after is not None else None,
+            "reason": self.reason,
+            "details": list(self.details),
+        }
+
+
+@dataclass(frozen=True)
+class Unmanaged:
+    """An entry on the volume that mailserver.yaml does not declare and this tool did not write."""
+
+    file: str
+    kind: Kind
+    key: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"file": self.file, "kind": self.kind.value, "key": self.key}
+
+
+@dataclass(frozen=True)
+class PendingHash:
+    """Stands for the `{SHA512-CRYPT}` hash apply will make for a new or changed secret."""
+
+    address: str
+    unresolved: bool = False  # --offline: the secret could not be read, apply decides
+
+    def __str__(self) -> str:
+        return RESOLVED_AT_APPLY if self.unresolved else SENSITIVE
+
+
+@dataclass(frozen=True)
+class FilePlan:
+    """What one file becomes. `content` is the codec input; `write` is False when unchanged."""
+
+    name: str
+    path: str
+    write: bool
+    existed: bool
+    sha256_before: str | None
+    content: Any = None  # codec-specific: entries + comments, an AmavisFile, cron lines
+    in_place: bool = False  # the cron file: a single-file bind mount, so no rename
+
+
+@dataclass(frozen=True)
+class Plan:
+    changes: tuple[Change, ...]
+    unmanaged: tuple[Unmanaged, ...]
+    files: tuple[FilePlan, ...]
+    ownership: Ownership  # what we own after apply
+    fingerprint: Mapping[str, str | None]  # sha256 of each file it was planned from
+    warnings: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+    unresolved: tuple[str, ...] = ()  # accounts whose secret is decided at apply (--offline)
+    account_deletions: int = 0
+    deletion_limit: int = 0  # more account deletions than this are refused
+    deletion_limit_source: str = ""
+    secrets: Mapping[str, Secret] = field(default_factory=dict)  # NEW secrets to hash at apply
+    managed_accounts: int = 0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {
+            "add": sum(c.action is Action.CREATE for c in self.changes),
+            "change": sum(c.action is Action.UPDATE for c in self.changes),
+            "destroy": sum(c.action is Action.DELETE for c in self.changes),
+            "unmanaged": len(self.unmanaged),
+        }
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.changes) or any(f.write for f in self.files)
+
+    @property
+    def over_deletion_limit(self) -> bool:
+        return self.account_deletions > self.deletion_limit
+
+    def files_to_write(self) -> tuple[FilePlan, ...]:
+        return tuple(f for f in self.files if f.write)
+
+    def to_dict(self, *, desired: Mapping[str, Any] | None = None,
+                volume: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The versioned JSON form (see docs/plan-json.md); never holds a secret or hash."""
+        return {
+            "format_version": FORMAT_VERSION,
+            "tool": {"name": "dms-reconciler", "version": __version__},
+            "desired": dict(desired or {}),
+            "volume": {**dict(volume or {}), "fingerprint": dict(self.fingerprint)},
+            "summary": {**self.counts, "has_changes": self.has_changes},
+            "changes": [c.to_dict() for c in self.changes],
+            "unmanaged": [u.to_dict() for u in self.unmanaged],
+            "files": [
+                {"name": f.name, "path": f.path, "write": f.write, "existed": f.existed}
+                for f in self.files
+            ],
+            "deletions": {
+                "accounts": self.account_deletions,
+                "limit": self.deletion_limit,
+                "limit_source": self.deletion_limit_source,
+                "over_limit": self.over_deletion_limit,
+            },
+            "unresolved_secrets": list(self.unresolved),
+            "warnings": list(self.warnings),
+            "notes": list(self.notes),
+        }

@@ -1,0 +1,150 @@
+"""One reconcile cycle, shared by the CLI and the sidecar.
+
+load -> observe -> resolve passwords -> plan -> (apply -> observe -> plan again to prove
+convergence). A concurrent writer that changes a file between our read and our write makes us
+re-plan from fresh state instead of overwriting its change.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from reconciler import passwords
+from reconciler.desired import Loaded, load_desired
+from reconciler.errors import ReconcilerError
+from reconciler.executor import ApplyResult, VolumeChanged, apply_plan, check_safety, render_files
+from reconciler.observe import Observed, observe
+from reconciler.passwords import VerifiedCache
+from reconciler.plan import Plan
+from reconciler.planner import make_plan
+
+MAX_ATTEMPTS = 5
+
+
+@dataclass
+class Target:
+    """Where the desired state comes from and which volume it is applied to."""
+
+    desired_path: str
+    config_dir: str
+    cron_path: str
+    prune: bool = False
+    offline: bool = False
+    environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+
+    @property
+    def base_dir(self) -> str:
+        """password_file paths are relative to the folder of mailserver.yaml."""
+        return os.path.dirname(os.path.abspath(self.desired_path))
+
+
+@dataclass(frozen=True)
+class Planned:
+    loaded: Loaded
+    observed: Observed
+    plan: Plan
+    passwords: Mapping[str, passwords.DesiredPassword]
+
+
+@dataclass(frozen=True)
+class Applied:
+    planned: Planned  # the plan that was applied
+    result: ApplyResult
+    attempts: int
+    converged: bool
+
+
+def plan_once(
+    target: Target,
+    *,
+    loaded: Loaded | None = None,
+    cache: VerifiedCache | None = None,
+) -> Planned:
+    """Read everything and compute the plan; writes nothing."""
+    loaded = loaded or load_desired(target.desired_path)
+    observed = observe(target.config_dir, target.cron_path)
+    stored = {address: entry.password_hash for address, entry in observed.accounts.entries.items()}
+    decided = passwords.resolve(
+        loaded.state,
+        stored,
+        reader=passwords.SecretReader(target.base_dir, target.environ),
+        offline=target.offline,
+        cache=cache,
+    )
+    plan = make_plan(loaded.state, observed, decided, prune=target.prune)
+    return Planned(loaded, observed, plan, decided)
+
+
+def apply_once(
+    target: Target,
+    *,
+    allow_deletions: int | None = None,
+    cache: VerifiedCache | None = None,
+    loaded: Loaded | None = None,
+    lock_timeout: float = 120.0,
+    on_wait: Callable[[str], None] | None = None,
+    check: Callable[[Planned], None] | None = None,
+) -> Applied:
+    """Plan and apply until the volume matches, re-planning when another writer interferes.
+
+    `check` runs on each plan before anything is written (a saved plan's staleness test).
+    """
+    cache = cache if cache is not None else VerifiedCache()
+    loaded = loaded or load_desired(target.desired_path)
+    first: Planned | None = None
+    result = ApplyResult((), {}, {})
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        planned = plan_once(target, loaded=loaded, cache=cache)
+        if check is not None:
+            check(planned)
+        first = first or planned
+        if attempt > 1 and not planned.plan.has_changes and _state_current(planned):
+            return Applied(first, result, attempt, converged=True)
+        check_safety(planned.plan, allow_deletions=allow_deletions)
+        contents = render_files(planned.plan)
+        try:
+            result = _merge(result, apply_plan(planned.plan, planned.observed, contents,
+                                                lock_timeout=lock_timeout, on_wait=on_wait))
+        except VolumeChanged:
+            continue
+        _remember_new_hashes(planned, contents, cache)
+        again = plan_once(target, loaded=loaded, cache=cache)
+        if not again.plan.has_changes:
+            return Applied(first, result, attempt, converged=True)
+    raise ReconcilerError(
+        f"the config volume kept changing while applying ({MAX_ATTEMPTS} attempts); another "
+        "writer is editing it. Nothing half-written was left; run apply again"
+    )
+
+
+def _state_current(planned: Planned) -> bool:
+    from reconciler import state as state_file
+
+    snap = planned.observed.snapshots[state_file.FILENAME]
+    own = planned.plan.ownership
+    return snap.exists and state_file.parse(snap.text or "")[0].entries == own.entries
+
+
+def _merge(a: ApplyResult, b: ApplyResult) -> ApplyResult:
+    return ApplyResult(
+        tuple(dict.fromkeys(a.written + b.written)),
+        {**a.paths, **b.paths},
+        {**a.sha512, **b.sha512},
+        a.carried_lines + b.carried_lines,
+    )
+
+
+def _remember_new_hashes(planned: Planned, contents: Mapping[str, bytes], cache: VerifiedCache) -> None:
+    """The hashes we just made verify their secrets: tell the cache, so the convergence check
+    (and the sidecar's next resync) does not spend seconds verifying them again."""
+    from reconciler.formats import accounts
+
+    if not planned.plan.secrets or accounts.FILENAME not in contents:
+        return
+    parsed = accounts.parse(contents[accounts.FILENAME].decode("utf-8", "surrogateescape"))
+    for address, secret in planned.plan.secrets.items():
+        entry = parsed.entries.get(address)
+        if entry is not None:
+            cache.put(address, secret, entry.password_hash, True)

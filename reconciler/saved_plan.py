@@ -1,0 +1,104 @@
+"""Saved plans (`plan --out PLAN`, `apply PLAN`): apply exactly what was reviewed, or refuse.
+
+A saved plan holds no secret and no hash. It records where the desired state and the volume were,
+their digests, and for every password read from a file or the environment an HMAC keyed with a
+random key kept in the volume's state file. Applying it re-reads everything and refuses (Terraform's
+"saved plan is stale") when the desired file, any volume file or any secret differs, or when the
+fresh plan is not the saved one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+from reconciler import passwords
+from reconciler.errors import ReconcilerError, StalePlan
+from reconciler.reconcile import Applied, Planned, Target, apply_once
+
+KIND = "dms-reconciler saved plan"
+COMPARED = ("changes", "unmanaged", "files", "deletions")
+
+
+def save(path: str, planned: Planned, target: Target, data: dict[str, Any]) -> None:
+    if planned.plan.unresolved:
+        raise ReconcilerError(
+            "a plan with secrets resolved at apply (--offline) cannot be saved for apply; make it "
+            "where the password files and variables can be read"
+        )
+    key = planned.observed.ownership.plan_key
+    saved = {
+        "kind": KIND,
+        "plan": data,
+        "target": {
+            "desired_path": os.path.abspath(target.desired_path),
+            "config_dir": os.path.abspath(target.config_dir),
+            "cron_path": os.path.abspath(target.cron_path),
+            "prune": target.prune,
+        },
+        "secret_fingerprints": _fingerprints(planned, key) if key else {},
+        "keyed": bool(key),
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(saved, handle, indent=1)
+        handle.write("\n")
+
+
+def _fingerprints(planned: Planned, key: str) -> dict[str, str]:
+    return {
+        address: passwords.fingerprint(key, address, decided.secret)
+        for address, decided in sorted(planned.passwords.items())
+        if decided.secret is not None
+    }
+
+
+def load(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            saved = json.load(handle)
+    except FileNotFoundError:
+        raise ReconcilerError(f"saved plan {path} not found") from None
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise ReconcilerError(f"{path} is not a saved plan (make one with `plan --out`)") from None
+    if not isinstance(saved, dict) or saved.get("kind") != KIND:
+        raise ReconcilerError(f"{path} is not a saved plan (make one with `plan --out`)")
+    return saved
+
+
+def apply_saved(
+    path: str,
+    *,
+    allow_deletions: int | None,
+    lock_timeout: float,
+    on_wait: Callable[[str], None] | None = None,
+) -> tuple[Applied, Target]:
+    saved = load(path)
+    t = saved["target"]
+    target = Target(t["desired_path"], t["config_dir"], t["cron_path"], prune=bool(t["prune"]))
+    expected = saved["plan"]
+
+    def check(planned: Planned) -> None:
+        if planned.loaded.sha256 != expected["desired"].get("sha256"):
+            raise StalePlan(f"{target.desired_path} changed since the plan was made; make a new plan")
+        if planned.observed.fingerprint() != expected["volume"]["fingerprint"]:
+            changed = sorted(
+                name for name, digest in planned.observed.fingerprint().items()
+                if expected["volume"]["fingerprint"].get(name) != digest
+            )
+            raise StalePlan("the config volume changed since the plan was made "
+                            f"({', '.join(changed)}); make a new plan")
+        key = planned.observed.ownership.plan_key
+        if saved.get("keyed") and _fingerprints(planned, key) != saved["secret_fingerprints"]:
+            raise StalePlan("a password from password_file or password_env changed since the plan "
+                            "was made; make a new plan")
+        fresh = planned.plan.to_dict()
+        if any(fresh[k] != expected[k] for k in COMPARED):
+            raise StalePlan("the plan computed now differs from the saved one; make a new plan")
+
+    # `check` runs before every write attempt: if the volume moves under us, the saved plan is
+    # stale rather than silently re-planned into something nobody reviewed.
+    return apply_once(target, allow_deletions=allow_deletions, lock_timeout=lock_timeout,
+                      on_wait=on_wait, check=check), target

@@ -1,0 +1,70 @@
+"""The ownership record: which entries dms-reconciler wrote, kept in the config volume.
+
+Like Flux's inventory, it decides what a missing entry means: an entry we wrote that is gone from
+mailserver.yaml is deleted; an entry we never wrote is unmanaged and kept (unless prune). Losing or
+corrupting this file therefore only makes entries unmanaged: it can never cause a deletion. It also
+holds a random key used to fingerprint secrets in saved plans, so the file is created mode 0600.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+FILENAME = "dms-reconciler.state.json"
+FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Ownership:
+    entries: dict[str, frozenset[str]] = field(default_factory=dict)  # file -> owned keys
+    owns_cron: bool = False  # the sa-learn cron file is owned whole
+    plan_key: str = ""  # hex; keys the HMAC of secret fingerprints in saved plans
+
+    def owned(self, file: str) -> frozenset[str]:
+        return self.entries.get(file, frozenset())
+
+    def union(self, other: Ownership) -> Ownership:
+        files = set(self.entries) | set(other.entries)
+        return Ownership(
+            {f: self.owned(f) | other.owned(f) for f in files},
+            self.owns_cron or other.owns_cron,
+            self.plan_key or other.plan_key,
+        )
+
+
+def new_plan_key() -> str:
+    return secrets.token_hex(32)
+
+
+def parse(text: str) -> tuple[Ownership, str | None]:
+    """The ownership in `text`, or an empty one and a warning when it cannot be read."""
+    try:
+        data: Any = json.loads(text)
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError("unknown format")
+        entries = {
+            str(name): frozenset(str(k) for k in keys)
+            for name, keys in data.get("owned", {}).items()
+            if isinstance(keys, list)
+        }
+        return Ownership(entries, bool(data.get("owns_cron")), str(data.get("plan_key", ""))), None
+    except (ValueError, TypeError, AttributeError):
+        return Ownership(), (
+            f"{FILENAME} is unreadable; treating every entry as unmanaged (nothing is deleted) "
+            "and rewriting it at the next apply"
+        )
+
+
+def render(ownership: Ownership) -> str:
+    data = {
+        "format": FORMAT,
+        "comment": "Written by dms-reconciler: the entries it manages. Deleting this file makes "
+                   "them unmanaged; it never deletes mail configuration.",
+        "plan_key": ownership.plan_key,
+        "owns_cron": ownership.owns_cron,
+        "owned": {name: sorted(keys) for name, keys in sorted(ownership.entries.items()) if keys},
+    }
+    return json.dumps(data, indent=1, sort_keys=False) + "\n"

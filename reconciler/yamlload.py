@@ -1,0 +1,346 @@
+"""A YAML loader that remembers where every value came from and refuses hostile input.
+
+PyYAML's `safe_load` silently keeps the last of two duplicate keys, expands aliases without limit
+and forgets positions. This loader builds plain Python values from libyaml's event stream (the C
+parser when present) iteratively, so it also survives deep nesting, and records the line and column
+of every key and value. It refuses: duplicate keys, non-string keys, alias expansion beyond a
+budget (the "billion laughs" bomb), files over `MAX_BYTES`, non-UTF-8 bytes, NUL bytes, more than
+one document and a document that is not a mapping.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from reconciler.errors import Diagnostic
+
+try:  # libyaml's C parser is several times faster; fall back to pure Python where absent.
+    _Loader: Any = yaml.CSafeLoader
+except AttributeError:  # pragma: no cover - depends on how PyYAML was built
+    _Loader = yaml.SafeLoader
+
+MAX_BYTES = 32 * 1024 * 1024  # 10,000 accounts and 20,000 aliases take about 2 MB
+MAX_DEPTH = 64  # mailserver.yaml nests four levels deep; anything deeper is an attack or a mistake
+MAX_EXPANDED_NODES = 2_000_000  # values after alias expansion; about 40x the largest real file
+
+Path = tuple[str | int, ...]
+
+_RESOLVER = yaml.resolver.Resolver()
+_STR = "tag:yaml.org,2002:str"
+_SIMPLE_PLAIN = re.compile(r"[A-Za-z_@][A-Za-z0-9_./@ -]*\Z")
+_BOOL_WORDS = {"yes", "no", "true", "false", "on", "off", "y", "n", "null", "~"}
+
+
+class YamlLoadError(Exception):
+    """The file could not be turned into values; carries positioned diagnostics."""
+
+    def __init__(self, diagnostics: list[Diagnostic]) -> None:
+        super().__init__("; ".join(d.format() for d in diagnostics))
+        self.diagnostics = diagnostics
+
+
+@dataclass
+class Document:
+    """Plain values plus the position of each (`marks`) and of each mapping key (`key_marks`)."""
+
+    value: Any
+    filename: str
+    marks: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    key_marks: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    problems: list[Diagnostic] = field(default_factory=list)
+
+    def position(self, path: Path, *, key: bool = False) -> tuple[int | None, int | None]:
+        """Best known 1-based (line, column) for `path`, walking up to the nearest known parent."""
+        table = self.key_marks if key else self.marks
+        probe = tuple(path)
+        while True:
+            if probe in table:
+                line, column = table[probe]
+                return line, column
+            if key and probe in self.marks:
+                line, column = self.marks[probe]
+                return line, column
+            if not probe:
+                return None, None
+            probe = probe[:-1]
+
+
+def format_path(path: Path) -> str:
+    """`('accounts', 'a@b.c', 'quota')` -> `accounts.a@b.c.quota`; list items as `[i]`."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def load_yaml_bytes(data: bytes, filename: str) -> Document:
+    """Parse `data` into a `Document`, or raise `YamlLoadError` naming the place."""
+
+    def fail(message: str, line: int | None = None, column: int | None = None) -> YamlLoadError:
+        return YamlLoadError([Diagnostic(filename, line, column, "", message)])
+
+    if len(data) > MAX_BYTES:
+        raise fail(
+            f"the file is {len(data) / 1048576:.1f} MiB; the limit is {MAX_BYTES // 1048576} MiB"
+            " (10,000 mailboxes take about 2 MiB)"
+        )
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line, column = _line_col(data, exc.start)
+        raise fail(
+            f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x}); save it as UTF-8",
+            line,
+            column,
+        ) from None
+    nul = text.find("\0")
+    if nul >= 0:
+        line, column = _line_col(text, nul)
+        raise fail("the file contains a NUL byte: it is binary, not YAML", line, column)
+    if not text.strip():
+        raise fail("the file is empty; it needs at least `version`, `domains` and `accounts`", 1, 1)
+    return _Builder(filename).build(text)
+
+
+def _line_col(buf: bytes | str, offset: int) -> tuple[int, int]:
+    newline: Any = b"\n" if isinstance(buf, bytes) else "\n"
+    line = buf.count(newline, 0, offset) + 1
+    column = offset - (buf.rfind(newline, 0, offset) + 1) + 1
+    return line, column
+
+
+class _Frame:
+    __slots__ = ("container", "path", "key", "key_mark", "seen", "anchor", "start_nodes", "mark")
+
+    def __init__(
+        self, container: Any, path: Path, anchor: str | None, start_nodes: int, mark: Any
+    ) -> None:
+        self.container = container
+        self.path = path
+        self.key: str | None = None  # mappings: the key waiting for its value
+        self.key_mark: tuple[int, int] | None = None
+        self.seen: dict[str, int] = {}
+        self.anchor = anchor
+        self.start_nodes = start_nodes
+        self.mark = mark
+
+
+class _Builder:
+    """Turns libyaml events into values; a stack instead of recursion keeps deep input safe."""
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self.doc = Document(value=None, filename=filename)
+        self.anchors: dict[str, tuple[Any, int]] = {}  # anchor -> (value, expanded node count)
+        self.nodes = 0
+        self.documents = 0
+
+    def diag(self, mark: Any, path: Path, message: str) -> Diagnostic:
+        return Diagnostic(
+            self.filename, mark.line + 1, mark.column + 1, format_path(path), message
+        )
+
+    def build(self, text: str) -> Document:
+        stack: list[_Frame] = []
+        try:
+            for event in yaml.parse(text, Loader=_Loader):
+                kind = type(event)
+                if kind is yaml.ScalarEvent:
+                    self._value(stack, self._scalar(event, stack), event, 1)
+                elif kind is yaml.MappingStartEvent or kind is yaml.SequenceStartEvent:
+                    self._start(stack, event, {} if kind is yaml.MappingStartEvent else [])
+                elif kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
+                    frame = stack.pop()
+                    size = self.nodes - frame.start_nodes + 1
+                    if frame.anchor is not None:
+                        self.anchors[frame.anchor] = (frame.container, size)
+                    if stack:
+                        self._attach(stack, frame.container, frame.mark, frame.path)
+                    else:
+                        self.doc.value = frame.container
+                elif kind is yaml.AliasEvent:
+                    self._alias(stack, event)
+                elif kind is yaml.DocumentStartEvent:
+                    self.documents += 1
+                    if self.documents > 1:
+                        raise YamlLoadError(
+                            [self.diag(event.start_mark, (), "the file holds more than one YAML "
+                                       "document (a second `---`); keep everything in one")]
+                        )
+        except yaml.MarkedYAMLError as exc:
+            raise YamlLoadError([self._syntax_error(exc, text)]) from None
+        except yaml.YAMLError as exc:  # pragma: no cover - libyaml reports marks for all we know
+            raise YamlLoadError([Diagnostic(self.filename, None, None, "", str(exc))]) from None
+        if self.doc.problems:
+            raise YamlLoadError(self.doc.problems)
+        if not isinstance(self.doc.value, dict):
+            got = "nothing" if self.doc.value is None else _type_name(self.doc.value)
+            raise YamlLoadError(
+                [Diagnostic(self.filename, 1, 1, "",
+                            f"the file must be a mapping of keys (version, domains, accounts ...),"
+                            f" not {got}")]
+            )
+        return self.doc
+
+    def _start(self, stack: list[_Frame], event: Any, container: Any) -> None:
+        path = self._child_path(stack)
+        if len(stack) >= MAX_DEPTH:
+            raise YamlLoadError(
+                [self.diag(event.start_mark, path[:4],
+                           f"nesting deeper than {MAX_DEPTH} levels; mailserver.yaml needs four")]
+            )
+        self._count(event, path, 1)
+        mark = event.start_mark
+        self.doc.marks[path] = (mark.line + 1, mark.column + 1)
+        stack.append(_Frame(container, path, event.anchor, self.nodes, mark))
+
+    def _value(self, stack: list[_Frame], value: Any, event: Any, size: int) -> None:
+        path = self._child_path(stack)
+        self._count(event, path, size)
+        if stack and isinstance(stack[-1].container, dict) and stack[-1].key is None:
+            self._key(stack[-1], value, event)
+            return
+        mark = event.start_mark
+        self.doc.marks[path] = (mark.line + 1, mark.column + 1)
+        if getattr(event, "anchor", None) is not None:
+            self.anchors[event.anchor] = (value, 1)
+        if stack:
+            self._attach(stack, value, mark, path)
+        else:
+            self.doc.value = value
+
+    def _key(self, frame: _Frame, value: Any, event: Any) -> None:
+        mark = event.start_mark
+        if type(event) is not yaml.ScalarEvent:
+            self.doc.problems.append(
+                self.diag(mark, frame.path, "a key must be a plain string, not a list or mapping")
+            )
+            key = f"<invalid key at line {mark.line + 1}>"
+        else:
+            key = event.value  # keys stay the text as written: `yes:` is the key "yes"
+        if event.tag == "tag:yaml.org,2002:merge" or (key == "<<" and event.implicit[0]):
+            self.doc.problems.append(
+                self.diag(mark, frame.path, "YAML merge keys (`<<`) are not supported here; "
+                          "write the keys out")
+            )
+        if key in frame.seen:
+            self.doc.problems.append(
+                self.diag(mark, frame.path + (key,),
+                          f"duplicate key '{key}' (first on line {frame.seen[key]}); YAML would "
+                          "silently keep only the last one: merge the two")
+            )
+        else:
+            frame.seen[key] = mark.line + 1
+        frame.key = key
+        frame.key_mark = (mark.line + 1, mark.column + 1)
+        self.doc.key_marks[frame.path + (key,)] = frame.key_mark
+
+    def _attach(self, stack: list[_Frame], value: Any, mark: Any, path: Path) -> None:
+        parent = stack[-1]
+        if isinstance(parent.container, dict):
+            if parent.key is None:  # a mapping or sequence used as a key
+                self._key(parent, value, _FakeEvent(mark))
+                return
+            parent.container[parent.key] = value
+            parent.key = None
+        else:
+            parent.container.append(value)
+
+    def _alias(self, stack: list[_Frame], event: Any) -> None:
+        if event.anchor not in self.anchors:
+            raise YamlLoadError(
+                [self.diag(event.start_mark, self._child_path(stack),
+                           f"alias *{event.anchor} refers to an anchor that is not complete "
+                           "(recursive) or not defined")]
+            )
+        value, size = self.anchors[event.anchor]
+        self._value(stack, value, _FakeEvent(event.start_mark, value), size)
+
+    def _count(self, event: Any, path: Path, size: int) -> None:
+        self.nodes += size
+        if self.nodes > MAX_EXPANDED_NODES:
+            raise YamlLoadError(
+                [self.diag(event.start_mark, path,
+                           "the document expands to more than "
+                           f"{MAX_EXPANDED_NODES:,} values through YAML aliases (*ref): "
+                           "refusing a possible 'billion laughs' bomb")]
+            )
+
+    def _child_path(self, stack: list[_Frame]) -> Path:
+        if not stack:
+            return ()
+        top = stack[-1]
+        if isinstance(top.container, dict):
+            return top.path + (top.key,) if top.key is not None else top.path
+        return top.path + (len(top.container),)
+
+    def _scalar(self, event: Any, stack: list[_Frame]) -> Any:
+        value: str = event.value
+        plain, _quoted = event.implicit
+        tag = event.tag
+        if stack and isinstance(stack[-1].container, dict) and stack[-1].key is None:
+            return value  # a key: resolved in `_key`
+        if tag is None or tag == "!":
+            if not plain:
+                return value
+            if _SIMPLE_PLAIN.match(value) and value.lower() not in _BOOL_WORDS:
+                return value  # fast path: most values are addresses, domains and words
+            tag = _RESOLVER.resolve(yaml.ScalarNode, value, (True, False))
+        if tag == _STR:
+            return value
+        node = yaml.ScalarNode(tag, value, event.start_mark, event.end_mark, event.style)
+        try:
+            return _CONSTRUCTOR.construct_object(node)
+        except yaml.YAMLError:
+            raise YamlLoadError(
+                [self.diag(event.start_mark, self._child_path(stack),
+                           f"unsupported YAML tag {tag}; only plain values are allowed")]
+            ) from None
+
+    def _syntax_error(self, exc: yaml.MarkedYAMLError, text: str) -> Diagnostic:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark else None
+        column = mark.column + 1 if mark else None
+        problem = exc.problem or "invalid YAML"
+        message = f"YAML syntax error: {problem}"
+        if exc.context:
+            message += f" ({exc.context})"
+        if "'\\t'" in problem or (mark is not None and _char_at(text, mark.index) == "\t"):
+            message += "; YAML does not allow tabs for indentation, use spaces"
+        return Diagnostic(self.filename, line, column, "", message)
+
+
+class _FakeEvent:
+    """Stands in for a scalar event when a collection or alias takes a key's place."""
+
+    def __init__(self, mark: Any, value: Any = None) -> None:
+        self.start_mark = mark
+        self.tag = None
+        self.implicit = (False, False)
+        self.value = value if isinstance(value, str) else f"<line {mark.line + 1}>"
+        self.anchor = None
+
+
+def _char_at(text: str, index: int) -> str:
+    return text[index] if 0 <= index < len(text) else ""
+
+
+def _type_name(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number",
+            bool: "true/false", type(None): "empty"}.get(type(value), type(value).__name__)
+
+
+class _ScalarConstructor(yaml.constructor.SafeConstructor):
+    """Only used for the rare scalar that is not a plain string (numbers, booleans, null)."""
+
+
+_CONSTRUCTOR = _ScalarConstructor()
