@@ -43,6 +43,7 @@ from reconciler.reconcile import Applied, Target, apply_once, plan_once
 
 IGNORED_EVENTS = {"opened", "closed_no_write"}  # our own reads must not wake us up
 MAX_SYMLINK_HOPS = 40
+UNCONFIRMED_GIVE_UP = 3
 
 
 @dataclass
@@ -64,6 +65,7 @@ class _Awaiting:
     deadline: float
     next_poll: float
     polls: int = 0
+    failures: int = 0  # looks in a row that could not ask DMS
 
 
 @dataclass
@@ -130,14 +132,13 @@ class Watcher:
         self._events = _Events()
         self._stop_requested = False
         self._resync_requested = False
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_r, False)
-        os.set_blocking(self._wake_w, False)
+        self._wake_r = self._wake_w = -1  # the self-pipe, made by run()
         self._observer: Any = None
         self._watches: dict[str, tuple[Any, int]] = {}  # real dir -> (watch, inode)
         self._good: Loaded | None = None  # the last valid desired state
         self._digest_seen: str | None = None  # input digest at the last reconcile attempt
         self._digest_applied: str | None = None  # input digest at the last successful reconcile
+        self._digest_peeked: str | None = None  # input digest last planned while DMS applied
         self._invalid_logged: str | None = None
         self._awaiting: _Awaiting | None = None
         self._deferred = False  # a change seen while DMS was applying: reconcile once it confirms
@@ -148,6 +149,9 @@ class Watcher:
     # --- public ---------------------------------------------------------------------------------
 
     def run(self) -> int:
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
         self._install_signals()
         if self.options.listen:
             try:
@@ -166,7 +170,7 @@ class Watcher:
                 "file": self.target.desired_path, "config_dir": self.target.config_dir,
                 "interval_seconds": self.options.interval,
                 "dms": self.dms.describe() if self.dms else "off"}})
-            self._reconcile("startup")
+            self.reconcile("startup")
             self._next_resync = self.clock() + self.options.interval
             while not self._stop_requested:
                 self._step()
@@ -200,18 +204,21 @@ class Watcher:
                 return
             if change_due is not None and now >= change_due:
                 self._peek_pending()
+                return
             wake_at = self._awaiting.next_poll
+            if change_due is not None:
+                wake_at = min(wake_at, change_due)
         else:
             if self._deferred or (change_due is not None and now >= change_due):
                 self._deferred = False
                 self._take_events()
                 self._refresh_watches()
-                self._reconcile("change")
+                self.reconcile("change")
                 return
             if now >= self._next_resync or self._resync_requested:
                 self._resync_requested = False
                 self._refresh_watches()
-                self._reconcile("interval")
+                self.reconcile("interval")
                 self._next_resync = self.clock() + self.options.interval
                 return
             wake_at = self._next_resync
@@ -233,6 +240,8 @@ class Watcher:
                 pass
 
     def _wake(self) -> None:
+        if self._wake_w < 0:
+            return
         try:
             os.write(self._wake_w, b"x")
         except (BlockingIOError, OSError):
@@ -278,7 +287,8 @@ class Watcher:
                     digest.update((dms_mod.file_sha512(path) or "missing").encode())
         return data, digest.hexdigest(), problem
 
-    def _reconcile(self, trigger: str) -> None:
+    def reconcile(self, trigger: str = "interval") -> None:
+        """One reconcile: load, plan, apply, report. `trigger` is startup, change or interval."""
         started = self.clock()
         data, digest, problem = self._read_inputs()
         if trigger == "change" and digest == self._digest_seen:
@@ -452,7 +462,8 @@ class Watcher:
             self._awaiting = None
             self._dms_state("confirmed", f"DMS applied the change in {took:.1f} s")
             return
-        if report.state == "unconfirmed":
+        awaiting.failures = awaiting.failures + 1 if report.state == "unconfirmed" else 0
+        if awaiting.failures >= UNCONFIRMED_GIVE_UP:  # one failed look may be a hiccup; three not
             self._awaiting = None
             self._dms_state("unconfirmed", f"applied, but {report.message}")
             return
@@ -488,8 +499,9 @@ class Watcher:
         self._deferred = True  # written once DMS confirms
         self._refresh_watches()
         data, digest, problem = self._read_inputs()
-        if digest == self._digest_seen:
+        if digest in (self._digest_seen, self._digest_peeked):
             return
+        self._digest_peeked = digest
         try:
             if problem is not None or data is None:
                 raise problem or InvalidDesiredState([])
@@ -578,8 +590,8 @@ class Watcher:
             self._server.close()
         if self.dms is not None:
             self.dms.close()
-        for fd in (self._wake_r, self._wake_w):
-            try:
+        fds = (self._wake_r, self._wake_w)
+        self._wake_r = self._wake_w = -1  # first, so a late signal never writes to a reused fd
+        for fd in fds:
+            if fd >= 0:
                 os.close(fd)
-            except OSError:
-                pass

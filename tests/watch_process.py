@@ -37,7 +37,9 @@ class WatchProcess:
 
     def __init__(self, args: list[str], *, cwd: Path, env: dict[str, str] | None = None,
                  listen: bool = True) -> None:
-        self.log_path = cwd / f"watch-{time.monotonic_ns()}.log"
+        logs = cwd / "logs"  # not in the watched folder: our reads of it must not be events
+        logs.mkdir(exist_ok=True)
+        self.log_path = logs / f"watch-{time.monotonic_ns()}.log"
         full_env = {k: v for k, v in os.environ.items()
                     if not k.startswith("DMS_") and k != "DOCKER_HOST"}
         full_env.update({"PYTHONPATH": str(REPO), "DMS_RECONCILER_LOG_FORMAT": "json",
