@@ -3,6 +3,7 @@ found, the confirmation is read from its checksum file, Amavis is reloaded, and 
 (missing container, exit codes 126/127, a stopped container, a stopped engine, no socket) is a
 clear report, never an exception for the caller."""
 
+# ruff: noqa: F811 - the engine fixtures are imported from tests.dockerengine
 from __future__ import annotations
 
 import hashlib
@@ -78,7 +79,8 @@ def test_missing_stopped_and_ambiguous_containers_are_clear_reports(
     with pytest.raises(DmsUnavailable, match="no running container has the label "
                                              "com.docker.compose.service=mailserver"):
         dms_for(docker_engine).find()
-    report = dms_for(docker_engine).check_applied({"postfix-accounts.cf": "0" * 128}, lambda n: None)
+    unknown = {"postfix-accounts.cf": "0" * 128}
+    report = dms_for(docker_engine).check_applied(unknown, lambda n: None)
     assert report.state == "unconfirmed" and "could not confirm" in report.message
 
     cleanup.append(first := run_fake_dms(docker_client, fake_dms_images["ok"], config_dir,

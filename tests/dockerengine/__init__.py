@@ -33,7 +33,8 @@ COMPOSE_LABEL = ("com.docker.compose.service", "mailserver")
 
 CHANGE_DETECTOR = r"""#!/bin/sh
 # Stands in for DMS's check-for-changes.sh: the same checksum file, written the same way, and the
-# same lock held while it "applies" a change (FAKE_DMS_APPLY_SECONDS, as DMS takes 23-41 ms an account).
+# same lock held while it "applies" a change (FAKE_DMS_APPLY_SECONDS: DMS takes 23-41 ms an
+# account).
 DIR=/tmp/docker-mailserver
 CHKSUM=/tmp/docker-mailserver-config-chksum
 LOG=/var/log/changedetector.log
@@ -94,12 +95,13 @@ class DockerEngine:
     def start(self, timeout: float = 30.0) -> DockerEngine:
         dockerd = shutil.which("dockerd")
         if dockerd is None:
-            pytest.fail("dockerd is not installed: install docker.io (`.ci/run` does); the Docker "
-                        "tests need a real engine", pytrace=False)
+            pytest.fail("dockerd is not installed: install docker.io (`.ci/run` does); the "
+                        "Docker tests need a real engine", pytrace=False)
         if os.geteuid() != 0:
             pytest.fail("the Docker tests start a private dockerd and need root", pytrace=False)
         self.proc = subprocess.Popen(
-            [dockerd, "--data-root", str(self.root / "data"), "--exec-root", str(self.root / "exec"),
+            [dockerd, "--data-root", str(self.root / "data"),
+             "--exec-root", str(self.root / "exec"),
              "--pidfile", str(self.root / "dockerd.pid"), "-H", self.url,
              "--iptables=false", "--ip-forward=false", "--ip-masq=false", "--bridge=none"],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
