@@ -27,6 +27,7 @@ import select
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -200,10 +201,17 @@ class Watcher:
             change_due = min(last + self.options.debounce, first + self.options.max_delay)
         if self._awaiting is not None:
             if now >= self._awaiting.next_poll:
-                self._poll_dms()
+                try:
+                    self._poll_dms()
+                except Exception as exc:  # never wait forever on a look that keeps crashing
+                    self._awaiting = None
+                    self._internal_error("checking DMS's confirmation", exc)
                 return
             if change_due is not None and now >= change_due:
-                self._peek_pending()
+                try:
+                    self._peek_pending()
+                except Exception as exc:  # only a report: the apply after confirmation decides
+                    self._internal_error("planning a pending change", exc)
                 return
             wake_at = self._awaiting.next_poll
             if change_due is not None:
@@ -288,8 +296,24 @@ class Watcher:
         return data, digest.hexdigest(), problem
 
     def reconcile(self, trigger: str = "interval") -> None:
-        """One reconcile: load, plan, apply, report. `trigger` is startup, change or interval."""
+        """One reconcile: load, plan, apply, report. `trigger` is startup, change or interval.
+
+        Never raises: the sidecar must outlive any single failure, including its own bugs.
+        """
         started = self.clock()
+        try:
+            self._reconcile(trigger, started)
+        except Exception as exc:  # a bug: keep running, say what kind, never print local data
+            self._internal_error("reconcile", exc)
+            self._finish(trigger, "error", started, f"internal error ({type(exc).__name__})")
+
+    def _internal_error(self, where: str, exc: BaseException) -> None:
+        self.log.error(f"{where} failed with an internal error; please report it",
+                       extra={"fields": {"error": type(exc).__name__}})
+        if os.environ.get("DMS_RECONCILER_DEBUG"):
+            self.log.error("".join(traceback.format_exception(exc)))
+
+    def _reconcile(self, trigger: str, started: float) -> None:
         data, digest, problem = self._read_inputs()
         if trigger == "change" and digest == self._digest_seen:
             self.log.debug("an event, but mailserver.yaml and its password files are unchanged")
@@ -334,8 +358,7 @@ class Watcher:
             self._finish(trigger, "error", started, str(exc), problem)
             return
         except Exception as exc:  # a bug: keep running, say what kind, never print local data
-            self.log.error("reconcile failed with an internal error; please report it",
-                           extra={"fields": {"error": type(exc).__name__}})
+            self._internal_error("reconcile", exc)
             self._finish(trigger, "error", started, f"internal error ({type(exc).__name__})",
                          problem)
             return
@@ -380,7 +403,10 @@ class Watcher:
                        f"{counts['destroy']} destroyed" if written else "the volume matches")
             self._finish(trigger, result, started, message, None, success=True)
         if written:
-            self._after_write(applied)
+            try:
+                self._after_write(applied)
+            except Exception as exc:  # the files are written; only the DMS follow-up failed
+                self._internal_error("talking to DMS", exc)
 
     def _finish(self, trigger: str, result: str, started: float, message: str,
                 problem: InvalidDesiredState | None = None, *, success: bool = False) -> None:
