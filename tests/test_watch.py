@@ -50,7 +50,11 @@ def started(tmp_path: Path, volume: Volume, desired_path: Path, *more: str,
     watcher = WatchProcess(watch_args(desired_path, volume, "--interval", "3600", *more),
                            cwd=tmp_path, env=env)
     first = ("applied", "no changes: the config volume matches mailserver.yaml")
-    watcher.wait_for_log(lambda r: r["message"] in first, what="the first apply")
+    try:
+        watcher.wait_for_log(lambda r: r["message"] in first, what="the first apply")
+    except BaseException:
+        watcher.kill()
+        raise
     return watcher
 
 

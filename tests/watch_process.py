@@ -53,8 +53,13 @@ class WatchProcess:
         )
         self.base_url: str | None = None
         if listen:
-            line = self.wait_for_log(lambda r: r.get("message", "").startswith("serving /healthz"),
-                                     what="the health server")
+            try:
+                line = self.wait_for_log(
+                    lambda r: r.get("message", "").startswith("serving /healthz"),
+                    what="the health server")
+            except BaseException:
+                self.kill()  # never leave a watcher running behind a failed test
+                raise
             self.base_url = f"http://{line['listen']}"
 
     # --- logs -----------------------------------------------------------------------------------
