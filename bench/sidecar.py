@@ -44,7 +44,8 @@ def desired_text(accounts: int, target: str) -> str:
         lines += [f"  user{i}@example.com:", f'    password_hash: "{hashed}"', "    quota: 1G"]
     lines += ["aliases:", f"  postmaster@example.com: {target}"]
     for i in range(2 * accounts if accounts > 3 else 0):
-        lines.append(f"  alias{i}@example.org: [user{i % accounts}@example.com, x{i}@elsewhere.net]")
+        targets = f"[user{i % accounts}@example.com, x{i}@elsewhere.net]"
+        lines.append(f"  alias{i}@example.org: {targets}")
     return "\n".join(lines) + "\n"
 
 
@@ -113,7 +114,8 @@ def main() -> int:
     parser.add_argument("--accounts", type=int, default=3)
     parser.add_argument("--edits", type=int, default=20)
     parser.add_argument("--idle", type=float, default=60.0, help="seconds of idle CPU measurement")
-    parser.add_argument("--scrape", type=float, default=15.0, help="seconds between /metrics scrapes")
+    parser.add_argument("--scrape", type=float, default=15.0,
+                        help="seconds between /metrics scrapes")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="bench-sidecar-") as tmp:

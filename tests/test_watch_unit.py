@@ -119,3 +119,34 @@ def test_an_internal_error_in_a_reconcile_is_reported_and_the_loop_goes_on(
     loop.reconcile("interval")
     assert loop.status.last_result == "changed" and loop.status.ready()
     assert sorted(os.listdir(volume.config)) == ["dms-reconciler.state.json", "postfix-accounts.cf"]
+
+
+def test_the_timer_skips_the_plan_only_while_inputs_and_volume_are_byte_identical(
+        tmp_path: Path, volume: Volume, monkeypatch: pytest.MonkeyPatch) -> None:
+    planned: list[str] = []
+    real = watcher.plan_once
+
+    def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
+        planned.append("plan")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(watcher, "plan_once", counting)
+    path = tmp_path / "mailserver.yaml"
+    path.write_text("version: 1\ndomains: [example.com]\naccounts:\n"
+                    f"  a@example.com: {{password_hash: '{sha512_hash('pw')}'}}\n"
+                    "aliases:\n  b@example.com: a@example.com\n")
+    loop = Watcher(Target(str(path), str(volume.config), str(volume.cron)), WatchOptions())
+    loop.reconcile("startup")
+    loop.reconcile("interval")  # plans once and finds the volume clean
+    planned.clear()
+    loop.reconcile("interval")
+    loop.reconcile("interval")
+    assert planned == []  # same bytes everywhere: nothing to plan
+    assert loop.status.last_result == "unchanged"
+
+    text = volume.read("postfix-virtual.cf") or ""
+    volume.write("postfix-virtual.cf", text.replace("b@example.com a@example.com",
+                                                    "b@example.com evil@elsewhere.net"))
+    loop.reconcile("interval")
+    assert planned and loop.status.last_result == "changed"  # the hand edit is repaired
+    assert "b@example.com a@example.com" in (volume.read("postfix-virtual.cf") or "")
