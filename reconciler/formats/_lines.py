@@ -40,7 +40,9 @@ def logical_lines(text: str, *, continuation: bool = False) -> Iterator[tuple[in
     """(line number, text) of each non-blank line, CR stripped.
 
     With `continuation`, a line starting with whitespace continues the previous one, as in
-    Postfix tables and aliases(5).
+    Postfix tables and aliases(5). As in Postfix's `readllines`, a comment line between an entry
+    and its continuation does not end the entry (`postmap -q` confirms it), so the comment is
+    yielded first and the entry keeps collecting.
     """
     pending: tuple[int, str] | None = None
     for number, raw in enumerate(text.split("\n"), start=1):
@@ -49,7 +51,7 @@ def logical_lines(text: str, *, continuation: bool = False) -> Iterator[tuple[in
         if not stripped:
             continue
         if stripped.startswith("#"):
-            if pending:
+            if pending and not continuation:
                 yield pending
                 pending = None
             yield number, line
@@ -117,9 +119,18 @@ def render_lines(
     comments: Iterable[str] = (),
     invalid: Iterable[str] = (),
     header: str = HEADER,
+    continuation: bool = False,
 ) -> str:
-    """Header, comments, entries (already in order), unreadable lines; LF and a final newline."""
-    out = [header, *comments, *(line_of(e) for e in entries), *invalid]
+    """Header, comments, entries (already in order), unreadable lines; LF and a final newline.
+
+    With `continuation`, unreadable lines that start with whitespace go before the entries: there
+    they continue nothing (Postfix ignores them, as it did where they were), while after an entry
+    Postfix would read them as more targets of that entry.
+    """
+    invalid = list(invalid)
+    indented = [line for line in invalid if continuation and line[:1].isspace()]
+    rest = [line for line in invalid if not (continuation and line[:1].isspace())]
+    out = [header, *comments, *indented, *(line_of(e) for e in entries), *rest]
     return "\n".join(out) + "\n"
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from reconciler.formats._lines import ParsedFile, parse_lines, render_lines
+from reconciler.formats.virtual import ORPHAN
 
 FILENAME = "postfix-aliases.cf"
 _COMMA = re.compile(r"\s*,\s*")
@@ -28,6 +29,8 @@ class LocalAlias:
 
 
 def _read(line: str) -> tuple[str, LocalAlias] | str:
+    if line[:1].isspace():  # a continuation with nothing to continue (see `logical_lines`)
+        return ORPHAN
     name, sep, value = line.partition(":")
     name = name.strip()
     if not sep or not name or any(c.isspace() for c in name):
@@ -48,4 +51,4 @@ def line_of(entry: LocalAlias) -> str:
 def render(entries: Iterable[LocalAlias], *, comments: Iterable[str] = (),
            invalid: Iterable[str] = ()) -> str:
     ordered = sorted(entries, key=lambda e: e.name.lower())
-    return render_lines(ordered, line_of, comments=comments, invalid=invalid)
+    return render_lines(ordered, line_of, comments=comments, invalid=invalid, continuation=True)
