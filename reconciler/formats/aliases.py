@@ -37,7 +37,8 @@ def _read(line: str) -> tuple[str, LocalAlias] | str:
         return "not `name: target`; postalias rejects this line"
     if not value.strip():
         return f"local alias '{name}' has no target"
-    return name.lower(), LocalAlias(name, " ".join(value.split()))
+    # Only trimmed: a quoted `"|command  --arg"` of an entry we do not manage must stay as it is.
+    return name.lower(), LocalAlias(name, value.strip())
 
 
 def parse(text: str) -> ParsedFile[LocalAlias]:
