@@ -21,12 +21,18 @@ class QuotaLine:
     size: str
 
 
-def _read(line: str) -> tuple[str, QuotaLine] | str:
+def _read(line: str) -> tuple[str, QuotaLine] | tuple[str, QuotaLine, str] | str:
     fields = line.split(":")
     if len(fields) != 2 or not fields[0].strip() or "@" not in fields[0]:
         return "not `address:size`; DMS ignores this line"
-    address, size = fields[0].strip(), fields[1].strip()
-    return address.lower(), QuotaLine(address, size)
+    address, size = fields
+    key = address.strip().lower()
+    if address != address.strip() or size != size.strip():
+        # Kept as written, so it differs from the canonical entry and gets rewritten: DMS's
+        # `grep -i "<address>:"` misses `a@d :5G`, and `a@d: 5G` gives Dovecot the size ` 5G`.
+        return key, QuotaLine(address, size), (
+            f"quota of '{key}' has blanks around ':'; DMS does not read it as written")
+    return key, QuotaLine(address, size)
 
 
 def parse(text: str) -> ParsedFile[QuotaLine]:

@@ -1,0 +1,110 @@
+"""dovecot-quotas.cf codec: `address:size` read like DMS's `grep -i "<address>:"`; round trips."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from reconciler.formats import quotas
+from reconciler.formats._lines import HEADER
+from reconciler.formats.quotas import QuotaLine
+from tests.formats._corpus import addresses, canonical_files, comments, corpus_files, read
+
+DIR = quotas.FILENAME
+
+EXPECTED = {
+    "setup-cli.cf": (
+        {"alice@example.com": QuotaLine("alice@example.com", "5G"),
+         "bob@example.org": QuotaLine("bob@example.org", "500M"),
+         "carol@example.com": QuotaLine("carol@example.com", "0")},
+        (), (), [],
+    ),
+    "dms-created-empty.cf": ({}, (), (), []),
+    "hand-edited.cf": (
+        {
+            # blanks around ':' are kept: DMS does not read this line as `alice -> 5G`, so it must
+            # not look like the canonical entry (the plan rewrites it)
+            "alice@example.com": QuotaLine("alice@example.com ", " 5G"),
+            "pal@example.com": QuotaLine("pal@example.com", "1G"),
+            "al@example.com": QuotaLine("al@example.com", "2G"),
+            "bob@example.org": QuotaLine("bob@example.org", "10k"),
+        },
+        ("# quotas for al@example.com: ignored by us",),
+        ("weird@example.com:1:2", "nocolon"),
+        [(2, "blanks around ':'"), (5, "not `address:size`"), (6, "not `address:size`"),
+         (7, "duplicate quota 'alice@example.com' (first on line 2)")],
+    ),
+    "canonical.cf": (
+        {"al@example.com": QuotaLine("al@example.com", "2G"),
+         "bob@example.org": QuotaLine("bob@example.org", "500M"),
+         "pal@example.com": QuotaLine("pal@example.com", "1G"),
+         "alice@example.com": QuotaLine("alice@example.com", "5G")},
+        ("# quotas",), ("weird@example.com:1:2",), [(7, "not `address:size`")],
+    ),
+}
+
+
+def test_every_corpus_file_has_an_expectation():
+    assert sorted(EXPECTED) == corpus_files(DIR)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_corpus_file_parses_as_dms_reads_it(name):
+    entries, comments_, invalid, problems = EXPECTED[name]
+    parsed = quotas.parse(read(DIR, name))
+    assert parsed.entries == entries
+    assert list(parsed.entries) == list(entries)
+    assert parsed.comments == comments_
+    assert parsed.invalid == invalid
+    assert [(p.line, words in p.message) for p, (_, words) in zip(parsed.problems, problems)] == [
+        (line, True) for line, _ in problems]
+    assert len(parsed.problems) == len(problems)
+
+
+@pytest.mark.parametrize("name", canonical_files(DIR))
+def test_canonical_file_round_trips_byte_for_byte(name):
+    text = read(DIR, name)
+    parsed = quotas.parse(text)
+    assert quotas.render(parsed.entries.values(), comments=parsed.comments,
+                         invalid=parsed.invalid) == text
+
+
+@pytest.mark.parametrize("name", corpus_files(DIR))
+def test_rendering_any_corpus_file_is_canonical_and_loses_no_entry(name):
+    parsed = quotas.parse(read(DIR, name))
+    once = quotas.render(parsed.entries.values(), comments=parsed.comments, invalid=parsed.invalid)
+    again = quotas.parse(once)
+    assert once.startswith(HEADER + "\n") and once.endswith("\n") and "\r" not in once
+    assert again.entries == parsed.entries
+    assert again.invalid == parsed.invalid
+
+
+def test_render_drops_comments_that_dms_grep_would_read_as_a_quota():
+    # `grep -i "al@example.com:"` matches this comment and DMS would use " ignored by us" as size
+    parsed = quotas.parse(read(DIR, "hand-edited.cf"))
+    out = quotas.render(parsed.entries.values(), comments=parsed.comments, invalid=parsed.invalid)
+    assert "# quotas for al@example.com" not in out
+
+
+def test_shorter_address_comes_first_so_its_grep_finds_its_own_line():
+    out = quotas.render([QuotaLine("pal@example.com", "1G"), QuotaLine("al@example.com", "2G")])
+    assert out.index("al@example.com:2G") < out.index("pal@example.com:1G")
+
+
+sizes = st.one_of(st.just("0"), st.builds(lambda n, u: f"{n}{u}", st.integers(1, 10**6),
+                                          st.sampled_from("BkMGT")))
+entry_lists = st.lists(st.builds(QuotaLine, addresses, sizes), max_size=12,
+                       unique_by=lambda e: e.address)
+
+
+@given(entry_lists, st.lists(comments, max_size=3))
+def test_parse_of_render_gives_back_the_entries(entries, comment_lines):
+    text = quotas.render(entries, comments=comment_lines)
+    parsed = quotas.parse(text)
+    assert parsed.entries == {e.address: e for e in entries}
+    assert parsed.comments == tuple(comment_lines)
+    assert quotas.render(parsed.entries.values(), comments=parsed.comments) == text
+    lines = text.splitlines()[1 + len(comment_lines):]
+    assert lines == sorted(lines, key=lambda line: (len(line.split(":")[0]),
+                                                    -line.split(":")[0].count(".")))
