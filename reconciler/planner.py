@@ -104,7 +104,7 @@ def make_plan(
         quotas.FILENAME, _want_quotas(desired), observed.quotas,
         own.owned(quotas.FILENAME), prune,
         same=lambda a, b: a.size == b.size and a.address.lower() == b.address.lower(),
-        show=lambda e: {"quota": e.size}, kind_of=lambda key, e: Kind.QUOTA, explain=_explain,
+        show=_show_quota, kind_of=lambda key, e: Kind.QUOTA, explain=_explain,
     )
     for name, diff, parsed in (
         (accounts.FILENAME, account_diff, observed.accounts),
@@ -355,6 +355,12 @@ def _want_local_aliases(desired: DesiredState) -> dict[str, _Want]:
     if not desired.devnull:
         return {}
     return {"devnull": _Want(Kind.LOCAL_ALIAS, DEVNULL_LOCAL)}
+
+
+def _show_quota(entry: quotas.QuotaLine) -> dict[str, Any]:
+    """The size; quoted with escapes when blanks or a CR make DMS misread it (see quotas.py)."""
+    size = entry.size
+    return {"quota": size if size == size.strip() else repr(size)}
 
 
 def _want_quotas(desired: DesiredState) -> dict[str, _Want]:

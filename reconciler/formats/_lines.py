@@ -36,8 +36,12 @@ class ParsedFile(Generic[E]):
     problems: tuple[Problem, ...] = ()
 
 
-def logical_lines(text: str, *, continuation: bool = False) -> Iterator[tuple[int, str]]:
-    """(line number, text) of each non-blank line, CR stripped.
+def logical_lines(text: str, *, continuation: bool = False,
+                  keep_cr: bool = False) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line, CR stripped unless `keep_cr`.
+
+    `keep_cr` is for files DMS reads without its CRLF fix (dovecot-quotas.cf): there a CR is
+    part of the value DMS hands on, not formatting.
 
     With `continuation`, a line starting with whitespace continues the previous one, as in
     Postfix tables and aliases(5). As in Postfix's `readllines`, a comment line between an entry
@@ -46,7 +50,7 @@ def logical_lines(text: str, *, continuation: bool = False) -> Iterator[tuple[in
     """
     pending: tuple[int, str] | None = None
     for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw[:-1] if raw.endswith("\r") else raw
+        line = raw[:-1] if raw.endswith("\r") and not keep_cr else raw
         stripped = line.strip()
         if not stripped:
             continue
@@ -77,6 +81,7 @@ def parse_lines(
     continuation: bool = False,
     what: str = "entry",
     header: str = HEADER,
+    keep_cr: bool = False,
 ) -> ParsedFile[E]:
     """Split `text` into entries with `read(line)`.
 
@@ -88,7 +93,7 @@ def parse_lines(
     comments: list[str] = []
     invalid: list[str] = []
     problems: list[Problem] = []
-    for number, line in logical_lines(text, continuation=continuation):
+    for number, line in logical_lines(text, continuation=continuation, keep_cr=keep_cr):
         if is_comment(line):
             if line.strip() != header:
                 comments.append(line.rstrip())
@@ -127,7 +132,7 @@ def render_lines(
     they continue nothing (Postfix ignores them, as it did where they were), while after an entry
     Postfix would read them as more targets of that entry.
     """
-    invalid = list(invalid)
+    invalid = [line.removesuffix("\r") for line in invalid]  # a `keep_cr` file's lines: LF only
     indented = [line for line in invalid if continuation and line[:1].isspace()]
     rest = [line for line in invalid if not (continuation and line[:1].isspace())]
     out = [header, *comments, *indented, *(line_of(e) for e in entries), *rest]

@@ -3,6 +3,7 @@
 DMS reads it with `grep -i "<address>:"` and uses the line only when it splits into exactly two
 fields on `:`; the first match wins, so lines are ordered shortest address first. A missing file
 and an empty one mean the same to DMS (it creates the empty file itself when quotas are on).
+DMS does not turn CRLF into LF here, so a CR is kept as part of the line (and the plan fixes it).
 """
 
 from __future__ import annotations
@@ -29,18 +30,20 @@ def _read(line: str) -> tuple[str, QuotaLine] | tuple[str, QuotaLine, str] | str
     key = address.strip().lower()
     if address != address.strip() or size != size.strip():
         # Kept as written, so it differs from the canonical entry and gets rewritten: DMS's
-        # `grep -i "<address>:"` misses `a@d :5G`, and `a@d: 5G` gives Dovecot the size ` 5G`.
+        # `grep -i "<address>:"` misses `a@d :5G`, and `a@d: 5G` or a CRLF line ending gives
+        # Dovecot the size ` 5G` or `5G\r` (DMS reads this file without its CRLF fix).
+        what = "a CRLF line ending" if size.endswith("\r") else "blanks around ':'"
         return key, QuotaLine(address, size), (
-            f"quota of '{key}' has blanks around ':'; DMS does not read it as written")
+            f"quota of '{key}' has {what}; DMS does not read it as written")
     return key, QuotaLine(address, size)
 
 
 def parse(text: str) -> ParsedFile[QuotaLine]:
-    return parse_lines(text, _read, what="quota")
+    return parse_lines(text, _read, what="quota", keep_cr=True)
 
 
 def line_of(entry: QuotaLine) -> str:
-    return f"{entry.address}:{entry.size}"
+    return f"{entry.address}:{entry.size.removesuffix(chr(13))}"  # what we write is LF only
 
 
 def render(entries: Iterable[QuotaLine], *, comments: Iterable[str] = (),

@@ -21,18 +21,26 @@ EXPECTED = {
         (), (), [],
     ),
     "dms-created-empty.cf": ({}, (), (), []),
+    "blanks-around-colon.cf": (
+        # kept as written: DMS's grep misses `alice@example.com :` and hands Dovecot ` 500M`, so
+        # these must not look like the canonical entries (the plan rewrites them)
+        {"alice@example.com": QuotaLine("alice@example.com ", " 5G"),
+         "bob@example.org": QuotaLine("bob@example.org", " 500M"),
+         "carol@example.com": QuotaLine("carol@example.com", "0")},
+        (), (), [(1, "blanks around ':'"), (2, "blanks around ':'")],
+    ),
     "hand-edited.cf": (
         {
-            # blanks around ':' are kept: DMS does not read this line as `alice -> 5G`, so it must
-            # not look like the canonical entry (the plan rewrites it)
-            "alice@example.com": QuotaLine("alice@example.com ", " 5G"),
-            "pal@example.com": QuotaLine("pal@example.com", "1G"),
-            "al@example.com": QuotaLine("al@example.com", "2G"),
-            "bob@example.org": QuotaLine("bob@example.org", "10k"),
+            # CRLF: DMS reads this file without its CRLF fix, so the CR is part of each size
+            "alice@example.com": QuotaLine("alice@example.com ", " 5G\r"),
+            "pal@example.com": QuotaLine("pal@example.com", "1G\r"),
+            "al@example.com": QuotaLine("al@example.com", "2G\r"),
+            "bob@example.org": QuotaLine("bob@example.org", "10k"),  # the last line has no CRLF
         },
         ("# quotas for al@example.com: ignored by us",),
-        ("weird@example.com:1:2", "nocolon"),
-        [(2, "blanks around ':'"), (5, "not `address:size`"), (6, "not `address:size`"),
+        ("weird@example.com:1:2\r", "nocolon\r"),
+        [(2, "not read it as written"), (3, "CRLF"), (4, "CRLF"), (5, "not `address:size`"),
+         (6, "not `address:size`"), (7, "CRLF"),
          (7, "duplicate quota 'alice@example.com' (first on line 2)")],
     ),
     "canonical.cf": (
@@ -76,8 +84,10 @@ def test_rendering_any_corpus_file_is_canonical_and_loses_no_entry(name):
     once = quotas.render(parsed.entries.values(), comments=parsed.comments, invalid=parsed.invalid)
     again = quotas.parse(once)
     assert once.startswith(HEADER + "\n") and once.endswith("\n") and "\r" not in once
-    assert again.entries == parsed.entries
-    assert again.invalid == parsed.invalid
+    # a rewrite is LF only: an entry we keep loses its CR, which DMS would have read as data
+    assert again.entries == {k: QuotaLine(e.address, e.size.removesuffix("\r"))
+                             for k, e in parsed.entries.items()}
+    assert again.invalid == tuple(line.removesuffix("\r") for line in parsed.invalid)
 
 
 def test_render_drops_comments_that_dms_grep_would_read_as_a_quota():
@@ -105,6 +115,6 @@ def test_parse_of_render_gives_back_the_entries(entries, comment_lines):
     assert parsed.entries == {e.address: e for e in entries}
     assert parsed.comments == tuple(comment_lines)
     assert quotas.render(parsed.entries.values(), comments=parsed.comments) == text
-    lines = text.splitlines()[1 + len(comment_lines):]
+    lines = text.split("\n")[1 + len(comment_lines):-1]
     assert lines == sorted(lines, key=lambda line: (len(line.split(":")[0]),
                                                     -line.split(":")[0].count(".")))
