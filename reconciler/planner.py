@@ -81,7 +81,7 @@ def make_plan(
         accounts.FILENAME, _want_accounts(desired, observed, passwords), observed.accounts,
         own.owned(accounts.FILENAME), prune,
         same=_same_account, show=_show_account, kind_of=lambda key, e: Kind.ACCOUNT,
-        explain=_explain_account(passwords),
+        explain=_explain_account(passwords, observed.accounts.entries),
     )
     account_diff.changes = [
         _with_reason(c, f"{c.reason}; its mail in {_maildir(c.key)} is kept")
@@ -289,18 +289,24 @@ def _show_account(entry: accounts.AccountLine) -> dict[str, Any]:
 
 
 def _explain_account(
-    passwords: Mapping[str, DesiredPassword],
+    passwords: Mapping[str, DesiredPassword], observed: Mapping[str, accounts.AccountLine],
 ) -> Callable[[str, dict[str, Any], dict[str, Any]], tuple[str, ...]]:
+    """What changed in an account line: its spelling, its hash, or both (never the values)."""
     def explain(key: str, before: dict[str, Any], after: dict[str, Any]) -> tuple[str, ...]:
-        decided = passwords.get(key)
-        if decided is None:
-            return ("address spelling",)
-        if decided.status is Status.GIVEN:
-            return ("password: (sensitive) -> (sensitive) (password_hash changed)",)
-        if decided.status is Status.NEW:
-            return (f"password: (sensitive) -> (sensitive) (the secret from {source_id(decided.source)} "
-                    "no longer matches the stored hash; a new SHA512-CRYPT hash is made at apply)",)
-        return ("address spelling",)
+        current, decided = observed.get(key), passwords.get(key)
+        lines: list[str] = []
+        if current is not None and current.address != key:
+            lines.append(f"address: {current.address} -> {key} (DMS logins are lowercase)")
+        if decided is None or current is None:
+            return tuple(lines)
+        if decided.status is Status.GIVEN and not same_hash(current.password_hash,
+                                                            decided.hash or ""):
+            lines.append("password: (sensitive) -> (sensitive) (password_hash changed)")
+        elif decided.status is Status.NEW:
+            lines.append(f"password: (sensitive) -> (sensitive) (the secret from "
+                         f"{source_id(decided.source)} no longer matches the stored hash; a new "
+                         "SHA512-CRYPT hash is made at apply)")
+        return tuple(lines)
     return explain
 
 
