@@ -471,7 +471,17 @@ def _shadow_warnings(
     out: list[str] = []
     account_set = {a.address for a in desired.accounts}
     deleted = {c.key for c in account_diff.changes if c.action is Action.DELETE}
+    kept_keys = {entry.key.lower() for entry in virtual_diff.final}
     for item in virtual_diff.unmanaged:
+        if item.kind is Kind.CATCH_ALL:
+            # the DMS catch-all trap: without a self-alias, Postfix hands the catch-all the mail
+            # of every real account in the domain
+            swallowed = sorted(a for a in account_set
+                               if "@" + domain_of(a) == item.key and a not in kept_keys)
+            if swallowed:
+                out.append(f"unmanaged catch-all '{item.key}' in postfix-virtual.cf takes the mail "
+                           f"of account(s) {', '.join(swallowed)} (no self-alias): declare "
+                           f"`catch_all: {{{item.key[1:]}: ...}}` in mailserver.yaml to fix it")
         if item.key in account_set:
             out.append(f"unmanaged alias '{item.key}' in postfix-virtual.cf shadows the account "
                        f"'{item.key}': Postfix delivers by the alias (remove it, or use --prune)")
