@@ -103,7 +103,8 @@ def make_plan(
     quota_diff = _diff(
         quotas.FILENAME, _want_quotas(desired), observed.quotas,
         own.owned(quotas.FILENAME), prune,
-        same=lambda a, b: a.size == b.size and a.address.lower() == b.address.lower(),
+        same=lambda a, b: (a.size == b.size and a.address.lower() == b.address.lower()
+                           and a.shadowed is None),
         show=_show_quota, kind_of=lambda key, e: Kind.QUOTA, explain=_explain,
     )
     for name, diff, parsed in (
@@ -364,9 +365,13 @@ def _want_local_aliases(desired: DesiredState) -> dict[str, _Want]:
 
 
 def _show_quota(entry: quotas.QuotaLine) -> dict[str, Any]:
-    """The size; quoted with escapes when blanks or a CR make DMS misread it (see quotas.py)."""
+    """The size; quoted with escapes when blanks or a CR make DMS misread it, and what DMS reads
+    instead when an earlier line shadows it (see quotas.py)."""
     size = entry.size
-    return {"quota": size if size == size.strip() else repr(size)}
+    shown = size if size == size.strip() else repr(size)
+    if entry.shadowed:
+        shown += f" (DMS reads {entry.shadowed})"
+    return {"quota": shown}
 
 
 def _want_quotas(desired: DesiredState) -> dict[str, _Want]:

@@ -4,14 +4,17 @@ DMS reads it with `grep -i "<address>:"` and uses the line only when it splits i
 fields on `:`; the first match wins, so lines are ordered shortest address first. A missing file
 and an empty one mean the same to DMS (it creates the empty file itself when quotas are on).
 DMS does not turn CRLF into LF here, so a CR is kept as part of the line (and the plan fixes it).
+An entry whose grep finds another line first (an earlier longer address, or a comment) is marked
+`shadowed`: DMS does not apply it as written, so the plan rewrites the file in a safe order.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
-from reconciler.formats._lines import ParsedFile, grep_safe_order, parse_lines, render_lines
+from reconciler.formats._lines import ParsedFile, Problem, grep_safe_order, parse_lines, render_lines
 
 FILENAME = "dovecot-quotas.cf"
 
@@ -20,6 +23,9 @@ FILENAME = "dovecot-quotas.cf"
 class QuotaLine:
     address: str
     size: str
+    # What DMS reads instead, when an earlier line matches its unanchored grep for this address
+    # (`pal@d:1G` before `al@d:2G` gives al 1G): e.g. "1G from line 2". Not part of equality.
+    shadowed: str | None = field(default=None, compare=False)
 
 
 def _read(line: str) -> tuple[str, QuotaLine] | tuple[str, QuotaLine, str] | str:
@@ -39,7 +45,39 @@ def _read(line: str) -> tuple[str, QuotaLine] | tuple[str, QuotaLine, str] | str
 
 
 def parse(text: str) -> ParsedFile[QuotaLine]:
-    return parse_lines(text, _read, what="quota", keep_cr=True)
+    parsed = parse_lines(text, _read, what="quota", keep_cr=True)
+    if not parsed.entries:
+        return parsed
+    raw = text.split("\n")
+    entries = dict(parsed.entries)
+    problems = list(parsed.problems)
+    for key, entry in parsed.entries.items():
+        hit = dms_lookup(key, raw)
+        if hit is None:
+            continue
+        number, line = hit
+        read = _read(line)
+        if not isinstance(read, str) and read[0] == key and read[1] == entry:
+            continue  # DMS finds this entry's own line (or an identical one)
+        fields = line.split(":")
+        reads = f"{fields[1]!r} from line {number}" if len(fields) == 2 else f"no quota (line {number})"
+        entries[key] = replace(entry, shadowed=reads)
+        problems.append(Problem(number, f"DMS's grep for the quota of '{key}' matches this line "
+                                        f"first, so '{key}' gets {reads}, not {entry.size!r}"))
+    problems.sort(key=lambda p: p.line)
+    return ParsedFile(entries, parsed.comments, parsed.invalid, tuple(problems))
+
+
+def dms_lookup(address: str, lines: list[str]) -> tuple[int, str] | None:
+    """(line number, line) that `grep -i "<address>:"` finds first, as DMS looks quotas up.
+
+    Unanchored, case-insensitive, `.` is any character, and comment lines are not skipped.
+    """
+    pattern = re.compile(re.escape(address).replace(r"\.", ".") + ":", re.IGNORECASE)
+    for number, line in enumerate(lines, start=1):
+        if pattern.search(line):
+            return number, line
+    return None
 
 
 def line_of(entry: QuotaLine) -> str:

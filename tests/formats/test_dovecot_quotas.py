@@ -39,9 +39,18 @@ EXPECTED = {
         },
         ("# quotas for al@example.com: ignored by us",),
         ("weird@example.com:1:2\r", "nocolon\r"),
-        [(2, "not read it as written"), (3, "CRLF"), (4, "CRLF"), (5, "not `address:size`"),
+        [(1, "grep for the quota of 'al@example.com' matches this line first"),
+         (2, "not read it as written"), (3, "CRLF"), (4, "CRLF"), (5, "not `address:size`"),
          (6, "not `address:size`"), (7, "CRLF"),
-         (7, "duplicate quota 'alice@example.com' (first on line 2)")],
+         (7, "duplicate quota 'alice@example.com' (first on line 2)"),
+         (7, "grep for the quota of 'alice@example.com' matches this line first")],
+    ),
+    "setup-cli-unsafe-order.cf": (
+        # `setup quota set pal@... 1G`, then `setup quota set al@... 2G`: appended in that order
+        {"pal@example.com": QuotaLine("pal@example.com", "1G"),
+         "al@example.com": QuotaLine("al@example.com", "2G"),
+         "alice@example.com": QuotaLine("alice@example.com", "5G")},
+        (), (), [(1, "so 'al@example.com' gets '1G' from line 1, not '2G'")],
     ),
     "canonical.cf": (
         {"al@example.com": QuotaLine("al@example.com", "2G"),
@@ -68,6 +77,21 @@ def test_corpus_file_parses_as_dms_reads_it(name):
     assert [(p.line, words in p.message) for p, (_, words) in zip(parsed.problems, problems)] == [
         (line, True) for line, _ in problems]
     assert len(parsed.problems) == len(problems)
+
+
+# What DMS's `grep -i "<address>:"` finds first when it is not the entry's own line.
+SHADOWED = {
+    "hand-edited.cf": {"al@example.com": "' ignored by us\\r' from line 1",  # the comment!
+                       "alice@example.com": "'9G\\r' from line 7"},  # `alice@example.com :` misses
+    "setup-cli-unsafe-order.cf": {"al@example.com": "'1G' from line 1"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_entries_dms_reads_from_another_line_are_marked(name):
+    parsed = quotas.parse(read(DIR, name))
+    shadowed = {key: e.shadowed for key, e in parsed.entries.items() if e.shadowed}
+    assert shadowed == SHADOWED.get(name, {})
 
 
 @pytest.mark.parametrize("name", canonical_files(DIR))
@@ -104,7 +128,10 @@ def test_shorter_address_comes_first_so_its_grep_finds_its_own_line():
 
 sizes = st.one_of(st.just("0"), st.builds(lambda n, u: f"{n}{u}", st.integers(1, 10**6),
                                           st.sampled_from("BkMGT")))
-entry_lists = st.lists(st.builds(QuotaLine, addresses, sizes), max_size=12,
+# short addresses over few letters and domains: many are substrings or `.`-matches of others
+tangled = st.builds(lambda local, domain: f"{local}@{domain}", st.text("alp.", min_size=1, max_size=4),
+                    st.sampled_from(["d.com", "dxcom", "e.d.com"]))
+entry_lists = st.lists(st.builds(QuotaLine, st.one_of(addresses, tangled), sizes), max_size=12,
                        unique_by=lambda e: e.address)
 
 
@@ -113,6 +140,7 @@ def test_parse_of_render_gives_back_the_entries(entries, comment_lines):
     text = quotas.render(entries, comments=comment_lines)
     parsed = quotas.parse(text)
     assert parsed.entries == {e.address: e for e in entries}
+    assert not any(e.shadowed for e in parsed.entries.values())  # DMS's grep finds each line
     assert parsed.comments == tuple(comment_lines)
     assert quotas.render(parsed.entries.values(), comments=parsed.comments) == text
     lines = text.split("\n")[1 + len(comment_lines):-1]
