@@ -141,9 +141,10 @@ def apply_plan(
                 snap = observed.snapshots[name]
                 held[name] = _open_and_check(snap, by_name[name].sha256_before)
             if todo:
-                intent = observed.ownership.union(new_state)
-                _atomic_write(os.path.join(config_dir, state_file.FILENAME),
-                              state_file.render(intent).encode(), state_snap)
+                intent = state_file.render(observed.ownership.union(new_state)).encode()
+                if intent != state_snap.data:  # an unchanged state file is not touched either
+                    _atomic_write(os.path.join(config_dir, state_file.FILENAME), intent,
+                                  state_snap)
             for name in todo:
                 if not by_name[name].in_place:
                     staged[name] = _stage(observed.snapshots[name], contents[name])
@@ -157,8 +158,9 @@ def apply_plan(
                 written.append(name)
                 data = read_snapshot(snap.path).data or b""
                 sha512[name] = hashlib.sha512(data).hexdigest()
-            _atomic_write(os.path.join(config_dir, state_file.FILENAME), state_text,
-                          read_snapshot(os.path.join(config_dir, state_file.FILENAME)))
+            state_now = read_snapshot(os.path.join(config_dir, state_file.FILENAME))
+            if state_now.data != state_text:
+                _atomic_write(os.path.join(config_dir, state_file.FILENAME), state_text, state_now)
         finally:
             for fd in held.values():
                 if fd >= 0:
