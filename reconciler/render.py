@@ -94,8 +94,11 @@ def text(plan: dict[str, Any], *, colour: bool = False) -> str:
             f"Refused at apply: {deletions['accounts']} account deletion(s) exceed the limit of "
             f"{deletions['limit']} ({deletions['limit_source']}); apply needs "
             f"--allow-deletions {deletions['accounts']}", fg="red", bold=True))
-    out.append("")
+    if out:  # a blank line before the summary, but none before a lone "No changes." line
+        out.append("")
     out.append(summary_line(plan))
+    while out[0] == "":  # a plan without changes starts with its unmanaged list or warnings
+        out.pop(0)
     return "\n".join(out) + "\n"
 
 
