@@ -472,7 +472,7 @@ def _plan_cron(
 def _shadow_warnings(
     desired: DesiredState, observed: Observed, virtual_diff: _FileDiff, account_diff: _FileDiff
 ) -> list[str]:
-    """Unmanaged aliases that will misroute mail after this plan: say so, do not touch them."""
+    """Unmanaged entries whose mail goes astray after this plan: say so, do not touch them."""
     out: list[str] = []
     account_set = {a.address for a in desired.accounts}
     deleted = {c.key for c in account_diff.changes if c.action is Action.DELETE}
@@ -496,4 +496,15 @@ def _shadow_warnings(
             if gone:
                 out.append(f"unmanaged alias '{item.key}' still points to deleted account(s) "
                            f"{', '.join(gone)}")
+    # The other way round: what this plan declares takes the mail of an account it keeps.
+    declared = {key: want.kind for key, want in _want_virtual(desired).items()}
+    catch_domains = {c.domain for c in desired.catch_all}
+    for item in account_diff.unmanaged:
+        if declared.get(item.key) in (Kind.ALIAS, Kind.DEVNULL):
+            out.append(f"the {declared[item.key].value} '{item.key}' in mailserver.yaml takes the "
+                       f"mail of the unmanaged account '{item.key}' (Postfix delivers by the alias)")
+        elif domain_of(item.key) in catch_domains and item.key not in kept_keys:
+            out.append(f"the catch-all for {domain_of(item.key)} in mailserver.yaml takes the mail "
+                       f"of the unmanaged account '{item.key}' (it has no self-alias): declare the "
+                       "account in mailserver.yaml so it keeps its mail")
     return out
