@@ -35,6 +35,7 @@ from reconciler.plan import (
 from reconciler.state import Ownership
 
 DEVNULL_TARGET = "devnull"
+BLOCK_KEY = "block"  # the key of an amavis.cf change about the marked block as a whole
 DEVNULL_LOCAL = aliases.LocalAlias("devnull", "/dev/null")
 
 
@@ -407,8 +408,15 @@ def _plan_amavis(desired: DesiredState, observed: Observed) -> tuple[list[Change
                                   after, details=_explain(key, before, after)))
     if current is not None and current.broken_markers:
         return [], FilePlan(amavis.FILENAME, snap.path, False, snap.exists, snap.sha256)
-    # Lines inside our block that we do not understand are ours to repair.
-    write = bool(changes) or (current is not None and current.unreadable_block)
+    # Lines inside our block that we do not understand are ours to repair; that is a change the
+    # plan shows (else it would say "No changes" and still rewrite the file).
+    if current is not None and current.unreadable_block:
+        changes.append(Change(amavis.FILENAME, Kind.QUARANTINE, BLOCK_KEY, Action.UPDATE,
+                              {"lines": "quarantine settings and other lines"},
+                              {"lines": "quarantine settings only"},
+                              details=("lines inside the dms-reconciler block that are not "
+                                       "quarantine settings are removed",)))
+    write = bool(changes)
     content = amavis.with_block(current, want or None) if write else None
     return changes, FilePlan(amavis.FILENAME, snap.path, write, snap.exists, snap.sha256, content)
 

@@ -35,6 +35,8 @@ def entry_text(change: dict[str, Any]) -> str:
         return f"{label} {key} -> {targets}{extra}"
     if kind == "local_alias":
         return f"local alias {key}: {value.get('target')}"
+    if kind == "quarantine" and key == "block":
+        return "quarantine block (marked dms-reconciler) in amavis.cf"
     if kind == "quarantine":
         return f"quarantine ${key} = {value.get('mailbox')}"
     if kind == "sa_learn":
