@@ -200,6 +200,7 @@ def test_case(name, tmp_path, env):
     assert as_json.code == 0, as_json.err
     plan = mask_plan_json(json.loads(as_json.out))
     assert text.code == (2 if plan["summary"]["has_changes"] else 0), text.err
+    assert plan["summary"]["has_changes"] == bool(plan["changes"])  # nothing written unannounced
     plan_text = normalise_output(text.out, work)
     if UPDATE:
         (case / "plan.txt").write_text(plan_text)
