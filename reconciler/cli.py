@@ -163,6 +163,7 @@ def apply(file: str, config_dir: str, cron_file: str, plan_file: str | None,
         "attempts": applied.attempts,
         "converged": applied.converged,
         "carried_lines": applied.result.carried_lines,
+        "state_written": applied.result.state_written,
     }
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
@@ -176,6 +177,9 @@ def apply(file: str, config_dir: str, cron_file: str, plan_file: str | None,
                           for n in applied.result.written) or "none"
         click.echo(f"Apply complete! Entries: {s['add']} added, {s['change']} changed, "
                    f"{s['destroy']} destroyed. Files written: {files}.")
+    elif applied.result.state_written:  # taking ownership of matching entries is not a change
+        click.echo("No changes. The config volume matches mailserver.yaml; only the record of the "
+                   "entries dms-reconciler manages was written (dms-reconciler.state.json).")
     else:
         click.echo("No changes. The config volume matches mailserver.yaml; nothing was written.")
     return 0

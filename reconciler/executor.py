@@ -48,6 +48,7 @@ class ApplyResult:
     paths: Mapping[str, str]  # logical name -> path
     sha512: Mapping[str, str]  # logical name -> sha512 of what was written (DMS's checksum)
     carried_lines: int = 0  # lines another writer appended while we renamed, carried over
+    state_written: bool = False  # the state file (what we own) was created or changed
 
 
 def check_safety(plan: Plan, *, allow_deletions: int | None) -> None:
@@ -130,6 +131,7 @@ def apply_plan(
         return ApplyResult((), {}, {})
 
     written: list[str] = []
+    state_written = False
     sha512: dict[str, str] = {}
     carried = 0
     with DmsLock(config_dir, timeout=lock_timeout, on_wait=on_wait):
@@ -161,6 +163,7 @@ def apply_plan(
             state_now = read_snapshot(os.path.join(config_dir, state_file.FILENAME))
             if state_now.data != state_text:
                 _atomic_write(os.path.join(config_dir, state_file.FILENAME), state_text, state_now)
+            state_written = state_text != state_snap.data
         finally:
             for fd in held.values():
                 if fd >= 0:
@@ -168,7 +171,7 @@ def apply_plan(
             for tmp in staged.values():
                 _unlink_quietly(tmp)
     paths = {name: observed.snapshots[name].path for name in written}
-    return ApplyResult(tuple(written), paths, sha512, carried)
+    return ApplyResult(tuple(written), paths, sha512, carried, state_written)
 
 
 def _open_and_check(snap: FileSnapshot, expected_sha256: str | None) -> int:

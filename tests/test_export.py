@@ -93,6 +93,7 @@ def test_adopting_an_export_writes_only_the_state_file(tmp_path, volume):
     before = volume.snapshot()
     applied = run_cli("apply", "-f", str(out), *volume.args())
     assert applied.returncode == 0, applied.stderr
+    assert "No changes" in applied.stdout and "only the record" in applied.stdout
     after = volume.snapshot()
     assert set(after) - set(before) == {"config/dms-reconciler.state.json"}
     assert {k: v for k, v in after.items() if k in before} == before  # bytes, mtime, inode
