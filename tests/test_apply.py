@@ -177,6 +177,25 @@ def test_apply_of_a_saved_plan_applies_exactly_it(with_secrets, tmp_path):
     assert again.returncode == 0, again.stdout
 
 
+def test_a_plan_saved_with_relative_paths_applies_from_anywhere(tmp_path):
+    # The defaults are relative (./mailserver.yaml, docker-data/dms/config): the common case.
+    root = tmp_path / "srv"
+    (root / "docker-data/dms/config").mkdir(parents=True)
+    (root / "docker-data/dms/cron").mkdir(parents=True)
+    (root / "jane.txt").write_text("jane-secret-1\n")
+    write_desired(root / "mailserver.yaml", accounts_yaml(["u0"], textwrap.dedent("""
+        aliases:
+          team@example.com: [u0@example.com]
+        """)).replace("accounts:\n", "accounts:\n  jane@example.org:\n    password_file: jane.txt\n"))
+    plan = run_cli("plan", "--out", "reviewed.plan", cwd=str(root))
+    assert plan.returncode == 0, plan.stderr
+    applied = run_cli("apply", str(root / "reviewed.plan"), cwd=str(tmp_path))
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "Entries: 3 added" in applied.stdout
+    again = run_cli("plan", "--detailed-exitcode", cwd=str(root))
+    assert again.returncode == 0, again.stdout
+
+
 @pytest.mark.parametrize("what", ["volume", "desired", "password_file", "password_env"])
 def test_apply_of_a_saved_plan_refuses_when_anything_changed_since(with_secrets, tmp_path, what):
     desired, volume, env = with_secrets
