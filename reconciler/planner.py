@@ -36,6 +36,7 @@ from reconciler.state import Ownership
 
 DEVNULL_TARGET = "devnull"
 BLOCK_KEY = "block"  # the key of an amavis.cf change about the marked block as a whole
+BLOCK_REPAIR = "lines inside the dms-reconciler block that are not quarantine settings are removed"
 DEVNULL_LOCAL = aliases.LocalAlias("devnull", "/dev/null")
 
 
@@ -414,8 +415,7 @@ def _plan_amavis(desired: DesiredState, observed: Observed) -> tuple[list[Change
         changes.append(Change(amavis.FILENAME, Kind.QUARANTINE, BLOCK_KEY, Action.UPDATE,
                               {"lines": "quarantine settings and other lines"},
                               {"lines": "quarantine settings only"},
-                              details=("lines inside the dms-reconciler block that are not "
-                                       "quarantine settings are removed",)))
+                              details=(BLOCK_REPAIR,)))
     write = bool(changes)
     content = amavis.with_block(current, want or None) if write else None
     return changes, FilePlan(amavis.FILENAME, snap.path, write, snap.exists, snap.sha256, content)
@@ -509,8 +509,9 @@ def _shadow_warnings(
     catch_domains = {c.domain for c in desired.catch_all}
     for item in account_diff.unmanaged:
         if declared.get(item.key) in (Kind.ALIAS, Kind.DEVNULL):
-            out.append(f"the {declared[item.key].value} '{item.key}' in mailserver.yaml takes the "
-                       f"mail of the unmanaged account '{item.key}' (Postfix delivers by the alias)")
+            out.append(f"the {declared[item.key].value} '{item.key}' in mailserver.yaml takes "
+                       f"the mail of the unmanaged account '{item.key}' (Postfix delivers by the "
+                       "alias)")
         elif domain_of(item.key) in catch_domains and item.key not in kept_keys:
             out.append(f"the catch-all for {domain_of(item.key)} in mailserver.yaml takes the mail "
                        f"of the unmanaged account '{item.key}' (it has no self-alias): declare the "

@@ -172,7 +172,8 @@ def test_apply_of_a_saved_plan_applies_exactly_it(with_secrets, tmp_path):
     applied = run_cli("apply", str(saved), env=env, cwd=str(tmp_path))
     assert applied.returncode == 0, applied.stderr
     assert "Entries: 1 added, 0 changed, 0 destroyed" in applied.stdout
-    assert volume.read("postfix-virtual.cf").splitlines()[1:] == ["team@example.org jane@example.org"]
+    virtual = volume.read("postfix-virtual.cf").splitlines()
+    assert virtual[1:] == ["team@example.org jane@example.org"]
     again = run_cli("plan", "-f", str(desired), *volume.args(), "--detailed-exitcode", env=env)
     assert again.returncode == 0, again.stdout
 
@@ -183,10 +184,9 @@ def test_a_plan_saved_with_relative_paths_applies_from_anywhere(tmp_path):
     (root / "docker-data/dms/config").mkdir(parents=True)
     (root / "docker-data/dms/cron").mkdir(parents=True)
     (root / "jane.txt").write_text("jane-secret-1\n")
-    write_desired(root / "mailserver.yaml", accounts_yaml(["u0"], textwrap.dedent("""
-        aliases:
-          team@example.com: [u0@example.com]
-        """)).replace("accounts:\n", "accounts:\n  jane@example.org:\n    password_file: jane.txt\n"))
+    text = accounts_yaml(["u0"], "aliases:\n  team@example.com: [u0@example.com]\n")
+    jane = "  jane@example.org:\n    password_file: jane.txt\n"
+    write_desired(root / "mailserver.yaml", text.replace("accounts:\n", "accounts:\n" + jane))
     plan = run_cli("plan", "--out", "reviewed.plan", cwd=str(root))
     assert plan.returncode == 0, plan.stderr
     applied = run_cli("apply", str(root / "reviewed.plan"), cwd=str(tmp_path))
@@ -254,7 +254,7 @@ def test_rewrites_keep_mode_and_owner_and_new_files_are_private(tmp_path, volume
         os.chown(volume.file("postfix-virtual.cf"), 5000, 1234)
     old = {name: volume.file(name).stat() for name in
            ("postfix-accounts.cf", "postfix-virtual.cf", "cron")}
-    desired = write_desired(tmp_path / "mailserver.yaml", accounts_yaml(["u0", "u1"], textwrap.dedent("""
+    extra = textwrap.dedent("""
         aliases:
           a@example.com: [u0@example.com, u1@example.com]
         quarantine:
@@ -263,7 +263,8 @@ def test_rewrites_keep_mode_and_owner_and_new_files_are_private(tmp_path, volume
           - schedule: "@daily"
             learn: spam
             folder: .Junk
-        """)))
+        """)
+    desired = write_desired(tmp_path / "mailserver.yaml", accounts_yaml(["u0", "u1"], extra))
     apply_ok(desired, volume)
 
     for name, st in old.items():

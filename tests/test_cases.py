@@ -232,8 +232,8 @@ def test_case(name, tmp_path, env):
             (case / "after" / rel).write_bytes(data)
     expected = {rel: path.read_bytes() for rel, path in volume_files(case / "after").items()}
     assert sorted(actual) == sorted(expected), "apply left other files than after/ holds"
-    for rel in expected:
-        assert actual[rel] == expected[rel], f"{rel} differs from after/{rel}"
+    for rel, data in expected.items():
+        assert actual[rel] == data, f"{rel} differs from after/{rel}"
     after_first = snapshot(work)
     for rel, (data, mtime, inode) in before.items():
         if expected.get(rel) == data:

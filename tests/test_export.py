@@ -43,7 +43,8 @@ def build_like_setup_cli(volume: Volume) -> None:
     append(virtual, "postmaster@example.com admin@example.com")     # setup alias add
     append(virtual, "team@example.org jane@example.org")            # setup alias add
     virtual.write_text(virtual.read_text().replace(                 # setup alias add team@ again
-        "team@example.org jane@example.org", "team@example.org jane@example.org,partner@elsewhere.net"))
+        "team@example.org jane@example.org",
+        "team@example.org jane@example.org,partner@elsewhere.net"))
     append(virtual, "noreply@example.com devnull")                  # FAQ: devnull recipe
     volume.write("postfix-aliases.cf", "devnull: /dev/null\n")
     quotas = volume.file("dovecot-quotas.cf")

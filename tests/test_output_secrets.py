@@ -1,4 +1,4 @@
-"""No command output holds a password or a password hash (product.md §4), checked with known values.
+"""No command output holds a password or a password hash (product.md §4), with known values.
 
 One realistic run through the real CLI: validate, plan in every format and saved, apply, apply of a
 saved plan, export, and the error paths a user meets (refused deletions, a stale saved plan, a

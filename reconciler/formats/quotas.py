@@ -14,7 +14,13 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from reconciler.formats._lines import ParsedFile, Problem, grep_safe_order, parse_lines, render_lines
+from reconciler.formats._lines import (
+    ParsedFile,
+    Problem,
+    grep_safe_order,
+    parse_lines,
+    render_lines,
+)
 
 FILENAME = "dovecot-quotas.cf"
 
@@ -60,7 +66,8 @@ def parse(text: str) -> ParsedFile[QuotaLine]:
         if not isinstance(read, str) and read[0] == key and read[1] == entry:
             continue  # DMS finds this entry's own line (or an identical one)
         fields = line.split(":")
-        reads = f"{fields[1]!r} from line {number}" if len(fields) == 2 else f"no quota (line {number})"
+        reads = (f"{fields[1]!r} from line {number}" if len(fields) == 2
+                 else f"no quota (line {number})")
         entries[key] = replace(entry, shadowed=reads)
         problems.append(Problem(number, f"DMS's grep for the quota of '{key}' matches this line "
                                         f"first, so '{key}' gets {reads}, not {entry.size!r}"))

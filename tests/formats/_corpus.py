@@ -30,7 +30,8 @@ def read(codec_dir: str, name: str) -> str:
 _LOCAL = st.text("abcdefghijklmnopqrstuvwxyz0123456789._-", min_size=1, max_size=12)
 _LABEL = st.text("abcdefghijklmnopqrstuvwxyz0123456789", min_size=1, max_size=8)
 domains = st.builds(lambda labels, tld: ".".join([*labels, tld]),
-                    st.lists(_LABEL, min_size=1, max_size=2), st.sampled_from(["com", "org", "net"]))
+                    st.lists(_LABEL, min_size=1, max_size=2),
+                    st.sampled_from(["com", "org", "net"]))
 addresses = st.builds(lambda local, domain: f"{local}@{domain}", _LOCAL, domains)
 _B64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 sha512_hashes = st.builds(

@@ -129,7 +129,8 @@ def test_shorter_address_comes_first_so_its_grep_finds_its_own_line():
 sizes = st.one_of(st.just("0"), st.builds(lambda n, u: f"{n}{u}", st.integers(1, 10**6),
                                           st.sampled_from("BkMGT")))
 # short addresses over few letters and domains: many are substrings or `.`-matches of others
-tangled = st.builds(lambda local, domain: f"{local}@{domain}", st.text("alp.", min_size=1, max_size=4),
+tangled = st.builds(lambda local, domain: f"{local}@{domain}",
+                    st.text("alp.", min_size=1, max_size=4),
                     st.sampled_from(["d.com", "dxcom", "e.d.com"]))
 entry_lists = st.lists(st.builds(QuotaLine, st.one_of(addresses, tangled), sizes), max_size=12,
                        unique_by=lambda e: e.address)

@@ -1,4 +1,4 @@
-"""postfix-accounts.cf codec: real-world files parse as DMS reads them; canonical files round-trip."""
+"""postfix-accounts.cf codec: files parse as DMS reads them; canonical ones round-trip."""
 
 from __future__ import annotations
 
@@ -9,13 +9,22 @@ from hypothesis import strategies as st
 from reconciler.formats import accounts
 from reconciler.formats._lines import HEADER
 from reconciler.formats.accounts import AccountLine
-from tests.formats._corpus import addresses, canonical_files, comments, corpus_files, read, sha512_hashes
+from tests.formats._corpus import (
+    addresses,
+    canonical_files,
+    comments,
+    corpus_files,
+    read,
+    sha512_hashes,
+)
+from tests.util import sha512_hash
 
 DIR = accounts.FILENAME
-A = "{SHA512-CRYPT}$6$aliceSalt0001$e0Tue/E5bVsbJItr115f4nlAWaIoM9q6QeTJEvjxiOqwOY.uPXDYLbhXYIwsepzUtZT3FQ2RCAYnO1xJO6sFc1"
-B = "{SHA512-CRYPT}$6$bobSalt000002$6rrwgkWTV4FzziwJ80ZVj/if9J6m8WYUYQZ0zqCLrC3vHbFNYh.WjXiT5h8IZ43pk3EagUm4jvBEQ6OzDh9TE0"
-C = "{SHA512-CRYPT}$6$carolSalt0003$g9cpRg.tjihubX1BJN2joiUGZM0Sn4.s4UaND813bl6q/gFG8ym1hgR1Ds4.aQdNTc03hVZIEiEhRlwwpVD3c0"
-D = "{SHA512-CRYPT}$6$daveSalt00004$B7EmFw7.md1L4I6i/iwP1ultuirsZcAdTebW0f6WdZ0Nz7y6q83FSU9QwgjShWKD4YXYbBIEU484aU7M29NYO1"
+# the hashes in the corpus files (fixed salts, so the corpus is stable)
+A = sha512_hash("alice-pw", "aliceSalt0001")
+B = sha512_hash("bob-pw", "bobSalt000002")
+C = sha512_hash("carol-pw", "carolSalt0003")
+D = sha512_hash("dave-pw", "daveSalt00004")
 MBOX = "userdb_mail=mbox:~/mail:INBOX=~/inbox"
 
 # corpus file -> (entries by key, comments, unreadable lines, [(line, words in the problem)])
@@ -100,7 +109,8 @@ def test_canonical_file_round_trips_byte_for_byte(name):
 @pytest.mark.parametrize("name", corpus_files(DIR))
 def test_rendering_any_corpus_file_is_canonical_and_loses_no_entry(name):
     parsed = accounts.parse(read(DIR, name))
-    once = accounts.render(parsed.entries.values(), comments=parsed.comments, invalid=parsed.invalid)
+    once = accounts.render(parsed.entries.values(), comments=parsed.comments,
+                           invalid=parsed.invalid)
     again = accounts.parse(once)
     assert once.startswith(HEADER + "\n") and once.endswith("\n") and "\r" not in once
     assert again.entries == parsed.entries

@@ -66,7 +66,8 @@ schedules = st.sampled_from(["0 2 * * *", "30 3 * * 1-5", "@daily", "*/15 * * * 
 jobs = st.builds(
     cron.job_line, schedules, st.sampled_from(["spam", "ham"]),
     st.one_of(st.just("*"), domains),
-    st.one_of(st.just("*"), st.text("abcdefghijklmnopqrstuvwxyz0123456789._-", min_size=1, max_size=10)),
+    st.one_of(st.just("*"),
+              st.text("abcdefghijklmnopqrstuvwxyz0123456789._-", min_size=1, max_size=10)),
     st.sampled_from([".Junk", "cur", ".Archive*", ".INBOX.spam"]),
 )
 
