@@ -177,7 +177,7 @@ def apply(file: str, config_dir: str, cron_file: str, plan_file: str | None,
         click.echo(f"Apply complete! Entries: {s['add']} added, {s['change']} changed, "
                    f"{s['destroy']} destroyed. Files written: {files}.")
     else:
-        click.echo("No changes. The config volume matches mailserver.yaml; nothing was written.")
+        click.echo("No changes. The config volume matches mailserver.yaml.")
     return 0
 
 
