@@ -1,0 +1,225 @@
+"""End-to-end: what `dms-reconciler apply` writes routes mail exactly as mailserver.yaml says.
+
+The real CLI writes a DMS config volume; `tests.mailstack` turns it into Postfix and Dovecot tables
+the way DMS does and runs both servers for real. Each test sends over SMTP and looks in every
+Maildir on disk (`copies`), or logs in over IMAP. One stack serves the whole module: a test states
+the desired file it needs (`Site.ensure`), which re-applies and rebuilds only when it differs.
+"""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.mailstack import MailStack, mail_stack  # noqa: F401 - the module-scoped fixture
+from tests.util import run_cli, sha512_hash
+
+pytestmark = pytest.mark.mailstack
+
+ADMIN_PASSWORD = "admin-from-hash"  # password_hash
+CAROL_PASSWORD = "carol-from-hash"  # password_hash
+BOB_PASSWORD = "bob-from-env"  # password_env
+JANE_PASSWORD = "jane-from-file"  # password_file
+
+
+def desired_yaml(secret_file: Path, *, with_carol: bool = True) -> str:
+    carol_account = f"""
+  carol@example.org:
+    password_hash: "{sha512_hash(CAROL_PASSWORD, salt="carolsalt")}"
+""" if with_carol else ""
+    team = ("[jane@example.org, carol@example.org, admin@example.com, partner@elsewhere.net]"
+            if with_carol else "[jane@example.org, admin@example.com, partner@elsewhere.net]")
+    return textwrap.dedent(f"""\
+        version: 1
+        domains: [example.com, example.org]
+        accounts:
+          admin@example.com:
+            password_hash: "{sha512_hash(ADMIN_PASSWORD, salt="adminsalt")}"
+          bob@example.com:
+            password_env: BOB_PASSWORD
+          jane@example.org:
+            password_file: {secret_file}
+        """) + carol_account + textwrap.dedent(f"""\
+        aliases:
+          info@example.org: jane@example.org
+          team@example.org: {team}
+        catch_all:
+          example.com: admin@example.com
+        devnull:
+          - noreply@example.org
+          - bounces@example.com
+        """)
+
+
+class Site:
+    """The desired file, its secrets, and the stack built from what the CLI wrote."""
+
+    def __init__(self, stack: MailStack, folder: Path) -> None:
+        self.stack = stack
+        self.desired = folder / "mailserver.yaml"
+        self.secret = folder / "jane.secret"
+        self._current: tuple[str, str, str] | None = None
+
+    def apply(self, *, with_carol: bool = True, jane: str = JANE_PASSWORD,
+              bob: str = BOB_PASSWORD) -> str:
+        """Write the desired file and secrets, run the real `apply`, rebuild the servers."""
+        text = desired_yaml(self.secret, with_carol=with_carol)
+        self.desired.write_text(text)
+        self.secret.write_text(jane + "\n")  # a trailing newline is ignored
+        done = run_cli("apply", "-f", str(self.desired), *self.stack.volume.args(),
+                       env={"BOB_PASSWORD": bob})
+        assert done.returncode == 0, done.stdout + done.stderr
+        self.stack.rebuild()
+        self._current = (text, jane, bob)
+        return done.stdout
+
+    def ensure(self, *, with_carol: bool = True, jane: str = JANE_PASSWORD,
+               bob: str = BOB_PASSWORD) -> None:
+        """Apply only if the stack was last built from something else."""
+        if self._current != (desired_yaml(self.secret, with_carol=with_carol), jane, bob):
+            self.apply(with_carol=with_carol, jane=jane, bob=bob)
+
+
+@pytest.fixture(scope="module")
+def site(mail_stack: MailStack, tmp_path_factory: pytest.TempPathFactory) -> Site:  # noqa: F811
+    return Site(mail_stack, tmp_path_factory.mktemp("desired"))
+
+
+@pytest.fixture
+def base(site: Site) -> Iterator[MailStack]:
+    """The stack routing the base mailserver.yaml."""
+    site.ensure()
+    yield site.stack
+
+
+# --- routing ----------------------------------------------------------------------------------
+
+def test_mail_to_an_account_lands_in_its_maildir(base: MailStack) -> None:
+    sent = base.send("jane@example.org")
+    assert sent.code == 250, sent.reply
+    assert base.copies(sent.token) == {"jane@example.org": 1}
+    subjects = [m["Subject"] for m in base.maildir_messages("jane@example.org")]
+    assert any(sent.token in s for s in subjects)
+
+
+def test_an_alias_delivers_to_its_target(base: MailStack) -> None:
+    sent = base.send("info@example.org")
+    assert sent.code == 250, sent.reply
+    assert base.copies(sent.token) == {"jane@example.org": 1}
+
+
+def test_a_multi_target_alias_gives_each_target_one_copy(base: MailStack) -> None:
+    sent = base.send("team@example.org")
+    assert sent.code == 250, sent.reply
+    assert base.copies(sent.token) == {
+        "jane@example.org": 1, "carol@example.org": 1, "admin@example.com": 1,
+    }
+    # The outside target is a forward: Postfix tried to relay it (outbound is disabled here).
+    forwarded = [d for d in sent.deliveries if d.to == "partner@elsewhere.net"]
+    assert [d.orig_to for d in forwarded] == ["team@example.org"]
+
+
+def test_an_unknown_address_in_a_catch_all_domain_reaches_the_catch_all_target(
+        base: MailStack) -> None:
+    sent = base.send("whoever@example.com")
+    assert sent.code == 250, sent.reply
+    assert base.copies(sent.token) == {"admin@example.com": 1}
+
+
+@pytest.mark.parametrize("rcpt", ["bob@example.com", "bob+newsletter@example.com"])
+def test_a_real_account_in_a_catch_all_domain_keeps_its_own_mail(base: MailStack,
+                                                                 rcpt: str) -> None:
+    # Without the self-alias `bob@example.com bob@example.com` the catch-all would take it.
+    sent = base.send(rcpt)
+    assert sent.code == 250, sent.reply
+    assert base.copies(sent.token) == {"bob@example.com": 1}
+
+
+@pytest.mark.parametrize("rcpt", ["noreply@example.org", "bounces@example.com"])
+def test_a_devnull_address_is_accepted_and_stored_nowhere(base: MailStack, rcpt: str) -> None:
+    # bounces@example.com is in the catch-all domain: its devnull entry must beat `@example.com`.
+    sent = base.send(rcpt)
+    assert sent.code == 250, sent.reply
+    assert base.copies(sent.token) == {}
+    assert [(d.orig_to, d.status, d.detail) for d in sent.deliveries] == [
+        (rcpt, "sent", "delivered to file: /dev/null")
+    ]
+
+
+def test_an_unknown_user_in_a_hosted_domain_is_rejected_with_550(base: MailStack) -> None:
+    sent = base.send("nobody@example.org")
+    assert sent.code == 550, sent.reply
+    assert "User unknown" in sent.reply
+    assert base.copies(sent.token) == {}
+
+
+# --- idempotence ------------------------------------------------------------------------------
+
+def test_applying_twice_changes_no_server_table_and_mail_still_routes(site: Site) -> None:
+    site.ensure()
+    stack = site.stack
+    tables = stack.tables()
+    volume = stack.volume.snapshot()
+
+    output = site.apply()  # the same file again
+
+    assert "No changes" in output
+    assert stack.volume.snapshot() == volume
+    assert stack.tables() == tables
+    for rcpt, owner in [("jane@example.org", "jane@example.org"),
+                        ("whoever@example.com", "admin@example.com"),
+                        ("bob@example.com", "bob@example.com")]:
+        sent = stack.send(rcpt)
+        assert stack.copies(sent.token) == {owner: 1}, rcpt
+
+
+# --- IMAP logins ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("address", "password"), [
+    ("admin@example.com", ADMIN_PASSWORD),  # password_hash
+    ("bob@example.com", BOB_PASSWORD),  # password_env
+    ("jane@example.org", JANE_PASSWORD),  # password_file
+], ids=["password_hash", "password_env", "password_file"])
+def test_imap_login_works_with_the_password_from_each_source(base: MailStack, address: str,
+                                                             password: str) -> None:
+    assert base.imap_login(address, password)
+    assert not base.imap_login(address, password + "-wrong")
+
+
+def test_after_a_password_change_only_the_new_password_works(site: Site) -> None:
+    site.ensure()
+    stack = site.stack
+    assert stack.imap_login("jane@example.org", JANE_PASSWORD)
+    assert stack.imap_login("bob@example.com", BOB_PASSWORD)
+
+    site.apply(jane="jane-rotated", bob="bob-rotated")
+
+    assert stack.imap_login("jane@example.org", "jane-rotated")
+    assert not stack.imap_login("jane@example.org", JANE_PASSWORD)
+    assert stack.imap_login("bob@example.com", "bob-rotated")
+    assert not stack.imap_login("bob@example.com", BOB_PASSWORD)
+    assert stack.imap_login("admin@example.com", ADMIN_PASSWORD)  # untouched
+
+
+# --- removal ----------------------------------------------------------------------------------
+
+def test_a_removed_account_bounces_but_its_maildir_stays(site: Site) -> None:
+    site.ensure()
+    stack = site.stack
+    before = stack.send("carol@example.org")
+    assert stack.copies(before.token) == {"carol@example.org": 1}
+
+    output = site.apply(with_carol=False)
+    assert "carol@example.org" in output
+
+    after = stack.send("carol@example.org")
+    assert after.code == 550, after.reply
+    assert not stack.imap_login("carol@example.org", CAROL_PASSWORD)
+    kept = stack.maildir_messages("carol@example.org")
+    assert any(before.token in m["Subject"] for m in kept)
+    # The multi-target alias no longer names her: the others still get one copy each.
+    team = stack.send("team@example.org")
+    assert stack.copies(team.token) == {"jane@example.org": 1, "admin@example.com": 1}
