@@ -63,13 +63,13 @@ class Site:
         self.secret = folder / "jane.secret"
         self._current: tuple[str, str, str] | None = None
 
-    def apply(self, *, with_carol: bool = True, jane: str = JANE_PASSWORD,
+    def apply(self, *extra: str, with_carol: bool = True, jane: str = JANE_PASSWORD,
               bob: str = BOB_PASSWORD) -> str:
         """Write the desired file and secrets, run the real `apply`, rebuild the servers."""
         text = desired_yaml(self.secret, with_carol=with_carol)
         self.desired.write_text(text)
         self.secret.write_text(jane + "\n")  # a trailing newline is ignored
-        done = run_cli("apply", "-f", str(self.desired), *self.stack.volume.args(),
+        done = run_cli("apply", "-f", str(self.desired), *self.stack.volume.args(), *extra,
                        env={"BOB_PASSWORD": bob})
         assert done.returncode == 0, done.stdout + done.stderr
         self.stack.rebuild()
@@ -223,3 +223,31 @@ def test_a_removed_account_bounces_but_its_maildir_stays(site: Site) -> None:
     # The multi-target alias no longer names her: the others still get one copy each.
     team = stack.send("team@example.org")
     assert stack.copies(team.token) == {"jane@example.org": 1, "admin@example.com": 1}
+
+
+# --- entries this tool did not write ----------------------------------------------------------
+
+def test_a_hand_added_account_in_a_catch_all_domain_keeps_its_own_mail(site: Site) -> None:
+    """`setup email add` accounts are kept (unmanaged): the catch-all must not take their mail,
+    and a hand-written alias for such an account keeps routing it where the admin said."""
+    site.ensure()
+    stack = site.stack
+    config = stack.volume.config
+    with (config / "postfix-accounts.cf").open("a") as f:  # what `setup email add` appends
+        f.write(f"carl@example.com|{sha512_hash('carl-pw', salt='carlsalt')}\n")
+        f.write(f"dora@example.com|{sha512_hash('dora-pw', salt='dorasalt')}\n")
+    with (config / "postfix-virtual.cf").open("a") as f:  # what `setup alias add` appends
+        f.write("dora@example.com jane@example.org\n")
+    try:
+        output = site.apply()
+
+        carl = stack.send("carl@example.com")
+        assert stack.copies(carl.token) == {"carl@example.com": 1}
+        dora = stack.send("dora@example.com")
+        assert stack.copies(dora.token) == {"jane@example.org": 1}
+        assert "self-alias carl@example.com -> carl@example.com" in output
+        assert "self-alias dora@example.com" not in output
+        assert "dora@example.com jane@example.org\n" in (config / "postfix-virtual.cf").read_text()
+    finally:
+        site.apply("--prune")  # back to exactly the base file for any later test
+    assert "carl@example.com" not in (config / "postfix-virtual.cf").read_text()
