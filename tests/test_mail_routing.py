@@ -21,8 +21,9 @@ pytestmark = pytest.mark.mailstack
 
 ADMIN_PASSWORD = "admin-from-hash"  # password_hash
 CAROL_PASSWORD = "carol-from-hash"  # password_hash
-BOB_PASSWORD = "bob-from-env"  # password_env
-JANE_PASSWORD = "jane-from-file"  # password_file
+# Non-ASCII, quotes, spaces and backslashes: the hash the tool makes must match Dovecot's UTF-8.
+BOB_PASSWORD = 'bob from env "ü€"'  # password_env
+JANE_PASSWORD = "jane from file ß\\ $6$"  # password_file
 
 
 def desired_yaml(secret_file: Path, *, removed: frozenset[str] = frozenset()) -> str:

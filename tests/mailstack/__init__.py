@@ -270,12 +270,15 @@ class MailStack:
         return found
 
     def imap_login(self, address: str, password: str) -> bool:
-        """True if Dovecot accepts the login (and the INBOX opens), False if it refuses it."""
+        """True if Dovecot accepts the login (and the INBOX opens), False if it refuses it.
+
+        AUTHENTICATE PLAIN carries any password as UTF-8 bytes (LOGIN cannot: non-ASCII)."""
+        credentials = b"\0" + address.encode() + b"\0" + password.encode()
         with imaplib.IMAP4("127.0.0.1", self.ports.imap, timeout=_WAIT) as imap:
             try:
-                imap.login(address, password)
+                imap.authenticate("PLAIN", lambda _challenge: credentials)
             except imaplib.IMAP4.error as exc:
-                if "AUTHENTICATIONFAILED" in str(exc) or "Authentication failed" in str(exc):
+                if "AUTHENTICATIONFAILED" in str(exc):
                     return False
                 raise
             status, _ = imap.select("INBOX")
