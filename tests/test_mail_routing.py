@@ -3,7 +3,8 @@
 The real CLI writes a DMS config volume; `tests.mailstack` turns it into Postfix and Dovecot tables
 the way DMS does and runs both servers for real. Each test sends over SMTP and looks in every
 Maildir on disk (`copies`), or logs in over IMAP. One stack serves the whole module: a test states
-the desired file it needs (`Site.ensure`), which re-applies and rebuilds only when it differs.
+the desired file it needs (`Site.ensure`), which re-applies and rebuilds only when it differs;
+the order of the tests only saves re-applies.
 """
 
 from __future__ import annotations
@@ -187,21 +188,6 @@ def test_imap_login_works_with_the_password_from_each_source(base: MailStack, ad
     assert not base.imap_login(address, password + "-wrong")
 
 
-def test_after_a_password_change_only_the_new_password_works(site: Site) -> None:
-    site.ensure()
-    stack = site.stack
-    assert stack.imap_login("jane@example.org", JANE_PASSWORD)
-    assert stack.imap_login("bob@example.com", BOB_PASSWORD)
-
-    site.apply(jane="jane-rotated", bob="bob-rotated")
-
-    assert stack.imap_login("jane@example.org", "jane-rotated")
-    assert not stack.imap_login("jane@example.org", JANE_PASSWORD)
-    assert stack.imap_login("bob@example.com", "bob-rotated")
-    assert not stack.imap_login("bob@example.com", BOB_PASSWORD)
-    assert stack.imap_login("admin@example.com", ADMIN_PASSWORD)  # untouched
-
-
 # --- removal ----------------------------------------------------------------------------------
 
 def test_removed_accounts_lose_their_mail_routing_but_keep_their_maildirs(site: Site) -> None:
@@ -257,3 +243,20 @@ def test_a_hand_added_account_in_a_catch_all_domain_keeps_its_own_mail(site: Sit
     finally:
         site.apply("--prune")  # back to exactly the base file for any later test
     assert "carl@example.com" not in (config / "postfix-virtual.cf").read_text()
+
+
+# --- password rotation ------------------------------------------------------------------------
+
+def test_after_a_password_change_only_the_new_password_works(site: Site) -> None:
+    site.ensure()
+    stack = site.stack
+    assert stack.imap_login("jane@example.org", JANE_PASSWORD)
+    assert stack.imap_login("bob@example.com", BOB_PASSWORD)
+
+    site.apply(jane="jane-rotated", bob="bob-rotated")
+
+    assert stack.imap_login("jane@example.org", "jane-rotated")
+    assert not stack.imap_login("jane@example.org", JANE_PASSWORD)
+    assert stack.imap_login("bob@example.com", "bob-rotated")
+    assert not stack.imap_login("bob@example.com", BOB_PASSWORD)
+    assert stack.imap_login("admin@example.com", ADMIN_PASSWORD)  # untouched
