@@ -10,7 +10,7 @@ volume that already matches (CRLF, another order, comments) is a no-change plan.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,9 +86,12 @@ def make_plan(
         if c.action is Action.DELETE else c
         for c in account_diff.changes
     ]
+    hand_written_virtual = set(observed.virtual.entries) - own.owned(virtual.FILENAME)
     virtual_diff = _diff(
-        virtual.FILENAME, _want_virtual(desired), observed.virtual,
-        own.owned(virtual.FILENAME), prune,
+        virtual.FILENAME,
+        _want_virtual(desired, kept_accounts=[u.key for u in account_diff.unmanaged],
+                      hand_written=hand_written_virtual),
+        observed.virtual, own.owned(virtual.FILENAME), prune,
         same=_same_virtual, show=_show_virtual, kind_of=_virtual_kind, explain=_explain,
     )
     local_diff = _diff(
@@ -310,7 +313,13 @@ def _maildir(address: str) -> str:
 
 # --- postfix-virtual.cf ---------------------------------------------------------------------------
 
-def _want_virtual(desired: DesiredState) -> dict[str, _Want]:
+def _want_virtual(
+    desired: DesiredState, *, kept_accounts: Iterable[str] = (),
+    hand_written: Collection[str] = (),
+) -> dict[str, _Want]:
+    """The managed postfix-virtual.cf entries. `kept_accounts` are accounts on the volume that
+    stay although the file does not declare them (unmanaged); `hand_written` are the virtual
+    keys on the volume this tool did not write."""
     out: dict[str, _Want] = {}
     for alias in desired.aliases:
         out[alias.address] = _Want(Kind.ALIAS, virtual.VirtualLine(alias.address, alias.targets))
@@ -328,6 +337,12 @@ def _want_virtual(desired: DesiredState) -> dict[str, _Want]:
             out[account.address] = _Want(
                 Kind.SELF_ALIAS, virtual.VirtualLine(account.address, (account.address,))
             )
+    for address in kept_accounts:
+        # A kept account this tool did not write (`setup email add`) is a real mailbox too: the
+        # catch-all must not take its mail either, unless a hand-written alias already routes it.
+        if domain_of(address) in catch_domains and address not in out \
+                and address not in hand_written:
+            out[address] = _Want(Kind.SELF_ALIAS, virtual.VirtualLine(address, (address,)))
     return out
 
 
