@@ -56,40 +56,50 @@ def cli() -> None:
 @cli.command()
 @_file_option
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def validate(file: str, fmt: str) -> int:
-    """Check mailserver.yaml (schema and mail rules). Offline; needs no secrets."""
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+def validate(file: str, fmt: str, files: tuple[str, ...]) -> int:
+    """Check mailserver.yaml (schema and mail rules). Offline; needs no secrets.
+
+    FILES, when given, are checked instead of -f (pre-commit passes the staged files); the exit
+    status is 1 when any of them is invalid. With --format json and several files, a JSON list.
+    """
+    results = [_validate_one(path, fmt) for path in (files or (file,))]
+    if fmt == "json":
+        reports = [report for _, report in results]
+        click.echo(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
+    return 1 if any(code for code, _ in results) else 0
+
+
+def _validate_one(file: str, fmt: str) -> tuple[int, dict[str, Any]]:
+    """Validate one file: print the text form, return the exit status and the JSON report."""
     try:
         loaded = load_desired(file)
     except InvalidDesiredState as exc:
         errors = [d for d in exc.diagnostics if d.severity is Severity.ERROR]
-        if fmt == "json":
-            click.echo(json.dumps({
-                "valid": False, "file": file,
-                "errors": [d.to_dict() for d in errors],
-                "warnings": [d.to_dict() for d in exc.diagnostics if d.severity is Severity.WARNING],
-            }, indent=2))
-        else:
+        if fmt != "json":
             for d in exc.diagnostics:
                 click.echo(d.format())
             click.echo(f"{file}: {len(errors)} error{'s' if len(errors) != 1 else ''}; nothing was changed")
-        return 1
+        return 1, {
+            "valid": False, "file": file,
+            "errors": [d.to_dict() for d in errors],
+            "warnings": [d.to_dict() for d in exc.diagnostics if d.severity is Severity.WARNING],
+        }
     state = loaded.state
-    if fmt == "json":
-        click.echo(json.dumps({
-            "valid": True, "file": file, "errors": [],
-            "warnings": [d.to_dict() for d in loaded.warnings],
-            "summary": {
-                "domains": len(state.domains), "accounts": len(state.accounts),
-                "aliases": len(state.aliases), "catch_all": len(state.catch_all),
-                "devnull": len(state.devnull), "sa_learn": len(state.sa_learn),
-                "quarantine": state.quarantine is not None,
-            },
-        }, indent=2))
-    else:
+    if fmt != "json":
         for d in loaded.warnings:
             click.echo(d.format(), err=True)
         click.echo(f"{file} is valid: {state.summary()}.")
-    return 0
+    return 0, {
+        "valid": True, "file": file, "errors": [],
+        "warnings": [d.to_dict() for d in loaded.warnings],
+        "summary": {
+            "domains": len(state.domains), "accounts": len(state.accounts),
+            "aliases": len(state.aliases), "catch_all": len(state.catch_all),
+            "devnull": len(state.devnull), "sa_learn": len(state.sa_learn),
+            "quarantine": state.quarantine is not None,
+        },
+    }
 
 
 @cli.command()
