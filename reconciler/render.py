@@ -118,6 +118,8 @@ def summary_line(plan: dict[str, Any]) -> str:
 MARKDOWN_MAX_CHARS = 60_000  # GitHub refuses comments over 65,536 characters
 MD_SYMBOLS = {"create": "+", "update": "!", "delete": "-"}  # `!` is GitHub's orange "changed" line
 MASS_CHANGE = 50  # entries; a plan this big gets a call-out of its own
+KIND_ORDER = ("account", "quota", "alias", "catch_all", "devnull", "self_alias", "local_alias",
+              "quarantine", "sa_learn")
 MAX_NAMED = 10  # accounts named in a call-out before "and N more"
 MAX_SHOWN_CHARS = 300  # one value in a comment; longer ones are cut
 FULL_PLAN_HINT = ("the full plan is in the JSON form: `dms-reconciler plan --format json` (the CI "
@@ -144,7 +146,8 @@ def md_code(value: Any) -> str:
     """An inline code span that no content can break out of."""
     text = _clean(value)
     fence = "`" * (_longest_backticks(text) + 1)
-    pad = " " if text.startswith("`") or text.endswith("`") or not text.strip() else ""
+    edge_space = text.startswith(" ") and text.endswith(" ") and text.strip() != ""
+    pad = " " if text.startswith("`") or text.endswith("`") or edge_space else ""
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
@@ -208,7 +211,8 @@ def _callouts(plan: dict[str, Any]) -> list[str]:
     deletes = [c for c in changes if c["actions"][0] == "delete"]
     if deletes:
         by_kind: dict[str, int] = {}
-        for c in deletes:
+        for c in sorted(deletes, key=lambda c: KIND_ORDER.index(c["kind"])
+                        if c["kind"] in KIND_ORDER else len(KIND_ORDER)):
             by_kind[c["kind"]] = by_kind.get(c["kind"], 0) + 1
         kinds = ", ".join(_plural(n, _kind_label(k), _kind_label(k) + ("es" if k.endswith("s")
                           else "s")) for k, n in by_kind.items())
