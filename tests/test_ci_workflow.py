@@ -328,3 +328,19 @@ def test_the_plan_is_one_comment_updated_on_every_push(tmp_path: Path, node: str
     assert "**`mailserver.yaml` is invalid.** Fix these errors:" in mine[0]["body"]
     assert "mailserver.yaml:4:" in mine[0]["body"]
     assert state["comments"][0] == human and state["comments"][1] == other_pr  # untouched
+
+
+def test_the_ci_docs_use_real_commands_and_options() -> None:
+    """docs/ci.md's recipes call only commands and options that exist."""
+    doc = (REPO / "docs" / "ci.md").read_text()
+    blocks = re.findall(r"```sh\n(.*?)```", doc, flags=re.S)
+    calls = [argv for block in blocks for argv in invocations(block)]
+    assert len(calls) >= 4
+    for argv in calls:
+        command = cli.commands[argv[0]]
+        with command.make_context(argv[0], argv[1:], resilient_parsing=False):
+            pass
+    for option in ("--against-ref", "--against-dir", "--offline", "--no-offline",
+                   "--detailed-exitcode", "--cron-file"):
+        assert option in doc
+        assert any(option in (*p.opts, *p.secondary_opts) for p in cli.commands["plan"].params)
