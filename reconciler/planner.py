@@ -262,7 +262,8 @@ def _want_accounts(
         password: Any
         if decided.status is Status.UNRESOLVED:
             keep = current is not None and decided.changed_from is None
-            password = current.password_hash if keep else PendingHash(account.address, True)
+            password = (current.password_hash if current is not None and keep
+                        else PendingHash(account.address, True))
         elif decided.status is Status.NEW:
             password = PendingHash(account.address)
         else:
@@ -300,8 +301,8 @@ def _explain_account(
             then = {Status.GIVEN: "written as given", Status.KEPT: "the stored hash still matches",
                     Status.NEW: "a new SHA512-CRYPT hash is made at apply",
                     Status.UNRESOLVED: "the secret is read and hashed at apply"}[decided.status]
-            return (f"password source: {decided.changed_from} -> {source_id(decided.source)} "
-                    f"({then})",)
+            change = f"{decided.changed_from} -> {source_id(decided.source)}"
+            return (f"password source: {change} ({then})",)
         if decided.status is Status.GIVEN:
             return ("password: (sensitive) -> (sensitive) (password_hash changed)",)
         if decided.status is Status.NEW:

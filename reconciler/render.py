@@ -116,6 +116,7 @@ def summary_line(plan: dict[str, Any]) -> str:
 # <details>, mention a GitHub user (`@example.com`), link an issue (`#12`) or autolink an address.
 
 MARKDOWN_MAX_CHARS = 60_000  # GitHub refuses comments over 65,536 characters
+VERBS = {"create": "add", "update": "change", "delete": "destroy"}  # the summary line's words
 MD_SYMBOLS = {"create": "+", "update": "!", "delete": "-"}  # `!` is GitHub's orange "changed" line
 MASS_CHANGE = 50  # entries; a plan this big gets a call-out of its own
 KIND_ORDER = ("account", "quota", "alias", "catch_all", "devnull", "self_alias", "local_alias",
@@ -204,10 +205,11 @@ def _callouts(plan: dict[str, Any]) -> list[str]:
     out: list[str] = []
     deletions = plan["deletions"]
     if deletions["over_limit"]:
-        out += ["> [!CAUTION]",
-                f"> Apply will refuse this plan: it deletes {_plural(deletions['accounts'], 'account')}"
-                f", more than the limit of {deletions['limit']} ({md_text(deletions['limit_source'])})."
-                f" After review, apply it with `--allow-deletions {deletions['accounts']}`.", ""]
+        refused = (f"> Apply will refuse this plan: it deletes "
+                   f"{_plural(deletions['accounts'], 'account')}, more than the limit of "
+                   f"{deletions['limit']} ({md_text(deletions['limit_source'])}). After review, "
+                   f"apply it with `--allow-deletions {deletions['accounts']}`.")
+        out += ["> [!CAUTION]", refused, ""]
     deletes = [c for c in changes if c["actions"][0] == "delete"]
     if deletes:
         by_kind: dict[str, int] = {}
@@ -216,8 +218,8 @@ def _callouts(plan: dict[str, Any]) -> list[str]:
             by_kind[c["kind"]] = by_kind.get(c["kind"], 0) + 1
         kinds = ", ".join(_plural(n, _kind_label(k), _kind_label(k) + ("es" if k.endswith("s")
                           else "s")) for k, n in by_kind.items())
-        out += ["> [!WARNING]", f"> This change destroys {_plural(len(deletes), 'entry', 'entries')}:"
-                f" {kinds}."]
+        destroys = f"> This change destroys {_plural(len(deletes), 'entry', 'entries')}: {kinds}."
+        out += ["> [!WARNING]", destroys]
         accounts = [c["key"] for c in deletes if c["kind"] == "account"]
         if accounts:
             out.append(f"> Accounts deleted: {_named(accounts)}. Their mail under `/var/mail` is "
@@ -225,8 +227,9 @@ def _callouts(plan: dict[str, Any]) -> list[str]:
         out.append("")
     if len(changes) >= MASS_CHANGE:
         touched = sum(c["kind"] == "account" for c in changes)
-        out += ["> [!IMPORTANT]", f"> A large change: {_plural(len(changes), 'entry', 'entries')}"
-                f", {_plural(touched, 'account')} among them. Review it in full before merging.", ""]
+        large = (f"> A large change: {_plural(len(changes), 'entry', 'entries')}, "
+                 f"{_plural(touched, 'account')} among them. Review it in full before merging.")
+        out += ["> [!IMPORTANT]", large, ""]
     return out
 
 
@@ -271,8 +274,9 @@ def markdown(plan: dict[str, Any], *, max_chars: int = MARKDOWN_MAX_CHARS) -> st
     tail: list[str] = []
     if plan["unresolved_secrets"]:
         n = len(plan["unresolved_secrets"])
-        tail += [f"_{_plural(n, 'password')} from a file or variable that cannot be read here "
-                 f"{'is' if n == 1 else 'are'} {RESOLVED}._", ""]
+        unresolved = (f"_{_plural(n, 'password')} from a file or variable that cannot be read "
+                      f"here {'is' if n == 1 else 'are'} {RESOLVED}._")
+        tail += [unresolved, ""]
 
     body: list[str] = []
     budget = max_chars - len("\n".join(head + tail)) - 1000  # room for the cut notice
@@ -287,8 +291,7 @@ def markdown(plan: dict[str, Any], *, max_chars: int = MARKDOWN_MAX_CHARS) -> st
         if not group or cut:
             continue
         counts = {a: sum(c["actions"][0] == a for c in group) for a in SYMBOLS}
-        badge = ", ".join(f"{n} to {({'create': 'add', 'update': 'change', 'delete': 'destroy'})[a]}"
-                          for a, n in counts.items() if n)
+        badge = ", ".join(f"{n} to {VERBS[a]}" for a, n in counts.items() if n)
         label = "sa-learn cron file" if name == "cron" else f"<code>{name}</code>"
         opening = [f"<details><summary>{label}: {badge}</summary>", ""]
         entries: list[str] = []
@@ -304,8 +307,9 @@ def markdown(plan: dict[str, Any], *, max_chars: int = MARKDOWN_MAX_CHARS) -> st
     body += _other_sections(plan, fits)
     notice: list[str] = []
     if cut:
-        notice = [f"> [!NOTE]\n> This plan is too long for one comment: {shown} of "
-                  f"{len(changes)} entries are shown; {FULL_PLAN_HINT}.", ""]
+        cut_text = (f"> This plan is too long for one comment: {shown} of {len(changes)} entries "
+                    f"are shown; {FULL_PLAN_HINT}.")
+        notice = ["> [!NOTE]", cut_text, ""]
     text = "\n".join(head + notice + body + tail).rstrip("\n") + "\n"
     if len(text) > max_chars:  # a pathological header (thousands of long warnings): hard cut
         text = text[: max_chars - 200].rsplit("\n", 1)[0] + f"\n\n_(cut: {FULL_PLAN_HINT})_\n"
@@ -322,9 +326,9 @@ def _other_sections(plan: dict[str, Any], fits: Callable[[list[str]], bool]) -> 
         if len(unmanaged) > 100:
             lines.append(f"... and {len(unmanaged) - 100} more")
         title = _plural(len(unmanaged), "unmanaged entry", "unmanaged entries")
-        section = [f"<details><summary>{title} kept (not in mailserver.yaml, not written by "
-                   "dms-reconciler; <code>--prune</code> deletes them)</summary>", "",
-                   *_fence(lines, "text"), "", "</details>", ""]
+        summary = (f"<details><summary>{title} kept (not in mailserver.yaml, not written by "
+                   "dms-reconciler; <code>--prune</code> deletes them)</summary>")
+        section = [summary, "", *_fence(lines, "text"), "", "</details>", ""]
         if fits(out + section):
             out += section
     for title, items, box in (("Warnings", plan["warnings"], "WARNING"),

@@ -23,7 +23,7 @@ GIT_ENV = {
 
 def git(repo: Path, *args: str) -> str:
     done = subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
-                          env={**os.environ, **GIT_ENV}, timeout=60)
+                          env={**os.environ, **GIT_ENV}, timeout=60, check=False)
     assert done.returncode == 0, f"git {' '.join(args)} failed: {done.stderr}"
     return done.stdout.strip()
 

@@ -75,6 +75,8 @@ sa_learn:
   - {{schedule: "0 3 * * *", learn: spam, folder: .Junk, accounts: [admin@example.com]}}
 """
 
+SA_LEARN = ("0 {hour} * * * root sa-learn --spam /var/mail/example.com/admin/.Junk "
+            "--dbpath /var/mail-state/lib-amavis/.spamassassin > /dev/null")
 EXPECTED = {
     ("update", "quota", "admin@example.com"),
     ("delete", "account", "dave@example.org"),
@@ -88,10 +90,8 @@ EXPECTED = {
     ("create", "alias", "orders@example.com"),  # the renamed alias ...
     ("delete", "alias", "sales@example.com"),  # ... is a create and a delete
     ("update", "alias", "team@example.org"),
-    ("create", "sa_learn", "0 3 * * * root sa-learn --spam /var/mail/example.com/admin/.Junk "
-                           "--dbpath /var/mail-state/lib-amavis/.spamassassin > /dev/null"),
-    ("delete", "sa_learn", "0 2 * * * root sa-learn --spam /var/mail/example.com/admin/.Junk "
-                           "--dbpath /var/mail-state/lib-amavis/.spamassassin > /dev/null"),
+    ("create", "sa_learn", SA_LEARN.format(hour=3)),
+    ("delete", "sa_learn", SA_LEARN.format(hour=2)),
 }
 ENV = {"BOB_PASSWORD": PLAIN["bob"]}  # bob's secret is readable; carol's, erin's ... are not
 
@@ -158,8 +158,8 @@ def test_password_source_changes_show_as_changes_and_say_what_changed(main_plan:
     plan = main_plan
     jane = by_key(plan, "account", "jane@example.org")
     assert jane["after"] == {"password": "(sensitive, resolved at apply)"}
-    assert jane["details"] == ["password source: file:secrets/jane.txt -> file:secrets/jane-new.txt"
-                               " (the secret is read and hashed at apply)"]
+    assert jane["details"] == [("password source: file:secrets/jane.txt -> file:secrets/"
+                                "jane-new.txt (the secret is read and hashed at apply)")]
     kim = by_key(plan, "account", "kim@example.org")
     assert kim["after"] == {"password": "(sensitive)"}  # readable: a new hash at apply
     assert "file:secrets/kim-old.txt -> file:secrets/kim-new.txt" in kim["details"][0]
@@ -189,7 +189,8 @@ def test_detailed_exitcode_and_text_form(repo: Repo) -> None:
     lines = done.stdout.splitlines()
     assert lines[0].startswith("Planned against mailserver.yaml at main (")
     assert lines[-1] == "Plan: 3 to add, 7 to change, 4 to destroy."
-    assert "  - alias sales@example.com -> admin@example.com  # removed from mailserver.yaml" in lines
+    removed = "  - alias sales@example.com -> admin@example.com  # removed from mailserver.yaml"
+    assert removed in lines
     assert "  + alias orders@example.com -> admin@example.com" in lines
     # paths are where apply would write, not the throw-away volume's
     assert "# docker-data/dms/cron/sa-learn (sa-learn cron file)" in lines

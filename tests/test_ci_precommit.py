@@ -41,7 +41,8 @@ def try_repo(workdir: Path, home: Path, hook: str, *args: str,
     if path is not None:
         env["PATH"] = path
     return subprocess.run(["pre-commit", "try-repo", str(REPO), hook, "--verbose", *args],
-                          cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+                          check=False)
 
 
 def repo_with(tmp_path: Path, files: dict[str, str]) -> Path:
@@ -113,12 +114,12 @@ def test_a_commit_of_an_invalid_file_is_stopped(tmp_path: Path, pre_commit_home:
                GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.net")
     subprocess.run(["pre-commit", "install"], cwd=root, env=env, check=True, capture_output=True)
     good = subprocess.run(["git", "commit", "-q", "-m", "good"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, check=False)
     assert good.returncode == 0, good.stdout + good.stderr
     (root / "mailserver.yaml").write_text(INVALID)
     git(root, "add", "mailserver.yaml")
     bad = subprocess.run(["git", "commit", "-q", "-m", "bad"], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=300, check=False)
     assert bad.returncode == 1
     assert "mailserver.yaml:4:" in bad.stdout + bad.stderr
     assert git(root, "log", "--format=%s") == "good"  # the bad commit was not made
