@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +18,9 @@ from reconciler import __version__
 from reconciler.desired import load_desired
 from reconciler.errors import InvalidDesiredState, ReconcilerError, Severity
 from reconciler.reconcile import Target
+
+if TYPE_CHECKING:
+    from reconciler.baseline import BasePlanned
 
 DEFAULT_FILE = "mailserver.yaml"
 DEFAULT_CONFIG_DIR = "docker-data/dms/config"
@@ -162,7 +165,7 @@ def plan(ctx: click.Context, file: str, config_dir: str, cron_file: str, fmt: st
 
 def _plan_against(ctx: click.Context, file: str, config_dir: str, cron_file: str, out: str | None,
                   prune: bool, offline: bool | None, against_ref: str | None,
-                  against_dir: str | None) -> Any:
+                  against_dir: str | None) -> BasePlanned:
     """`plan --against-ref` / `--against-dir`: check the options, then plan against the base."""
     from click.core import ParameterSource
 
