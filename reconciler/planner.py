@@ -264,7 +264,9 @@ def _want_accounts(
         decided = passwords[account.address]
         password: Any
         if decided.status is Status.UNRESOLVED:
-            password = current.password_hash if current else PendingHash(account.address, True)
+            keep = current is not None and decided.changed_from is None
+            password = (current.password_hash if current is not None and keep
+                        else PendingHash(account.address, True))
         elif decided.status is Status.NEW:
             password = PendingHash(account.address)
         else:
@@ -298,6 +300,12 @@ def _explain_account(
         decided = passwords.get(key)
         if decided is None:
             return ("address spelling",)
+        if decided.changed_from is not None:
+            then = {Status.GIVEN: "written as given", Status.KEPT: "the stored hash still matches",
+                    Status.NEW: "a new SHA512-CRYPT hash is made at apply",
+                    Status.UNRESOLVED: "the secret is read and hashed at apply"}[decided.status]
+            change = f"{decided.changed_from} -> {source_id(decided.source)}"
+            return (f"password source: {change} ({then})",)
         if decided.status is Status.GIVEN:
             return ("password: (sensitive) -> (sensitive) (password_hash changed)",)
         if decided.status is Status.NEW:
