@@ -130,6 +130,9 @@ def apply_plan(
     if not todo and state_snap.data == state_text:
         return ApplyResult((), {}, {})
 
+    if CRON in todo and not os.path.isdir(os.path.dirname(observed.cron_path) or "."):
+        raise VolumeError(f"the folder of the cron file {observed.cron_path} does not exist "
+                          "(give --cron-file); nothing was written")
     written: list[str] = []
     state_written = False
     sha512: dict[str, str] = {}

@@ -10,11 +10,9 @@ volume that already matches (CRLF, another order, comments) is a no-change plan.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
-
-from deepdiff import DeepDiff
 
 from reconciler.addresses import domain_of, local_of
 from reconciler.formats import accounts, aliases, amavis, cron, quotas, virtual
@@ -90,9 +88,12 @@ def make_plan(
         if c.action is Action.DELETE else c
         for c in account_diff.changes
     ]
+    hand_written_virtual = set(observed.virtual.entries) - own.owned(virtual.FILENAME)
     virtual_diff = _diff(
-        virtual.FILENAME, _want_virtual(desired), observed.virtual,
-        own.owned(virtual.FILENAME), prune,
+        virtual.FILENAME,
+        _want_virtual(desired, kept_accounts=[u.key for u in account_diff.unmanaged],
+                      hand_written=hand_written_virtual),
+        observed.virtual, own.owned(virtual.FILENAME), prune,
         same=_same_virtual, show=_show_virtual, kind_of=_virtual_kind, explain=_explain,
     )
     local_diff = _diff(
@@ -224,6 +225,8 @@ def _diff(
 
 def _explain(key: str, before: dict[str, Any], after: dict[str, Any]) -> tuple[str, ...]:
     """Readable lines for what changed inside one entry (deepdiff, order-insensitive lists)."""
+    from deepdiff import DeepDiff  # imported here: it pulls in numpy, ~0.15 s on every start
+
     diff = DeepDiff(before, after, ignore_order=True, verbose_level=2)
     lines: list[str] = []
     for path, change in diff.get("values_changed", {}).items():
@@ -264,7 +267,9 @@ def _want_accounts(
         decided = passwords[account.address]
         password: Any
         if decided.status is Status.UNRESOLVED:
-            password = current.password_hash if current else PendingHash(account.address, True)
+            keep = current is not None and decided.changed_from is None
+            password = (current.password_hash if current is not None and keep
+                        else PendingHash(account.address, True))
         elif decided.status is Status.NEW:
             password = PendingHash(account.address)
         else:
@@ -302,8 +307,14 @@ def _explain_account(
             lines.append(f"address: {current.address} -> {key} (DMS logins are lowercase)")
         if decided is None or current is None:
             return tuple(lines)
-        if decided.status is Status.GIVEN and not same_hash(current.password_hash,
-                                                            decided.hash or ""):
+        if decided.changed_from is not None:
+            then = {Status.GIVEN: "written as given", Status.KEPT: "the stored hash still matches",
+                    Status.NEW: "a new SHA512-CRYPT hash is made at apply",
+                    Status.UNRESOLVED: "the secret is read and hashed at apply"}[decided.status]
+            change = f"{decided.changed_from} -> {source_id(decided.source)}"
+            lines.append(f"password source: {change} ({then})")
+        elif decided.status is Status.GIVEN and not same_hash(current.password_hash,
+                                                              decided.hash or ""):
             lines.append("password: (sensitive) -> (sensitive) (password_hash changed)")
         elif decided.status is Status.NEW:
             lines.append(f"password: (sensitive) -> (sensitive) (the secret from "
@@ -319,7 +330,13 @@ def _maildir(address: str) -> str:
 
 # --- postfix-virtual.cf ---------------------------------------------------------------------------
 
-def _want_virtual(desired: DesiredState) -> dict[str, _Want]:
+def _want_virtual(
+    desired: DesiredState, *, kept_accounts: Iterable[str] = (),
+    hand_written: Collection[str] = (),
+) -> dict[str, _Want]:
+    """The managed postfix-virtual.cf entries. `kept_accounts` are accounts on the volume that
+    stay although the file does not declare them (unmanaged); `hand_written` are the virtual
+    keys on the volume this tool did not write."""
     out: dict[str, _Want] = {}
     for alias in desired.aliases:
         out[alias.address] = _Want(Kind.ALIAS, virtual.VirtualLine(alias.address, alias.targets))
@@ -337,6 +354,12 @@ def _want_virtual(desired: DesiredState) -> dict[str, _Want]:
             out[account.address] = _Want(
                 Kind.SELF_ALIAS, virtual.VirtualLine(account.address, (account.address,))
             )
+    for address in kept_accounts:
+        # A kept account this tool did not write (`setup email add`) is a real mailbox too: the
+        # catch-all must not take its mail either, unless a hand-written alias already routes it.
+        if domain_of(address) in catch_domains and address not in out \
+                and address not in hand_written:
+            out[address] = _Want(Kind.SELF_ALIAS, virtual.VirtualLine(address, (address,)))
     return out
 
 
@@ -504,16 +527,12 @@ def _shadow_warnings(
             if gone:
                 out.append(f"unmanaged alias '{item.key}' still points to deleted account(s) "
                            f"{', '.join(gone)}")
-    # The other way round: what this plan declares takes the mail of an account it keeps.
+    # The other way round: an alias this plan declares takes the mail of an account it keeps.
+    # (A declared catch-all does not: kept accounts in its domain get a self-alias.)
     declared = {key: want.kind for key, want in _want_virtual(desired).items()}
-    catch_domains = {c.domain for c in desired.catch_all}
     for item in account_diff.unmanaged:
         if declared.get(item.key) in (Kind.ALIAS, Kind.DEVNULL):
             out.append(f"the {declared[item.key].value} '{item.key}' in mailserver.yaml takes "
                        f"the mail of the unmanaged account '{item.key}' (Postfix delivers by the "
                        "alias)")
-        elif domain_of(item.key) in catch_domains and item.key not in kept_keys:
-            out.append(f"the catch-all for {domain_of(item.key)} in mailserver.yaml takes the mail "
-                       f"of the unmanaged account '{item.key}' (it has no self-alias): declare the "
-                       "account in mailserver.yaml so it keeps its mail")
     return out
