@@ -238,6 +238,9 @@ def apply(file: str, config_dir: str, cron_file: str, plan_file: str | None,
     if data["changes"]:
         click.echo(render.text(data, colour=_colour()), nl=False)
         click.echo("")
+    else:  # no plan to show, but what it warns about still matters (stderr: stdout stays terse)
+        for warning in data["warnings"]:
+            click.echo(f"Warning: {warning}", err=True)
     s = data["summary"]
     if applied.result.written or data["changes"]:
         files = ", ".join(applied.result.paths.get(n, n) if n == "cron" else n
