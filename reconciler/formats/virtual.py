@@ -25,7 +25,13 @@ class VirtualLine:
     targets: tuple[str, ...]  # as written, in file order
 
 
+ORPHAN = ("line starts with whitespace but no entry comes before it; Postfix ignores it "
+          "(\"logical line must not start with whitespace\")")
+
+
 def _read(line: str) -> tuple[str, VirtualLine] | str:
+    if line[:1].isspace():  # a continuation with nothing to continue (see `logical_lines`)
+        return ORPHAN
     parts = line.strip().split(None, 1)
     if len(parts) < 2:
         return "alias line has a key but no target; Postfix ignores it with a warning"
@@ -51,4 +57,5 @@ def sort_key(entry: VirtualLine) -> tuple[str, int, str]:
 
 def render(entries: Iterable[VirtualLine], *, comments: Iterable[str] = (),
            invalid: Iterable[str] = ()) -> str:
-    return render_lines(sorted(entries, key=sort_key), line_of, comments=comments, invalid=invalid)
+    return render_lines(sorted(entries, key=sort_key), line_of, comments=comments, invalid=invalid,
+                        continuation=True)
