@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler import rules
 from reconciler.errors import Diagnostic, InvalidDesiredState, Severity
+from reconciler.gcpause import paused
 from reconciler.model import (
     QUARANTINE_KINDS,
     Account,
@@ -77,7 +78,7 @@ def _fast_validator() -> Any:
         return None
     try:
         return jsonschema_rs.validator_for(schema())
-    except Exception:  # pragma: no cover - a jsonschema-rs that cannot read the schema: go slow
+    except Exception:  # noqa: BLE001  # pragma: no cover - jsonschema-rs cannot read the schema
         return None
 
 
@@ -100,7 +101,7 @@ def _fast_says_valid(value: Any) -> bool:
         return False
     try:
         return bool(validator.is_valid(value))
-    except Exception:  # a value jsonschema-rs cannot take: let python-jsonschema judge it
+    except (ValueError, TypeError, OverflowError):  # python-jsonschema judges what rs cannot
         return False
 
 
@@ -156,6 +157,7 @@ def load_desired(path: str) -> Loaded:
     return load_desired_bytes(read_desired_bytes(path), path)
 
 
+@paused
 def load_desired_bytes(data: bytes, filename: str) -> Loaded:
     import hashlib
 

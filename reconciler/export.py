@@ -17,6 +17,7 @@ import yaml
 
 from reconciler.addresses import check_address, check_domain, check_password_hash, domain_of, split_hash
 from reconciler.formats import cron
+from reconciler.gcpause import paused
 from reconciler.model import (
     QUARANTINE_KINDS,
     Account,
@@ -41,6 +42,7 @@ class Exported:
     warnings: tuple[str, ...]
 
 
+@paused
 def export_state(observed: Observed, *, hostname: str | None = None) -> Exported:
     warnings: list[str] = []
     accounts = _accounts(observed, warnings)
@@ -225,6 +227,7 @@ def _sa_learn(observed: Observed, accounts: set[str], domains: set[str],
     return tuple(jobs)
 
 
+@paused
 def dump_yaml(state: DesiredState) -> str:
     """mailserver.yaml text for `state`, with the schema comment editors use for completion."""
     doc: dict[str, Any] = to_document(state)

@@ -17,6 +17,7 @@ from typing import Any
 from reconciler.addresses import domain_of, local_of
 from reconciler.formats import accounts, aliases, amavis, cron, quotas, virtual
 from reconciler.formats._lines import ParsedFile
+from reconciler.gcpause import paused
 from reconciler.model import DesiredState
 from reconciler.observe import CRON, Observed
 from reconciler.passwords import DesiredPassword, Secret, Status, same_hash, source_id
@@ -56,6 +57,7 @@ class _FileDiff:
         return bool(self.changes)
 
 
+@paused
 def make_plan(
     desired: DesiredState,
     observed: Observed,

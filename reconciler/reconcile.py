@@ -15,6 +15,7 @@ from reconciler import passwords
 from reconciler.desired import Loaded, load_desired
 from reconciler.errors import ReconcilerError
 from reconciler.executor import ApplyResult, VolumeChanged, apply_plan, check_safety, render_files
+from reconciler.gcpause import paused
 from reconciler.observe import Observed, observe
 from reconciler.passwords import VerifiedCache
 from reconciler.plan import Plan
@@ -56,6 +57,7 @@ class Applied:
     converged: bool
 
 
+@paused
 def plan_once(
     target: Target,
     *,
