@@ -97,7 +97,7 @@ def _fast_says_valid(value: Any) -> bool:
     document, valid or not, goes through python-jsonschema, whose errors are translated below.
     """
     validator = _fast_validator()
-    if validator is None or not _plain_ascii(value):
+    if validator is None or not plain_ascii(value):
         return False
     try:
         return bool(validator.is_valid(value))
@@ -105,8 +105,12 @@ def _fast_says_valid(value: Any) -> bool:
         return False
 
 
-def _plain_ascii(value: Any) -> bool:
-    """JSON-like data whose strings are printable ASCII (iterative: deep input is safe)."""
+def plain_ascii(value: Any) -> bool:
+    """JSON-like data whose strings are printable ASCII (iterative: deep input is safe).
+
+    Where this holds, the compiled tools (jsonschema-rs, libyaml's emitter) give the same answer
+    as the pure-Python ones; `export.dump_yaml` relies on it too.
+    """
     stack = [value]
     while stack:
         item = stack.pop()
