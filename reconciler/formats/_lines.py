@@ -87,7 +87,8 @@ def parse_lines(
     invalid: list[str] = []
     problems: list[Problem] = []
     for number, line in logical_lines(text, continuation=continuation):
-        if is_comment(line):
+        first = line[0]  # logical lines are never empty; most start with the key
+        if first == "#" or (first.isspace() and is_comment(line)):
             if line.strip() != header:
                 comments.append(line.rstrip())
             continue
