@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from reconciler.addresses import domain_of, local_of
 from reconciler.formats import accounts, aliases, amavis, cron, quotas, virtual
@@ -37,9 +37,8 @@ DEVNULL_TARGET = "devnull"
 DEVNULL_LOCAL = aliases.LocalAlias("devnull", "/dev/null")
 
 
-@dataclass(frozen=True)
-class _Want:
-    """A desired entry: its kind, the codec entry, and how to show it."""
+class _Want(NamedTuple):
+    """A desired entry: its kind and the codec entry (a tuple: one is made per entry)."""
 
     kind: Kind
     entry: Any
@@ -194,8 +193,9 @@ def _diff(
     changes: list[Change] = []
     unmanaged: list[Unmanaged] = []
     final: list[Any] = []
+    entries = have.entries
     for key, wanted in want.items():
-        current = have.entries.get(key)
+        current = entries.get(key)
         if current is None:
             changes.append(Change(name, wanted.kind, key, Action.CREATE, None, show(wanted.entry)))
         elif not same(current, wanted.entry):
@@ -203,7 +203,7 @@ def _diff(
             changes.append(Change(name, wanted.kind, key, Action.UPDATE, before, after,
                                   details=explain(key, before, after)))
         final.append(wanted.entry)
-    for key, current in have.entries.items():
+    for key, current in entries.items():
         if key in want:
             continue
         kind = kind_of(key, current)
@@ -338,6 +338,8 @@ def _want_virtual(desired: DesiredState) -> dict[str, _Want]:
 
 
 def _same_virtual(have: virtual.VirtualLine, want: virtual.VirtualLine) -> bool:
+    if have.targets == want.targets:  # the usual case once we wrote the line: skip the sets
+        return True
     return {t.lower() for t in have.targets} == {t.lower() for t in want.targets}
 
 
