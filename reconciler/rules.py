@@ -272,8 +272,8 @@ def _check_targets_resolve(report: Report, view: _View) -> None:
     devnull = {a for _, a in view.devnull}
     known = set(view.accounts) | set(view.aliases) | devnull
     for path, target in _all_target_paths(report.doc.value):
-        if view.address_problem(target) is not None:
-            continue
+        if target in known or view.address_problem(target) is not None:
+            continue  # most targets are accounts or aliases here
         domain = domain_of(target)
         if domain in declared and target not in known and domain not in view.catch_all:
             hint = _suggest(target, known)
