@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 try:  # a compiled validator (Rust): the fast "is it valid?" check, see `_fast_says_valid`
     import jsonschema_rs
 except ImportError:  # pragma: no cover - without it every file takes the python-jsonschema path
-    jsonschema_rs = None
+    jsonschema_rs = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
