@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +18,9 @@ from reconciler import __version__
 from reconciler.desired import load_desired
 from reconciler.errors import InvalidDesiredState, ReconcilerError, Severity
 from reconciler.reconcile import Target
+
+if TYPE_CHECKING:
+    from reconciler.baseline import BasePlanned
 
 DEFAULT_FILE = "mailserver.yaml"
 DEFAULT_CONFIG_DIR = "docker-data/dms/config"
@@ -56,40 +59,50 @@ def cli() -> None:
 @cli.command()
 @_file_option
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def validate(file: str, fmt: str) -> int:
-    """Check mailserver.yaml (schema and mail rules). Offline; needs no secrets."""
+@click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
+def validate(file: str, fmt: str, files: tuple[str, ...]) -> int:
+    """Check mailserver.yaml (schema and mail rules). Offline; needs no secrets.
+
+    FILES, when given, are checked instead of -f (pre-commit passes the staged files); the exit
+    status is 1 when any of them is invalid. With --format json and several files, a JSON list.
+    """
+    results = [_validate_one(path, fmt) for path in (files or (file,))]
+    if fmt == "json":
+        reports = [report for _, report in results]
+        click.echo(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2))
+    return 1 if any(code for code, _ in results) else 0
+
+
+def _validate_one(file: str, fmt: str) -> tuple[int, dict[str, Any]]:
+    """Validate one file: print the text form, return the exit status and the JSON report."""
     try:
         loaded = load_desired(file)
     except InvalidDesiredState as exc:
         errors = [d for d in exc.diagnostics if d.severity is Severity.ERROR]
-        if fmt == "json":
-            click.echo(json.dumps({
-                "valid": False, "file": file,
-                "errors": [d.to_dict() for d in errors],
-                "warnings": [d.to_dict() for d in exc.diagnostics if d.severity is Severity.WARNING],
-            }, indent=2))
-        else:
+        if fmt != "json":
             for d in exc.diagnostics:
                 click.echo(d.format())
             click.echo(f"{file}: {len(errors)} error{'s' if len(errors) != 1 else ''}; nothing was changed")
-        return 1
+        return 1, {
+            "valid": False, "file": file,
+            "errors": [d.to_dict() for d in errors],
+            "warnings": [d.to_dict() for d in exc.diagnostics if d.severity is Severity.WARNING],
+        }
     state = loaded.state
-    if fmt == "json":
-        click.echo(json.dumps({
-            "valid": True, "file": file, "errors": [],
-            "warnings": [d.to_dict() for d in loaded.warnings],
-            "summary": {
-                "domains": len(state.domains), "accounts": len(state.accounts),
-                "aliases": len(state.aliases), "catch_all": len(state.catch_all),
-                "devnull": len(state.devnull), "sa_learn": len(state.sa_learn),
-                "quarantine": state.quarantine is not None,
-            },
-        }, indent=2))
-    else:
+    if fmt != "json":
         for d in loaded.warnings:
             click.echo(d.format(), err=True)
         click.echo(f"{file} is valid: {state.summary()}.")
-    return 0
+    return 0, {
+        "valid": True, "file": file, "errors": [],
+        "warnings": [d.to_dict() for d in loaded.warnings],
+        "summary": {
+            "domains": len(state.domains), "accounts": len(state.accounts),
+            "aliases": len(state.aliases), "catch_all": len(state.catch_all),
+            "devnull": len(state.devnull), "sa_learn": len(state.sa_learn),
+            "quarantine": state.quarantine is not None,
+        },
+    }
 
 
 @cli.command()
@@ -101,17 +114,36 @@ def validate(file: str, fmt: str) -> int:
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
 @click.option("--prune", is_flag=True, envvar="DMS_RECONCILER_PRUNE",
               help="Also delete entries this tool did not write.")
-@click.option("--offline", is_flag=True, help="Show unreadable password_file/password_env secrets "
-              "as '(sensitive, resolved at apply)' instead of failing (CI).")
-def plan(file: str, config_dir: str, cron_file: str, fmt: str, out: str | None,
-         detailed_exitcode: bool, prune: bool, offline: bool) -> int:
+@click.option("--offline/--no-offline", default=None, help="Show unreadable password_file/"
+              "password_env secrets as '(sensitive, resolved at apply)' instead of failing (CI). "
+              "On by default with --against-ref and --against-dir.")
+@click.option("--against-ref", metavar="REF", default=None,
+              help="Plan against mailserver.yaml as it is at git REF (e.g. origin/main), rendered "
+              "into a throw-away volume: shows what this change does, with no live volume and no "
+              "secrets (CI).")
+@click.option("--against-dir", metavar="DIR", default=None,
+              type=click.Path(exists=True, file_okay=False),
+              help="Plan against DIR, a copy of a config volume. Its cron file is --cron-file if "
+              "given, else DIR/../cron/sa-learn.")
+@click.pass_context
+def plan(ctx: click.Context, file: str, config_dir: str, cron_file: str, fmt: str, out: str | None,
+         detailed_exitcode: bool, prune: bool, offline: bool | None, against_ref: str | None,
+         against_dir: str | None) -> int:
     """Show what apply would change in the config volume. Writes nothing."""
     from reconciler import render, saved_plan
     from reconciler.reconcile import plan_once
 
-    target = Target(file, config_dir, cron_file, prune=prune, offline=offline)
-    planned = plan_once(target)
-    data = planned.plan.to_dict(desired=_desired_info(planned), volume=_volume_info(target))
+    headline: str | None = None
+    target: Target | None = None
+    if against_ref is not None or against_dir is not None:
+        based = _plan_against(ctx, file, config_dir, cron_file, out, prune, offline, against_ref,
+                              against_dir)
+        planned, headline = based.planned, based.headline()
+        data = based.to_dict(_desired_info(planned))
+    else:
+        target = Target(file, config_dir, cron_file, prune=prune, offline=bool(offline))
+        planned = plan_once(target)
+        data = planned.plan.to_dict(desired=_desired_info(planned), volume=_volume_info(target))
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
     elif fmt == "markdown":
@@ -119,14 +151,49 @@ def plan(file: str, config_dir: str, cron_file: str, fmt: str, out: str | None,
     else:
         for warning in planned.loaded.warnings:
             click.echo(warning.format(), err=True)
+        if headline:
+            click.echo(headline + "\n")
         click.echo(render.text(data, colour=_colour()), nl=False)
-    if out:
+    if out and target is not None:
         saved_plan.save(out, planned, target, data)
         if fmt == "text":
             click.echo(f"\nSaved the plan to {out}. Apply exactly it with: dms-reconciler apply {out}")
     if detailed_exitcode and planned.plan.has_changes:
         return 2
     return 0
+
+
+def _plan_against(ctx: click.Context, file: str, config_dir: str, cron_file: str, out: str | None,
+                  prune: bool, offline: bool | None, against_ref: str | None,
+                  against_dir: str | None) -> BasePlanned:
+    """`plan --against-ref` / `--against-dir`: check the options, then plan against the base."""
+    from click.core import ParameterSource
+
+    from reconciler import baseline
+
+    def given(name: str) -> bool:
+        return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
+                                                  ParameterSource.ENVIRONMENT)
+
+    option = "--against-ref" if against_ref is not None else "--against-dir"
+    if against_ref is not None and against_dir is not None:
+        raise click.UsageError("give --against-ref or --against-dir, not both")
+    if out:
+        raise click.UsageError(f"--out cannot be used with {option}: a saved plan is applied to "
+                               "the volume it was made against, and this one is not the live one")
+    if ctx.get_parameter_source("config_dir") is ParameterSource.COMMANDLINE:
+        raise click.UsageError(f"--config-dir cannot be used with {option}, which plans against "
+                               "another volume")
+    if against_ref is not None:
+        if offline is False:
+            raise click.UsageError("--no-offline cannot be used with --against-ref: the base "
+                                   "version is rendered without secrets")
+        return baseline.plan_against_ref(file, against_ref, shown_config_dir=config_dir,
+                                         shown_cron_file=cron_file, prune=prune)
+    assert against_dir is not None
+    return baseline.plan_against_dir(file, against_dir,
+                                     cron_file=cron_file if given("cron_file") else None,
+                                     offline=offline is not False, prune=prune)
 
 
 @cli.command()
@@ -163,6 +230,7 @@ def apply(file: str, config_dir: str, cron_file: str, plan_file: str | None,
         "attempts": applied.attempts,
         "converged": applied.converged,
         "carried_lines": applied.result.carried_lines,
+        "state_written": applied.result.state_written,
     }
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
@@ -170,14 +238,20 @@ def apply(file: str, config_dir: str, cron_file: str, plan_file: str | None,
     if data["changes"]:
         click.echo(render.text(data, colour=_colour()), nl=False)
         click.echo("")
+    else:  # no plan to show, but what it warns about still matters (stderr: stdout stays terse)
+        for warning in data["warnings"]:
+            click.echo(f"Warning: {warning}", err=True)
     s = data["summary"]
     if applied.result.written or data["changes"]:
         files = ", ".join(applied.result.paths.get(n, n) if n == "cron" else n
                           for n in applied.result.written) or "none"
         click.echo(f"Apply complete! Entries: {s['add']} added, {s['change']} changed, "
                    f"{s['destroy']} destroyed. Files written: {files}.")
+    elif applied.result.state_written:  # taking ownership of matching entries is not a change
+        click.echo("No changes. The config volume matches mailserver.yaml; only the record of the "
+                   "entries dms-reconciler manages was written (dms-reconciler.state.json).")
     else:
-        click.echo("No changes. The config volume matches mailserver.yaml; nothing was written.")
+        click.echo("No changes. The config volume matches mailserver.yaml.")
     return 0
 
 

@@ -48,6 +48,7 @@ class ApplyResult:
     paths: Mapping[str, str]  # logical name -> path
     sha512: Mapping[str, str]  # logical name -> sha512 of what was written (DMS's checksum)
     carried_lines: int = 0  # lines another writer appended while we renamed, carried over
+    state_written: bool = False  # the state file (what we own) was created or changed
 
 
 def check_safety(plan: Plan, *, allow_deletions: int | None) -> None:
@@ -129,7 +130,11 @@ def apply_plan(
     if not todo and state_snap.data == state_text:
         return ApplyResult((), {}, {})
 
+    if CRON in todo and not os.path.isdir(os.path.dirname(observed.cron_path) or "."):
+        raise VolumeError(f"the folder of the cron file {observed.cron_path} does not exist "
+                          "(give --cron-file); nothing was written")
     written: list[str] = []
+    state_written = False
     sha512: dict[str, str] = {}
     carried = 0
     with DmsLock(config_dir, timeout=lock_timeout, on_wait=on_wait):
@@ -141,9 +146,10 @@ def apply_plan(
                 snap = observed.snapshots[name]
                 held[name] = _open_and_check(snap, by_name[name].sha256_before)
             if todo:
-                intent = observed.ownership.union(new_state)
-                _atomic_write(os.path.join(config_dir, state_file.FILENAME),
-                              state_file.render(intent).encode(), state_snap)
+                intent = state_file.render(observed.ownership.union(new_state)).encode()
+                if intent != state_snap.data:  # an unchanged state file is not touched either
+                    _atomic_write(os.path.join(config_dir, state_file.FILENAME), intent,
+                                  state_snap)
             for name in todo:
                 if not by_name[name].in_place:
                     staged[name] = _stage(observed.snapshots[name], contents[name])
@@ -157,8 +163,10 @@ def apply_plan(
                 written.append(name)
                 data = read_snapshot(snap.path).data or b""
                 sha512[name] = hashlib.sha512(data).hexdigest()
-            _atomic_write(os.path.join(config_dir, state_file.FILENAME), state_text,
-                          read_snapshot(os.path.join(config_dir, state_file.FILENAME)))
+            state_now = read_snapshot(os.path.join(config_dir, state_file.FILENAME))
+            if state_now.data != state_text:
+                _atomic_write(os.path.join(config_dir, state_file.FILENAME), state_text, state_now)
+            state_written = state_text != state_snap.data
         finally:
             for fd in held.values():
                 if fd >= 0:
@@ -166,7 +174,7 @@ def apply_plan(
             for tmp in staged.values():
                 _unlink_quietly(tmp)
     paths = {name: observed.snapshots[name].path for name in written}
-    return ApplyResult(tuple(written), paths, sha512, carried)
+    return ApplyResult(tuple(written), paths, sha512, carried, state_written)
 
 
 def _open_and_check(snap: FileSnapshot, expected_sha256: str | None) -> int:

@@ -140,6 +140,11 @@ def _accounts(observed: Observed, warnings: list[str]) -> list[Account]:
             continue
         quota_line = observed.quotas.entries.get(key)
         quota = quota_line.size if quota_line is not None and _valid_quota(quota_line.size) else None
+        if quota_line is not None and quota_line.shadowed:
+            # adopting it would change the quota DMS applies today: leave it unmanaged
+            warnings.append(f"dovecot-quotas.cf: the quota of '{key}' is not what DMS applies "
+                            f"(it reads {quota_line.shadowed}); left unmanaged")
+            quota = None
         out.append(Account(key, PasswordHash(value), quota))
     return sorted(out, key=lambda a: a.address)
 

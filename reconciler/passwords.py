@@ -75,6 +75,9 @@ class DesiredPassword:
     source: PasswordSource
     hash: str | None = None  # GIVEN: the YAML hash; KEPT: the volume's hash
     secret: Secret | None = None  # KEPT and NEW from a file or env: what it was decided from
+    # `plan --against-ref`: the source_id in the base version when the source differs there.
+    # An UNRESOLVED secret whose source changed cannot keep the base's hash: it shows as a change.
+    changed_from: str | None = None
 
     def __repr__(self) -> str:
         return f"DesiredPassword({self.status.value}, {type(self.source).__name__})"

@@ -10,7 +10,7 @@ volume that already matches (CRLF, another order, comments) is a no-change plan.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -34,6 +34,8 @@ from reconciler.plan import (
 from reconciler.state import Ownership
 
 DEVNULL_TARGET = "devnull"
+BLOCK_KEY = "block"  # the key of an amavis.cf change about the marked block as a whole
+BLOCK_REPAIR = "lines inside the dms-reconciler block that are not quarantine settings are removed"
 DEVNULL_LOCAL = aliases.LocalAlias("devnull", "/dev/null")
 
 
@@ -80,16 +82,19 @@ def make_plan(
         accounts.FILENAME, _want_accounts(desired, observed, passwords), observed.accounts,
         own.owned(accounts.FILENAME), prune,
         same=_same_account, show=_show_account, kind_of=lambda key, e: Kind.ACCOUNT,
-        explain=_explain_account(passwords),
+        explain=_explain_account(passwords, observed.accounts.entries),
     )
     account_diff.changes = [
         _with_reason(c, f"{c.reason}; its mail in {_maildir(c.key)} is kept")
         if c.action is Action.DELETE else c
         for c in account_diff.changes
     ]
+    hand_written_virtual = set(observed.virtual.entries) - own.owned(virtual.FILENAME)
     virtual_diff = _diff(
-        virtual.FILENAME, _want_virtual(desired), observed.virtual,
-        own.owned(virtual.FILENAME), prune,
+        virtual.FILENAME,
+        _want_virtual(desired, kept_accounts=[u.key for u in account_diff.unmanaged],
+                      hand_written=hand_written_virtual),
+        observed.virtual, own.owned(virtual.FILENAME), prune,
         same=_same_virtual, show=_show_virtual, kind_of=_virtual_kind, explain=_explain,
     )
     local_diff = _diff(
@@ -102,8 +107,9 @@ def make_plan(
     quota_diff = _diff(
         quotas.FILENAME, _want_quotas(desired), observed.quotas,
         own.owned(quotas.FILENAME), prune,
-        same=lambda a, b: a.size == b.size and a.address.lower() == b.address.lower(),
-        show=lambda e: {"quota": e.size}, kind_of=lambda key, e: Kind.QUOTA, explain=_explain,
+        same=lambda a, b: (a.size == b.size and a.address.lower() == b.address.lower()
+                           and a.shadowed is None),
+        show=_show_quota, kind_of=lambda key, e: Kind.QUOTA, explain=_explain,
     )
     for name, diff, parsed in (
         (accounts.FILENAME, account_diff, observed.accounts),
@@ -220,12 +226,8 @@ def _diff(
 
 
 def _explain(key: str, before: dict[str, Any], after: dict[str, Any]) -> tuple[str, ...]:
-    """Readable lines for what changed inside one entry (deepdiff, order-insensitive lists).
-
-    Only updated entries get here, never whole files. deepdiff is imported on first use: it pulls
-    in numpy and pydantic (about 0.2 s), which a plan without updates does not need.
-    """
-    from deepdiff import DeepDiff
+    """Readable lines for what changed inside one entry (deepdiff, order-insensitive lists)."""
+    from deepdiff import DeepDiff  # imported here: it pulls in numpy, ~0.15 s on every start
 
     diff = DeepDiff(before, after, ignore_order=True, verbose_level=2)
     lines: list[str] = []
@@ -267,7 +269,9 @@ def _want_accounts(
         decided = passwords[account.address]
         password: Any
         if decided.status is Status.UNRESOLVED:
-            password = current.password_hash if current else PendingHash(account.address, True)
+            keep = current is not None and decided.changed_from is None
+            password = (current.password_hash if current is not None and keep
+                        else PendingHash(account.address, True))
         elif decided.status is Status.NEW:
             password = PendingHash(account.address)
         else:
@@ -295,18 +299,30 @@ def _show_account(entry: accounts.AccountLine) -> dict[str, Any]:
 
 
 def _explain_account(
-    passwords: Mapping[str, DesiredPassword],
+    passwords: Mapping[str, DesiredPassword], observed: Mapping[str, accounts.AccountLine],
 ) -> Callable[[str, dict[str, Any], dict[str, Any]], tuple[str, ...]]:
+    """What changed in an account line: its spelling, its hash, or both (never the values)."""
     def explain(key: str, before: dict[str, Any], after: dict[str, Any]) -> tuple[str, ...]:
-        decided = passwords.get(key)
-        if decided is None:
-            return ("address spelling",)
-        if decided.status is Status.GIVEN:
-            return ("password: (sensitive) -> (sensitive) (password_hash changed)",)
-        if decided.status is Status.NEW:
-            return (f"password: (sensitive) -> (sensitive) (the secret from {source_id(decided.source)} "
-                    "no longer matches the stored hash; a new SHA512-CRYPT hash is made at apply)",)
-        return ("address spelling",)
+        current, decided = observed.get(key), passwords.get(key)
+        lines: list[str] = []
+        if current is not None and current.address != key:
+            lines.append(f"address: {current.address} -> {key} (DMS logins are lowercase)")
+        if decided is None or current is None:
+            return tuple(lines)
+        if decided.changed_from is not None:
+            then = {Status.GIVEN: "written as given", Status.KEPT: "the stored hash still matches",
+                    Status.NEW: "a new SHA512-CRYPT hash is made at apply",
+                    Status.UNRESOLVED: "the secret is read and hashed at apply"}[decided.status]
+            change = f"{decided.changed_from} -> {source_id(decided.source)}"
+            lines.append(f"password source: {change} ({then})")
+        elif decided.status is Status.GIVEN and not same_hash(current.password_hash,
+                                                              decided.hash or ""):
+            lines.append("password: (sensitive) -> (sensitive) (password_hash changed)")
+        elif decided.status is Status.NEW:
+            lines.append(f"password: (sensitive) -> (sensitive) (the secret from "
+                         f"{source_id(decided.source)} no longer matches the stored hash; a new "
+                         "SHA512-CRYPT hash is made at apply)")
+        return tuple(lines)
     return explain
 
 
@@ -316,7 +332,13 @@ def _maildir(address: str) -> str:
 
 # --- postfix-virtual.cf ---------------------------------------------------------------------------
 
-def _want_virtual(desired: DesiredState) -> dict[str, _Want]:
+def _want_virtual(
+    desired: DesiredState, *, kept_accounts: Iterable[str] = (),
+    hand_written: Collection[str] = (),
+) -> dict[str, _Want]:
+    """The managed postfix-virtual.cf entries. `kept_accounts` are accounts on the volume that
+    stay although the file does not declare them (unmanaged); `hand_written` are the virtual
+    keys on the volume this tool did not write."""
     out: dict[str, _Want] = {}
     for alias in desired.aliases:
         out[alias.address] = _Want(Kind.ALIAS, virtual.VirtualLine(alias.address, alias.targets))
@@ -334,6 +356,12 @@ def _want_virtual(desired: DesiredState) -> dict[str, _Want]:
             out[account.address] = _Want(
                 Kind.SELF_ALIAS, virtual.VirtualLine(account.address, (account.address,))
             )
+    for address in kept_accounts:
+        # A kept account this tool did not write (`setup email add`) is a real mailbox too: the
+        # catch-all must not take its mail either, unless a hand-written alias already routes it.
+        if domain_of(address) in catch_domains and address not in out \
+                and address not in hand_written:
+            out[address] = _Want(Kind.SELF_ALIAS, virtual.VirtualLine(address, (address,)))
     return out
 
 
@@ -363,6 +391,16 @@ def _want_local_aliases(desired: DesiredState) -> dict[str, _Want]:
     if not desired.devnull:
         return {}
     return {"devnull": _Want(Kind.LOCAL_ALIAS, DEVNULL_LOCAL)}
+
+
+def _show_quota(entry: quotas.QuotaLine) -> dict[str, Any]:
+    """The size; quoted with escapes when blanks or a CR make DMS misread it, and what DMS reads
+    instead when an earlier line shadows it (see quotas.py)."""
+    size = entry.size
+    shown = size if size == size.strip() else repr(size)
+    if entry.shadowed:
+        shown += f" (DMS reads {entry.shadowed})"
+    return {"quota": shown}
 
 
 def _want_quotas(desired: DesiredState) -> dict[str, _Want]:
@@ -398,8 +436,14 @@ def _plan_amavis(desired: DesiredState, observed: Observed) -> tuple[list[Change
                                   after, details=_explain(key, before, after)))
     if current is not None and current.broken_markers:
         return [], FilePlan(amavis.FILENAME, snap.path, False, snap.exists, snap.sha256)
-    # Lines inside our block that we do not understand are ours to repair.
-    write = bool(changes) or (current is not None and current.unreadable_block)
+    # Lines inside our block that we do not understand are ours to repair; that is a change the
+    # plan shows (else it would say "No changes" and still rewrite the file).
+    if current is not None and current.unreadable_block:
+        changes.append(Change(amavis.FILENAME, Kind.QUARANTINE, BLOCK_KEY, Action.UPDATE,
+                              {"lines": "quarantine settings and other lines"},
+                              {"lines": "quarantine settings only"},
+                              details=(BLOCK_REPAIR,)))
+    write = bool(changes)
     content = amavis.with_block(current, want or None) if write else None
     return changes, FilePlan(amavis.FILENAME, snap.path, write, snap.exists, snap.sha256, content)
 
@@ -463,11 +507,21 @@ def _plan_cron(
 def _shadow_warnings(
     desired: DesiredState, observed: Observed, virtual_diff: _FileDiff, account_diff: _FileDiff
 ) -> list[str]:
-    """Unmanaged aliases that will misroute mail after this plan: say so, do not touch them."""
+    """Unmanaged entries whose mail goes astray after this plan: say so, do not touch them."""
     out: list[str] = []
     account_set = {a.address for a in desired.accounts}
     deleted = {c.key for c in account_diff.changes if c.action is Action.DELETE}
+    kept_keys = {entry.key.lower() for entry in virtual_diff.final}
     for item in virtual_diff.unmanaged:
+        if item.kind is Kind.CATCH_ALL:
+            # the DMS catch-all trap: without a self-alias, Postfix hands the catch-all the mail
+            # of every real account in the domain
+            swallowed = sorted(a for a in account_set
+                               if "@" + domain_of(a) == item.key and a not in kept_keys)
+            if swallowed:
+                out.append(f"unmanaged catch-all '{item.key}' in postfix-virtual.cf takes the mail "
+                           f"of account(s) {', '.join(swallowed)} (no self-alias): declare "
+                           f"`catch_all: {{{item.key[1:]}: ...}}` in mailserver.yaml to fix it")
         if item.key in account_set:
             out.append(f"unmanaged alias '{item.key}' in postfix-virtual.cf shadows the account "
                        f"'{item.key}': Postfix delivers by the alias (remove it, or use --prune)")
@@ -477,4 +531,12 @@ def _shadow_warnings(
             if gone:
                 out.append(f"unmanaged alias '{item.key}' still points to deleted account(s) "
                            f"{', '.join(gone)}")
+    # The other way round: an alias this plan declares takes the mail of an account it keeps.
+    # (A declared catch-all does not: kept accounts in its domain get a self-alias.)
+    declared = {key: want.kind for key, want in _want_virtual(desired).items()}
+    for item in account_diff.unmanaged:
+        if declared.get(item.key) in (Kind.ALIAS, Kind.DEVNULL):
+            out.append(f"the {declared[item.key].value} '{item.key}' in mailserver.yaml takes "
+                       f"the mail of the unmanaged account '{item.key}' (Postfix delivers by the "
+                       "alias)")
     return out

@@ -140,6 +140,7 @@ def _merge(a: ApplyResult, b: ApplyResult) -> ApplyResult:
         {**a.paths, **b.paths},
         {**a.sha512, **b.sha512},
         a.carried_lines + b.carried_lines,
+        a.state_written or b.state_written,
     )
 
 

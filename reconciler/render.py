@@ -35,6 +35,8 @@ def entry_text(change: dict[str, Any]) -> str:
         return f"{label} {key} -> {targets}{extra}"
     if kind == "local_alias":
         return f"local alias {key}: {value.get('target')}"
+    if kind == "quarantine" and key == "block":
+        return "quarantine block (marked dms-reconciler) in amavis.cf"
     if kind == "quarantine":
         return f"quarantine ${key} = {value.get('mailbox')}"
     if kind == "sa_learn":
@@ -94,8 +96,11 @@ def text(plan: dict[str, Any], *, colour: bool = False) -> str:
             f"Refused at apply: {deletions['accounts']} account deletion(s) exceed the limit of "
             f"{deletions['limit']} ({deletions['limit_source']}); apply needs "
             f"--allow-deletions {deletions['accounts']}", fg="red", bold=True))
-    out.append("")
+    if out:  # a blank line before the summary, but none before a lone "No changes." line
+        out.append("")
     out.append(summary_line(plan))
+    while out[0] == "":  # a plan without changes starts with its unmanaged list or warnings
+        out.pop(0)
     return "\n".join(out) + "\n"
 
 
@@ -109,58 +114,237 @@ def summary_line(plan: dict[str, Any]) -> str:
     return f"Plan: {s['add']} to add, {s['change']} to change, {s['destroy']} to destroy."
 
 
-def markdown(plan: dict[str, Any]) -> str:
-    """A pull-request comment: summary first, each file's entries folded, deletes called out."""
-    out = ["### dms-reconciler plan", "", f"**{summary_line(plan)}**", ""]
+# --- Markdown, for a pull-request comment ------------------------------------------------------
+#
+# Everything that comes from a file (addresses, alias targets, unmanaged lines, warning text) is
+# put inside code spans or fenced code blocks, or escaped: none of it can open HTML, close a
+# <details>, mention a GitHub user (`@example.com`), link an issue (`#12`) or autolink an address.
+
+MARKDOWN_MAX_CHARS = 60_000  # GitHub refuses comments over 65,536 characters
+VERBS = {"create": "add", "update": "change", "delete": "destroy"}  # the summary line's words
+MD_SYMBOLS = {"create": "+", "update": "!", "delete": "-"}  # `!` is GitHub's orange "changed" line
+MASS_CHANGE = 50  # entries; a plan this big gets a call-out of its own
+KIND_ORDER = ("account", "quota", "alias", "catch_all", "devnull", "self_alias", "local_alias",
+              "quarantine", "sa_learn")
+MAX_NAMED = 10  # accounts named in a call-out before "and N more"
+MAX_SHOWN_CHARS = 300  # one value in a comment; longer ones are cut
+FULL_PLAN_HINT = ("the full plan is in the JSON form: `dms-reconciler plan --format json` (the CI "
+                  "example uploads it as the `dms-reconciler-plan` artifact)")
+_MD_SPECIAL = set("\\`*_{}[]()#+-.!|~>")
+_SUSPECT = ("@", "#", ":", "/", "www.")
+
+
+def _clean(value: Any, limit: int = MAX_SHOWN_CHARS) -> str:
+    """One printable line: control characters made visible, length capped."""
+    text = "".join(ch if ch.isprintable() else "\ufffd" for ch in str(value).replace("\t", " "))
+    return text if len(text) <= limit else text[: limit - 1] + "\u2026"
+
+
+def _longest_backticks(text: str) -> int:
+    longest = run = 0
+    for ch in text:
+        run = run + 1 if ch == "`" else 0
+        longest = max(longest, run)
+    return longest
+
+
+def md_code(value: Any) -> str:
+    """An inline code span that no content can break out of."""
+    text = _clean(value)
+    fence = "`" * (_longest_backticks(text) + 1)
+    edge_space = text.startswith(" ") and text.endswith(" ") and text.strip() != ""
+    pad = " " if text.startswith("`") or text.endswith("`") or edge_space else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def md_text(value: Any) -> str:
+    """Prose with Markdown and HTML neutralised; tokens that GitHub would link become code."""
+    out = []
+    for token in _clean(value, 2000).split(" "):
+        if any(mark in token for mark in _SUSPECT) or "`" in token:
+            out.append(md_code(token))
+        else:
+            escaped = "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in token)
+            out.append(escaped.replace("&", "&amp;").replace("<", "&lt;"))
+    return " ".join(out)
+
+
+def _fence(lines: list[str], info: str = "") -> list[str]:
+    """A fenced code block longer than any backtick run inside it."""
+    fence = "`" * max(3, max((_longest_backticks(line) for line in lines), default=0) + 1)
+    return [fence + info, *lines, fence]
+
+
+def _plural(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
+def _named(keys: list[str]) -> str:
+    shown = ", ".join(md_code(k) for k in keys[:MAX_NAMED])
+    return shown + (f" and {len(keys) - MAX_NAMED} more" if len(keys) > MAX_NAMED else "")
+
+
+def _kind_label(kind: str) -> str:
+    return {"catch_all": "catch-all", "self_alias": "self-alias", "local_alias": "local alias",
+            "sa_learn": "sa-learn job", "devnull": "devnull address"}.get(kind, kind)
+
+
+def _baseline_line(plan: dict[str, Any]) -> str | None:
+    base = plan.get("baseline")
+    if not isinstance(base, dict):
+        return None
+    if base.get("kind") == "git":
+        where = f"{md_code(base.get('path', ''))} at {md_code(base.get('ref', ''))} " \
+                f"({md_code(str(base.get('commit', ''))[:12])})"
+        if not base.get("found"):
+            return f"Compared with {where}, where the file does not exist yet: everything is new."
+        return (f"Compared with {where}. Secrets are not read here: passwords from files and "
+                "variables are compared by their source.")
+    if base.get("kind") == "dir":
+        return f"Compared with a copy of a config volume, {md_code(base.get('config_dir', ''))}."
+    return None
+
+
+def _callouts(plan: dict[str, Any]) -> list[str]:
     changes = plan["changes"]
+    out: list[str] = []
+    deletions = plan["deletions"]
+    if deletions["over_limit"]:
+        refused = (f"> Apply will refuse this plan: it deletes "
+                   f"{_plural(deletions['accounts'], 'account')}, more than the limit of "
+                   f"{deletions['limit']} ({md_text(deletions['limit_source'])}). After review, "
+                   f"apply it with `--allow-deletions {deletions['accounts']}`.")
+        out += ["> [!CAUTION]", refused, ""]
     deletes = [c for c in changes if c["actions"][0] == "delete"]
     if deletes:
-        accounts = [c for c in deletes if c["kind"] == "account"]
-        out.append(f"> [!WARNING]\n> This change deletes {len(deletes)} entr"
-                   f"{'y' if len(deletes) == 1 else 'ies'}"
-                   + (f", including {len(accounts)} account(s) (their maildirs are kept)" if accounts else "")
-                   + ".")
+        by_kind: dict[str, int] = {}
+        for c in sorted(deletes, key=lambda c: KIND_ORDER.index(c["kind"])
+                        if c["kind"] in KIND_ORDER else len(KIND_ORDER)):
+            by_kind[c["kind"]] = by_kind.get(c["kind"], 0) + 1
+        kinds = ", ".join(_plural(n, _kind_label(k), _kind_label(k) + ("es" if k.endswith("s")
+                          else "s")) for k, n in by_kind.items())
+        destroys = f"> This change destroys {_plural(len(deletes), 'entry', 'entries')}: {kinds}."
+        out += ["> [!WARNING]", destroys]
+        accounts = [c["key"] for c in deletes if c["kind"] == "account"]
+        if accounts:
+            out.append(f"> Accounts deleted: {_named(accounts)}. Their mail under `/var/mail` is "
+                       "kept.")
         out.append("")
-    if plan["deletions"]["over_limit"]:
-        d = plan["deletions"]
-        out.append(f"> [!CAUTION]\n> {d['accounts']} account deletions exceed the limit of {d['limit']} "
-                   f"({d['limit_source']}): apply will refuse without `--allow-deletions`.")
-        out.append("")
+    if len(changes) >= MASS_CHANGE:
+        touched = sum(c["kind"] == "account" for c in changes)
+        large = (f"> A large change: {_plural(len(changes), 'entry', 'entries')}, "
+                 f"{_plural(touched, 'account')} among them. Review it in full before merging.")
+        out += ["> [!IMPORTANT]", large, ""]
+    return out
+
+
+def _table(plan: dict[str, Any]) -> list[str]:
+    rows = ["| file | to add | to change | to destroy |", "|---|--:|--:|--:|"]
     for name in FILE_ORDER:
-        group = [c for c in changes if c["file"] == name]
+        group = [c for c in plan["changes"] if c["file"] == name]
         if not group:
             continue
-        counts = {a: sum(c["actions"][0] == a for c in group) for a in SYMBOLS}
-        label = "sa-learn cron file" if name == "cron" else f"`{name}`"
-        badge = ", ".join(f"{n} {LEGEND[a].split()[0]}" for a, n in counts.items() if n)
-        out.append(f"<details><summary>{label}: {badge}</summary>")
-        out.append("")
-        out.append("```diff")
-        for c in group:
-            line = f"{SYMBOLS[c['actions'][0]]} {entry_text(c)}"
-            if c["reason"]:
-                line += f"  # {c['reason']}"
-            out.append(line.replace("```", "'''"))
-            out.extend(f"{' ' if c['actions'][0] != 'delete' else '-'}     {d}" for d in c["details"])
-        out.append("```")
-        out.append("</details>")
-        out.append("")
-    if plan["unmanaged"]:
-        out.append(f"<details><summary>{len(plan['unmanaged'])} unmanaged entries kept</summary>")
-        out.append("")
-        for u in plan["unmanaged"][:100]:
-            out.append(f"- `{u['file']}`: {u['kind'].replace('_', '-')} `{u['key']}`")
-        if len(plan["unmanaged"]) > 100:
-            out.append(f"- ... and {len(plan['unmanaged']) - 100} more")
-        out.append("</details>")
-        out.append("")
-    for title, items in (("Warnings", plan["warnings"]), ("Notes", plan["notes"])):
-        if items:
-            out.append(f"**{title}**")
-            out.append("")
-            out.extend(f"- {item}" for item in items)
-            out.append("")
+        label = md_code(name) if name != "cron" else "sa-learn cron file"
+        counts = [sum(c["actions"][0] == a for c in group) for a in ("create", "update", "delete")]
+        rows.append(f"| {label} | " + " | ".join(str(n) for n in counts) + " |")
+    return rows + [""]
+
+
+def _entry_lines(change: dict[str, Any]) -> list[str]:
+    action = change["actions"][0]
+    line = f"{MD_SYMBOLS[action]} {_clean(entry_text(change), 1000)}"
+    if change["reason"]:
+        line += f"  # {_clean(change['reason'])}"
+    return [line] + [f"#     {_clean(d)}" for d in change["details"]]
+
+
+def markdown(plan: dict[str, Any], *, max_chars: int = MARKDOWN_MAX_CHARS) -> str:
+    """A pull-request comment: summary first, each file's entries folded, deletes called out.
+
+    The result never exceeds `max_chars`: entries that do not fit are counted, not shown, with a
+    pointer to the JSON form.
+    """
+    changes = plan["changes"]
+    head = ["### dms-reconciler plan", "", f"**{summary_line(plan)}**", ""]
+    base = _baseline_line(plan)
+    if base:
+        head += [base, ""]
+    head += _callouts(plan)
+    if changes:
+        head += _table(plan)
+        passwords = [c["key"] for c in changes if c["kind"] == "account"
+                     and c["actions"][0] == "update"]
+        if passwords:
+            head += [f"Password changes: {_named(passwords)} (values are never shown).", ""]
+    tail: list[str] = []
     if plan["unresolved_secrets"]:
-        out.append(f"_{len(plan['unresolved_secrets'])} password(s) are {RESOLVED} (no secrets in CI)._")
-        out.append("")
-    return "\n".join(out)
+        n = len(plan["unresolved_secrets"])
+        unresolved = (f"_{_plural(n, 'password')} from a file or variable that cannot be read "
+                      f"here {'is' if n == 1 else 'are'} {RESOLVED}._")
+        tail += [unresolved, ""]
+
+    body: list[str] = []
+    budget = max_chars - len("\n".join(head + tail)) - 1000  # room for the cut notice
+    shown = 0
+    cut = False
+
+    def fits(lines: list[str]) -> bool:
+        return len("\n".join(body + lines)) < budget
+
+    for name in FILE_ORDER:
+        group = [c for c in changes if c["file"] == name]
+        if not group or cut:
+            continue
+        counts = {a: sum(c["actions"][0] == a for c in group) for a in SYMBOLS}
+        badge = ", ".join(f"{n} to {VERBS[a]}" for a, n in counts.items() if n)
+        label = "sa-learn cron file" if name == "cron" else f"<code>{name}</code>"
+        opening = [f"<details><summary>{label}: {badge}</summary>", ""]
+        entries: list[str] = []
+        for c in group:
+            lines = _entry_lines(c)
+            if not fits(opening + _fence(entries + lines, "diff") + ["</details>"]):
+                cut = True
+                break
+            entries += lines
+            shown += 1
+        if entries:
+            body += opening + _fence(entries, "diff") + ["", "</details>", ""]
+    body += _other_sections(plan, fits)
+    notice: list[str] = []
+    if cut:
+        cut_text = (f"> This plan is too long for one comment: {shown} of {len(changes)} entries "
+                    f"are shown; {FULL_PLAN_HINT}.")
+        notice = ["> [!NOTE]", cut_text, ""]
+    text = "\n".join(head + notice + body + tail).rstrip("\n") + "\n"
+    if len(text) > max_chars:  # a pathological header (thousands of long warnings): hard cut
+        text = text[: max_chars - 200].rsplit("\n", 1)[0] + f"\n\n_(cut: {FULL_PLAN_HINT})_\n"
+    return text
+
+
+def _other_sections(plan: dict[str, Any], fits: Callable[[list[str]], bool]) -> list[str]:
+    """Unmanaged entries, warnings and notes: each folded, and left out when there is no room."""
+    out: list[str] = []
+    unmanaged = plan["unmanaged"]
+    if unmanaged:
+        lines = [f"{u['file']}: {_kind_label(u['kind'])} {_clean(u['key'])}"
+                 for u in unmanaged[:100]]
+        if len(unmanaged) > 100:
+            lines.append(f"... and {len(unmanaged) - 100} more")
+        title = _plural(len(unmanaged), "unmanaged entry", "unmanaged entries")
+        summary = (f"<details><summary>{title} kept (not in mailserver.yaml, not written by "
+                   "dms-reconciler; <code>--prune</code> deletes them)</summary>")
+        section = [summary, "", *_fence(lines, "text"), "", "</details>", ""]
+        if fits(out + section):
+            out += section
+    for title, items, box in (("Warnings", plan["warnings"], "WARNING"),
+                              ("Notes", plan["notes"], "NOTE")):
+        if not items:
+            continue
+        section = [f"> [!{box}]", f"> **{title}**", ">"]
+        section += [f"> - {md_text(item)}" for item in items[:50]]
+        if len(items) > 50:
+            section.append(f"> - ... and {len(items) - 50} more")
+        section.append("")
+        if fits(out + section):
+            out += section
+    return out

@@ -55,6 +55,14 @@ def _fingerprints(planned: Planned, key: str) -> dict[str, str]:
     }
 
 
+def _comparable(key: str, value: Any) -> Any:
+    """A saved plan's part as compared at apply. File paths are left out: the plan shows them as
+    given (relative to where `plan` ran), while apply uses the absolute target saved with it."""
+    if key == "files":
+        return [{k: v for k, v in f.items() if k != "path"} for f in value]
+    return value
+
+
 def load(path: str) -> dict[str, Any]:
     try:
         with open(path, encoding="utf-8") as handle:
@@ -95,7 +103,7 @@ def apply_saved(
             raise StalePlan("a password from password_file or password_env changed since the plan "
                             "was made; make a new plan")
         fresh = planned.plan.to_dict()
-        if any(fresh[k] != expected[k] for k in COMPARED):
+        if any(_comparable(k, fresh[k]) != _comparable(k, expected[k]) for k in COMPARED):
             raise StalePlan("the plan computed now differs from the saved one; make a new plan")
 
     # `check` runs before every write attempt: if the volume moves under us, the saved plan is

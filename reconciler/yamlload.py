@@ -87,13 +87,19 @@ _POSITION_TABLES = frozenset({"marks", "key_marks"})
 
 
 def format_path(path: Path) -> str:
-    """`('accounts', 'a@b.c', 'quota')` -> `accounts.a@b.c.quota`; list items as `[i]`."""
+    """`('accounts', 'a@b.c', 'quota')` -> `accounts.a@b.c.quota`; list items as `[i]`.
+
+    Control characters in keys are escaped so a hostile key cannot break the message's line.
+    """
     out = ""
     for part in path:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += ("." if out else "") + str(part)
+            text = str(part)
+            if not text.isprintable():
+                text = text.encode("unicode_escape").decode("ascii")
+            out += ("." if out else "") + text
     return out
 
 
@@ -254,8 +260,13 @@ class _Builder:
             raise YamlLoadError([Diagnostic(self.filename, None, None, "", str(exc))]) from None
         if self.doc.problems:
             raise YamlLoadError(self.doc.problems)
+        if self.doc.value is None:
+            raise YamlLoadError(
+                [Diagnostic(self.filename, 1, 1, "", "the file is empty (only comments or blank "
+                            "lines); it needs at least `version`, `domains` and `accounts`")]
+            )
         if not isinstance(self.doc.value, dict):
-            got = "nothing" if self.doc.value is None else _type_name(self.doc.value)
+            got = _type_name(self.doc.value)
             raise YamlLoadError(
                 [Diagnostic(self.filename, 1, 1, "",
                             f"the file must be a mapping of keys (version, domains, accounts ...),"

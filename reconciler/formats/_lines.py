@@ -36,20 +36,26 @@ class ParsedFile(Generic[E]):
     problems: tuple[Problem, ...] = ()
 
 
-def logical_lines(text: str, *, continuation: bool = False) -> Iterator[tuple[int, str]]:
-    """(line number, text) of each non-blank line, CR stripped.
+def logical_lines(text: str, *, continuation: bool = False,
+                  keep_cr: bool = False) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each non-blank line, CR stripped unless `keep_cr`.
+
+    `keep_cr` is for files DMS reads without its CRLF fix (dovecot-quotas.cf): there a CR is
+    part of the value DMS hands on, not formatting.
 
     With `continuation`, a line starting with whitespace continues the previous one, as in
-    Postfix tables and aliases(5).
+    Postfix tables and aliases(5). As in Postfix's `readllines`, a comment line between an entry
+    and its continuation does not end the entry (`postmap -q` confirms it), so the comment is
+    yielded first and the entry keeps collecting.
     """
     pending: tuple[int, str] | None = None
     for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw[:-1] if raw.endswith("\r") else raw
+        line = raw[:-1] if raw.endswith("\r") and not keep_cr else raw
         stripped = line.strip()
         if not stripped:
             continue
         if stripped.startswith("#"):
-            if pending:
+            if pending and not continuation:
                 yield pending
                 pending = None
             yield number, line
@@ -75,6 +81,7 @@ def parse_lines(
     continuation: bool = False,
     what: str = "entry",
     header: str = HEADER,
+    keep_cr: bool = False,
 ) -> ParsedFile[E]:
     """Split `text` into entries with `read(line)`.
 
@@ -86,7 +93,7 @@ def parse_lines(
     comments: list[str] = []
     invalid: list[str] = []
     problems: list[Problem] = []
-    for number, line in logical_lines(text, continuation=continuation):
+    for number, line in logical_lines(text, continuation=continuation, keep_cr=keep_cr):
         first = line[0]  # logical lines are never empty; most start with the key
         if first == "#" or (first.isspace() and is_comment(line)):
             if line.strip() != header:
@@ -118,9 +125,18 @@ def render_lines(
     comments: Iterable[str] = (),
     invalid: Iterable[str] = (),
     header: str = HEADER,
+    continuation: bool = False,
 ) -> str:
-    """Header, comments, entries (already in order), unreadable lines; LF and a final newline."""
-    out = [header, *comments, *(line_of(e) for e in entries), *invalid]
+    """Header, comments, entries (already in order), unreadable lines; LF and a final newline.
+
+    With `continuation`, unreadable lines that start with whitespace go before the entries: there
+    they continue nothing (Postfix ignores them, as it did where they were), while after an entry
+    Postfix would read them as more targets of that entry.
+    """
+    invalid = [line.removesuffix("\r") for line in invalid]  # a `keep_cr` file's lines: LF only
+    indented = [line for line in invalid if continuation and line[:1].isspace()]
+    rest = [line for line in invalid if not (continuation and line[:1].isspace())]
+    out = [header, *comments, *indented, *(line_of(e) for e in entries), *rest]
     return "\n".join(out) + "\n"
 
 

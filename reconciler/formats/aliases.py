@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from reconciler.formats._lines import ParsedFile, parse_lines, render_lines
+from reconciler.formats.virtual import ORPHAN
 
 FILENAME = "postfix-aliases.cf"
 _COMMA = re.compile(r"\s*,\s*")
@@ -28,13 +29,16 @@ class LocalAlias:
 
 
 def _read(line: str) -> tuple[str, LocalAlias] | str:
+    if line[:1].isspace():  # a continuation with nothing to continue (see `logical_lines`)
+        return ORPHAN
     name, sep, value = line.partition(":")
     name = name.strip()
     if not sep or not name or any(c.isspace() for c in name):
         return "not `name: target`; postalias rejects this line"
     if not value.strip():
         return f"local alias '{name}' has no target"
-    return name.lower(), LocalAlias(name, " ".join(value.split()))
+    # Only trimmed: a quoted `"|command  --arg"` of an entry we do not manage must stay as it is.
+    return name.lower(), LocalAlias(name, value.strip())
 
 
 def parse(text: str) -> ParsedFile[LocalAlias]:
@@ -48,4 +52,4 @@ def line_of(entry: LocalAlias) -> str:
 def render(entries: Iterable[LocalAlias], *, comments: Iterable[str] = (),
            invalid: Iterable[str] = ()) -> str:
     ordered = sorted(entries, key=lambda e: e.name.lower())
-    return render_lines(ordered, line_of, comments=comments, invalid=invalid)
+    return render_lines(ordered, line_of, comments=comments, invalid=invalid, continuation=True)

@@ -96,15 +96,19 @@ def with_block(file: AmavisFile | None, block: dict[str, str] | None) -> AmavisF
     text = file.before
     if not text:
         return AmavisFile("", block, "1;\n")
-    if not text.endswith("\n"):
-        text += "\n"
     final = _last_true_line(text)
-    if final < 0:
-        return AmavisFile(text, block, "1;\n")
-    return AmavisFile(text[:final], block, text[final:])
+    if final >= 0:  # split before the user's `1;` line: every byte of theirs stays as it is
+        return AmavisFile(text[:final], block, text[final:])
+    if not text.endswith("\n"):
+        text += "\n"  # our block must start on a line of its own
+    return AmavisFile(text, block, "1;\n")
 
 
 def _last_true_line(text: str) -> int:
-    """Offset of the last line that is exactly `1;` (the Perl file's return value), or -1."""
-    matches = list(re.finditer(r"(?m)^[ \t]*1;[ \t]*\r?$", text))
+    """Offset of the last line that is `1;` (the Perl file's return value), or -1.
+
+    A trailing comment is allowed: Debian's amavis conf.d files and DMS's own test `amavis.cf` end
+    with `1;  # ensure a defined return`.
+    """
+    matches = list(re.finditer(r"(?m)^[ \t]*1;[ \t]*(?:#[^\r\n]*)?\r?$", text))
     return matches[-1].start() if matches else -1

@@ -48,13 +48,18 @@ def normalise(line: str) -> str:
     return " ".join(line.split())
 
 
-def _read(line: str) -> tuple[str, CronLine]:
+def _read(line: str) -> tuple[str, CronLine] | tuple[str, CronLine, str]:
     text = normalise(line)
+    if line.endswith("\r"):
+        # cron keeps the CR as part of the command (`> /dev/null\r`): not formatting, a broken
+        # line. A distinct key makes the plan replace it with the clean line.
+        return text + "\\r", CronLine(text + "\\r"), (
+            "CRLF line ending: cron would run the command with a carriage return at its end")
     return text, CronLine(text)
 
 
 def parse(text: str) -> ParsedFile[CronLine]:
-    return parse_lines(text, _read, what="cron line", header=HEADER)
+    return parse_lines(text, _read, what="cron line", header=HEADER, keep_cr=True)
 
 
 def job_line(schedule: str, learn: str, domain: str, user: str, folder: str) -> str:

@@ -3,14 +3,24 @@
 DMS reads it with `grep -i "<address>:"` and uses the line only when it splits into exactly two
 fields on `:`; the first match wins, so lines are ordered shortest address first. A missing file
 and an empty one mean the same to DMS (it creates the empty file itself when quotas are on).
+DMS does not turn CRLF into LF here, so a CR is kept as part of the line (and the plan fixes it).
+An entry whose grep finds another line first (an earlier longer address, or a comment) is marked
+`shadowed`: DMS does not apply it as written, so the plan rewrites the file in a safe order.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
-from reconciler.formats._lines import ParsedFile, grep_safe_order, parse_lines, render_lines
+from reconciler.formats._lines import (
+    ParsedFile,
+    Problem,
+    grep_safe_order,
+    parse_lines,
+    render_lines,
+)
 
 FILENAME = "dovecot-quotas.cf"
 
@@ -19,22 +29,66 @@ FILENAME = "dovecot-quotas.cf"
 class QuotaLine:
     address: str
     size: str
+    # What DMS reads instead, when an earlier line matches its unanchored grep for this address
+    # (`pal@d:1G` before `al@d:2G` gives al 1G): e.g. "1G from line 2". Not part of equality.
+    shadowed: str | None = field(default=None, compare=False)
 
 
-def _read(line: str) -> tuple[str, QuotaLine] | str:
+def _read(line: str) -> tuple[str, QuotaLine] | tuple[str, QuotaLine, str] | str:
     fields = line.split(":")
     if len(fields) != 2 or not fields[0].strip() or "@" not in fields[0]:
         return "not `address:size`; DMS ignores this line"
-    address, size = fields[0].strip(), fields[1].strip()
-    return address.lower(), QuotaLine(address, size)
+    address, size = fields
+    key = address.strip().lower()
+    if address != address.strip() or size != size.strip():
+        # Kept as written, so it differs from the canonical entry and gets rewritten: DMS's
+        # `grep -i "<address>:"` misses `a@d :5G`, and `a@d: 5G` or a CRLF line ending gives
+        # Dovecot the size ` 5G` or `5G\r` (DMS reads this file without its CRLF fix).
+        what = "a CRLF line ending" if size.endswith("\r") else "blanks around ':'"
+        return key, QuotaLine(address, size), (
+            f"quota of '{key}' has {what}; DMS does not read it as written")
+    return key, QuotaLine(address, size)
 
 
 def parse(text: str) -> ParsedFile[QuotaLine]:
-    return parse_lines(text, _read, what="quota")
+    parsed = parse_lines(text, _read, what="quota", keep_cr=True)
+    if not parsed.entries:
+        return parsed
+    raw = text.split("\n")
+    entries = dict(parsed.entries)
+    problems = list(parsed.problems)
+    for key, entry in parsed.entries.items():
+        hit = dms_lookup(key, raw)
+        if hit is None:
+            continue
+        number, line = hit
+        read = _read(line)
+        if not isinstance(read, str) and read[0] == key and read[1] == entry:
+            continue  # DMS finds this entry's own line (or an identical one)
+        fields = line.split(":")
+        reads = (f"{fields[1]!r} from line {number}" if len(fields) == 2
+                 else f"no quota (line {number})")
+        entries[key] = replace(entry, shadowed=reads)
+        problems.append(Problem(number, f"DMS's grep for the quota of '{key}' matches this line "
+                                        f"first, so '{key}' gets {reads}, not {entry.size!r}"))
+    problems.sort(key=lambda p: p.line)
+    return ParsedFile(entries, parsed.comments, parsed.invalid, tuple(problems))
+
+
+def dms_lookup(address: str, lines: list[str]) -> tuple[int, str] | None:
+    """(line number, line) that `grep -i "<address>:"` finds first, as DMS looks quotas up.
+
+    Unanchored, case-insensitive, `.` is any character, and comment lines are not skipped.
+    """
+    pattern = re.compile(re.escape(address).replace(r"\.", ".") + ":", re.IGNORECASE)
+    for number, line in enumerate(lines, start=1):
+        if pattern.search(line):
+            return number, line
+    return None
 
 
 def line_of(entry: QuotaLine) -> str:
-    return f"{entry.address}:{entry.size}"
+    return f"{entry.address}:{entry.size.removesuffix(chr(13))}"  # what we write is LF only
 
 
 def render(entries: Iterable[QuotaLine], *, comments: Iterable[str] = (),
