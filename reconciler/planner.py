@@ -533,6 +533,8 @@ def _shadow_warnings(
                            f"{', '.join(gone)}")
     # The other way round: an alias this plan declares takes the mail of an account it keeps.
     # (A declared catch-all does not: kept accounts in its domain get a self-alias.)
+    if not account_diff.unmanaged:
+        return out  # and then the declared entries need not be built a second time
     declared = {key: want.kind for key, want in _want_virtual(desired).items()}
     for item in account_diff.unmanaged:
         if declared.get(item.key) in (Kind.ALIAS, Kind.DEVNULL):
