@@ -40,9 +40,8 @@ def test_errors_found_while_reading_keep_their_lines() -> None:
     try:
         yamlload.load_yaml_bytes(TEXT.encode() + b"version: 2\n", "m.yaml")
     except yamlload.YamlLoadError as exc:
-        assert [d.format() for d in exc.diagnostics] == [
-            "m.yaml:11:1: error: version: duplicate key 'version' (first on line 1); YAML would "
-            "silently keep only the last one: merge the two"
-        ]
+        expected = ("m.yaml:11:1: error: version: duplicate key 'version' (first on line 1); "
+                    "YAML would silently keep only the last one: merge the two")
+        assert [d.format() for d in exc.diagnostics] == [expected]
     else:
         raise AssertionError("a duplicate key must be refused")
