@@ -255,6 +255,37 @@ def apply(file: str, config_dir: str, cron_file: str, plan_file: str | None,
     return 0
 
 
+@cli.command()
+@_file_option
+@_common
+@click.option("--interval", type=click.FloatRange(min=1.0), default=60.0, show_default=True,
+              envvar="DMS_RECONCILER_INTERVAL", help="Seconds between re-checks that repair drift "
+              "(hand edits). Env: DMS_RECONCILER_INTERVAL.")
+@click.option("--listen", default=None, envvar="DMS_RECONCILER_LISTEN", metavar="ADDR",
+              help="Serve /healthz, /readyz and /metrics on HOST:PORT, e.g. 0.0.0.0:9000. "
+              "Env: DMS_RECONCILER_LISTEN.")
+@click.option("--container", default=None, envvar="DMS_CONTAINER", metavar="NAME",
+              help="The DMS container's name (default: found by --container-label through the "
+              "Docker socket). Env: DMS_CONTAINER.")
+@click.option("--container-label", default="com.docker.compose.service=mailserver",
+              envvar="DMS_CONTAINER_LABEL", show_default=True, metavar="KEY=VALUE",
+              help="Label that finds the DMS container. Env: DMS_CONTAINER_LABEL.")
+def watch(file: str, config_dir: str, cron_file: str, interval: float, listen: str | None,
+          container: str | None, container_label: str) -> int:
+    """The sidecar: apply every change of mailserver.yaml, repair drift, confirm DMS applied it."""
+    import prometheus_client
+
+    from reconciler import log
+    from reconciler.dms import Dms
+    from reconciler.watcher import Watcher, WatchOptions
+
+    log.setup()
+    prometheus_client.disable_created_metrics()  # `*_created` series only add noise here
+    target = Target(file, config_dir, cron_file)
+    options = WatchOptions(interval=interval, listen=listen)
+    return Watcher(target, options, dms=Dms(container=container, label=container_label)).run()
+
+
 @cli.command(name="export")
 @_common
 @click.option("-o", "--output", default=DEFAULT_FILE, show_default=True, type=click.Path(dir_okay=False),

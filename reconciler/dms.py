@@ -1,0 +1,328 @@
+"""Talk to the DMS container through the Docker API: find it, confirm our writes, run reloads.
+
+After the sidecar writes the config volume, DMS's change detector (`check-for-changes.sh`) notices
+the new checksums within `DMS_CONFIG_POLL` (2 s), regenerates Postfix and Dovecot's files and
+reloads them, and only then records the checksums it applied in
+`/tmp/docker-mailserver-config-chksum` inside the container (`sha512sum` lines). Reading that file
+and finding the sha512 of what we wrote is the proof that DMS picked the change up. DMS needs 23-41
+ms per account for this, about 6 minutes at 10,000 accounts, so the timeout grows with the server.
+
+`amavis.cf` is not watched by DMS (it is copied to `/etc/amavis/conf.d/50-user` at start-up only),
+so after writing it we copy it and restart Amavis ourselves.
+
+Every command is an argument list run with `exec_run`, never a shell string. docker-py can lose
+the output of very fast commands (docker/docker-py#3332): the exit code decides, and empty output
+is never taken as an answer. No failure here is fatal: without the Docker socket, with the
+container gone or the engine stopped, the caller keeps applying and reports that it could not
+confirm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler.formats import accounts, aliases, amavis, quotas, virtual
+
+CHKSUM_FILE = "/tmp/docker-mailserver-config-chksum"
+DMS_DIR = "/tmp/docker-mailserver"  # fixed in DMS (`local DMS_DIR=/tmp/docker-mailserver`)
+AMAVIS_USER_CONF = "/etc/amavis/conf.d/50-user"
+DEFAULT_LABEL = "com.docker.compose.service=mailserver"
+DEFAULT_SOCKET = "/var/run/docker.sock"
+# The files we write that DMS's change detector hashes (it also hashes others we never touch).
+MONITORED = (accounts.FILENAME, virtual.FILENAME, aliases.FILENAME, quotas.FILENAME)
+CONFIRM_BASE_SECONDS = 60.0
+CONFIRM_SECONDS_PER_ACCOUNT = 0.08  # about twice DMS's measured worst case (41 ms per account)
+
+
+class DmsUnavailable(Exception):
+    """The container cannot be asked right now: no socket, engine down, container missing."""
+
+
+class DmsCommandFailed(Exception):
+    """A command in the container ran but failed (exit 126/127: it could not be run at all)."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """The outcome of one interaction, in words for the log and a word for the metrics."""
+
+    state: str  # confirmed | waiting | timed_out | unconfirmed | ok | skipped | failed
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.state in ("confirmed", "ok", "skipped")
+
+
+def confirm_timeout(account_count: int, environ: Mapping[str, str] = os.environ) -> float:
+    """Seconds to wait for DMS's confirmation: grows with the number of accounts DMS regenerates.
+
+    `DMS_RECONCILER_CONFIRM_TIMEOUT` overrides it (seconds).
+    """
+    override = environ.get("DMS_RECONCILER_CONFIRM_TIMEOUT", "").strip()
+    if override:
+        try:
+            return max(1.0, float(override))
+        except ValueError:
+            pass
+    return CONFIRM_BASE_SECONDS + CONFIRM_SECONDS_PER_ACCOUNT * max(0, account_count)
+
+
+def monitored_checksums(sha512: Mapping[str, str]) -> dict[str, str]:
+    """From an `ApplyResult.sha512`: only the files DMS's change detector will confirm."""
+    return {name: digest for name, digest in sha512.items() if name in MONITORED}
+
+
+def parse_chksum(text: str) -> dict[str, str]:
+    """`<sha512>  /tmp/docker-mailserver/<name>` lines -> {name: sha512} for the files we write."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        parts = line.strip().lstrip("\\").split(None, 1)
+        if len(parts) != 2 or len(parts[0]) != 128:
+            continue
+        digest, path = parts[0].lower(), parts[1].strip()
+        directory, name = os.path.split(path)
+        hexadecimal = all(c in "0123456789abcdef" for c in digest)
+        if directory == DMS_DIR and name in MONITORED and hexadecimal:
+            out[name] = digest
+    return out
+
+
+def is_applied(expected: Mapping[str, str], recorded: Mapping[str, str],
+               current: Callable[[str], str | None]) -> bool:
+    """Has DMS applied every file we wrote? Yes when it recorded our sha512 for each, or the sha512
+    the file has now (someone wrote it again after us, and DMS applied that newer version)."""
+    for name, digest in expected.items():
+        seen = recorded.get(name)
+        if seen is None:
+            return False
+        if seen != digest and seen != current(name):
+            return False
+    return True
+
+
+def file_sha512(path: str) -> str | None:
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha512(handle.read()).hexdigest()
+    except OSError:
+        return None
+
+
+class Dms:
+    """The DMS container, found by name or by its compose service label.
+
+    The container is looked up again for every interaction: `docker compose up --force-recreate`
+    replaces it with a new id, and that must not need a sidecar restart.
+    """
+
+    def __init__(
+        self,
+        *,
+        container: str | None = None,
+        label: str | None = DEFAULT_LABEL,
+        environ: Mapping[str, str] = os.environ,
+        api_timeout: float = 30.0,
+    ) -> None:
+        self.container_name = container or None
+        self.label = None if self.container_name else (label or DEFAULT_LABEL)
+        self.environ = environ
+        self.api_timeout = api_timeout
+        self._docker: Any = None
+
+    # --- finding things -----------------------------------------------------------------------
+
+    def describe(self) -> str:
+        if self.container_name:
+            return f"container '{self.container_name}'"
+        return f"the container labelled {self.label}"
+
+    def engine_address(self) -> str:
+        return self.environ.get("DOCKER_HOST") or f"unix://{DEFAULT_SOCKET}"
+
+    def _client(self) -> Any:
+        if self._docker is not None:
+            return self._docker
+        address = self.engine_address()
+        if address.startswith("unix://") and not os.path.exists(address[len("unix://"):]):
+            raise DmsUnavailable(
+                f"no Docker socket at {address[len('unix://'):]} (mount /var/run/docker.sock into "
+                "the sidecar, or set DOCKER_HOST, to let it confirm changes and reload Amavis)"
+            )
+        import docker  # imported late: the CLI's other commands never need it
+
+        try:
+            self._docker = docker.DockerClient.from_env(environment=dict(self.environ),
+                                                        timeout=int(self.api_timeout))
+        except Exception as exc:  # DockerException, requests' errors, TLS errors ...
+            raise DmsUnavailable(
+                f"cannot reach the Docker engine at {address}: {_why(exc)}") from None
+        return self._docker
+
+    def _forget_client(self) -> None:
+        client, self._docker = self._docker, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing a broken client must not hide the real error
+                pass
+
+    def find(self) -> Any:
+        """The running DMS container, or `DmsUnavailable` saying why not."""
+        import docker.errors
+
+        client = self._client()
+        try:
+            if self.container_name:
+                found = client.containers.get(self.container_name)
+                if found.status != "running":
+                    raise DmsUnavailable(
+                        f"the DMS {self.describe()} is {found.status}, not running")
+                return found
+            matches = client.containers.list(filters={"label": self.label, "status": "running"})
+        except docker.errors.NotFound:
+            raise DmsUnavailable(f"there is no {self.describe()} (check --container)") from None
+        except DmsUnavailable:
+            raise
+        except docker.errors.APIError as exc:
+            raise DmsUnavailable(
+                f"the Docker engine refused to list containers: {_api_why(exc)}") from None
+        except Exception as exc:
+            self._forget_client()
+            raise DmsUnavailable(f"cannot reach the Docker engine at {self.engine_address()}: "
+                                 f"{_why(exc)}") from None
+        if not matches:
+            raise DmsUnavailable(f"no running container has the label {self.label} (give the DMS "
+                                 "container's name with --container, or set --container-label)")
+        if len(matches) > 1:
+            names = ", ".join(sorted(c.name for c in matches))
+            raise DmsUnavailable(f"{len(matches)} running containers have the label {self.label} "
+                                 f"({names}); give the right one with --container")
+        return matches[0]
+
+    # --- running commands ---------------------------------------------------------------------
+
+    def run(self, container: Any, argv: list[str]) -> tuple[int, str]:
+        """Run `argv` in the container; (exit code, output). Raises `DmsUnavailable` when the
+        container or the engine cannot be reached, `DmsCommandFailed` for exit codes 126/127."""
+        import docker.errors
+
+        try:
+            result = container.exec_run(argv, stdout=True, stderr=True)
+        except docker.errors.NotFound:
+            raise DmsUnavailable(
+                f"the DMS {self.describe()} is gone (removed or recreated)") from None
+        except docker.errors.APIError as exc:
+            if exc.status_code == 409:
+                raise DmsUnavailable(f"the DMS {self.describe()} is not running") from None
+            raise DmsUnavailable(
+                f"the Docker engine refused to run {argv[0]}: {_api_why(exc)}") from None
+        except Exception as exc:
+            self._forget_client()
+            raise DmsUnavailable(
+                f"lost the Docker engine at {self.engine_address()}: {_why(exc)}") from None
+        code = result.exit_code
+        output = (result.output or b"").decode("utf-8", "replace")
+        if code == 126:
+            raise DmsCommandFailed(f"`{argv[0]}` cannot be run in the DMS container (exit 126: "
+                                   f"{_first_line(output) or 'not executable or not found'})")
+        if code == 127:
+            raise DmsCommandFailed(f"`{argv[0]}` was not found in the DMS container (exit 127"
+                                   + (f": {_first_line(output)})" if output.strip() else ")"))
+        if code is None:  # the exec did not finish: the SDK could not tell
+            raise DmsCommandFailed(f"`{argv[0]}` gave no exit status in the DMS container")
+        return code, output
+
+    def applied_checksums(self) -> tuple[dict[str, str] | None, str]:
+        """What DMS's change detector last applied: ({name: sha512} or None, a note when None)."""
+        container = self.find()
+        code, output = self.run(container, ["cat", CHKSUM_FILE])
+        if code != 0:
+            if "No such file" in output or "can't open" in output:
+                return None, f"{CHKSUM_FILE} does not exist yet (DMS is still starting)"
+            return None, f"reading {CHKSUM_FILE} failed (exit {code}: {_first_line(output)})"
+        if not output.strip():
+            # Either nothing is monitored yet or docker-py#3332 lost the output: ask again later.
+            return None, f"{CHKSUM_FILE} came back empty"
+        return parse_chksum(output), ""
+
+    def check_applied(self, expected: Mapping[str, str],
+                      current: Callable[[str], str | None]) -> Report:
+        """One look: has DMS applied `expected`? confirmed, waiting, or unconfirmed (cannot ask)."""
+        try:
+            recorded, note = self.applied_checksums()
+        except (DmsUnavailable, DmsCommandFailed) as exc:
+            return Report("unconfirmed", f"could not confirm that DMS applied the change: {exc}")
+        if recorded is None:
+            return Report("waiting", note)
+        if is_applied(expected, recorded, current):
+            return Report("confirmed", "DMS applied the change")
+        return Report("waiting", "DMS has not applied the change yet")
+
+    def reload_amavis(self) -> Report:
+        """Install the new amavis.cf as DMS does at start-up and restart Amavis."""
+        try:
+            container = self.find()
+            if _env(container, "ENABLE_AMAVIS") == "0":
+                return Report("skipped", "Amavis is disabled in the DMS container "
+                              "(ENABLE_AMAVIS=0); amavis.cf is not used")
+            source = f"{DMS_DIR}/{amavis.FILENAME}"
+            code, output = self.run(container, ["cp", source, AMAVIS_USER_CONF])
+            if code != 0:
+                return Report("failed", f"copying amavis.cf to {AMAVIS_USER_CONF} in the DMS "
+                              f"container failed (exit {code}: {_first_line(output)})")
+            code, output = self.run(container, ["supervisorctl", "restart", "amavis"])
+            if code != 0:
+                return Report("failed", "`supervisorctl restart amavis` failed in the DMS "
+                              f"container (exit {code}: {_first_line(output) or 'no output'})")
+        except DmsUnavailable as exc:
+            return Report("unconfirmed",
+                          f"amavis.cf changed but Amavis could not be restarted: {exc}")
+        except DmsCommandFailed as exc:
+            return Report("failed", f"amavis.cf changed but Amavis could not be restarted: {exc}")
+        return Report("ok", f"installed amavis.cf as {AMAVIS_USER_CONF} and restarted Amavis")
+
+    def close(self) -> None:
+        self._forget_client()
+
+
+def _env(container: Any, name: str) -> str | None:
+    for item in (container.attrs.get("Config") or {}).get("Env") or []:
+        key, _, value = str(item).partition("=")
+        if key == name:
+            return value
+    return None
+
+
+def _first_line(text: str) -> str:
+    for line in text.splitlines():
+        if line.strip():
+            line = line.strip()
+            return line if len(line) <= 300 else line[:297] + "..."
+    return ""
+
+
+def _api_why(exc: Any) -> str:
+    explanation = getattr(exc, "explanation", None)
+    return str(explanation or exc)[:300]
+
+
+def _why(exc: BaseException) -> str:
+    """The root cause in a few words: 'connection refused', 'no such file or directory' ..."""
+    seen: set[int] = set()
+    todo: list[Any] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.strerror:
+            return current.strerror.lower()
+        todo.extend([getattr(current, "__cause__", None), getattr(current, "__context__", None)])
+        todo.extend(a for a in getattr(current, "args", ()) if isinstance(a, BaseException))
+    text = str(exc)
+    return text if len(text) <= 300 else text[:297] + "..."
