@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any
-
-import jsonschema
+from typing import TYPE_CHECKING, Any
 
 from reconciler import rules
 from reconciler.errors import Diagnostic, InvalidDesiredState, Severity
+from reconciler.gcpause import paused
 from reconciler.model import (
     QUARANTINE_KINDS,
     Account,
@@ -36,6 +36,14 @@ from reconciler.model import (
     normalise_targets,
 )
 from reconciler.yamlload import MAX_BYTES, Document, Path, YamlLoadError, format_path, load_yaml_bytes
+
+if TYPE_CHECKING:
+    import jsonschema
+
+try:  # a compiled validator (Rust): the fast "is it valid?" check, see `_fast_says_valid`
+    import jsonschema_rs
+except ImportError:  # pragma: no cover - without it every file takes the python-jsonschema path
+    jsonschema_rs = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -57,9 +65,75 @@ def schema() -> dict[str, Any]:
 
 @lru_cache(maxsize=1)
 def _validator() -> jsonschema.protocols.Validator:
+    import jsonschema  # only needed to explain errors: a valid file never imports it
+
     cls = jsonschema.validators.validator_for(schema())
     cls.check_schema(schema())
     return cls(schema())
+
+
+@lru_cache(maxsize=1)
+def _fast_validator() -> Any:
+    if jsonschema_rs is None:  # pragma: no cover
+        return None
+    try:
+        return jsonschema_rs.validator_for(schema())
+    except Exception:  # noqa: BLE001  # pragma: no cover - jsonschema-rs cannot read the schema
+        return None
+
+
+_SAFE_INT = 2**53
+
+
+def _fast_says_valid(value: Any) -> bool:
+    """True only when jsonschema-rs accepts `value` and python-jsonschema is sure to agree.
+
+    python-jsonschema costs about 100 µs per account or alias (2.6 s for 10,000 accounts and
+    20,000 aliases); jsonschema-rs checks the same file in about 15 ms. It is trusted only to say
+    "valid", and only for documents whose strings are all printable ASCII and whose other values
+    are booleans, nulls, finite floats and ints of safe size: there its regular expressions and
+    Python's `re` agree on every pattern in the schema (elsewhere they do not: Python's `\\s`
+    also matches \\x1c-\\x1f, and its `$` matches before a final line break). Every other
+    document, valid or not, goes through python-jsonschema, whose errors are translated below.
+    """
+    validator = _fast_validator()
+    if validator is None or not plain_ascii(value):
+        return False
+    try:
+        return bool(validator.is_valid(value))
+    except (ValueError, TypeError, OverflowError):  # python-jsonschema judges what rs cannot
+        return False
+
+
+def plain_ascii(value: Any) -> bool:
+    """JSON-like data whose strings are printable ASCII (iterative: deep input is safe).
+
+    Where this holds, the compiled tools (jsonschema-rs, libyaml's emitter) give the same answer
+    as the pure-Python ones; `export.dump_yaml` relies on it too.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str:
+            if not (item.isascii() and item.isprintable()):
+                return False
+        elif kind is dict:
+            for key in item:
+                if type(key) is not str or not (key.isascii() and key.isprintable()):
+                    return False
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind is int:
+            if not -_SAFE_INT < item < _SAFE_INT:
+                return False
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+        elif item is not None and kind is not bool:
+            return False
+    return True
 
 
 def read_desired_bytes(path: str) -> bytes:
@@ -87,6 +161,7 @@ def load_desired(path: str) -> Loaded:
     return load_desired_bytes(read_desired_bytes(path), path)
 
 
+@paused
 def load_desired_bytes(data: bytes, filename: str) -> Loaded:
     import hashlib
 
@@ -137,6 +212,8 @@ _SENSITIVE = {"password_hash"}
 
 
 def _schema_diagnostics(doc: Document) -> list[Diagnostic]:
+    if _fast_says_valid(doc.value):
+        return []
     out: list[Diagnostic] = []
     for error in _validator().iter_errors(doc.value):
         out.extend(_translate(doc, error))

@@ -16,7 +16,9 @@ from typing import Any
 import yaml
 
 from reconciler.addresses import check_address, check_domain, check_password_hash, domain_of, split_hash
+from reconciler.desired import plain_ascii
 from reconciler.formats import cron
+from reconciler.gcpause import paused
 from reconciler.model import (
     QUARANTINE_KINDS,
     Account,
@@ -32,6 +34,7 @@ from reconciler.model import (
 from reconciler.observe import Observed
 from reconciler.planner import DEVNULL_TARGET, cron_lines
 
+_C_DUMPER: Any = getattr(yaml, "CSafeDumper", None)
 SCHEMA_COMMENT = "# yaml-language-server: $schema=https://raw.githubusercontent.com/dms-reconciler/dms-reconciler/main/schema/mailserver.schema.json"
 
 
@@ -41,6 +44,7 @@ class Exported:
     warnings: tuple[str, ...]
 
 
+@paused
 def export_state(observed: Observed, *, hostname: str | None = None) -> Exported:
     warnings: list[str] = []
     accounts = _accounts(observed, warnings)
@@ -230,10 +234,17 @@ def _sa_learn(observed: Observed, accounts: set[str], domains: set[str],
     return tuple(jobs)
 
 
+@paused
 def dump_yaml(state: DesiredState) -> str:
     """mailserver.yaml text for `state`, with the schema comment editors use for completion."""
     doc: dict[str, Any] = to_document(state)
-    body = yaml.safe_dump(doc, sort_keys=False, default_flow_style=False, allow_unicode=True, width=1000)
+    # libyaml's emitter is 4-5x faster (2.4 s -> 0.55 s for 10,000 accounts) and writes the same
+    # bytes for printable-ASCII text (60,000 random strings compared); for other characters its
+    # escapes differ (it writes "\U0001F600" where PyYAML writes the emoji), so those files keep
+    # the pure-Python emitter.
+    dumper = _C_DUMPER if _C_DUMPER is not None and plain_ascii(doc) else yaml.SafeDumper
+    body = yaml.dump(doc, Dumper=dumper, sort_keys=False, default_flow_style=False,
+                     allow_unicode=True, width=1000)
     return (
         f"{SCHEMA_COMMENT}\n"
         "# Exported by dms-reconciler from an existing config volume. It holds password hashes:\n"

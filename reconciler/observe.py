@@ -18,6 +18,7 @@ from reconciler import state as state_file
 from reconciler.errors import VolumeError
 from reconciler.formats import accounts, aliases, amavis, cron, quotas, virtual
 from reconciler.formats._lines import ParsedFile
+from reconciler.gcpause import paused
 
 CRON = "cron"  # logical name of the sa-learn cron file, which lives outside the config dir
 MAX_FILE_BYTES = 256 * 1024 * 1024
@@ -103,6 +104,7 @@ def read_snapshot(path: str) -> FileSnapshot:
     return FileSnapshot(path, data, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
 
 
+@paused
 def observe(config_dir: str, cron_path: str) -> Observed:
     """Read every file dms-reconciler manages from the volume and parse it."""
     if not os.path.isdir(config_dir):

@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import multiprocessing
 import os
 import secrets
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from enum import Enum
 from typing import TypeVar
@@ -135,6 +133,9 @@ def _parallel_map(func: Callable[[T], R], items: Sequence[T]) -> list[R]:
     workers = os.cpu_count() or 1
     if len(items) < PARALLEL_THRESHOLD or workers < 2:
         return [func(item) for item in items]
+    import multiprocessing  # imported here: 10 ms that commands without big batches never need
+    from concurrent.futures import ProcessPoolExecutor
+
     chunk = max(1, len(items) // (workers * 4))
     context = multiprocessing.get_context("forkserver")  # safe with the watcher's threads
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:

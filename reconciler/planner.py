@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from reconciler.addresses import domain_of, local_of
 from reconciler.formats import accounts, aliases, amavis, cron, quotas, virtual
 from reconciler.formats._lines import ParsedFile
+from reconciler.gcpause import paused
 from reconciler.model import DesiredState
 from reconciler.observe import CRON, Observed
 from reconciler.passwords import DesiredPassword, Secret, Status, same_hash, source_id
@@ -38,9 +39,8 @@ BLOCK_REPAIR = "lines inside the dms-reconciler block that are not quarantine se
 DEVNULL_LOCAL = aliases.LocalAlias("devnull", "/dev/null")
 
 
-@dataclass(frozen=True)
-class _Want:
-    """A desired entry: its kind, the codec entry, and how to show it."""
+class _Want(NamedTuple):
+    """A desired entry: its kind and the codec entry (a tuple: one is made per entry)."""
 
     kind: Kind
     entry: Any
@@ -58,6 +58,7 @@ class _FileDiff:
         return bool(self.changes)
 
 
+@paused
 def make_plan(
     desired: DesiredState,
     observed: Observed,
@@ -198,8 +199,9 @@ def _diff(
     changes: list[Change] = []
     unmanaged: list[Unmanaged] = []
     final: list[Any] = []
+    entries = have.entries
     for key, wanted in want.items():
-        current = have.entries.get(key)
+        current = entries.get(key)
         if current is None:
             changes.append(Change(name, wanted.kind, key, Action.CREATE, None, show(wanted.entry)))
         elif not same(current, wanted.entry):
@@ -207,7 +209,7 @@ def _diff(
             changes.append(Change(name, wanted.kind, key, Action.UPDATE, before, after,
                                   details=explain(key, before, after)))
         final.append(wanted.entry)
-    for key, current in have.entries.items():
+    for key, current in entries.items():
         if key in want:
             continue
         kind = kind_of(key, current)
@@ -364,6 +366,8 @@ def _want_virtual(
 
 
 def _same_virtual(have: virtual.VirtualLine, want: virtual.VirtualLine) -> bool:
+    if have.targets == want.targets:  # the usual case once we wrote the line: skip the sets
+        return True
     return {t.lower() for t in have.targets} == {t.lower() for t in want.targets}
 
 
@@ -529,6 +533,8 @@ def _shadow_warnings(
                            f"{', '.join(gone)}")
     # The other way round: an alias this plan declares takes the mail of an account it keeps.
     # (A declared catch-all does not: kept accounts in its domain get a self-alias.)
+    if not account_diff.unmanaged:
+        return out  # and then the declared entries need not be built a second time
     declared = {key: want.kind for key, want in _want_virtual(desired).items()}
     for item in account_diff.unmanaged:
         if declared.get(item.key) in (Kind.ALIAS, Kind.DEVNULL):

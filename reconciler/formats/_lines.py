@@ -94,7 +94,8 @@ def parse_lines(
     invalid: list[str] = []
     problems: list[Problem] = []
     for number, line in logical_lines(text, continuation=continuation, keep_cr=keep_cr):
-        if is_comment(line):
+        first = line[0]  # logical lines are never empty; most start with the key
+        if first == "#" or (first.isspace() and is_comment(line)):
             if line.strip() != header:
                 comments.append(line.rstrip())
             continue

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from reconciler.formats._lines import (
     ParsedFile,
@@ -57,8 +58,9 @@ def parse(text: str) -> ParsedFile[QuotaLine]:
     raw = text.split("\n")
     entries = dict(parsed.entries)
     problems = list(parsed.problems)
+    hits = first_hits(list(parsed.entries), raw)
     for key, entry in parsed.entries.items():
-        hit = dms_lookup(key, raw)
+        hit = hits.get(key)
         if hit is None:
             continue
         number, line = hit
@@ -73,6 +75,66 @@ def parse(text: str) -> ParsedFile[QuotaLine]:
                                         f"first, so '{key}' gets {reads}, not {entry.size!r}"))
     problems.sort(key=lambda p: p.line)
     return ParsedFile(entries, parsed.comments, parsed.invalid, tuple(problems))
+
+
+def first_hits(addresses: list[str], lines: list[str]) -> dict[str, tuple[int, str]]:
+    """`dms_lookup` for every address at once, in one pass over the lines.
+
+    Looking each address up on its own reads the file from the top every time: quadratic, 5.5 s
+    for 6,000 quotas (10,000 accounts). Here the addresses go into a trie of their reversed
+    characters (a `.` in an address is a wildcard, as in grep), and each line is read once,
+    backwards from every ':' in it; the first line that matches an address is its hit. Only for
+    ASCII text: there `str.lower` is exactly what re.IGNORECASE compares. Otherwise (rare: DMS's
+    own lines are ASCII) each address is looked up on its own as before.
+    """
+    if not all(line.isascii() for line in lines) or not all(a.isascii() for a in addresses):
+        return {a: hit for a in addresses if (hit := dms_lookup(a, lines)) is not None}
+    trie: dict[str, Any] = {}
+    for address in addresses:
+        node = trie
+        for char in reversed(address.lower()):
+            node = node.setdefault(char, {})
+        node.setdefault(_END, []).append(address)
+    found: dict[str, tuple[int, str]] = {}
+    for number, line in enumerate(lines, start=1):
+        colon = line.find(":")
+        if colon < 0:
+            continue
+        lower = line.lower()
+        hit = (number, line)
+        while colon >= 0:
+            # Walk the trie backwards from the ':'; branch (a stack) only where an address has a
+            # wildcard '.' and the line's character also continues another address literally.
+            stack = [(trie, colon - 1)]
+            while stack:
+                node, position = stack.pop()
+                while True:
+                    ends = node.get(_END)
+                    if ends is not None:
+                        for address in ends:
+                            if address not in found:
+                                found[address] = hit
+                    if position < 0:
+                        break
+                    char = lower[position]
+                    child = node.get(char)
+                    wild = node.get(".") if char != "." else None
+                    if wild is not None:
+                        if child is not None:
+                            stack.append((wild, position - 1))
+                        else:
+                            child = wild
+                    if child is None:
+                        break
+                    node = child
+                    position -= 1
+            colon = lower.find(":", colon + 1)
+        if len(found) == len(addresses):
+            break
+    return found
+
+
+_END = "\0end"  # a trie key no character can be
 
 
 def dms_lookup(address: str, lines: list[str]) -> tuple[int, str] | None:
