@@ -265,8 +265,11 @@ def _atomic_write(path: str, data: bytes, snap: FileSnapshot) -> None:
 def _write_in_place(path: str, data: bytes) -> None:
     """Rewrite keeping the inode: a single-file bind mount would not see a renamed file.
 
-    One pwrite, then truncate: the file is the old or the new content, except that a new text
-    shorter than the old one briefly has the old tail behind it.
+    One pwrite, then truncate. A new text shorter than the old one is padded with blank lines up
+    to the old size, so no byte of the old text (half a cron line) can survive a crash between the
+    two calls: the file is always the old text, the new one, or the new one followed by blank
+    lines (which cron ignores; a later change writes it canonically). A file that did not exist
+    may also be seen empty (no jobs) for an instant.
     """
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
@@ -279,7 +282,13 @@ def _write_in_place(path: str, data: bytes) -> None:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise VolumeError(f"{path} is not a regular file; refusing to write it")
-        os.pwrite(fd, data, 0)
+        if info.st_nlink > 1:
+            raise VolumeError(f"{path} has other hard links; refusing to write it in place "
+                              "(it would change the linked file too)")
+        padded = data + b"\n" * max(0, info.st_size - len(data))
+        view = memoryview(padded)
+        while view:
+            view = view[os.pwrite(fd, view, len(padded) - len(view)):]
         os.ftruncate(fd, len(data))
         os.fsync(fd)
     except OSError as exc:
