@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler import state as state_file
-from reconciler.errors import ReconcilerError, Refused, SecretError, VolumeError
+from reconciler.errors import LockBusy, ReconcilerError, Refused, SecretError, VolumeError
 from reconciler.formats import accounts, aliases, amavis, cron, quotas, virtual
-from reconciler.lock import DmsLock
+from reconciler.lock import LOCK_NAME, DmsLock, lock_token, owner_is_dead
 from reconciler.observe import CRON, FileSnapshot, Observed, read_snapshot
 from reconciler.passwords import Secret, hash_many
 from reconciler.plan import FilePlan, PendingHash, Plan
@@ -127,6 +127,7 @@ def apply_plan(
     state_text = state_file.render(new_state).encode()
     state_snap = observed.snapshots[state_file.FILENAME]
     if not todo and state_snap.data == state_text:
+        _clear_crash_debris(config_dir, on_wait)
         return ApplyResult((), {}, {})
 
     written: list[str] = []
@@ -310,6 +311,28 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def _clear_crash_debris(config_dir: str, on_wait: Callable[[str], None] | None) -> None:
+    """Nothing to write, but an apply killed earlier may have left its lock or temp files: take
+    the lock (which removes a dead owner's lock) and sweep, so none of it outlives this apply."""
+    try:
+        names = os.listdir(config_dir)
+    except OSError:
+        return
+    if not any(_is_temp_file(name) for name in names):
+        token = lock_token(os.path.join(config_dir, LOCK_NAME)) if LOCK_NAME in names else ""
+        if not token or owner_is_dead(token) is None:
+            return
+    try:  # best effort, without waiting: leftovers are harmless, a busy lock is not ours to wait for
+        with DmsLock(config_dir, timeout=0, on_wait=on_wait):
+            _remove_stale_temp_files(config_dir)
+    except (LockBusy, VolumeError):
+        pass
+
+
+def _is_temp_file(name: str) -> bool:
+    return name.startswith(".") and TEMP_MARK in name and name.endswith(".tmp")
+
+
 def _remove_stale_temp_files(config_dir: str) -> None:
     """Temp files left by a killed apply (we hold the lock, so none is in use)."""
     try:
@@ -317,7 +340,7 @@ def _remove_stale_temp_files(config_dir: str) -> None:
     except OSError:
         return
     for name in names:
-        if name.startswith(".") and TEMP_MARK in name and name.endswith(".tmp"):
+        if _is_temp_file(name):
             _unlink_quietly(os.path.join(config_dir, name))
 
 
