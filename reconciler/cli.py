@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+from types import FrameType
 from typing import Any
 
 import click
@@ -226,16 +228,27 @@ def _volume_info(target: Target) -> dict[str, Any]:
     return {"config_dir": target.config_dir, "cron_file": target.cron_path}
 
 
+class Terminated(BaseException):
+    """SIGTERM: unwind like Ctrl-C, so the DMS lock is released and temp files are removed."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn every failure into a message and an exit status."""
+    # Without this, SIGTERM (docker stop, kill, systemd) would end the process on the spot and
+    # leave DMS's lock behind: DMS's change detector would then wait a minute for it to go stale.
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         code = cli.main(args=argv, prog_name="dms-reconciler", standalone_mode=False)
     except click.exceptions.UsageError as exc:
         exc.show()
         code = 1
-    except click.exceptions.Abort:
-        _err("aborted")
-        code = 1
+    except click.exceptions.Abort:  # click turns Ctrl-C (KeyboardInterrupt) into Abort
+        _err("interrupted; the lock was released and no file was left half-written")
+        code = 130
     except click.ClickException as exc:
         exc.show()
         code = 1
@@ -248,8 +261,11 @@ def main(argv: list[str] | None = None) -> None:
         _err(str(exc))
         code = exc.exit_code
     except KeyboardInterrupt:
-        _err("interrupted")
+        _err("interrupted; the lock was released and no file was left half-written")
         code = 130
+    except Terminated:
+        _err("terminated (SIGTERM); the lock was released and no file was left half-written")
+        code = 143
     except Exception as exc:  # a bug: say so in one line, never a traceback with local data
         _err(f"internal error ({type(exc).__name__}); please report it. Set DMS_RECONCILER_DEBUG=1 "
              "for details")
