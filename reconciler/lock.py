@@ -260,7 +260,10 @@ class DmsLock:
         if self._holds():
             try:
                 os.unlink(self.path)
-            except FileNotFoundError:
+            except OSError:
+                # Gone, or the volume turned read-only under us: never let this hide the error
+                # that brought us here. A lock we could not remove is taken over by the next
+                # dms-reconciler on this host at once (its owner is gone), by DMS after a minute.
                 pass
         if self._peer_fd is not None:
             os.close(self._peer_fd)  # closing releases the flock
@@ -277,6 +280,45 @@ class DmsLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+def wait_for_peers(
+    config_dir: str,
+    *,
+    timeout: float,
+    on_wait: Callable[[str], None] | None = None,
+    poll: float = 0.05,
+) -> bool:
+    """Wait while another dms-reconciler is applying to `config_dir`; True if one was.
+
+    An apply that found nothing to do must not report "no changes" from a volume another apply
+    is rewriting at that moment: it waits for that one and plans again.
+    """
+    path = os.path.join(config_dir, PEER_LOCK_NAME)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False  # never created: no dms-reconciler of this version applied here yet
+    deadline = time.monotonic() + timeout
+    waited = False
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return waited
+            except BlockingIOError:
+                pass
+            except OSError:
+                return waited
+            if time.monotonic() >= deadline:
+                raise LockBusy(f"another dms-reconciler has been applying to {config_dir} for "
+                               f"more than {timeout:g} s; nothing was written, try again")
+            if on_wait and not waited:
+                on_wait(f"waiting for another dms-reconciler applying to {config_dir}")
+            waited = True
+            time.sleep(poll)
+    finally:
+        os.close(fd)
 
 
 def lock_token(path: str) -> str:
