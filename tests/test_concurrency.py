@@ -263,7 +263,8 @@ def _slow_apply(desired: Path, volume: Volume, log: Path, *extra: str,
     """`apply` under strace, each rename delayed, with timestamps of the calls that matter."""
     return subprocess.Popen(
         [require_strace(), "-qq", "-ttt", "-o", str(log),
-         "-e", "trace=rename,linkat,unlink,openat", "-e", f"inject=rename:delay_enter={delay}",
+         "-e", "trace=rename,renameat2,linkat,unlink,openat",
+         "-e", f"inject=rename,renameat2:delay_enter={delay}",
          *cli_command("apply", "-f", str(desired), *volume.args(), "--format", "json", *extra)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(ENV))
 
@@ -294,7 +295,7 @@ def _timeline(log: Path, volume: Volume) -> dict[str, list[float]]:
             out["taken"].append(stamp)
         elif call == "unlink" and args.startswith(lock):
             out["released"].append(stamp)
-        elif call == "rename" and str(volume.config) in args:
+        elif call in ("rename", "renameat2") and str(volume.config) in args:
             out["renames"].append(stamp)
         elif call == "openat" and "postfix-accounts.cf" in args and "O_RDONLY" in args:
             out["reads"].append(stamp)
@@ -372,3 +373,140 @@ def test_signal_mid_apply_releases_the_lock(applied: tuple[Volume, Path, Path], 
     assert any(after[n] != old[n] for n in old), "the signal came before any write"
     final = _apply(b, volume)
     assert final.returncode == 0 and "Apply complete" in final.stdout
+
+
+# --- DMS's `setup` CLI writing at the same time -------------------------------------------------
+
+# What `setup email add/del` and `setup alias add` do to the files (no lock, `>>` appends and
+# `sed -i` edits through a new inode), in a tight loop, logging every operation.
+SETUP_CLI_RACER = r"""
+cd "$1"; END=$(( $(date +%s%N) + $2 * 1000000 )); LOG="$3"; PAUSE="$4"; i=0
+HASH='{SHA512-CRYPT}$6$racesaltracesalt$3mUNCWdHb9GFkUrBvZdNMpcz6ix9d2WEpw0rLbFx3IR3cudCRvc7J8AG8MMJzRMEgZ8v5tNjXMuP1oU6zhF/q1'
+while (( $(date +%s%N) < END )); do
+  i=$((i + 1))
+  echo "racer${i}@example.com|${HASH}" >> postfix-accounts.cf && echo "add-account racer${i}" >> "$LOG"
+  echo "racealias${i}@example.com fwd${i}@elsewhere.test" >> postfix-virtual.cf \
+    && echo "add-alias racealias${i}" >> "$LOG"
+  if (( i % 2 == 0 )); then
+    k=$(( i % 5 ))
+    sed -i "s/^hand${k}@example.com .*/hand${k}@example.com v${i}@elsewhere.test/" postfix-virtual.cf \
+      && echo "set-alias hand${k} v${i}" >> "$LOG"
+  fi
+  if (( i % 2 == 1 )); then
+    sed -i "/^racer$(( i - 2 ))@example.com|/d" postfix-accounts.cf \
+      && echo "del-account racer$(( i - 2 ))" >> "$LOG"
+  fi
+  (( PAUSE > 0 )) && sleep "0.$(printf %03d $(( RANDOM % PAUSE )))"
+done
+echo done >> "$LOG"
+"""
+
+
+def _expected_from(log: Path) -> tuple[set[str], set[str], dict[str, str]]:
+    accounts: set[str] = set()
+    aliases: set[str] = set()
+    hand = {f"hand{k}@example.com": f"was{k}@elsewhere.test" for k in range(5)}
+    lines = log.read_text().split()
+    assert lines[-1] == "done"
+    for op, arg, *rest in (line.split(" ") for line in log.read_text().splitlines()[:-1]):
+        if op == "add-account":
+            accounts.add(f"{arg}@example.com")
+        elif op == "del-account":
+            accounts.discard(f"{arg}@example.com")
+        elif op == "add-alias":
+            aliases.add(f"{arg}@example.com")
+        elif op == "set-alias":
+            hand[f"{arg}@example.com"] = f"{rest[0]}@elsewhere.test"
+    return accounts, aliases, hand
+
+
+@pytest.mark.parametrize("pause_ms, seconds", [(0, 4), (80, 12)])
+def test_setup_cli_racing_apply_loses_nothing(applied: tuple[Volume, Path, Path],
+                                              tmp_path: Path, pause_ms: int,
+                                              seconds: int) -> None:
+    """A tight loop (applies mostly re-plan and give up), then bursts with pauses of up to
+    `pause_ms` (applies get through, and the writer hits their write sequence)."""
+    from reconciler.formats import accounts as accounts_codec
+    from reconciler.formats import virtual as virtual_codec
+
+    volume, a, b = applied
+    with open(volume.config / "postfix-virtual.cf", "a") as handle:
+        for k in range(5):
+            handle.write(f"hand{k}@example.com was{k}@elsewhere.test\n")
+    log = tmp_path / "racer.log"
+    racer = subprocess.Popen(["bash", "-c", SETUP_CLI_RACER, "racer", str(volume.config),
+                              os.environ.get("DMS_RECONCILER_RACE_MS", str(seconds * 1000)),
+                              str(log),
+                              str(pause_ms)])
+    results = []
+    while racer.poll() is None:
+        for desired in (b, a):
+            # Each rename is slowed down (a slow disk): the writer gets between our check of a
+            # file and its replacement far more often.
+            results.append(subprocess.run(
+                [require_strace(), "-qq", "--seccomp-bpf", "-o", "/dev/null",
+                 "-e", "trace=rename,renameat2", "-e", "inject=rename,renameat2:delay_enter=40ms",
+                 *cli_command("apply", "-f", str(desired), *volume.args(), "--format", "json")],
+                capture_output=True, text=True, env=cli_env(ENV)))
+    racer.wait()
+    final = _apply(a, volume)
+    assert final.returncode == 0, final.stderr
+    for result in results:
+        assert "Traceback" not in result.stderr
+        assert result.returncode == 0 or "kept changing" in result.stderr, result.stderr
+    # A tight loop may keep every apply re-planning until it gives up (safe, and said clearly);
+    # with pauses, applies must get through while the writer keeps going.
+    assert sum(r.returncode == 0 for r in results) >= (3 if pause_ms else 0), \
+        "too few applies got through"
+
+    want_accounts, want_aliases, want_hand = _expected_from(log)
+    got_accounts = accounts_codec.parse((volume.config / "postfix-accounts.cf").read_text())
+    got_virtual = virtual_codec.parse((volume.config / "postfix-virtual.cf").read_text())
+    racers = {a for a in got_accounts.entries if a.startswith("racer")}
+    assert not want_accounts - racers, f"lost accounts: {sorted(want_accounts - racers)[:5]}"
+    assert not racers - want_accounts, f"resurrected: {sorted(racers - want_accounts)[:5]}"
+    race_aliases = {k for k in got_virtual.entries if k.startswith("racealias")}
+    assert not want_aliases - race_aliases, f"lost aliases: {sorted(want_aliases - race_aliases)[:5]}"
+    for key, target in want_hand.items():
+        assert got_virtual.entries[key].targets == (target,), f"lost the edit of {key}"
+    carried = sum(json.loads(r.stdout)["applied"]["carried_lines"] for r in results
+                  if r.returncode == 0)
+    print(f"\n{len(results)} applies raced {len(want_accounts) + len(want_aliases)} entries; "
+          f"{sum(r.returncode != 0 for r in results)} gave up; {carried} late lines carried")
+
+
+def test_sed_and_append_between_check_and_replace(applied: tuple[Volume, Path, Path],
+                                                  tmp_path: Path) -> None:
+    """Deterministic: while apply waits before putting a file in place, `setup` edits one file
+    with `sed -i` and appends to another. The edit is given back its place (and the rest is
+    re-planned), the appended line is carried over."""
+    volume, _, b = applied
+    with open(volume.config / "postfix-virtual.cf", "a") as handle:
+        handle.write("hand0@example.com was0@elsewhere.test\n")
+    with open(volume.config / "dovecot-quotas.cf", "a") as handle:
+        handle.write("legacy@example.com:1G\n")
+    accounts = volume.config / "postfix-accounts.cf"
+    inode = accounts.stat().st_ino
+    slow = subprocess.Popen(
+        [require_strace(), "-qq", "--seccomp-bpf", "-o", "/dev/null", "-e", "trace=renameat2",
+         "-e", "inject=renameat2:delay_enter=1s:when=1..3",
+         *cli_command("apply", "-f", str(b), *volume.args(), "--format", "json")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(ENV))
+    deadline = time.monotonic() + 60
+    while accounts.stat().st_ino == inode:  # the first file is in place; the next one waits
+        assert time.monotonic() < deadline and slow.poll() is None
+        time.sleep(0.005)
+    subprocess.run(["sed", "-i", "s/^hand0@example.com .*/hand0@example.com edited@elsewhere.test/",
+                    str(volume.config / "postfix-virtual.cf")], check=True)
+    with open(volume.config / "dovecot-quotas.cf", "a") as handle:
+        handle.write("late@example.com:2G\n")
+    out, err = slow.communicate(timeout=60)
+    assert slow.returncode == 0, err
+    applied_info = json.loads(out)["applied"]
+    assert applied_info["attempts"] >= 2  # the sed edit made it re-plan
+    assert applied_info["carried_lines"] >= 1  # the quota appended to the old file
+    virtual_text = (volume.config / "postfix-virtual.cf").read_text()
+    assert "hand0@example.com edited@elsewhere.test" in virtual_text
+    quotas_text = (volume.config / "dovecot-quotas.cf").read_text()
+    assert "late@example.com:2G" in quotas_text and "legacy@example.com:1G" in quotas_text
+    assert _apply(b, volume).stdout.startswith("No changes")
