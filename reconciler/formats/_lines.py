@@ -40,11 +40,13 @@ def logical_lines(text: str, *, continuation: bool = False) -> Iterator[tuple[in
     """(line number, text) of each non-blank line, CR stripped.
 
     With `continuation`, a line starting with whitespace continues the previous one, as in
-    Postfix tables and aliases(5).
+    Postfix tables and aliases(5). One with nothing to continue (at the top, or after a comment)
+    loses its leading whitespace, as DMS's `read -r KEY REST` reads it: kept as it was, it would
+    continue whatever line we write before it, such as an entry we manage.
     """
     pending: tuple[int, str] | None = None
     for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw[:-1] if raw.endswith("\r") else raw
+        line = raw.rstrip("\r")  # CRLF, and stray CRs DMS would strip (sed s|\\r||g) anyway
         stripped = line.strip()
         if not stripped:
             continue
@@ -59,7 +61,7 @@ def logical_lines(text: str, *, continuation: bool = False) -> Iterator[tuple[in
             continue
         if pending:
             yield pending
-        pending = (number, line)
+        pending = (number, line.lstrip() if continuation else line)
     if pending:
         yield pending
 
