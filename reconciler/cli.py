@@ -18,7 +18,7 @@ import click
 
 from reconciler import __version__
 from reconciler.desired import load_desired
-from reconciler.errors import InvalidDesiredState, ReconcilerError, Severity
+from reconciler.errors import InvalidDesiredState, ReconcilerError, Severity, printable
 from reconciler.reconcile import Target
 
 DEFAULT_FILE = "mailserver.yaml"
@@ -42,7 +42,7 @@ def _file_option(func: Any) -> Any:
 
 
 def _err(message: str) -> None:
-    click.echo(f"dms-reconciler: error: {message}", err=True)
+    click.echo(f"dms-reconciler: error: {printable(message)}", err=True)
 
 
 def _colour() -> bool:
@@ -198,7 +198,7 @@ def export_cmd(config_dir: str, cron_file: str, output: str, force: bool, hostna
     observed = observe(config_dir, cron_file)
     exported = export_state(observed, hostname=hostname)
     for warning in exported.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        click.echo(f"warning: {printable(warning)}", err=True)
     if not exported.state.accounts:
         raise ReconcilerError(f"{config_dir} has no account that can be adopted; DMS needs at least one")
     text = dump_yaml(exported.state)
