@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from reconciler.errors import Diagnostic
+from reconciler.errors import Diagnostic, printable
 
 try:  # libyaml's C parser is several times faster; fall back to pure Python where absent.
     _Loader: Any = yaml.CSafeLoader
@@ -31,6 +31,8 @@ Path = tuple[str | int, ...]
 
 _RESOLVER = yaml.resolver.Resolver()
 _STR = "tag:yaml.org,2002:str"
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
 _SIMPLE_PLAIN = re.compile(r"[A-Za-z_@][A-Za-z0-9_./@ -]*\Z")
 _BOOL_WORDS = {"yes", "no", "true", "false", "on", "off", "y", "n", "null", "~"}
 
@@ -200,6 +202,10 @@ class _Builder:
             )
         self._count(event, path, 1)
         mark = event.start_mark
+        if event.tag not in (None, "!", _MAP, _SEQ):  # e.g. !!python/object/apply, !!set, !!omap
+            self.doc.problems.append(self.diag(
+                mark, path, f"unsupported YAML tag {printable(event.tag)[:80]}; only plain "
+                "mappings and lists are allowed"))
         self.doc.marks[path] = (mark.line + 1, mark.column + 1)
         stack.append(_Frame(container, path, event.anchor, self.nodes, mark))
 
@@ -304,6 +310,11 @@ class _Builder:
             raise YamlLoadError(
                 [self.diag(event.start_mark, self._child_path(stack),
                            f"unsupported YAML tag {tag}; only plain values are allowed")]
+            ) from None
+        except (ValueError, OverflowError):  # e.g. an integer of more than 4300 digits
+            raise YamlLoadError(
+                [self.diag(event.start_mark, self._child_path(stack),
+                           f"'{value[:40]}...' is not a number this tool can use")]
             ) from None
 
     def _syntax_error(self, exc: yaml.MarkedYAMLError, text: str) -> Diagnostic:
