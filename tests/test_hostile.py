@@ -376,3 +376,25 @@ def test_junk_in_volume_files_is_read_without_harm(tmp_path: Path) -> None:
     again = run_cli("apply", "-f", str(desired), *volume.args(), env={"ENV_PW": "e-Secret-1"})
     assert again.returncode == 0 and "No changes" in again.stdout, again.stdout[-500:]
     COUNT["junk volume files"] = len(junk)
+
+
+def test_password_file_that_is_a_fifo_or_device_is_refused_not_read(tmp_path: Path) -> None:
+    volume = make_volume(tmp_path / "dms")
+    os.mkfifo(tmp_path / "fifo")  # nobody writes to it: reading it would block forever
+    (tmp_path / "adir").mkdir()
+    desired = tmp_path / "mailserver.yaml"
+    desired.write_text(
+        "version: 1\ndomains: [example.com]\naccounts:\n"
+        "  a@example.com: {password_file: fifo}\n"
+        "  b@example.com: {password_file: /dev/zero}\n"
+        "  c@example.com: {password_file: /dev/urandom}\n"
+        "  d@example.com: {password_file: adir}\n")
+    before = volume.snapshot()
+    for command in ("plan", "apply"):
+        out = _refused(run_cli(command, "-f", str(desired), *volume.args(), timeout=30), command)
+        assert "password_file fifo: not a regular file" in out
+        assert "password_file /dev/zero: not a regular file" in out
+        assert "password_file /dev/urandom: not a regular file" in out
+        assert "password_file adir: is a directory" in out
+    assert volume.snapshot() == before
+    COUNT["password_file specials"] = 4
