@@ -216,6 +216,11 @@ def _write_private(path: str, text: str, *, force: bool) -> None:
         raise ReconcilerError(f"{path} exists; give another -o or --force to overwrite it") from None
     except OSError as exc:
         raise ReconcilerError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)  # --force onto an existing, readable file: it holds hashes now
+    except OSError as exc:
+        os.close(fd)
+        raise ReconcilerError(f"cannot make {path} private (mode 0600): {exc.strerror}") from None
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
 
