@@ -332,3 +332,57 @@ def _assert_rendered_files_hold_exactly(state: Any) -> None:
     if "amavis.cf" in files:
         block = amavis.parse(files["amavis.cf"].decode()).block
         assert block is not None and set(block.values()) == {state.quarantine.mailbox}
+
+
+def _saved_plan_sample(tmp: str) -> dict[str, Any]:
+    """A real saved plan, made by `plan --out` logic in-process on a tiny volume."""
+    from reconciler import saved_plan
+    from reconciler.reconcile import Target, plan_once
+
+    config, desired = os.path.join(tmp, "config"), os.path.join(tmp, "m.yaml")
+    os.makedirs(config, exist_ok=True)
+    with open(desired, "w") as handle:
+        handle.write("version: 1\ndomains: [example.com]\naccounts:\n  a@example.com: "
+                     "{password_hash: '{SHA512-CRYPT}$6$saltsaltsaltsalt$" + "a" * 86 + "'}\n")
+    target = Target(desired, config, os.path.join(tmp, "sa-learn"))
+    planned = plan_once(target)
+    out = os.path.join(tmp, "plan.saved")
+    saved_plan.save(out, planned, target, planned.plan.to_dict(desired={}, volume={}))
+    with open(out) as handle:
+        return json.load(handle)  # type: ignore[no-any-return]
+
+
+@st.composite
+def damaged(draw: st.DrawFn, sample: dict[str, Any]) -> dict[str, Any]:
+    doc = json.loads(json.dumps(sample))
+    for _ in range(draw(st.integers(1, 3))):
+        places = [p for p in _places(doc) if p and not isinstance(p[-1], tuple)]
+        place = draw(st.sampled_from(places))
+        parent: Any = doc
+        for part in place[:-1]:
+            parent = parent[part]
+        if draw(st.booleans()) and isinstance(parent, dict):
+            del parent[place[-1]]
+        else:
+            parent[place[-1]] = draw(json_values | st.sampled_from(["", "/nonexistent", 5]))
+    return doc
+
+
+def test_saved_plan_loader_refuses_damaged_files(tmp_path: Any) -> None:
+    from reconciler import saved_plan
+    from reconciler.errors import ReconcilerError
+
+    sample = _saved_plan_sample(str(tmp_path))
+
+    @FUZZ
+    @given(doc=damaged(sample))
+    def check(doc: dict[str, Any]) -> None:
+        RUN["saved plan"] += 1
+        path = tmp_path / "damaged.saved"
+        path.write_text(json.dumps(doc))
+        try:
+            saved_plan.apply_saved(str(path), allow_deletions=None, lock_timeout=1)
+        except ReconcilerError:
+            pass
+
+    check()
