@@ -510,3 +510,19 @@ def test_sed_and_append_between_check_and_replace(applied: tuple[Volume, Path, P
     quotas_text = (volume.config / "dovecot-quotas.cf").read_text()
     assert "late@example.com:2G" in quotas_text and "legacy@example.com:1G" in quotas_text
     assert _apply(b, volume).stdout.startswith("No changes")
+
+
+def test_held_lock_is_refreshed_so_dms_never_finds_it_stale(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import reconciler.lock as lock_module
+
+    monkeypatch.setattr(lock_module, "HEARTBEAT_SECONDS", 0.05)
+    lock = DmsLock(str(tmp_path), timeout=1)
+    with lock:
+        path = tmp_path / LOCK_NAME
+        _age(path, 300)  # as if a long write had taken five minutes
+        deadline = time.monotonic() + 5
+        while time.time() - path.stat().st_mtime > 60:
+            assert time.monotonic() < deadline, "the heartbeat never refreshed the lock"
+            time.sleep(0.02)
+    assert not path.exists()
