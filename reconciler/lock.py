@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import Callable
 from types import TracebackType
+from typing import Self
 
 from reconciler.errors import LockBusy, VolumeError
 
@@ -67,7 +68,7 @@ def owner_is_dead(token: str) -> int | None:
     parts = token.split()
     if len(parts) != 6 or parts[0] != TOKEN_PREFIX or parts[1] != socket.gethostname():
         return None
-    namespace, started = _process_identity(os.getpid())
+    namespace, _started = _process_identity(os.getpid())
     if not namespace or parts[2] != namespace or not parts[3].isdigit():
         return None
     pid = int(parts[3])
@@ -79,7 +80,7 @@ def owner_is_dead(token: str) -> int | None:
         return pid
     except PermissionError:
         pass  # alive, owned by another user
-    their_namespace, their_start = _process_identity(pid)
+    _their_namespace, their_start = _process_identity(pid)
     if parts[4] != "-" and their_start and their_start != parts[4]:
         return pid  # the PID was reused by another process
     return None
@@ -269,7 +270,7 @@ class DmsLock:
             os.close(self._peer_fd)  # closing releases the flock
             self._peer_fd = None
 
-    def __enter__(self) -> DmsLock:
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 

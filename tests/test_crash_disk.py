@@ -24,12 +24,12 @@ N = 120
 
 
 def _mount(*args: str) -> None:
-    result = subprocess.run(["mount", *args], capture_output=True, text=True)
+    result = subprocess.run(["mount", *args], check=False, capture_output=True, text=True)
     assert result.returncode == 0, f"mount {' '.join(args)}: {result.stderr} (the test needs root)"
 
 
 def _umount(path: Path) -> None:
-    subprocess.run(["umount", "-l", str(path)], capture_output=True)
+    subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
 
 
 @pytest.fixture
@@ -87,7 +87,7 @@ def test_disk_full_at_every_stage(tmp_path: Path, mounts: list[Path]) -> None:
         assert not _old_or_new(_masked(now), _masked(old), _masked(new_files)), \
             f"{free_kib} KiB free: a torn file"
         assert not _debris(volume), f"{free_kib} KiB free: left {_debris(volume)}"
-        ownership, problem = state_file.parse((now[STATE] or b"").decode())
+        _ownership, problem = state_file.parse((now[STATE] or b"").decode())
         assert problem is None
         if result.returncode == 0:
             outcomes.append("ok")
@@ -210,7 +210,7 @@ def test_volume_turns_read_only_in_the_middle_of_apply(tmp_path: Path, volume: V
         time.sleep(0.01)
     time.sleep(1.0)  # the state file is renamed; the first managed file is on its way
     _mount("-o", "remount,bind,ro", str(volume.config))
-    out, err = slow.communicate(timeout=60)
+    _out, err = slow.communicate(timeout=60)
     assert slow.returncode == 1, err
     assert "read-only" in err and "Traceback" not in err
     now = read_files(volume)

@@ -124,7 +124,7 @@ state_like = st.fixed_dictionaries(
 @given(text=st.one_of(any_text, state_like.map(json.dumps), json_values.map(json.dumps)))
 def test_state_file_parses_anything(text: str) -> None:
     RUN["state"] += 1
-    ownership, problem = state_file.parse(text)
+    ownership, _problem = state_file.parse(text)
     assert isinstance(ownership, state_file.Ownership)
     assert all(isinstance(k, str) for keys in ownership.entries.values() for k in keys)
     assert ownership.plan_key == "" or (len(ownership.plan_key) == 64
@@ -312,7 +312,7 @@ def _assert_rendered_files_hold_exactly(state: Any) -> None:
     declared_accounts = {a.address for a in state.accounts}
     parsed = accounts.parse(files["postfix-accounts.cf"].decode())
     assert set(parsed.entries) == declared_accounts and not parsed.invalid
-    for address, entry in parsed.entries.items():
+    for entry in parsed.entries.values():
         assert entry.extra is None and "\n" not in entry.password_hash
     if "dovecot-quotas.cf" in files:
         q = quotas.parse(files["dovecot-quotas.cf"].decode())
