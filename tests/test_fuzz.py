@@ -46,7 +46,9 @@ TOKENS = ["|", ":", "@", ",", " ", "\t", "\r", "\n", "\r\n", "#", "\\", "\0", "d
           "/dev/null", "{SHA512-CRYPT}$6$", "a@b.c", "x", "1G", "0", "1;", '"', "$", "*",
           amavis.BEGIN, amavis.END, "$spam_quarantine_to = \"q\\@x.y\";", "root sa-learn --spam",
           "\u2028", "\x85", "\udcff", "é", "9" * 4400, "!!python/name:os.system", "&a", "*a",
-          "<<: ", "- ", "? ", "{", "}", "[", "]", "---\n", "!!float", "'", "~"]
+          "<<: ", "- ", "? ", "{", "}", "[", "]", "---\n", "!!float", "'", "~", "!!bool", "!!int",
+          "!!binary", "!!timestamp", "!!map", "!!seq", "!!str", "!!null", '""', "!", "%YAML 1.1\n",
+          "%TAG ! tag:x,2000:\n"]
 configish = st.lists(st.one_of(st.sampled_from(TOKENS), st.text(max_size=8)),
                      max_size=60).map("".join)
 any_text = st.one_of(configish, st.text(max_size=400))
