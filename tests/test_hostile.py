@@ -212,6 +212,10 @@ WHOLE_FILE: dict[str, tuple[Callable[[], bytes], str]] = {
     "python tag": (lambda: b'version: 1\nx: !!python/object/apply:os.system ["touch /tmp/pwned"]\n',
                    "unsupported YAML tag"),
     "binary tag": (lambda: b"version: !!binary AQ==\n", "unsupported YAML tag"),
+    "empty sa_learn folder": (lambda: b"version: 1\ndomains: [example.com]\naccounts:\n"
+                              b"  a@example.com: {password_env: X}\nsa_learn:\n"
+                              b'  - {schedule: "0 2 * * *", learn: spam, folder: ""}\n',
+                              "folder is empty"),
     "empty float tag": (lambda: b"!!float\n", "not a valid float value"),
     "empty bool tag": (lambda: b'version: !!bool ""\n', "not a valid bool value"),
     "duplicate keys": (lambda: b"version: 1\nversion: 1\n", "duplicate key"),
