@@ -228,45 +228,80 @@ def _open_and_check(snap: FileSnapshot, expected_sha256: str | None) -> int:
 def _put_in_place(tmp: str, snap: FileSnapshot, held: int, new: bytes) -> tuple[int, int]:
     """Replace `snap.path` by the staged `tmp` unless another writer replaced it since we checked.
 
-    Returns (lines carried over from the old file, bytes of the old inode dealt with).
+    Lines another writer appended to the old file are copied into ours *before* the exchange, so
+    a `sed -i` that writer runs right after sees them in our file (copying them after would undo
+    a deletion it made meanwhile). Returns (lines carried over, bytes of the old inode dealt with).
     """
     path = snap.path
     if held < 0:  # the file did not exist: create it only if it still does not
         _link_new(tmp, path)
         return 0, 0
     _refuse_symlink(path)
+    old = snap.data or b""
+    carried, upto, ours = _prefill(tmp, held, old, new)
+    try:
+        mine, staged_inode = os.fstat(held), os.lstat(tmp)
+    except OSError as exc:
+        raise VolumeError(_why(exc, path)) from None
+    if not _is_inode(path, mine):  # replaced since we checked: do not even try
+        raise VolumeChanged(f"{path} was changed by another writer while applying")
     if not _exchange(tmp, path):
-        return _replace_checked(tmp, snap, held)
+        return _replace_checked(tmp, snap, held, upto, carried)
     # `tmp` now holds the file we displaced: is it the one we checked, at most appended to?
     try:
-        displaced, mine = os.lstat(tmp), os.fstat(held)
-        same = (displaced.st_ino, displaced.st_dev) == (mine.st_ino, mine.st_dev)
+        same = _is_inode(tmp, mine)
         now = _read_all(held) if same else b""
     except OSError as exc:
         raise VolumeError(_why(exc, path)) from None
-    old = snap.data or b""
     if not same or not now.startswith(old):
-        _swap_back(tmp, path, new)  # `tmp` holds ours again
+        _swap_back(tmp, path, ours, staged_inode)
         _unlink_quietly(tmp)
         raise VolumeChanged(f"{path} was changed by another writer while applying")
+    carried += _append_tail(path, now[:upto], now[upto:])  # appended in the last microseconds
     _unlink_quietly(tmp)
     _fsync_dir(os.path.dirname(path))
-    return _append_tail(path, old, now[len(old):]), len(now)
+    return carried, len(now)
 
 
-def _swap_back(tmp: str, path: str, new: bytes) -> None:
-    """Give another writer's file its place back; keep lines appended to ours meanwhile."""
+def _prefill(tmp: str, held: int, old: bytes, new: bytes) -> tuple[int, int, bytes]:
+    """Append to the staged file what was appended to the old one since we checked it.
+
+    Returns (lines copied, bytes of the old file covered, the staged file's content)."""
+    now = _read_all(held)
+    if len(now) == len(old) or not now.startswith(old):
+        return 0, len(old), new  # unchanged, or changed in place: the exchange check decides
+    lines = _append_tail(tmp, new, now[len(old):])
+    return lines, len(now), read_snapshot(tmp).data or b""
+
+
+def _swap_back(tmp: str, path: str, ours: bytes, staged: os.stat_result) -> None:
+    """Give another writer's file (now at `tmp`) its place back, unless that writer has already
+    replaced ours too (then its newest file stays); keep lines appended to ours meanwhile.
+
+    The windows here are the microseconds between two system calls; a second `setup` command
+    landing inside one is the residual risk SECURITY.md describes."""
+    if not _is_inode(path, staged):
+        return
     if not _exchange(tmp, path):
         raise VolumeError(f"cannot give {path} back to the writer that replaced it")
     try:
-        ours = read_snapshot(tmp).data or b""
+        now = read_snapshot(tmp).data or b""
     except VolumeError:
         return
-    if len(ours) > len(new) and ours.startswith(new):
-        _append_tail(path, b"", ours[len(new):])
+    if len(now) > len(ours) and now.startswith(ours):
+        _append_tail(path, b"", now[len(ours):])
 
 
-def _replace_checked(tmp: str, snap: FileSnapshot, held: int) -> tuple[int, int]:
+def _is_inode(path: str, info: os.stat_result) -> bool:
+    try:
+        current = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return (current.st_ino, current.st_dev) == (info.st_ino, info.st_dev)
+
+
+def _replace_checked(tmp: str, snap: FileSnapshot, held: int, upto: int,
+                     carried: int) -> tuple[int, int]:
     """Without an atomic exchange: check the inode and content as late as possible, rename."""
     try:
         current = os.lstat(snap.path)
@@ -279,7 +314,7 @@ def _replace_checked(tmp: str, snap: FileSnapshot, held: int) -> tuple[int, int]
         _unlink_quietly(tmp)
         raise VolumeChanged(f"{snap.path} was changed by another writer while applying")
     _commit(tmp, snap.path)
-    return _append_tail(snap.path, snap.data or b"", now[len(snap.data or b""):]), len(now)
+    return carried + _append_tail(snap.path, now[:upto], now[upto:]), len(now)
 
 
 def _link_new(tmp: str, path: str) -> None:
