@@ -14,9 +14,10 @@ DMS's `setup` CLI writes without any lock: it appends with `>>` and edits with `
 inode renamed over the file). So each file is put in place with an atomic exchange
 (`renameat2(RENAME_EXCHANGE)`), which hands back exactly the file we displaced: if it is not the
 inode we checked (a `sed -i` landed after the check), it is swapped back and the cycle re-plans
-(`VolumeChanged`); lines appended to it meanwhile are appended to ours. We hold the old inode open
-to the end and carry lines appended to it even later. Where the file system cannot exchange, the
-inode is checked right before a plain rename (a window of microseconds instead of none).
+(`VolumeChanged`). Lines appended to the old file after the check are copied into ours before the
+exchange, so that writer's next `sed -i` sees them; we hold the old inode open to the end and
+carry lines appended to it even later. Where the file system cannot exchange, the inode is checked
+right before a plain rename (a window of microseconds instead of none).
 """
 
 from __future__ import annotations
