@@ -9,14 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from reconciler import __version__
 from reconciler.desired import load_desired
-from reconciler.errors import InvalidDesiredState, ReconcilerError, Severity
+from reconciler.errors import InvalidDesiredState, ReconcilerError, Severity, printable
 from reconciler.reconcile import Target
 
 if TYPE_CHECKING:
@@ -43,7 +45,7 @@ def _file_option(func: Any) -> Any:
 
 
 def _err(message: str) -> None:
-    click.echo(f"dms-reconciler: error: {message}", err=True)
+    click.echo(f"dms-reconciler: error: {printable(message)}", err=True)
 
 
 def _colour() -> bool:
@@ -301,7 +303,7 @@ def export_cmd(config_dir: str, cron_file: str, output: str, force: bool, hostna
     observed = observe(config_dir, cron_file)
     exported = export_state(observed, hostname=hostname)
     for warning in exported.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        click.echo(f"warning: {printable(warning)}", err=True)
     if not exported.state.accounts:
         raise ReconcilerError(f"{config_dir} has no account that can be adopted; DMS needs at least one")
     text = dump_yaml(exported.state)
@@ -319,6 +321,11 @@ def _write_private(path: str, text: str, *, force: bool) -> None:
         raise ReconcilerError(f"{path} exists; give another -o or --force to overwrite it") from None
     except OSError as exc:
         raise ReconcilerError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        os.fchmod(fd, 0o600)  # --force onto an existing, readable file: it holds hashes now
+    except OSError as exc:
+        os.close(fd)
+        raise ReconcilerError(f"cannot make {path} private (mode 0600): {exc.strerror}") from None
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
 
@@ -331,16 +338,27 @@ def _volume_info(target: Target) -> dict[str, Any]:
     return {"config_dir": target.config_dir, "cron_file": target.cron_path}
 
 
+class Terminated(BaseException):
+    """SIGTERM: unwind like Ctrl-C, so the DMS lock is released and temp files are removed."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the CLI and turn every failure into a message and an exit status."""
+    # Without this, SIGTERM (docker stop, kill, systemd) would end the process on the spot and
+    # leave DMS's lock behind: DMS's change detector would then wait a minute for it to go stale.
+    signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         code = cli.main(args=argv, prog_name="dms-reconciler", standalone_mode=False)
     except click.exceptions.UsageError as exc:
         exc.show()
         code = 1
-    except click.exceptions.Abort:
-        _err("aborted")
-        code = 1
+    except click.exceptions.Abort:  # click turns Ctrl-C (KeyboardInterrupt) into Abort
+        _err("interrupted; the lock was released and no file was left half-written")
+        code = 130
     except click.ClickException as exc:
         exc.show()
         code = 1
@@ -353,8 +371,11 @@ def main(argv: list[str] | None = None) -> None:
         _err(str(exc))
         code = exc.exit_code
     except KeyboardInterrupt:
-        _err("interrupted")
+        _err("interrupted; the lock was released and no file was left half-written")
         code = 130
+    except Terminated:
+        _err("terminated (SIGTERM); the lock was released and no file was left half-written")
+        code = 143
     except Exception as exc:  # a bug: say so in one line, never a traceback with local data
         _err(f"internal error ({type(exc).__name__}); please report it. Set DMS_RECONCILER_DEBUG=1 "
              "for details")

@@ -7,9 +7,37 @@ words. Messages never contain a password or a password hash.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+# Characters a terminal or a pull-request page would act on or hide: C0/C1 controls (ANSI escape
+# sequences), zero-width and bidirectional controls ("Trojan Source"), line separators, and the
+# surrogates that stand for bytes that are not UTF-8 (`surrogateescape`).
+_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069"
+                        "\ufeff\udc80-\udcff]")
+_LONG_RUN = re.compile(r"\S{301,}")
+
+
+def printable(text: str) -> str:
+    """`text` made safe to show: invisible and control characters written as escapes (`\\x1b`),
+    and a run of more than 300 characters without a space cut in the middle, so a hostile value
+    can neither drive the terminal nor bury the message under megabytes."""
+    if _INVISIBLE.search(text):
+        text = _INVISIBLE.sub(_escape, text)
+    if len(text) > 300 and _LONG_RUN.search(text):
+        text = _LONG_RUN.sub(lambda m: f"{m.group()[:80]}...({len(m.group())} characters)..."
+                                       f"{m.group()[-20:]}", text)
+    return text
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match.group()
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that is not UTF-8, kept by surrogateescape
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 class Severity(str, Enum):
@@ -33,16 +61,16 @@ class Diagnostic:
         if self.line is not None:
             where += f":{self.line}:{self.column or 1}"
         path = f"{self.path}: " if self.path else ""
-        return f"{where}: {self.severity.value}: {path}{self.message}"
+        return printable(f"{where}: {self.severity.value}: {path}{self.message}")
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "file": self.file,
             "line": self.line,
             "column": self.column,
-            "path": self.path,
+            "path": printable(self.path),
             "severity": self.severity.value,
-            "message": self.message,
+            "message": printable(self.message),
         }
 
     def sort_key(self) -> tuple[int, int, str]:

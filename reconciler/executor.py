@@ -9,12 +9,20 @@ next apply converges:
 4. write every file to a temp file beside it and fsync it, then rename them into place one by one,
    keeping mode and owner; the cron file, a single-file bind mount, is rewritten in place;
 5. write the final state, release the lock.
-A writer that appends to a file (DMS's `setup` CLI uses `>>`) while we rename it would append to the
-old inode; we hold that inode open and carry such late lines over.
+
+DMS's `setup` CLI writes without any lock: it appends with `>>` and edits with `sed -i` (a new
+inode renamed over the file). So each file is put in place with an atomic exchange
+(`renameat2(RENAME_EXCHANGE)`), which hands back exactly the file we displaced: if it is not the
+inode we checked (a `sed -i` landed after the check), it is swapped back and the cycle re-plans
+(`VolumeChanged`). Lines appended to the old file after the check are copied into ours before the
+exchange, so that writer's next `sed -i` sees them; we hold the old inode open to the end and
+carry lines appended to it even later. Where the file system cannot exchange, the inode is checked
+right before a plain rename (a window of microseconds instead of none).
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import hashlib
 import os
@@ -25,9 +33,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler import state as state_file
-from reconciler.errors import ReconcilerError, Refused, SecretError, VolumeError
+from reconciler.errors import LockBusy, ReconcilerError, Refused, SecretError, VolumeError
 from reconciler.formats import accounts, aliases, amavis, cron, quotas, virtual
-from reconciler.lock import DmsLock
+from reconciler.lock import LOCK_NAME, DmsLock, lock_token, owner_is_dead, wait_for_peers
 from reconciler.observe import CRON, FileSnapshot, Observed, read_snapshot
 from reconciler.passwords import Secret, hash_many
 from reconciler.plan import FilePlan, PendingHash, Plan
@@ -39,7 +47,15 @@ WRITE_ORDER = (accounts.FILENAME, quotas.FILENAME, virtual.FILENAME, aliases.FIL
 
 
 class VolumeChanged(ReconcilerError):
-    """A file changed between observing and writing: the caller re-plans from fresh state."""
+    """A file changed between observing and writing: the caller re-plans from fresh state.
+
+    `written` names the files already put in place before the change was seen (each whole), and
+    `carried` counts the late lines of other writers carried into them."""
+
+    def __init__(self, message: str, written: tuple[str, ...] = (), carried: int = 0) -> None:
+        super().__init__(message)
+        self.written = written
+        self.carried = carried
 
 
 @dataclass(frozen=True)
@@ -128,6 +144,9 @@ def apply_plan(
     state_text = state_file.render(new_state).encode()
     state_snap = observed.snapshots[state_file.FILENAME]
     if not todo and state_snap.data == state_text:
+        if wait_for_peers(config_dir, timeout=lock_timeout, on_wait=on_wait):
+            raise VolumeChanged("another dms-reconciler was applying while we planned")
+        _clear_crash_debris(config_dir, on_wait)
         return ApplyResult((), {}, {})
 
     if CRON in todo and not os.path.isdir(os.path.dirname(observed.cron_path) or "."):
@@ -141,6 +160,7 @@ def apply_plan(
         _remove_stale_temp_files(config_dir)
         held: dict[str, int] = {}
         staged: dict[str, str] = {}
+        late: dict[str, int] = {}  # name -> how much of the old inode was carried so far
         try:
             for name in todo:
                 snap = observed.snapshots[name]
@@ -158,15 +178,30 @@ def apply_plan(
                 if by_name[name].in_place:
                     _write_in_place(snap.path, contents[name])
                 else:
-                    _commit(staged.pop(name), snap.path)
-                    carried += _carry_late_appends(name, snap, held.get(name), contents[name])
+                    # `staged` keeps the temp name until it is gone: after an exchange it holds
+                    # the displaced old file, which must not outlive an interrupted apply either.
+                    lines, upto = _put_in_place(staged[name], snap, held[name], contents[name])
+                    del staged[name]
+                    carried += lines
+                    if held[name] >= 0:
+                        late[name] = upto
                 written.append(name)
-                data = read_snapshot(snap.path).data or b""
+            for name, upto in late.items():  # appends that reached the old inode even later
+                carried += _carry_tail(observed.snapshots[name].path, held[name], upto)
+            for name in written:
+                data = read_snapshot(observed.snapshots[name].path).data or b""
                 sha512[name] = hashlib.sha512(data).hexdigest()
             state_now = read_snapshot(os.path.join(config_dir, state_file.FILENAME))
             if state_now.data != state_text:
                 _atomic_write(os.path.join(config_dir, state_file.FILENAME), state_text, state_now)
             state_written = state_text != state_snap.data
+        except VolumeChanged as exc:
+            raise VolumeChanged(str(exc), tuple(written), carried) from None
+        except VolumeError as exc:
+            if not written:
+                raise
+            raise VolumeError(f"{exc}. Already written, each file whole: {', '.join(written)}; "
+                              "run apply again to finish") from None
         finally:
             for fd in held.values():
                 if fd >= 0:
@@ -199,20 +234,165 @@ def _open_and_check(snap: FileSnapshot, expected_sha256: str | None) -> int:
     return fd
 
 
-def _carry_late_appends(name: str, snap: FileSnapshot, fd: int | None, new: bytes) -> int:
-    """Lines another writer appended to the old file after we checked it: append them to ours."""
-    if fd is None or fd < 0 or snap.data is None:
+def _put_in_place(tmp: str, snap: FileSnapshot, held: int, new: bytes) -> tuple[int, int]:
+    """Replace `snap.path` by the staged `tmp` unless another writer replaced it since we checked.
+
+    Lines another writer appended to the old file are copied into ours *before* the exchange, so
+    a `sed -i` that writer runs right after sees them in our file (copying them after would undo
+    a deletion it made meanwhile). Returns (lines carried over, bytes of the old inode dealt with).
+    """
+    path = snap.path
+    if held < 0:  # the file did not exist: create it only if it still does not
+        _link_new(tmp, path)
+        return 0, 0
+    _refuse_symlink(path)
+    old = snap.data or b""
+    carried, upto, ours = _prefill(tmp, held, old, new)
+    try:
+        mine, staged_inode = os.fstat(held), os.lstat(tmp)
+    except OSError as exc:
+        raise VolumeError(_why(exc, path)) from None
+    if not _is_inode(path, mine):  # replaced since we checked: do not even try
+        raise VolumeChanged(f"{path} was changed by another writer while applying")
+    if not _exchange(tmp, path):
+        return _replace_checked(tmp, snap, held, upto, carried)
+    # `tmp` now holds the file we displaced: is it the one we checked, at most appended to?
+    try:
+        same = _is_inode(tmp, mine)
+        now = _read_all(held) if same else b""
+    except OSError as exc:
+        raise VolumeError(_why(exc, path)) from None
+    if not same or not now.startswith(old):
+        _swap_back(tmp, path, ours, staged_inode)
+        _unlink_quietly(tmp)
+        raise VolumeChanged(f"{path} was changed by another writer while applying")
+    carried += _append_tail(path, now[:upto], now[upto:])  # appended in the last microseconds
+    _unlink_quietly(tmp)
+    _fsync_dir(os.path.dirname(path))
+    return carried, len(now)
+
+
+def _prefill(tmp: str, held: int, old: bytes, new: bytes) -> tuple[int, int, bytes]:
+    """Append to the staged file what was appended to the old one since we checked it.
+
+    Returns (lines copied, bytes of the old file covered, the staged file's content)."""
+    now = _read_all(held)
+    if len(now) == len(old) or not now.startswith(old):
+        return 0, len(old), new  # unchanged, or changed in place: the exchange check decides
+    lines = _append_tail(tmp, new, now[len(old):])
+    return lines, len(now), read_snapshot(tmp).data or b""
+
+
+def _swap_back(tmp: str, path: str, ours: bytes, staged: os.stat_result) -> None:
+    """Give another writer's file (now at `tmp`) its place back, unless that writer has already
+    replaced ours too (then its newest file stays); keep lines appended to ours meanwhile.
+
+    The windows here are the microseconds between two system calls; a second `setup` command
+    landing inside one is the residual risk SECURITY.md describes."""
+    if not _is_inode(path, staged):
+        return
+    if not _exchange(tmp, path):
+        raise VolumeError(f"cannot give {path} back to the writer that replaced it")
+    try:
+        now = read_snapshot(tmp).data or b""
+    except VolumeError:
+        return
+    if len(now) > len(ours) and now.startswith(ours):
+        _append_tail(path, b"", now[len(ours):])
+
+
+def _is_inode(path: str, info: os.stat_result) -> bool:
+    try:
+        current = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return (current.st_ino, current.st_dev) == (info.st_ino, info.st_dev)
+
+
+def _replace_checked(tmp: str, snap: FileSnapshot, held: int, upto: int,
+                     carried: int) -> tuple[int, int]:
+    """Without an atomic exchange: check the inode and content as late as possible, rename."""
+    try:
+        current = os.lstat(snap.path)
+    except FileNotFoundError:
+        current = None
+    mine = os.fstat(held)
+    now = _read_all(held)
+    if current is None or (current.st_ino, current.st_dev) != (mine.st_ino, mine.st_dev) \
+            or not now.startswith(snap.data or b""):
+        _unlink_quietly(tmp)
+        raise VolumeChanged(f"{snap.path} was changed by another writer while applying")
+    _commit(tmp, snap.path)
+    return carried + _append_tail(snap.path, now[:upto], now[upto:]), len(now)
+
+
+def _link_new(tmp: str, path: str) -> None:
+    try:
+        os.link(tmp, path, follow_symlinks=False)
+    except FileExistsError:
+        _unlink_quietly(tmp)
+        raise VolumeChanged(f"{path} was created by another writer while applying") from None
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+            _unlink_quietly(tmp)
+            raise VolumeError(_why(exc, path)) from None
+        if os.path.lexists(path):  # no hard links here: check, then rename
+            _unlink_quietly(tmp)
+            raise VolumeChanged(f"{path} was created by another writer while applying") from None
+        _commit(tmp, path)
+        return
+    _unlink_quietly(tmp)
+    _fsync_dir(os.path.dirname(path))
+
+
+def _carry_tail(path: str, held: int, upto: int) -> int:
+    """Lines appended to the old inode after we put the new file in place: append them too."""
+    now = _read_all(held)
+    return _append_tail(path, now[:upto], now[upto:]) if len(now) > upto else 0
+
+
+def _append_tail(path: str, before: bytes, tail: bytes) -> int:
+    """Append another writer's late lines to `path` (as `>>` would), keeping line boundaries."""
+    if not tail:
         return 0
-    now = _read_all(fd)
-    if now == snap.data or not now.startswith(snap.data):
-        return 0
-    tail = now[len(snap.data):]
-    if not snap.data.endswith(b"\n") and not tail.startswith(b"\n"):
+    if before and not before.endswith(b"\n") and not tail.startswith(b"\n"):
         tail = b"\n" + tail
     if not tail.endswith(b"\n"):
         tail += b"\n"
-    _atomic_write(snap.path, new + tail, read_snapshot(snap.path))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise VolumeError(_why(exc, path)) from None
+    try:
+        view = memoryview(tail)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    except OSError as exc:
+        raise VolumeError(_why(exc, path)) from None
+    finally:
+        os.close(fd)
     return tail.count(b"\n")
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+try:
+    _renameat2: Any = ctypes.CDLL(None, use_errno=True).renameat2
+except (OSError, AttributeError):  # pragma: no cover - glibc older than 2.28, or not glibc
+    _renameat2 = None
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap the files at `a` and `b` in one step; False when the system or file system cannot."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise VolumeError(_why(OSError(err, os.strerror(err)), b))
 
 
 def _read_all(fd: int) -> bytes:
@@ -252,12 +432,16 @@ def _stage(snap: FileSnapshot, data: bytes) -> str:
     return tmp
 
 
-def _commit(tmp: str, path: str) -> None:
+def _refuse_symlink(path: str) -> None:
     try:
         if stat.S_ISLNK(os.lstat(path).st_mode):
             raise VolumeError(f"{path} became a symlink; refusing to replace it")
     except FileNotFoundError:
         pass
+
+
+def _commit(tmp: str, path: str) -> None:
+    _refuse_symlink(path)
     try:
         os.replace(tmp, path)
     except OSError as exc:
@@ -273,8 +457,11 @@ def _atomic_write(path: str, data: bytes, snap: FileSnapshot) -> None:
 def _write_in_place(path: str, data: bytes) -> None:
     """Rewrite keeping the inode: a single-file bind mount would not see a renamed file.
 
-    One pwrite, then truncate: the file is the old or the new content, except that a new text
-    shorter than the old one briefly has the old tail behind it.
+    One pwrite, then truncate. A new text shorter than the old one is padded with blank lines up
+    to the old size, so no byte of the old text (half a cron line) can survive a crash between the
+    two calls: the file is always the old text, the new one, or the new one followed by blank
+    lines (which cron ignores; a later change writes it canonically). A file that did not exist
+    may also be seen empty (no jobs) for an instant.
     """
     directory = os.path.dirname(path) or "."
     if not os.path.isdir(directory):
@@ -287,7 +474,13 @@ def _write_in_place(path: str, data: bytes) -> None:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise VolumeError(f"{path} is not a regular file; refusing to write it")
-        os.pwrite(fd, data, 0)
+        if info.st_nlink > 1:
+            raise VolumeError(f"{path} has other hard links; refusing to write it in place "
+                              "(it would change the linked file too)")
+        padded = data + b"\n" * max(0, info.st_size - len(data))
+        view = memoryview(padded)
+        while view:
+            view = view[os.pwrite(fd, view, len(padded) - len(view)):]
         os.ftruncate(fd, len(data))
         os.fsync(fd)
     except OSError as exc:
@@ -309,6 +502,28 @@ def _fsync_dir(directory: str) -> None:
         os.close(fd)
 
 
+def _clear_crash_debris(config_dir: str, on_wait: Callable[[str], None] | None) -> None:
+    """Nothing to write, but an apply killed earlier may have left its lock or temp files: take
+    the lock (which removes a dead owner's lock) and sweep, so none of it outlives this apply."""
+    try:
+        names = os.listdir(config_dir)
+    except OSError:
+        return
+    if not any(_is_temp_file(name) for name in names):
+        token = lock_token(os.path.join(config_dir, LOCK_NAME)) if LOCK_NAME in names else ""
+        if not token or owner_is_dead(token) is None:
+            return
+    try:  # best effort, without waiting: leftovers are harmless, a busy lock is not ours to wait for
+        with DmsLock(config_dir, timeout=0, on_wait=on_wait):
+            _remove_stale_temp_files(config_dir)
+    except (LockBusy, VolumeError):
+        pass
+
+
+def _is_temp_file(name: str) -> bool:
+    return name.startswith(".") and TEMP_MARK in name and name.endswith(".tmp")
+
+
 def _remove_stale_temp_files(config_dir: str) -> None:
     """Temp files left by a killed apply (we hold the lock, so none is in use)."""
     try:
@@ -316,7 +531,7 @@ def _remove_stale_temp_files(config_dir: str) -> None:
     except OSError:
         return
     for name in names:
-        if name.startswith(".") and TEMP_MARK in name and name.endswith(".tmp"):
+        if _is_temp_file(name):
             _unlink_quietly(os.path.join(config_dir, name))
 
 

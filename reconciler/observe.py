@@ -35,6 +35,10 @@ class FileSnapshot:
     uid: int | None = None
     gid: int | None = None
 
+    def __repr__(self) -> str:  # the bytes of postfix-accounts.cf are password hashes
+        size = "missing" if self.data is None else f"{len(self.data)} bytes"
+        return f"FileSnapshot({self.path!r}, {size}, mode={self.mode!r})"
+
     @property
     def exists(self) -> bool:
         return self.data is not None

@@ -109,7 +109,9 @@ def apply_once(
         try:
             result = _merge(result, apply_plan(planned.plan, planned.observed, contents,
                                                 lock_timeout=lock_timeout, on_wait=on_wait))
-        except VolumeChanged:
+        except VolumeChanged as exc:  # files already put in place stay whole; re-plan the rest
+            done = {n: planned.observed.snapshots[n].path for n in exc.written}
+            result = _merge(result, ApplyResult(exc.written, done, {}, exc.carried))
             continue
         if not planned.plan.has_changes:
             # Nothing but (maybe) the state file was written, and ownership alone never makes a

@@ -11,6 +11,8 @@ from typing import Any
 
 import click
 
+from reconciler.errors import printable
+
 SYMBOLS = {"create": "+", "update": "~", "delete": "-"}
 COLOURS = {"create": "green", "update": "yellow", "delete": "red"}
 LEGEND = {"create": "create", "update": "update in place", "delete": "destroy"}
@@ -20,7 +22,14 @@ MAX_LISTED = 25  # unmanaged entries listed by name before "... and N more"
 
 
 def entry_text(change: dict[str, Any]) -> str:
-    """One line for one entry: kind, key and value (never a secret: the dict holds none)."""
+    """One line for one entry: kind, key and value (never a secret: the dict holds none).
+
+    Keys and values can come from files on the volume, so control characters are made visible.
+    """
+    return printable(_entry_text(change))
+
+
+def _entry_text(change: dict[str, Any]) -> str:
     kind, key = change["kind"], change["key"]
     value = change["after"] if change["after"] is not None else change["before"]
     value = value or {}
@@ -58,7 +67,8 @@ def text(plan: dict[str, Any], *, colour: bool = False) -> str:
             group = [c for c in changes if c["file"] == name]
             if not group:
                 continue
-            title = name if name != "cron" else f"{paths.get('cron', 'cron')} (sa-learn cron file)"
+            title = name if name != "cron" else printable(
+                f"{paths.get('cron', 'cron')} (sa-learn cron file)")
             out.append("")
             out.append(style(f"# {title}", bold=True))
             for c in group:
@@ -68,7 +78,7 @@ def text(plan: dict[str, Any], *, colour: bool = False) -> str:
                     line += f"  # {c['reason']}"
                 out.append(style(line, fg=COLOURS[action]))
                 for detail in c["details"]:
-                    out.append(f"      {detail}")
+                    out.append(printable(f"      {detail}"))
     unmanaged = plan["unmanaged"]
     if unmanaged:
         out.append("")
@@ -77,18 +87,19 @@ def text(plan: dict[str, Any], *, colour: bool = False) -> str:
             "mailserver.yaml and not written by dms-reconciler; --prune deletes them):"
         )
         for u in unmanaged[:MAX_LISTED]:
-            out.append(f"  {u['file']}: {u['kind'].replace('_', '-')} {u['key']}")
+            out.append(printable(f"  {u['file']}: {u['kind'].replace('_', '-')} {u['key']}"))
         if len(unmanaged) > MAX_LISTED:
             out.append(f"  ... and {len(unmanaged) - MAX_LISTED} more (see --format json)")
     if plan["unresolved_secrets"]:
         n = len(plan["unresolved_secrets"])
         out.append("")
-        out.append(f"{n} password(s) could not be read offline and are {RESOLVED}: "
-                   + ", ".join(plan["unresolved_secrets"][:MAX_LISTED]))
+        out.append(printable(f"{n} password(s) could not be read offline and are {RESOLVED}: "
+                             + ", ".join(plan["unresolved_secrets"][:MAX_LISTED])))
     for title, items, colour_name in (("Warning", plan["warnings"], "yellow"), ("Note", plan["notes"], None)):
         for item in items:
+            line = printable(f"{title}: {item}")
             out.append("")
-            out.append(style(f"{title}: {item}", fg=colour_name) if colour_name else f"{title}: {item}")
+            out.append(style(line, fg=colour_name) if colour_name else line)
     deletions = plan["deletions"]
     if deletions["over_limit"]:
         out.append("")

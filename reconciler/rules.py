@@ -428,6 +428,8 @@ def check_schedule(schedule: str) -> str | None:
 
 def check_folder(folder: str) -> str | None:
     """A Maildir++ folder name (`.Junk`, `cur`, `.Archive*`), never a path."""
+    if not folder:  # the cron line would name the whole maildir: every folder learned as spam
+        return "folder is empty; give a folder name inside the maildir, like .Junk or cur"
     if "/" in folder or "\\" in folder:
         return f"folder '{folder}' is a path; give a folder name inside the maildir, like .Junk"
     if folder in (".", "..") or ".." in folder:

@@ -73,7 +73,29 @@ def load(path: str) -> dict[str, Any]:
         raise ReconcilerError(f"{path} is not a saved plan (make one with `plan --out`)") from None
     if not isinstance(saved, dict) or saved.get("kind") != KIND:
         raise ReconcilerError(f"{path} is not a saved plan (make one with `plan --out`)")
+    if not _well_formed(saved):
+        raise ReconcilerError(f"{path} is a damaged saved plan; make a new one with `plan --out`")
     return saved
+
+
+def _well_formed(saved: dict[str, Any]) -> bool:
+    """Every field apply_saved reads is there with the right type (the file may be edited)."""
+    target, plan = saved.get("target"), saved.get("plan")
+    if not isinstance(target, dict) or not isinstance(plan, dict):
+        return False
+    if not all(isinstance(target.get(k), str) and target[k]
+               for k in ("desired_path", "config_dir", "cron_path")):
+        return False
+    if not isinstance(target.get("prune"), bool) or not isinstance(saved.get("keyed"), bool):
+        return False
+    fingerprints = saved.get("secret_fingerprints")
+    if not isinstance(fingerprints, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in fingerprints.items()):
+        return False
+    desired, volume = plan.get("desired"), plan.get("volume")
+    return (isinstance(desired, dict) and isinstance(volume, dict)
+            and isinstance(volume.get("fingerprint"), dict)
+            and all(k in plan for k in COMPARED))
 
 
 def apply_saved(

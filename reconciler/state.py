@@ -9,12 +9,14 @@ holds a random key used to fingerprint secrets in saved plans, so the file is cr
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
 FILENAME = "dms-reconciler.state.json"
 FORMAT = 1
+_PLAN_KEY = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,12 @@ def parse(text: str) -> tuple[Ownership, str | None]:
         entries = {
             str(name): frozenset(str(k) for k in keys)
             for name, keys in data.get("owned", {}).items()
-            if isinstance(keys, list)
+            if isinstance(keys, list) and keys
         }
-        return Ownership(entries, bool(data.get("owns_cron")), str(data.get("plan_key", ""))), None
+        key = data.get("plan_key")
+        if not (isinstance(key, str) and _PLAN_KEY.fullmatch(key)):
+            key = ""  # missing or damaged: a new one is made at the next apply
+        return Ownership(entries, data.get("owns_cron") is True, key), None
     except (ValueError, TypeError, AttributeError):
         return Ownership(), (
             f"{FILENAME} is unreadable; treating every entry as unmanaged (nothing is deleted) "

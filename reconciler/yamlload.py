@@ -16,7 +16,7 @@ from typing import Any
 
 import yaml
 
-from reconciler.errors import Diagnostic
+from reconciler.errors import Diagnostic, printable
 
 try:  # libyaml's C parser is several times faster; fall back to pure Python where absent.
     _Loader: Any = yaml.CSafeLoader
@@ -31,6 +31,10 @@ Path = tuple[str | int, ...]
 
 _RESOLVER = yaml.resolver.Resolver()
 _STR = "tag:yaml.org,2002:str"
+_MAP = "tag:yaml.org,2002:map"
+_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{name}"
+                         for name in ("int", "float", "bool", "null", "timestamp"))
+_SEQ = "tag:yaml.org,2002:seq"
 _SIMPLE_PLAIN = re.compile(r"[A-Za-z_@][A-Za-z0-9_./@ -]*\Z")
 _BOOL_WORDS = {"yes", "no", "true", "false", "on", "off", "y", "n", "null", "~"}
 
@@ -283,6 +287,10 @@ class _Builder:
             )
         self._count(event, path, 1)
         mark = event.start_mark
+        if event.tag not in (None, "!", _MAP, _SEQ):  # e.g. !!python/object/apply, !!set, !!omap
+            self.doc.problems.append(self.diag(
+                mark, path, f"unsupported YAML tag {printable(event.tag)[:80]}; only plain "
+                "mappings and lists are allowed"))
         if self.record_marks:
             self.doc.marks[path] = (mark.line + 1, mark.column + 1)
         stack.append(_Frame(container, path, event.anchor, self.nodes, mark))
@@ -384,6 +392,12 @@ class _Builder:
             tag = _RESOLVER.resolve(yaml.ScalarNode, value, (True, False))
         if tag == _STR:
             return value
+        if tag not in _SCALAR_TAGS:  # !!binary, !!map on a scalar, !!python/...: never built
+            raise YamlLoadError(
+                [self.diag(event.start_mark, self._child_path(stack),
+                           f"unsupported YAML tag {printable(tag)[:80]}; only plain values are "
+                           "allowed")]
+            )
         node = yaml.ScalarNode(tag, value, event.start_mark, event.end_mark, event.style)
         try:
             return _CONSTRUCTOR.construct_object(node)
@@ -391,6 +405,13 @@ class _Builder:
             raise YamlLoadError(
                 [self.diag(event.start_mark, self._child_path(stack),
                            f"unsupported YAML tag {tag}; only plain values are allowed")]
+            ) from None
+        except (ValueError, LookupError, TypeError, ArithmeticError, AttributeError):
+            # PyYAML's constructors fail so on `!!float ''`, `!!bool ''`, a 5000-digit integer
+            shown = f"'{value[:40]}...'" if len(value) > 40 else f"'{value}'"
+            raise YamlLoadError(
+                [self.diag(event.start_mark, self._child_path(stack),
+                           f"{shown} is not a valid {tag.rsplit(':', 1)[-1]} value")]
             ) from None
 
     def _syntax_error(self, exc: yaml.MarkedYAMLError, text: str) -> Diagnostic:

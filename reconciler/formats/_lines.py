@@ -46,11 +46,14 @@ def logical_lines(text: str, *, continuation: bool = False,
     With `continuation`, a line starting with whitespace continues the previous one, as in
     Postfix tables and aliases(5). As in Postfix's `readllines`, a comment line between an entry
     and its continuation does not end the entry (`postmap -q` confirms it), so the comment is
-    yielded first and the entry keeps collecting.
+    yielded first and the entry keeps collecting. A whitespace-led line with nothing to continue
+    (at the top of the file) loses its leading whitespace, as DMS's `read -r KEY REST` reads it:
+    kept as it was, it would continue whatever line we write before it, such as an entry we manage.
     """
     pending: tuple[int, str] | None = None
     for number, raw in enumerate(text.split("\n"), start=1):
-        line = raw[:-1] if raw.endswith("\r") and not keep_cr else raw
+        # CRLF, and stray CRs DMS would strip (sed s|\r||g) anyway; kept where DMS keeps them
+        line = raw if keep_cr else raw.rstrip("\r")
         stripped = line.strip()
         if not stripped:
             continue
@@ -65,7 +68,7 @@ def logical_lines(text: str, *, continuation: bool = False,
             continue
         if pending:
             yield pending
-        pending = (number, line)
+        pending = (number, line.lstrip() if continuation else line)
     if pending:
         yield pending
 
