@@ -165,6 +165,7 @@ def apply_plan(
             for name in todo:
                 snap = observed.snapshots[name]
                 held[name] = _open_and_check(snap, by_name[name].sha256_before)
+            _check_unchanged(observed, skip=set(todo))
             if todo:
                 intent = state_file.render(observed.ownership.union(new_state)).encode()
                 if intent != state_snap.data:  # an unchanged state file is not touched either
@@ -210,6 +211,17 @@ def apply_plan(
                 _unlink_quietly(tmp)
     paths = {name: observed.snapshots[name].path for name in written}
     return ApplyResult(tuple(written), paths, sha512, carried, state_written)
+
+
+def _check_unchanged(observed: Observed, *, skip: set[str]) -> None:
+    """Every other file the plan was made from is still as observed (we hold the lock now).
+
+    A plan is only right for the volume it was made from: another apply that finished while we
+    waited for the lock may have rewritten files this plan does not touch, or the state file.
+    """
+    for name, snap in observed.snapshots.items():
+        if name not in skip and read_snapshot(snap.path).data != snap.data:
+            raise VolumeChanged(f"{snap.path} changed since it was read")
 
 
 def _open_and_check(snap: FileSnapshot, expected_sha256: str | None) -> int:

@@ -9,8 +9,8 @@ mistakes a long write for a stale lock.
 
 DMS's check-then-create and its stale rule race when several processes contend (one can remove a
 lock another just created). So dms-reconciler processes first queue on a kernel lock among
-themselves (`flock` on `.dms-reconciler.flock` in the config volume, released by the kernel when a
-process dies), and only the one holding it takes part in DMS's protocol.
+themselves (`flock` on the config folder itself, so the volume gets no extra file; the kernel
+releases it when a process dies), and only the one holding it takes part in DMS's protocol.
 
 A dms-reconciler killed while holding the lock (SIGKILL, OOM, power loss of a container) leaves it
 behind. Its token names the host, the PID namespace, the PID and the process start time, so another
@@ -34,7 +34,6 @@ from typing import Self
 from reconciler.errors import LockBusy, VolumeError
 
 LOCK_NAME = "check-for-changes.sh.lock"
-PEER_LOCK_NAME = ".dms-reconciler.flock"  # dms-reconciler processes queue here (flock) first
 STALE_SECONDS = 60.0  # DMS: `find "${LOCK_FILE}" -mmin +1` -> removed
 HEARTBEAT_SECONDS = 20.0
 TOKEN_PREFIX = "dms-reconciler"
@@ -125,9 +124,9 @@ class DmsLock:
 
     def _take_peer_lock(self, deadline: float) -> None:
         """Wait until no other dms-reconciler on this volume is taking or holding DMS's lock."""
-        path = os.path.join(os.path.dirname(self.path), PEER_LOCK_NAME)
+        path = os.path.dirname(self.path)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as exc:
             raise VolumeError(_why(exc, path)) from None
         announced = False
@@ -142,11 +141,10 @@ class DmsLock:
                 return
             if self.clock() >= deadline:
                 os.close(fd)
-                raise LockBusy(f"another dms-reconciler has been applying to {os.path.dirname(path)}"
+                raise LockBusy(f"another dms-reconciler has been applying to {path}"
                                f" for more than {self.timeout:g} s; nothing was written, try again")
             if self.on_wait and not announced:
-                self.on_wait(f"waiting for another dms-reconciler applying to "
-                             f"{os.path.dirname(path)}")
+                self.on_wait(f"waiting for another dms-reconciler applying to {path}")
                 announced = True
             self.sleep(min(self.poll, 0.05))
         self._peer_fd = fd
@@ -295,11 +293,10 @@ def wait_for_peers(
     An apply that found nothing to do must not report "no changes" from a volume another apply
     is rewriting at that moment: it waits for that one and plans again.
     """
-    path = os.path.join(config_dir, PEER_LOCK_NAME)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(config_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError:
-        return False  # never created: no dms-reconciler of this version applied here yet
+        return False
     deadline = time.monotonic() + timeout
     waited = False
     try:

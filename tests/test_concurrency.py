@@ -323,8 +323,9 @@ def test_two_applies_never_interleave(applied: tuple[Volume, Path, Path], tmp_pa
             assert all(any(t <= stamp <= r for t, r in zip(timeline["taken"], timeline["released"]))
                        for stamp in timeline["renames"])
         assert max(one["renames"]) < min(two["renames"]), "the two applies' writes interleaved"
-        if two["reads"][0] < one["released"][-1]:
-            # It planned from the volume before the first one finished: it must have noticed.
+        if two["reads"][0] < max(one["renames"]):
+            # It planned from the volume before the first one's last write: it must have noticed.
+            # (Reading after that write but before the lock's release sees the finished volume.)
             assert "waiting for" in err2
             assert json.loads(out2)["applied"]["attempts"] >= 2
             replanned += 1

@@ -47,8 +47,8 @@ def logical_lines(text: str, *, continuation: bool = False,
     Postfix tables and aliases(5). As in Postfix's `readllines`, a comment line between an entry
     and its continuation does not end the entry (`postmap -q` confirms it), so the comment is
     yielded first and the entry keeps collecting. A whitespace-led line with nothing to continue
-    (at the top of the file) loses its leading whitespace, as DMS's `read -r KEY REST` reads it:
-    kept as it was, it would continue whatever line we write before it, such as an entry we manage.
+    (at the top of the file) is yielded as it is; codecs refuse it, and `render_lines` puts such
+    lines before the entries, where they cannot continue an entry we manage.
     """
     pending: tuple[int, str] | None = None
     for number, raw in enumerate(text.split("\n"), start=1):
@@ -68,7 +68,7 @@ def logical_lines(text: str, *, continuation: bool = False,
             continue
         if pending:
             yield pending
-        pending = (number, line.lstrip() if continuation else line)
+        pending = (number, line)
     if pending:
         yield pending
 
