@@ -60,7 +60,8 @@ class Loaded:
 def schema() -> dict[str, Any]:
     """The JSON Schema shipped with the package (a copy of schema/mailserver.schema.json)."""
     text = resources.files("reconciler").joinpath("mailserver.schema.json").read_text("utf-8")
-    return json.loads(text)  # type: ignore[no-any-return]
+    loaded: dict[str, Any] = json.loads(text)
+    return loaded
 
 
 @lru_cache(maxsize=1)
@@ -229,9 +230,10 @@ def _translate(doc: Document, error: jsonschema.ValidationError) -> list[Diagnos
     """One schema error -> zero or more diagnostics (zero where a mail rule says it better)."""
     path: Path = tuple(error.absolute_path)
     kind = error.validator
+    expected: Any = error.validator_value  # typed loosely by jsonschema
     sub = error.schema if isinstance(error.schema, dict) else {}
     title = sub.get("title")
-    instance = error.instance
+    instance: Any = error.instance
     field = path[-1] if path else ""
 
     if kind == "additionalProperties" and isinstance(instance, dict):
@@ -242,7 +244,7 @@ def _translate(doc: Document, error: jsonschema.ValidationError) -> list[Diagnos
             if k not in sub.get("properties", {})
         ]
     if kind == "required":
-        missing = [k for k in error.validator_value if k not in (instance or {})]
+        missing = [k for k in expected if k not in (instance or {})]
         return [_diag(doc, path, _missing_key(k, path)) for k in missing]
     if kind in ("propertyNames", "maxLength") or (kind == "pattern" and title in ("address", "domain")):
         return []  # addresses and domains: `rules` explains exactly what is wrong
@@ -264,11 +266,11 @@ def _translate(doc: Document, error: jsonschema.ValidationError) -> list[Diagnos
     if kind == "const" and path == ("version",):
         return [_diag(doc, path, "version must be 1, the only format version this tool knows")]
     if kind == "type":
-        wanted = error.validator_value
+        wanted = expected
         words = " or ".join(_TYPE_WORDS.get(w, w) for w in ([wanted] if isinstance(wanted, str) else wanted))
         return [_diag(doc, path, f"expected {words}, not {_what(instance, field)}")]
     if kind == "enum":
-        choices = ", ".join(str(c) for c in error.validator_value)
+        choices = ", ".join(str(c) for c in expected)
         shown = f"'{instance}'" if isinstance(instance, str) else _what(instance)
         return [_diag(doc, path, f"{shown} is not allowed here; use one of: {choices}")]
     if kind == "minProperties" and path == ("accounts",):
@@ -282,7 +284,7 @@ def _translate(doc: Document, error: jsonschema.ValidationError) -> list[Diagnos
         return [_diag(doc, path, "give either accounts or domains for an sa_learn job, not both "
                                  "(neither means every account)")]
     if kind == "minimum":
-        return [_diag(doc, path, f"must be {error.validator_value} or more")]
+        return [_diag(doc, path, f"must be {expected} or more")]
     if kind == "pattern" and field == "password_env":
         return [_diag(doc, path, "password_env must be an environment variable name "
                                  "(letters, digits and _, not starting with a digit)")]

@@ -121,7 +121,8 @@ def render_file(fp: FilePlan, hash_for: Callable[[Any], str]) -> str:
                    for e in entries]
         return accounts.render(entries, comments=comments, invalid=invalid)
     codec = {quotas.FILENAME: quotas, virtual.FILENAME: virtual, aliases.FILENAME: aliases}[fp.name]
-    return codec.render(entries, comments=comments, invalid=invalid)  # type: ignore[no-any-return]
+    rendered: str = codec.render(entries, comments=comments, invalid=invalid)
+    return rendered
 
 
 def apply_plan(

@@ -12,7 +12,6 @@ import hashlib
 import os
 import stat
 from dataclasses import dataclass
-from typing import Any
 
 from reconciler import state as state_file
 from reconciler.errors import VolumeError
@@ -70,14 +69,6 @@ class Observed:
     def fingerprint(self) -> dict[str, str | None]:
         """sha256 of every file the plan depends on; a saved plan is stale when this moves."""
         return {name: snap.sha256 for name, snap in sorted(self.snapshots.items())}
-
-    def parsed(self, name: str) -> ParsedFile[Any]:
-        return {
-            accounts.FILENAME: self.accounts,
-            virtual.FILENAME: self.virtual,
-            aliases.FILENAME: self.local_aliases,
-            quotas.FILENAME: self.quotas,
-        }[name]
 
 
 def read_snapshot(path: str) -> FileSnapshot:

@@ -484,9 +484,10 @@ def _plan_cron(
             else:
                 unmanaged.append(Unmanaged(CRON, Kind.SA_LEARN, key))
         write = bool(changes)
-        content = ((), comments) if write else None
+        emptied: tuple[tuple[cron.CronLine, ...], tuple[str, ...]] | None = (
+            ((), comments) if write else None)
         return changes, unmanaged, FilePlan(CRON, snap.path, write, snap.exists, snap.sha256,
-                                            content, in_place=True), False
+                                            emptied, in_place=True), False
     for key, line in want.items():
         if key not in have:
             changes.append(Change(CRON, Kind.SA_LEARN, key, Action.CREATE, None, {"line": key}))

@@ -109,7 +109,7 @@ def parse_lines(
             continue
         key, entry = result[0], result[1]
         if len(result) == 3:
-            problems.append(Problem(number, result[2]))  # type: ignore[misc]
+            problems.append(Problem(number, result[2]))
         if key in entries:
             problems.append(
                 Problem(number, f"duplicate {what} '{key}' (first on line {first_line[key]}); "

@@ -27,7 +27,7 @@ class AccountLine:
         return f"AccountLine({self.address!r}, <sensitive>, extra={self.extra!r})"
 
 
-def _read(line: str) -> tuple[str, AccountLine] | str:
+def _read(line: str) -> tuple[str, AccountLine] | tuple[str, AccountLine, str] | str:
     if "|" not in line:
         return "line has no '|' between address and password hash; DMS cannot read it"
     address, _, rest = line.partition("|")
@@ -36,7 +36,8 @@ def _read(line: str) -> tuple[str, AccountLine] | str:
         return "the text before '|' is not an address; DMS cannot read this line"
     entry = AccountLine(address, password_hash, extra if sep else None)
     if not password_hash:  # `setup email add` on a host where hashing failed writes these
-        return address.lower(), entry, f"account '{address}' has an empty password hash: nobody can log in"
+        return (address.lower(), entry,
+                f"account '{address}' has an empty password hash: nobody can log in")
     return address.lower(), entry
 
 
