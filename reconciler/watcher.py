@@ -15,8 +15,10 @@ Level-triggered and serial, like a Kubernetes controller:
 
 What is watched is the FOLDER holding the file, resolved, plus the folder of every symlink on the
 way: git pulls and editors replace the file (a new inode), Kubernetes ConfigMaps swap a `..data`
-symlink, and git-sync swaps the symlink of the whole checkout. Watches are re-resolved after every
-event, so a swapped or recreated folder is followed.
+symlink, and git-sync swaps the symlink of the whole checkout. The parent of each of those folders
+is watched too, for events naming the folder itself: a folder renamed away or removed and made
+again is only seen there. Watches are re-resolved after every event, so a swapped or recreated
+folder is followed.
 """
 
 from __future__ import annotations
@@ -83,6 +85,20 @@ class _Events:
     first: float = 0.0
     last: float = 0.0
     count: int = 0
+    stale: set[str] = field(default_factory=set)  # watched folders an event named: watch anew
+
+
+def guard_dirs(folders: set[str]) -> set[str]:
+    """The parent of each watched folder. Renaming a folder away, or removing it and making it
+    again, is an event in its parent, never in the folder (a watch follows the old inode)."""
+    return {os.path.dirname(folder) for folder in folders if folder != os.sep}
+
+
+def relevant(event_paths: tuple[str, ...], folders: frozenset[str]) -> bool:
+    """An event matters when it names a watched folder or something directly inside one; the
+    guard watches on the parents also report the folders' siblings, which do not matter."""
+    return any(path in folders or os.path.dirname(path) in folders
+               for path in event_paths if path)
 
 
 def watch_dirs(path: str) -> set[str]:
@@ -142,6 +158,7 @@ class Watcher:
         self._wake_r = self._wake_w = -1  # the self-pipe, made by run()
         self._observer: Any = None
         self._watches: dict[str, tuple[Any, int]] = {}  # real dir -> (watch, inode)
+        self._folders: frozenset[str] = frozenset()  # watch_dirs now (read by the event thread)
         self._good: Loaded | None = None  # the last valid desired state
         self._digest_seen: str | None = None  # input digest at the last reconcile attempt
         self._digest_applied: str | None = None  # input digest at the last successful reconcile
@@ -267,8 +284,14 @@ class Watcher:
         """Watchdog thread: note the event; the loop decides what it means."""
         if getattr(event, "event_type", "") in IGNORED_EVENTS:
             return
+        paths = tuple(os.fsdecode(p) for p in (getattr(event, "src_path", ""),
+                                                getattr(event, "dest_path", "")) if p)
+        folders = self._folders
+        if not relevant(paths, folders):
+            return
         now = self.clock()
         with self._events.lock:
+            self._events.stale.update(p for p in paths if p in folders)
             if not self._events.dirty:
                 self._events.first = now
             self._events.dirty = True
@@ -627,17 +650,28 @@ class Watcher:
         self._observer.start()
 
     def _refresh_watches(self) -> None:
-        """(Re-)watch the folders `watch_dirs` names now; follow swapped or recreated folders."""
+        """(Re-)watch the folders `watch_dirs` names now, and their parents; follow swapped or
+        recreated folders.
+
+        A watch is renewed when its folder has another inode now, when an event named the folder
+        itself (removed, renamed, made), or when its inotify watch ended (the folder was deleted).
+        The inode alone cannot tell: a folder removed and made again often gets the same number.
+        """
         if self._observer is None:
             return
+        folders = watch_dirs(self.target.desired_path)
+        self._folders = frozenset(folders)
+        with self._events.lock:
+            stale, self._events.stale = self._events.stale, set()
         wanted: dict[str, int] = {}
-        for directory in watch_dirs(self.target.desired_path):
+        for directory in folders | guard_dirs(folders):
             try:
                 wanted[directory] = os.stat(directory).st_ino
             except OSError:
                 continue
+        live = {emitter.watch for emitter in self._observer.emitters if emitter.is_alive()}
         for directory, (watch, inode) in list(self._watches.items()):
-            if wanted.get(directory) != inode:
+            if wanted.get(directory) != inode or directory in stale or watch not in live:
                 try:
                     self._observer.unschedule(watch)
                 except Exception:  # noqa: BLE001 - its folder may be gone already
@@ -649,8 +683,11 @@ class Watcher:
             try:
                 watch = self._observer.schedule(self._handler, directory, recursive=False)
             except OSError as exc:
-                self.log.error(f"cannot watch {directory}: {exc.strerror}; changes are picked up "
-                               f"every {self.options.interval:.0f} s instead")
+                if directory in folders:
+                    self.log.error(f"cannot watch {directory}: {exc.strerror}; changes are picked "
+                                   f"up every {self.options.interval:.0f} s instead")
+                else:  # only a parent: the folder's own watch still sees every edit
+                    self.log.debug(f"cannot watch {directory}: {exc.strerror}")
                 continue
             self._watches[directory] = (watch, inode)
             self.log.debug("watching folder", extra={"fields": {"folder": directory}})

@@ -1,0 +1,262 @@
+"""The real sidecar (`python -m reconciler watch`) under faults, and how it recovers by itself.
+
+Each test injects one kind of fault while the process runs: the desired file deleted, its folder
+replaced (removed and recreated, renamed away, a ConfigMap or git-sync target that disappears), the
+config volume read-only, full or missing, the Docker engine stopped and started, the DMS container
+restarted or replaced. For each it asserts that the process stays alive, reports the fault (a log
+line, and the metric and health endpoint that should move), recovers without a restart, and that
+no reader ever saw a torn managed file (`TornFileGuard` reads them all the time the fault lasts).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reconciler.formats import accounts, aliases, quotas, virtual
+from reconciler.lock import LOCK_NAME
+from tests.util import Volume, run_cli, sha512_hash
+from tests.watch_process import WatchProcess, wait_until
+
+ADMIN_HASH = sha512_hash("admin-password", "adminsalt")
+REACT = 10.0  # generous for a loaded CI machine
+PARSERS = {accounts.FILENAME: accounts.parse, virtual.FILENAME: virtual.parse,
+           aliases.FILENAME: aliases.parse, quotas.FILENAME: quotas.parse}
+
+
+def desired(target: str = "admin@example.com", *, quarantine: bool = False) -> str:
+    text = textwrap.dedent(f"""\
+        version: 1
+        domains: [example.com]
+        accounts:
+          admin@example.com:
+            password_hash: "{ADMIN_HASH}"
+            quota: 1G
+        aliases:
+          postmaster@example.com: {target}
+        """)
+    if quarantine:
+        text += "quarantine:\n  mailbox: admin@example.com\n"
+    return text
+
+
+def postmaster(volume: Volume) -> str | None:
+    for line in (volume.read("postfix-virtual.cf") or "").splitlines():
+        if line.startswith("postmaster@example.com "):
+            return line.split(" ", 1)[1]
+    return None
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.swp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class TornFileGuard:
+    """Reads every managed file in a loop while a test runs; each read must be a whole file:
+    a final newline, every line readable by the file's own parser, and the entries every version
+    of the test's files has (the admin account, the postmaster alias)."""
+
+    def __init__(self, volume: Volume) -> None:
+        self.volume = volume
+        self.reads = 0
+        self.problems: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TornFileGuard:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, parse in PARSERS.items():
+                try:
+                    data = (self.volume.config / name).read_bytes()
+                except OSError:
+                    continue  # not written yet, or the volume is away: nothing to tear
+                self.reads += 1
+                self._check(name, data, parse)
+            time.sleep(0.005)
+
+    def _check(self, name: str, data: bytes, parse: Any) -> None:
+        if not data:
+            self.problems.append(f"{name} was empty")
+            return
+        if not data.endswith(b"\n"):
+            self.problems.append(f"{name} had no final newline ({len(data)} bytes)")
+        parsed = parse(data.decode("utf-8", "replace"))
+        if parsed.invalid:
+            self.problems.append(f"{name} had unreadable lines: {len(parsed.invalid)}")
+        required = {accounts.FILENAME: "admin@example.com", virtual.FILENAME:
+                    "postmaster@example.com", quotas.FILENAME: "admin@example.com"}.get(name)
+        if required and required not in parsed.entries:
+            self.problems.append(f"{name} lacked {required}")
+
+    def assert_whole(self) -> None:
+        assert self.reads > 0, "the guard never read a file"
+        assert not self.problems, self.problems[:10]
+
+
+def assert_volume_settled(volume: Volume, desired_path: Path) -> None:
+    """No temp file, no lock left, and `plan` finds nothing to do: files and state consistent."""
+    leftovers = [p.name for p in volume.config.iterdir()
+                 if ".dms-reconciler-" in p.name or p.name == LOCK_NAME]
+    assert not leftovers, leftovers
+    result = run_cli("plan", "-f", str(desired_path), *volume.args(), "--detailed-exitcode")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def start(tmp_path: Path, volume: Volume, path: Path, *more: str, interval: str = "3600",
+          env: dict[str, str] | None = None) -> WatchProcess:
+    watcher = WatchProcess(["-f", str(path), *volume.args(), "--interval", interval, *more],
+                           cwd=tmp_path, env=env)
+    try:
+        watcher.wait_for_log(lambda r: r["message"] == "applied", what="the first apply")
+    except BaseException:
+        watcher.kill()
+        raise
+    return watcher
+
+
+def readyz(watcher: WatchProcess) -> tuple[int, str]:
+    return watcher.get("/readyz")
+
+
+# --- the desired file and its folder ------------------------------------------------------------
+
+
+def test_deleted_file_is_reported_changes_nothing_and_its_return_is_applied(
+        tmp_path: Path, volume: Volume) -> None:
+    folder = tmp_path / "desired"
+    folder.mkdir()
+    path = folder / "mailserver.yaml"
+    path.write_text(desired())
+    # --interval 1: the timer runs while the file is gone, and must not write either
+    with start(tmp_path, volume, path, interval="1") as watcher, TornFileGuard(volume) as guard:
+        wait_until(lambda: readyz(watcher)[0] == 200, 5, "ready")
+        before = volume.snapshot()
+        mark = watcher.count()
+        path.unlink()
+        record = watcher.wait_for_log(lambda r: r["level"] == "error" and "invalid" in
+                                      r["message"], after=mark, what="the report")
+        assert any("file not found" in e for e in record["errors"]), record
+        code, body = readyz(watcher)
+        assert code == 503 and '"desired_valid": false' in body
+        assert watcher.get("/healthz")[0] == 200
+        assert watcher.metric("dms_reconciler_desired_valid") == 0
+        assert watcher.metric("dms_reconciler_reconciles_total", result="invalid") >= 1
+        time.sleep(2.5)  # timer ticks while the file is gone
+        assert watcher.alive()
+        assert volume.snapshot() == before
+
+        path.write_text(desired())  # the same file comes back: nothing to write
+        wait_until(lambda: readyz(watcher)[0] == 200, REACT, "ready again")
+        assert watcher.metric("dms_reconciler_desired_valid") == 1
+        assert volume.snapshot() == before
+        atomic_write(path, desired("back@elsewhere.net"))
+        wait_until(lambda: postmaster(volume) == "back@elsewhere.net", REACT, "the next version")
+        assert watcher.terminate() == 0
+    guard.assert_whole()
+    assert_volume_settled(volume, path)
+
+
+def configmap_generation(folder: Path, text: str, generation: int) -> Path:
+    """The kubelet's way: a new timestamped folder, then `..data` swapped to it."""
+    data_dir = folder / f"..2024_01_01_00_00_{generation:02d}.{generation}"
+    data_dir.mkdir()
+    (data_dir / "mailserver.yaml").write_text(text)
+    tmp_link = folder / "..data_tmp"
+    tmp_link.symlink_to(data_dir.name)
+    os.replace(tmp_link, folder / "..data")
+    if not (folder / "mailserver.yaml").is_symlink():
+        (folder / "mailserver.yaml").symlink_to("..data/mailserver.yaml")
+    return data_dir
+
+
+def gitsync_generation(root: Path, text: str, generation: int) -> Path:
+    """git-sync's way: a new worktree, then the `current` symlink swapped to it."""
+    worktree = root / ".worktrees" / f"commit{generation}"
+    worktree.mkdir(parents=True)
+    (worktree / "mailserver.yaml").write_text(text)
+    tmp_link = root / "current.tmp"
+    tmp_link.symlink_to(f".worktrees/commit{generation}")
+    os.replace(tmp_link, root / "current")
+    return worktree
+
+
+@pytest.mark.parametrize("how", ["removed-and-recreated", "renamed-away", "configmap-target-gone",
+                                 "gitsync-target-gone"])
+def test_replaced_folder_is_followed(tmp_path: Path, volume: Volume, how: str) -> None:
+    """--interval is an hour: only the file watch can see these, so each must be followed."""
+    folder = tmp_path / "desired"
+    if how == "configmap-target-gone":
+        folder.mkdir()
+        old_target = configmap_generation(folder, desired(), 1)
+        path = folder / "mailserver.yaml"
+    elif how == "gitsync-target-gone":
+        old_target = gitsync_generation(folder, desired(), 1)
+        path = folder / "current" / "mailserver.yaml"
+    else:
+        folder.mkdir()
+        path = folder / "mailserver.yaml"
+        path.write_text(desired())
+    with start(tmp_path, volume, path) as watcher, TornFileGuard(volume) as guard:
+        before = volume.snapshot()
+        mark = watcher.count()
+        # first the folder (or the symlink's target) disappears, and that is reported
+        if how == "removed-and-recreated":
+            shutil.rmtree(folder)
+        elif how == "renamed-away":
+            folder.rename(tmp_path / "desired.old")
+        else:
+            shutil.rmtree(old_target)
+        watcher.wait_for_log(lambda r: r["level"] == "error" and "invalid" in r["message"],
+                             after=mark, what="the report of the missing file")
+        assert readyz(watcher)[0] == 503
+        assert volume.snapshot() == before
+        # then a new one is put in place, and followed
+        for generation, target in enumerate(["one@elsewhere.net", "two@elsewhere.net"], 2):
+            if how == "removed-and-recreated":
+                if folder.exists():  # the second time without a pause: inode numbers get reused
+                    shutil.rmtree(folder)
+                folder.mkdir()
+                path.write_text(desired(target))
+            elif how == "renamed-away":
+                if folder.exists():
+                    folder.rename(tmp_path / f"desired.old{generation}")
+                folder.mkdir()
+                path.write_text(desired(target))
+            elif how == "configmap-target-gone":
+                old_target = configmap_generation(folder, desired(target), generation)
+            else:
+                old_target = gitsync_generation(folder, desired(target), generation)
+            wait_until(lambda t=target: postmaster(volume) == t, REACT,
+                       f"the volume to follow the new folder ({how}, generation {generation})")
+        wait_until(lambda: readyz(watcher)[0] == 200, 5, "ready again")
+        assert watcher.metric("dms_reconciler_desired_valid") == 1
+        if how == "renamed-away":  # the folder moved away is not followed any more
+            count = watcher.metric("dms_reconciler_reconciles_total")
+            (tmp_path / "desired.old" / "mailserver.yaml").write_text(desired("stale@x.example"))
+            time.sleep(1.0)
+            assert watcher.metric("dms_reconciler_reconciles_total") == count
+        # and edits in the new folder are still seen
+        atomic_write(path, desired("three@elsewhere.net"))
+        wait_until(lambda: postmaster(volume) == "three@elsewhere.net", REACT, "a later edit")
+        assert watcher.terminate() == 0
+    guard.assert_whole()
+    assert_volume_settled(volume, path)
