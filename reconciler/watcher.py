@@ -52,6 +52,7 @@ from reconciler.reconcile import Applied, Target, apply_once, plan_once
 IGNORED_EVENTS = {"opened", "closed_no_write"}  # our own reads must not wake us up
 MAX_SYMLINK_HOPS = 40
 UNCONFIRMED_GIVE_UP = 3
+RETRY_FIRST_SECONDS = 1.0  # after a failed reconcile: 1 s, doubling up to --interval
 
 
 @dataclass
@@ -170,6 +171,8 @@ class Watcher:
         self._deferred = False  # a change seen while DMS was applying: reconcile once it confirms
         self._dms_note: str | None = None
         self._next_resync = 0.0
+        self._failures = 0  # reconciles in a row that ended in an error
+        self._retry_at: float | None = None  # when to try again after an error
         self._server: HealthServer | None = None
 
     # --- public ---------------------------------------------------------------------------------
@@ -248,13 +251,17 @@ class Watcher:
                 self._refresh_watches()
                 self.reconcile("change")
                 return
-            if now >= self._next_resync or self._resync_requested:
+            retry_due = self._retry_at is not None and now >= self._retry_at
+            if now >= self._next_resync or self._resync_requested or retry_due:
                 self._resync_requested = False
+                self._retry_at = None
                 self._refresh_watches()
                 self.reconcile("interval")
                 self._next_resync = self.clock() + self.options.interval
                 return
             wake_at = self._next_resync
+            if self._retry_at is not None:
+                wake_at = min(wake_at, self._retry_at)
             if change_due is not None:
                 wake_at = min(wake_at, change_due)
         self._sleep(max(0.0, wake_at - self.clock()))
@@ -412,8 +419,11 @@ class Watcher:
             self._finish(trigger, "refused", started, str(exc), problem)
             return
         except ReconcilerError as exc:
-            self.log.error(f"reconcile failed: {exc}",
-                           extra={"fields": {"error": type(exc).__name__}})
+            self._failures += 1  # for the retry delay logged here; _finish counts it for good
+            retry = self._retry_delay()
+            self._failures -= 1
+            self.log.error(f"reconcile failed: {exc}", extra={"fields": {
+                "error": type(exc).__name__, "retry_in_seconds": retry}})
             self._finish(trigger, "error", started, str(exc), problem)
             return
         except Exception as exc:  # a bug: keep running, say what kind, never print local data
@@ -494,8 +504,22 @@ class Watcher:
             except Exception as exc:  # the files are written; only the DMS follow-up failed
                 self._internal_error("talking to DMS", exc)
 
+    def _retry_delay(self) -> float:
+        """Seconds until the next try after `self._failures` failed reconciles in a row."""
+        delay = RETRY_FIRST_SECONDS * 2 ** min(self._failures - 1, 20)
+        return max(RETRY_FIRST_SECONDS, min(self.options.interval, delay))
+
     def _finish(self, trigger: str, result: str, started: float, message: str,
                 problem: InvalidDesiredState | None = None, *, success: bool = False) -> None:
+        """Count and publish one reconcile's end. After an error (a volume read-only, full or
+        away for a moment, DMS's lock held too long) try again soon, not only at the next
+        --interval: the change is written as soon as the volume takes it."""
+        if result == "error":
+            self._failures += 1
+            self._retry_at = self.clock() + self._retry_delay()
+        else:
+            self._failures = 0
+            self._retry_at = None
         now = time.time()
         self.metrics.reconciles.labels(result=result, trigger=trigger).inc()
         self.metrics.duration.observe(max(0.0, self.clock() - started))

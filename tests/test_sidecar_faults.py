@@ -260,3 +260,100 @@ def test_replaced_folder_is_followed(tmp_path: Path, volume: Volume, how: str) -
         assert watcher.terminate() == 0
     guard.assert_whole()
     assert_volume_settled(volume, path)
+
+
+# --- the config volume --------------------------------------------------------------------------
+
+
+def mount(*args: str) -> None:
+    result = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        pytest.fail(f"mount {' '.join(args)} failed (these tests need root, as the Docker tests "
+                    f"do): {result.stderr.strip()}", pytrace=False)
+
+
+@pytest.fixture
+def small_volume(tmp_path: Path) -> Iterator[Volume]:
+    """A config volume on its own 256 KiB tmpfs: it can be made read-only or filled up."""
+    volume = Volume(tmp_path / "small")
+    volume.config.mkdir(parents=True)
+    volume.cron.parent.mkdir(parents=True)
+    mount("-t", "tmpfs", "-o", "size=256k,mode=0755", "dms-config", str(volume.config))
+    try:
+        yield volume
+    finally:
+        subprocess.run(["umount", "-l", str(volume.config)], check=False)
+
+
+def fill(folder: Path) -> Path:
+    """Fill the disk but one page: DMS's lock can still be taken, the next write fails.
+
+    (A disk full to the last byte fails at the lock already; that path is the lock's own tests'.)
+    """
+    filler = folder / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    os.truncate(filler, os.path.getsize(filler) - 4096)
+    return filler
+
+
+@pytest.mark.parametrize("fault", ["read-only", "full", "missing"])
+def test_unwritable_or_missing_volume_is_reported_and_recovered(
+        tmp_path: Path, volume: Volume, small_volume: Volume, fault: str) -> None:
+    """A change arrives while the volume cannot take it. --interval is an hour: the sidecar must
+    retry on its own, and apply the change as soon as the volume is back."""
+    if fault != "missing":  # a mount point cannot be renamed away: the plain volume for that
+        volume = small_volume
+    path = tmp_path / "mailserver.yaml"
+    path.write_text(desired())
+    with start(tmp_path, volume, path) as watcher, TornFileGuard(volume) as guard:
+        wait_until(lambda: readyz(watcher)[0] == 200, 5, "ready")
+        success = watcher.metric("dms_reconciler_last_success_timestamp_seconds")
+        away = volume.root / "config.away"
+        if fault == "read-only":
+            mount("-o", "remount,ro", str(volume.config))
+            expected = "read-only"
+        elif fault == "full":
+            filler = fill(volume.config)
+            expected = "disk is full"
+        else:
+            volume.config.rename(away)
+            expected = "does not exist"
+        before = volume.snapshot() if fault != "missing" else None
+        mark = watcher.count()
+        atomic_write(path, desired("during@elsewhere.net"))
+        record = watcher.wait_for_log(lambda r: r["message"].startswith("reconcile failed"),
+                                      after=mark, what="the report")
+        assert expected in record["message"], record
+        assert record["level"] == "error" and record["retry_in_seconds"] <= 2
+        code, body = readyz(watcher)
+        assert code == 503 and expected in body, body
+        assert watcher.get("/healthz")[0] == 200
+        assert watcher.metric("dms_reconciler_reconciles_total", result="error") >= 1
+        time.sleep(2.0)  # it keeps trying meanwhile, and keeps failing the same way
+        assert watcher.alive()
+        assert watcher.metric("dms_reconciler_reconciles_total", result="error") >= 2
+        if before is not None:
+            assert volume.snapshot() == before  # bytes, mtime and inode: nothing touched
+        else:
+            assert not volume.config.exists()  # it never makes the volume up itself
+
+        if fault == "read-only":
+            mount("-o", "remount,rw", str(volume.config))
+        elif fault == "full":
+            filler.unlink()
+        else:
+            away.rename(volume.config)
+        wait_until(lambda: postmaster(volume) == "during@elsewhere.net", REACT,
+                   "the change to be applied once the volume is back")
+        wait_until(lambda: readyz(watcher)[0] == 200, 5, "ready again")
+        assert watcher.metric("dms_reconciler_last_success_timestamp_seconds") > success
+        assert watcher.terminate() == 0
+    guard.assert_whole()
+    assert_volume_settled(volume, path)
