@@ -149,8 +149,12 @@ class Dms:
             return self._docker
         address = self.engine_address()
         if address.startswith("unix://") and not os.path.exists(address[len("unix://"):]):
+            socket_path = address[len("unix://"):]
+            if self.environ.get("DOCKER_HOST"):  # chosen on purpose: the engine is not there now
+                raise DmsUnavailable(f"no Docker socket at {socket_path} (DOCKER_HOST): the "
+                                     "Docker engine is not running there")
             raise DmsUnavailable(
-                f"no Docker socket at {address[len('unix://'):]} (mount /var/run/docker.sock into "
+                f"no Docker socket at {socket_path} (mount /var/run/docker.sock into "
                 "the sidecar, or set DOCKER_HOST, to let it confirm changes and reload Amavis)"
             )
         import docker  # imported late: the CLI's other commands never need it
