@@ -53,6 +53,7 @@ IGNORED_EVENTS = {"opened", "closed_no_write"}  # our own reads must not wake us
 MAX_SYMLINK_HOPS = 40
 UNCONFIRMED_GIVE_UP = 3
 RETRY_FIRST_SECONDS = 1.0  # after a failed reconcile: 1 s, doubling up to --interval
+RECONFIRM_MAX_SECONDS = 15.0  # DMS could not be asked: look again, 1 s doubling up to this
 
 
 @dataclass
@@ -75,6 +76,7 @@ class _Awaiting:
     next_poll: float
     polls: int = 0
     failures: int = 0  # looks in a row that could not ask DMS
+    accounts: int = 0  # how big the write was (the timeout grows with it)
 
 
 @dataclass
@@ -170,6 +172,13 @@ class Watcher:
         self._awaiting: _Awaiting | None = None
         self._deferred = False  # a change seen while DMS was applying: reconcile once it confirms
         self._dms_note: str | None = None
+        # Writes DMS could not be asked about (no engine, no container), and an Amavis restart
+        # that could not be done: looked at again until DMS answers.
+        self._unconfirmed: dict[str, str] = {}
+        self._unconfirmed_accounts = 0
+        self._reload_owed = False
+        self._reconfirm_at: float | None = None
+        self._reconfirm_tries = 0
         self._next_resync = 0.0
         self._failures = 0  # reconciles in a row that ended in an error
         self._retry_at: float | None = None  # when to try again after an error
@@ -245,6 +254,13 @@ class Watcher:
             if change_due is not None:
                 wake_at = min(wake_at, change_due)
         else:
+            if self._reconfirm_at is not None and now >= self._reconfirm_at:
+                try:
+                    self._reconfirm()
+                except Exception as exc:  # only a report: never stop the loop for it
+                    self._reconfirm_at = None
+                    self._internal_error("asking DMS again", exc)
+                return
             if self._deferred or (change_due is not None and now >= change_due):
                 self._deferred = False
                 self._take_events()
@@ -260,8 +276,9 @@ class Watcher:
                 self._next_resync = self.clock() + self.options.interval
                 return
             wake_at = self._next_resync
-            if self._retry_at is not None:
-                wake_at = min(wake_at, self._retry_at)
+            for due in (self._retry_at, self._reconfirm_at):
+                if due is not None:
+                    wake_at = min(wake_at, due)
             if change_due is not None:
                 wake_at = min(wake_at, change_due)
         self._sleep(max(0.0, wake_at - self.clock()))
@@ -565,26 +582,80 @@ class Watcher:
             return
         written = applied.result.written
         if amavis.FILENAME in written:
-            report = self.dms.reload_amavis()
-            self.metrics.dms_reloads.labels(service="amavis", result=report.state).inc()
-            level = self.log.info if report.ok else self.log.warning
-            level(report.message, extra={"fields": {"service": "amavis", "result": report.state}})
-        expected = dms_mod.monitored_checksums(applied.result.sha512)
-        if not expected:
-            return
+            self._reload_owed = True
+            self._reload_amavis(retry=False)
+        # what DMS could not be asked about earlier is asked about together with this write
+        expected = {**self._unconfirmed, **dms_mod.monitored_checksums(applied.result.sha512)}
+        self._unconfirmed = {}
         accounts = max(len(applied.planned.loaded.state.accounts),
                        len(applied.planned.observed.accounts.entries))
-        timeout = dms_mod.confirm_timeout(accounts)
-        try:
-            self.dms.find()
-        except dms_mod.DmsUnavailable as exc:
-            self._dms_state("unconfirmed", "applied, but could not confirm that DMS picked the "
-                            f"change up: {exc}")
+        if expected:
+            try:
+                self.dms.find()
+            except dms_mod.DmsUnavailable as exc:
+                self._could_not_ask(expected, accounts, f"applied, but could not confirm that DMS "
+                                    f"picked the change up: {exc}")
+            else:
+                self._await(expected, accounts)
+        self._schedule_reconfirm(first=True)
+
+    def _reload_amavis(self, *, retry: bool) -> None:
+        """Restart Amavis for a new amavis.cf. When DMS cannot be asked it stays owed, and is
+        done by `_reconfirm` once it can (counted and logged then, not on every try)."""
+        assert self.dms is not None
+        report = self.dms.reload_amavis()
+        if report.state == "unconfirmed" and retry:
+            self.log.debug(report.message, extra={"fields": {"service": "amavis"}})
             return
+        self._reload_owed = report.state == "unconfirmed"
+        self.metrics.dms_reloads.labels(service="amavis", result=report.state).inc()
+        level = self.log.info if report.ok else self.log.warning
+        level(report.message, extra={"fields": {"service": "amavis", "result": report.state}})
+
+    def _await(self, expected: dict[str, str], accounts: int) -> None:
+        timeout = dms_mod.confirm_timeout(accounts)
         now = self.clock()
-        self._awaiting = _Awaiting(expected, now, now + timeout, now + self.options.dms_poll)
+        self._awaiting = _Awaiting(expected, now, now + timeout, now + self.options.dms_poll,
+                                   accounts=accounts)
         self._dms_state("waiting", f"waiting for DMS to apply {', '.join(sorted(expected))} "
                         f"(up to {timeout:.0f} s)", quiet=True)
+
+    def _could_not_ask(self, expected: dict[str, str], accounts: int, message: str) -> None:
+        self._unconfirmed = dict(expected)
+        self._unconfirmed_accounts = accounts
+        self._dms_state("unconfirmed", message)
+
+    def _schedule_reconfirm(self, *, first: bool = False) -> None:
+        if not (self._unconfirmed or self._reload_owed):
+            self._reconfirm_at, self._reconfirm_tries = None, 0
+            return
+        self._reconfirm_tries = 0 if first else self._reconfirm_tries + 1
+        delay = min(RECONFIRM_MAX_SECONDS,
+                    self.options.dms_poll * 2 ** min(self._reconfirm_tries, 20))
+        self._reconfirm_at = self.clock() + delay
+
+    def _reconfirm(self) -> None:
+        """DMS could not be asked after a write (the engine stopped, the container gone or
+        replaced): look again, quietly, until it answers. Then the owed Amavis restart is done,
+        and the confirmation is read as after any write (or waited for, if DMS is still busy)."""
+        assert self.dms is not None
+        self._reconfirm_at = None
+        if self._reload_owed:
+            self._reload_amavis(retry=True)
+        if self._unconfirmed:
+            report = self.dms.check_applied(self._unconfirmed, self._current_sha512)
+            if report.state == "confirmed":
+                self._unconfirmed = {}
+                self._dms_state("confirmed", "DMS applied the change (confirmed once DMS could "
+                                "be asked again)")
+            elif report.state == "waiting":  # DMS answers, but has not applied it (yet)
+                expected, self._unconfirmed = self._unconfirmed, {}
+                self._await(expected, self._unconfirmed_accounts)
+            else:
+                message = f"applied, but {report.message}"
+                self.status.update(dms_message=message)
+                self.log.debug(message, extra={"fields": {"dms": "unconfirmed"}})
+        self._schedule_reconfirm()
 
     def _poll_dms(self) -> None:
         awaiting = self._awaiting
@@ -601,7 +672,9 @@ class Watcher:
         awaiting.failures = awaiting.failures + 1 if report.state == "unconfirmed" else 0
         if awaiting.failures >= UNCONFIRMED_GIVE_UP:  # one failed look may be a hiccup; three not
             self._awaiting = None
-            self._dms_state("unconfirmed", f"applied, but {report.message}")
+            self._could_not_ask(awaiting.expected, awaiting.accounts,
+                                f"applied, but {report.message}")
+            self._schedule_reconfirm(first=True)
             return
         if now >= awaiting.deadline:
             self._awaiting = None

@@ -8,6 +8,7 @@ line, and the metric and health endpoint that should move), recovers without a r
 no reader ever saw a torn managed file (`TornFileGuard` reads them all the time the fault lasts).
 """
 
+# ruff: noqa: F811 - the engine fixtures are imported from tests.dockerengine
 from __future__ import annotations
 
 import os
@@ -24,6 +25,14 @@ import pytest
 
 from reconciler.formats import accounts, aliases, quotas, virtual
 from reconciler.lock import LOCK_NAME
+from tests.dockerengine import (  # noqa: F401 - pytest fixtures
+    DockerEngine,
+    docker_client,
+    docker_engine,
+    fake_dms_images,
+    import_fake_dms,
+    run_fake_dms,
+)
 from tests.util import Volume, run_cli, sha512_hash
 from tests.watch_process import WatchProcess, wait_until
 
@@ -354,6 +363,197 @@ def test_unwritable_or_missing_volume_is_reported_and_recovered(
                    "the change to be applied once the volume is back")
         wait_until(lambda: readyz(watcher)[0] == 200, 5, "ready again")
         assert watcher.metric("dms_reconciler_last_success_timestamp_seconds") > success
+        assert watcher.terminate() == 0
+    guard.assert_whole()
+    assert_volume_settled(volume, path)
+
+
+# --- Docker and DMS -----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def own_engine() -> Iterator[DockerEngine]:
+    """An engine of its own, for a test that stops and starts it."""
+    engine = DockerEngine().start()
+    try:
+        yield engine
+    finally:
+        engine.cleanup()
+
+
+@pytest.fixture
+def containers(docker_client: Any) -> Iterator[list[Any]]:
+    started: list[Any] = []
+    yield started
+    for container in started:
+        try:
+            container.remove(force=True)
+        except Exception:  # noqa: BLE001 - already gone is fine
+            pass
+
+
+def start_with_dms(tmp_path: Path, volume: Volume, engine: DockerEngine, path: Path, *more: str,
+                   env: dict[str, str] | None = None) -> WatchProcess:
+    watcher = start(tmp_path, volume, path, *more, env={"DOCKER_HOST": engine.url, **(env or {})})
+    try:
+        watcher.wait_for_log(lambda r: r.get("dms") == "confirmed", timeout=20,
+                             what="the first confirmation")
+    except BaseException:
+        watcher.kill()
+        raise
+    return watcher
+
+
+def dms_state(watcher: WatchProcess, state: str) -> float:
+    return watcher.metric("dms_reconciler_dms_confirmation", dms_reconciler_dms_confirmation=state)
+
+
+def test_engine_stopped_and_started_again(tmp_path: Path, volume: Volume,
+                                          own_engine: DockerEngine) -> None:
+    """While the engine is down every change is still applied, with "could not confirm"; once it
+    is back (the container restarted by its restart policy), the sidecar confirms by itself,
+    restarts Amavis for the amavis.cf it could not install, and confirms the next write."""
+    client = own_engine.client()
+    run_fake_dms(client, import_fake_dms(client, "own"), volume.config, name="mailserver",
+                 restart_policy={"Name": "always"})
+    client.close()
+    path = tmp_path / "mailserver.yaml"
+    path.write_text(desired(quarantine=True))
+    with start_with_dms(tmp_path, volume, own_engine, path, "--container", "mailserver") \
+            as watcher, TornFileGuard(volume) as guard:
+        reloads_ok = watcher.metric("dms_reconciler_dms_reloads_total", result="ok")
+        own_engine.stop(remove_containers=False)
+        mark = watcher.count()
+        atomic_write(path, desired("during@elsewhere.net"))  # amavis.cf changes too
+        wait_until(lambda: postmaster(volume) == "during@elsewhere.net", REACT, "the write")
+        record = watcher.wait_for_log(lambda r: r.get("dms") == "unconfirmed", after=mark,
+                                      what="the report")
+        assert record["level"] == "warning"
+        assert "could not confirm" in record["message"]
+        assert "the Docker engine is not running there" in record["message"], record
+        reload = watcher.wait_for_log(lambda r: r.get("service") == "amavis", after=mark,
+                                      what="the reload report")
+        assert reload["result"] == "unconfirmed"
+        assert watcher.metric("dms_reconciler_dms_confirmed") == 0
+        assert dms_state(watcher, "unconfirmed") == 1
+        wait_until(lambda: readyz(watcher)[0] == 200, 5, "ready: the volume matches")
+        # it keeps applying while the engine is down
+        atomic_write(path, desired("during2@elsewhere.net"))
+        wait_until(lambda: postmaster(volume) == "during2@elsewhere.net", REACT, "a second write")
+        assert watcher.alive()
+
+        back = watcher.count()
+        own_engine.start()
+        confirmed = watcher.wait_for_log(lambda r: r.get("dms") == "confirmed", after=back,
+                                         timeout=40, what="the confirmation after the restart")
+        assert "DMS applied" in confirmed["message"]
+        assert watcher.metric("dms_reconciler_dms_confirmed") == 1
+        watcher.wait_for_log(lambda r: r.get("service") == "amavis" and r["result"] == "ok",
+                             after=back, timeout=20, what="the Amavis restart it owed")
+        assert watcher.metric("dms_reconciler_dms_reloads_total", result="ok") == reloads_ok + 1
+        mark = watcher.count()
+        atomic_write(path, desired("after@elsewhere.net", quarantine=True))
+        watcher.wait_for_log(lambda r: r.get("dms") == "confirmed", after=mark, timeout=20,
+                             what="the next write's confirmation")
+        assert watcher.terminate() == 0
+    guard.assert_whole()
+    assert_volume_settled(volume, path)
+
+
+def test_engine_stopped_while_waiting_for_the_confirmation(tmp_path: Path, volume: Volume,
+                                                           own_engine: DockerEngine) -> None:
+    client = own_engine.client()
+    run_fake_dms(client, import_fake_dms(client, "own"), volume.config, name="mailserver",
+                 restart_policy={"Name": "always"}, environment={"FAKE_DMS_APPLY_SECONDS": "3"})
+    client.close()
+    path = tmp_path / "mailserver.yaml"
+    path.write_text(desired())
+    with start_with_dms(tmp_path, volume, own_engine, path, "--container", "mailserver") \
+            as watcher, TornFileGuard(volume) as guard:
+        mark = watcher.count()
+        atomic_write(path, desired("during@elsewhere.net"))
+        watcher.wait_for_log(lambda r: r.get("dms") == "waiting", after=mark, what="waiting")
+        own_engine.stop(remove_containers=False)  # DMS is stopped in the middle of its pass
+        record = watcher.wait_for_log(lambda r: r.get("dms") == "unconfirmed", after=mark,
+                                      timeout=30, what="the report")
+        assert "could not confirm" in record["message"]
+        assert dms_state(watcher, "unconfirmed") == 1
+        back = watcher.count()
+        own_engine.start()
+        watcher.wait_for_log(lambda r: r.get("dms") == "confirmed", after=back, timeout=40,
+                             what="the confirmation after the restart")
+        assert watcher.metric("dms_reconciler_dms_confirmed") == 1
+        assert watcher.terminate() == 0
+    guard.assert_whole()
+    assert_volume_settled(volume, path)
+
+
+def test_dms_restarted_while_the_watcher_waits_for_it(
+        tmp_path: Path, volume: Volume, docker_engine: DockerEngine, docker_client: Any,
+        fake_dms_images: dict[str, str], containers: list[Any]) -> None:
+    """`docker restart` in the middle of DMS's pass: its lock is released by its exit trap, the
+    restarted DMS applies the files, and the sidecar's wait ends in a confirmation."""
+    containers.append(container := run_fake_dms(
+        docker_client, fake_dms_images["ok"], volume.config,
+        environment={"FAKE_DMS_APPLY_SECONDS": "3"}))
+    path = tmp_path / "mailserver.yaml"
+    path.write_text(desired())
+    with start_with_dms(tmp_path, volume, docker_engine, path) as watcher, \
+            TornFileGuard(volume) as guard:
+        for round_ in range(2):
+            mark = watcher.count()
+            atomic_write(path, desired(f"during{round_}@elsewhere.net"))
+            watcher.wait_for_log(lambda r: r.get("dms") == "waiting", after=mark, what="waiting")
+            wait_until(lambda: (volume.config / LOCK_NAME).exists(), 10, "DMS applying")
+            container.restart(timeout=10)
+            watcher.wait_for_log(lambda r: r.get("dms") in ("confirmed", "unconfirmed"),
+                                 after=mark, timeout=30, what="the end of the wait")
+            wait_until(lambda: watcher.metric("dms_reconciler_dms_confirmed") == 1, 30,
+                       "the confirmation")
+        assert watcher.alive()
+        assert watcher.terminate() == 0
+    guard.assert_whole()
+    assert_volume_settled(volume, path)
+
+
+def test_dms_container_replaced_is_found_again(
+        tmp_path: Path, volume: Volume, docker_engine: DockerEngine, docker_client: Any,
+        fake_dms_images: dict[str, str], containers: list[Any]) -> None:
+    """By label, as compose does it: the container removed, a change applied meanwhile, a new
+    one started (its checksum file only written after its start-up), then a second one beside
+    it (blue/green), then the old one removed."""
+    image = fake_dms_images["ok"]
+    containers.append(old := run_fake_dms(docker_client, image, volume.config))
+    path = tmp_path / "mailserver.yaml"
+    path.write_text(desired())
+    with start_with_dms(tmp_path, volume, docker_engine, path) as watcher, \
+            TornFileGuard(volume) as guard:
+        old.remove(force=True)
+        mark = watcher.count()
+        atomic_write(path, desired("gone@elsewhere.net"))
+        record = watcher.wait_for_log(lambda r: r.get("dms") == "unconfirmed", after=mark,
+                                      what="the report")
+        assert "no running container has the label" in record["message"]
+        assert postmaster(volume) == "gone@elsewhere.net"
+
+        back = watcher.count()
+        containers.append(new := run_fake_dms(docker_client, image, volume.config, wait=False,
+                                              environment={"FAKE_DMS_START_SECONDS": "3"}))
+        watcher.wait_for_log(lambda r: r.get("dms") == "confirmed", after=back, timeout=30,
+                             what="the new container's confirmation")
+        code, log = new.exec_run(["cat", "/tmp/fake-dms-ready"])
+        assert code == 0  # it was confirmed by the new container, after its start-up
+
+        containers.append(twin := run_fake_dms(docker_client, image, volume.config))
+        mark = watcher.count()
+        atomic_write(path, desired("twins@elsewhere.net"))
+        record = watcher.wait_for_log(lambda r: r.get("dms") == "unconfirmed", after=mark,
+                                      what="the ambiguity")
+        assert "2 running containers have the label" in record["message"]
+        new.remove(force=True)
+        watcher.wait_for_log(lambda r: r.get("dms") == "confirmed", after=mark, timeout=30,
+                             what="the confirmation once one container is left")
+        assert twin.id != new.id
         assert watcher.terminate() == 0
     guard.assert_whole()
     assert_volume_settled(volume, path)
