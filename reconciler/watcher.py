@@ -31,7 +31,6 @@ import select
 import signal
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -315,7 +314,8 @@ class Watcher:
             return
         now = self.clock()
         with self._events.lock:
-            self._events.stale.update(p for p in paths if p in folders)
+            if getattr(event, "event_type", "") in ("created", "deleted", "moved"):
+                self._events.stale.update(p for p in paths if p in folders)
             if not self._events.dirty:
                 self._events.first = now
             self._events.dirty = True
@@ -382,7 +382,7 @@ class Watcher:
         self.log.error(f"{where} failed with an internal error; please report it",
                        extra={"fields": {"error": type(exc).__name__}})
         if os.environ.get("DMS_RECONCILER_DEBUG"):
-            self.log.error("".join(traceback.format_exception(exc)))
+            self.log.error(logs.safe_traceback(exc))
 
     def _reconcile(self, trigger: str, started: float) -> None:
         data, digest, problem = self._read_inputs()
