@@ -28,7 +28,7 @@ import pytest
 
 BUSYBOX = "/usr/bin/busybox"  # Debian's busybox-static
 APPLETS = ("sh", "cat", "cp", "mv", "rm", "sleep", "sha512sum", "cmp", "echo", "date", "mkdir",
-           "test", "[", "ls", "true")
+           "test", "[", "ls", "true", "env", "basename")
 COMPOSE_LABEL = ("com.docker.compose.service", "mailserver")
 
 CHANGE_DETECTOR = r"""#!/bin/sh
@@ -79,6 +79,14 @@ exit 0
 # A wrapper whose real program is missing: the shell reports "not found", exit 127.
 SUPERVISORCTL_127 = """#!/bin/sh
 exec /usr/lib/supervisor/missing-supervisorctl "$@"
+"""
+# Put before busybox's applets on PATH: logs the argument list and the environment of every
+# `docker exec` of `cat` or `cp` (what the sidecar runs), then runs the real applet.
+EXEC_LOGGER = """#!/bin/sh
+{ printf '%s' "$(basename "$0")"; for a in "$@"; do printf ' [%s]' "$a"; done; echo; } \\
+    >> /var/log/exec-argv.log
+env >> /var/log/exec-env.log
+exec /bin/busybox "$(basename "$0")" "$@"
 """
 SUPERVISORCTL_FAILS = """#!/bin/sh
 echo "$*" >> /var/log/supervisorctl.calls
@@ -184,8 +192,9 @@ class DockerEngine:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def fake_dms_rootfs(supervisorctl: str | None) -> bytes:
-    """A tar of the stand-in's root file system. `supervisorctl`: the script, or None for none."""
+def fake_dms_rootfs(supervisorctl: str | None, *, log_exec: bool = False) -> bytes:
+    """A tar of the stand-in's root file system. `supervisorctl`: the script, or None for none.
+    `log_exec`: `cat` and `cp` log their argument lists and environment (`EXEC_LOGGER`)."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:
         def add_dir(name: str) -> None:
@@ -210,15 +219,19 @@ def fake_dms_rootfs(supervisorctl: str | None) -> bytes:
         add_file("etc/amavis/conf.d/50-user", b"1;\n", 0o644)
         if supervisorctl is not None:
             add_file("usr/bin/supervisorctl", supervisorctl.encode())
+        if log_exec:
+            for applet in ("cat", "cp"):
+                add_file(f"usr/local/bin/{applet}", EXEC_LOGGER.encode())
     return out.getvalue()
 
 
-def import_fake_dms(client: Any, tag: str, supervisorctl: str | None = SUPERVISORCTL_OK) -> str:
+def import_fake_dms(client: Any, tag: str, supervisorctl: str | None = SUPERVISORCTL_OK, *,
+                    log_exec: bool = False) -> str:
     """`docker import` the stand-in as `fake-dms:<tag>`; returns the image reference."""
     if not Path(BUSYBOX).exists():
         pytest.fail(f"{BUSYBOX} is missing: install busybox-static (`.ci/run` does)", pytrace=False)
     client.api.import_image_from_data(
-        fake_dms_rootfs(supervisorctl), repository="fake-dms", tag=tag,
+        fake_dms_rootfs(supervisorctl, log_exec=log_exec), repository="fake-dms", tag=tag,
         changes=['CMD ["/bin/sh", "/usr/local/bin/check-for-changes.sh"]',
                  'ENV PATH=/usr/local/bin:/usr/bin:/bin'],
     )
