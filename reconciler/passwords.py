@@ -17,6 +17,7 @@ import hmac
 import multiprocessing
 import os
 import secrets
+import stat
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -201,15 +202,7 @@ class SecretReader:
             value = self.environ[source.name]
         elif isinstance(source, PasswordFile):
             path = os.path.join(self.base_dir, os.path.expanduser(source.path))
-            try:
-                with open(path, "rb") as handle:
-                    raw = handle.read(4097)
-            except FileNotFoundError:
-                raise SecretError(f"password_file {source.path}: no such file") from None
-            except IsADirectoryError:
-                raise SecretError(f"password_file {source.path}: is a directory") from None
-            except OSError as exc:
-                raise SecretError(f"password_file {source.path}: {exc.strerror}") from None
+            raw = _read_secret_file(path, source.path)
             if len(raw) > 4096:
                 raise SecretError(f"password_file {source.path}: longer than 4096 bytes")
             try:
@@ -225,6 +218,28 @@ class SecretReader:
         if "\n" in value or "\0" in value:
             raise SecretError(f"{source_id(source)}: the password has a line break or NUL byte")
         return Secret(value)
+
+
+def _read_secret_file(path: str, shown: str) -> bytes:
+    """At most 4097 bytes of a regular file. Symlinks are followed (Kubernetes mounts secrets
+    through them), but a FIFO or device is refused: reading one would hang or never end."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise SecretError(f"password_file {shown}: no such file") from None
+    except OSError as exc:
+        raise SecretError(f"password_file {shown}: {exc.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise SecretError(f"password_file {shown}: is a directory")
+        if not stat.S_ISREG(info.st_mode):
+            raise SecretError(f"password_file {shown}: not a regular file")
+        return os.read(fd, 4097)
+    except OSError as exc:
+        raise SecretError(f"password_file {shown}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def resolve(
