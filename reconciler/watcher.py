@@ -29,6 +29,7 @@ import os
 import secrets
 import select
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -88,6 +89,24 @@ class _Events:
     last: float = 0.0
     count: int = 0
     stale: set[str] = field(default_factory=set)  # watched folders an event named: watch anew
+
+
+def _peek_secret_file(path: str) -> bytes | None:
+    """The start of a password file, for the change digest; None when it is missing or not a
+    regular file. Opened non-blocking: a FIFO put there must not stop the loop (the reconcile
+    then reports the file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, 8193)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def guard_dirs(folders: set[str]) -> set[str]:
@@ -351,11 +370,7 @@ class Watcher:
                 source = account.password
                 if isinstance(source, PasswordFile):
                     path = os.path.join(self.target.base_dir, os.path.expanduser(source.path))
-                    try:
-                        with open(path, "rb") as handle:
-                            secret: bytes | None = handle.read(8193)
-                    except OSError:
-                        secret = None
+                    secret: bytes | None = _peek_secret_file(path)
                 elif isinstance(source, PasswordEnv):
                     value = self.target.environ.get(source.name)
                     secret = None if value is None else value.encode("utf-8", "surrogatepass")

@@ -271,6 +271,35 @@ def test_replaced_folder_is_followed(tmp_path: Path, volume: Volume, how: str) -
     assert_volume_settled(volume, path)
 
 
+def test_password_file_replaced_by_a_fifo_does_not_hang_the_sidecar(
+        tmp_path: Path, volume: Volume) -> None:
+    """A secret that is a FIFO (or a device) would block a plain open() forever: the sidecar
+    reports it, keeps answering and re-checking, and applies once it is a file again."""
+    (tmp_path / "jane.pw").write_text("Jane-Secret-1\n")
+    path = tmp_path / "mailserver.yaml"
+    path.write_text(desired().replace(
+        "aliases:", "  jane@example.com:\n    password_file: jane.pw\naliases:"))
+    with start(tmp_path, volume, path) as watcher, TornFileGuard(volume) as guard:
+        before = volume.snapshot()
+        mark = watcher.count()
+        (tmp_path / "jane.pw").unlink()
+        os.mkfifo(tmp_path / "jane.pw")
+        record = watcher.wait_for_log(lambda r: r["message"].startswith("reconcile failed"),
+                                      after=mark, what="the report")
+        assert "jane.pw: not a regular file" in record["message"], record
+        wait_until(lambda: watcher.metric("dms_reconciler_reconciles_total", result="error")
+                   >= 2, REACT, "the retries: the loop is not stuck")
+        assert watcher.get("/healthz")[0] == 200 and readyz(watcher)[0] == 503
+        assert volume.snapshot() == before
+        (tmp_path / "jane.pw").unlink()
+        (tmp_path / "jane.pw").write_text("Jane-Secret-2\n")
+        wait_until(lambda: readyz(watcher)[0] == 200, REACT, "ready again")
+        assert volume.snapshot() != before  # the new password's hash is written
+        assert watcher.terminate() == 0
+    guard.assert_whole()
+    assert_volume_settled(volume, path)
+
+
 # --- the config volume --------------------------------------------------------------------------
 
 
