@@ -586,3 +586,42 @@ def test_dms_container_replaced_is_found_again(
         assert watcher.terminate() == 0
     guard.assert_whole()
     assert_volume_settled(volume, path)
+
+
+def test_dms_killed_while_holding_its_lock(
+        tmp_path: Path, volume: Volume, docker_engine: DockerEngine, docker_client: Any,
+        fake_dms_images: dict[str, str], containers: list[Any]) -> None:
+    """DMS killed (SIGKILL, OOM) in the middle of its pass leaves its lock in the volume. The
+    sidecar's next write waits for it, says so, and takes it over once it is stale (older than a
+    minute, DMS's own rule): the minute is simulated by dating the lock back, which is all the
+    rule looks at."""
+    containers.append(container := run_fake_dms(
+        docker_client, fake_dms_images["ok"], volume.config,
+        environment={"FAKE_DMS_APPLY_SECONDS": "3"}))
+    path = tmp_path / "mailserver.yaml"
+    path.write_text(desired())
+    lock = volume.config / LOCK_NAME
+    with start(tmp_path, volume, path, env={"DOCKER_HOST": docker_engine.url}) as watcher, \
+            TornFileGuard(volume) as guard:
+        wait_until(lambda: lock.exists(), 10, "DMS applying the first write")
+        container.kill()  # SIGKILL: its exit trap does not run
+        container.start()
+        assert lock.exists()
+        mark = watcher.count()
+        atomic_write(path, desired("after@elsewhere.net"))
+        record = watcher.wait_for_log(lambda r: "waiting for" in r["message"]
+                                      and LOCK_NAME in r["message"], after=mark,
+                                      what="the wait for DMS's lock")
+        assert record["level"] == "info"
+        time.sleep(1.0)
+        assert postmaster(volume) == "admin@example.com"  # nothing written under DMS's lock
+        assert watcher.get("/healthz")[0] == 200
+        old = time.time() - 61
+        os.utime(lock, (old, old))
+        wait_until(lambda: postmaster(volume) == "after@elsewhere.net", REACT,
+                   "the write once the lock is stale")
+        wait_until(lambda: watcher.metric("dms_reconciler_dms_confirmed") == 1, 30,
+                   "DMS's confirmation (it waited for the same lock)")
+        assert watcher.terminate() == 0
+    guard.assert_whole()
+    assert_volume_settled(volume, path)
