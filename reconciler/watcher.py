@@ -596,14 +596,26 @@ class Watcher:
         if self.dms is None:
             return
         written = applied.result.written
+        # DMS could not be asked after an earlier write and the re-check asks again on its own
+        # schedule: do not ask now too. A hung engine would hold the loop for each write.
+        out_of_reach = self._reconfirm_at is not None
         if amavis.FILENAME in written:
             self._reload_owed = True
-            self._reload_amavis(retry=False)
+            if not out_of_reach:
+                self._reload_amavis(retry=False)
         # what DMS could not be asked about earlier is asked about together with this write
         expected = {**self._unconfirmed, **dms_mod.monitored_checksums(applied.result.sha512)}
         self._unconfirmed = {}
         accounts = max(len(applied.planned.loaded.state.accounts),
                        len(applied.planned.observed.accounts.entries))
+        if out_of_reach:
+            assert self._reconfirm_at is not None
+            self._unconfirmed, self._unconfirmed_accounts = expected, accounts
+            wait = max(0.0, self._reconfirm_at - self.clock())
+            self._dms_state("unconfirmed", "applied, but could not confirm that DMS picked the "
+                            f"change up: DMS is still out of reach (asked again in {wait:.0f} s)",
+                            quiet=True)
+            return
         if expected:
             try:
                 self.dms.find()

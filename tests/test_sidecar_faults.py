@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import textwrap
 import threading
@@ -488,6 +489,41 @@ def test_engine_stopped_and_started_again(tmp_path: Path, volume: Volume,
     guard.assert_whole()
     assert_volume_settled(volume, path)
 
+
+def test_engine_hung_does_not_hold_the_loop(tmp_path: Path, volume: Volume,
+                                            own_engine: DockerEngine) -> None:
+    """A hung engine (dockerd stopped with SIGSTOP: its socket accepts, nothing answers) costs
+    the loop one short query timeout now and then, not the length of the outage: changes are
+    written meanwhile, and confirmed once the engine answers again."""
+    client = own_engine.client()
+    run_fake_dms(client, import_fake_dms(client, "own"), volume.config, name="mailserver")
+    client.close()
+    path = tmp_path / "mailserver.yaml"
+    path.write_text(desired())
+    with start_with_dms(tmp_path, volume, own_engine, path, "--container", "mailserver") \
+            as watcher, TornFileGuard(volume) as guard:
+        assert own_engine.proc is not None
+        os.kill(own_engine.proc.pid, signal.SIGSTOP)
+        try:
+            mark = watcher.count()
+            atomic_write(path, desired("hung1@elsewhere.net"))
+            wait_until(lambda: postmaster(volume) == "hung1@elsewhere.net", REACT, "the write")
+            record = watcher.wait_for_log(lambda r: r.get("dms") == "unconfirmed", after=mark,
+                                          timeout=30, what="the report")
+            assert "no answer within 10 s (the engine is hung" in record["message"], record
+            for n in (2, 3):  # at most one query timeout (10 s) in the way, however long it lasts
+                atomic_write(path, desired(f"hung{n}@elsewhere.net"))
+                wait_until(lambda n=n: postmaster(volume) == f"hung{n}@elsewhere.net", 25,
+                           f"write {n} while the engine is hung")
+                time.sleep(2.0)  # write 3 arrives while the re-check (after 1 s) hangs too
+            assert watcher.get("/healthz")[0] == 200
+        finally:
+            os.kill(own_engine.proc.pid, signal.SIGCONT)
+        watcher.wait_for_log(lambda r: r.get("dms") == "confirmed", after=mark, timeout=40,
+                             what="the confirmation once the engine answers")
+        assert watcher.terminate() == 0
+    guard.assert_whole()
+    assert_volume_settled(volume, path)
 
 def test_engine_stopped_while_waiting_for_the_confirmation(tmp_path: Path, volume: Volume,
                                                            own_engine: DockerEngine) -> None:
