@@ -11,6 +11,7 @@ no reader ever saw a torn managed file (`TornFileGuard` reads them all the time 
 # ruff: noqa: F811 - the engine fixtures are imported from tests.dockerengine
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -209,8 +210,8 @@ def gitsync_generation(root: Path, text: str, generation: int) -> Path:
     return worktree
 
 
-@pytest.mark.parametrize("how", ["removed-and-recreated", "renamed-away", "configmap-target-gone",
-                                 "gitsync-target-gone"])
+@pytest.mark.parametrize("how", ["removed-and-recreated", "renamed-away", "swapped-in",
+                                 "configmap-target-gone", "gitsync-target-gone"])
 def test_replaced_folder_is_followed(tmp_path: Path, volume: Volume, how: str) -> None:
     """--interval is an hour: only the file watch can see these, so each must be followed."""
     folder = tmp_path / "desired"
@@ -231,7 +232,7 @@ def test_replaced_folder_is_followed(tmp_path: Path, volume: Volume, how: str) -
         # first the folder (or the symlink's target) disappears, and that is reported
         if how == "removed-and-recreated":
             shutil.rmtree(folder)
-        elif how == "renamed-away":
+        elif how in ("renamed-away", "swapped-in"):
             folder.rename(tmp_path / "desired.old")
         else:
             shutil.rmtree(old_target)
@@ -251,6 +252,13 @@ def test_replaced_folder_is_followed(tmp_path: Path, volume: Volume, how: str) -
                     folder.rename(tmp_path / f"desired.old{generation}")
                 folder.mkdir()
                 path.write_text(desired(target))
+            elif how == "swapped-in":  # a complete folder prepared beside it, renamed into place
+                prepared = tmp_path / f"desired.new{generation}"
+                prepared.mkdir()
+                (prepared / "mailserver.yaml").write_text(desired(target))
+                if folder.exists():
+                    folder.rename(tmp_path / f"desired.old{generation}")
+                prepared.rename(folder)
             elif how == "configmap-target-gone":
                 old_target = configmap_generation(folder, desired(target), generation)
             else:
@@ -466,6 +474,7 @@ def test_engine_stopped_and_started_again(tmp_path: Path, volume: Volume,
         assert reload["result"] == "unconfirmed"
         assert watcher.metric("dms_reconciler_dms_confirmed") == 0
         assert dms_state(watcher, "unconfirmed") == 1
+        assert json.loads(watcher.get("/healthz")[1])["dms"]["state"] == "unconfirmed"
         wait_until(lambda: readyz(watcher)[0] == 200, 5, "ready: the volume matches")
         # it keeps applying while the engine is down
         atomic_write(path, desired("during2@elsewhere.net"))
@@ -478,6 +487,7 @@ def test_engine_stopped_and_started_again(tmp_path: Path, volume: Volume,
                                          timeout=40, what="the confirmation after the restart")
         assert "DMS applied" in confirmed["message"]
         assert watcher.metric("dms_reconciler_dms_confirmed") == 1
+        assert json.loads(watcher.get("/healthz")[1])["dms"]["state"] == "confirmed"
         watcher.wait_for_log(lambda r: r.get("service") == "amavis" and r["result"] == "ok",
                              after=back, timeout=20, what="the Amavis restart it owed")
         assert watcher.metric("dms_reconciler_dms_reloads_total", result="ok") == reloads_ok + 1
