@@ -451,11 +451,9 @@ class Watcher:
             self._finish(trigger, "refused", started, str(exc), problem)
             return
         except ReconcilerError as exc:
-            self._failures += 1  # for the retry delay logged here; _finish counts it for good
-            retry = self._retry_delay()
-            self._failures -= 1
             self.log.error(f"reconcile failed: {exc}", extra={"fields": {
-                "error": type(exc).__name__, "retry_in_seconds": retry}})
+                "error": type(exc).__name__,
+                "retry_in_seconds": self._retry_delay(self._failures + 1)}})
             self._finish(trigger, "error", started, str(exc), problem)
             return
         except Exception as exc:  # a bug: keep running, say what kind, never print local data
@@ -536,9 +534,9 @@ class Watcher:
             except Exception as exc:  # the files are written; only the DMS follow-up failed
                 self._internal_error("talking to DMS", exc)
 
-    def _retry_delay(self) -> float:
-        """Seconds until the next try after `self._failures` failed reconciles in a row."""
-        delay = RETRY_FIRST_SECONDS * 2 ** min(self._failures - 1, 20)
+    def _retry_delay(self, failures: int) -> float:
+        """Seconds until the next try after `failures` failed reconciles in a row."""
+        delay = RETRY_FIRST_SECONDS * 2 ** min(max(failures, 1) - 1, 20)
         return max(RETRY_FIRST_SECONDS, min(self.options.interval, delay))
 
     def _finish(self, trigger: str, result: str, started: float, message: str,
@@ -548,7 +546,7 @@ class Watcher:
         --interval: the change is written as soon as the volume takes it."""
         if result == "error":
             self._failures += 1
-            self._retry_at = self.clock() + self._retry_delay()
+            self._retry_at = self.clock() + self._retry_delay(self._failures)
         else:
             self._failures = 0
             self._retry_at = None

@@ -616,7 +616,7 @@ def test_dms_container_replaced_is_found_again(
                                               environment={"FAKE_DMS_START_SECONDS": "3"}))
         watcher.wait_for_log(lambda r: r.get("dms") == "confirmed", after=back, timeout=30,
                              what="the new container's confirmation")
-        code, log = new.exec_run(["cat", "/tmp/fake-dms-ready"])
+        code, _ = new.exec_run(["cat", "/tmp/fake-dms-ready"])
         assert code == 0  # it was confirmed by the new container, after its start-up
 
         containers.append(twin := run_fake_dms(docker_client, image, volume.config))
