@@ -446,6 +446,7 @@ def dms_state(watcher: WatchProcess, state: str) -> float:
     return watcher.metric("dms_reconciler_dms_confirmation", dms_reconciler_dms_confirmation=state)
 
 
+@pytest.mark.docker
 def test_engine_stopped_and_started_again(tmp_path: Path, volume: Volume,
                                           own_engine: DockerEngine) -> None:
     """While the engine is down every change is still applied, with "could not confirm"; once it
@@ -500,6 +501,7 @@ def test_engine_stopped_and_started_again(tmp_path: Path, volume: Volume,
     assert_volume_settled(volume, path)
 
 
+@pytest.mark.docker
 def test_engine_hung_does_not_hold_the_loop(tmp_path: Path, volume: Volume,
                                             own_engine: DockerEngine) -> None:
     """A hung engine (dockerd stopped with SIGSTOP: its socket accepts, nothing answers) costs
@@ -535,6 +537,7 @@ def test_engine_hung_does_not_hold_the_loop(tmp_path: Path, volume: Volume,
     guard.assert_whole()
     assert_volume_settled(volume, path)
 
+@pytest.mark.docker
 def test_engine_stopped_while_waiting_for_the_confirmation(tmp_path: Path, volume: Volume,
                                                            own_engine: DockerEngine) -> None:
     client = own_engine.client()
@@ -563,6 +566,7 @@ def test_engine_stopped_while_waiting_for_the_confirmation(tmp_path: Path, volum
     assert_volume_settled(volume, path)
 
 
+@pytest.mark.docker
 def test_dms_restarted_while_the_watcher_waits_for_it(
         tmp_path: Path, volume: Volume, docker_engine: DockerEngine, docker_client: Any,
         fake_dms_images: dict[str, str], containers: list[Any]) -> None:
@@ -591,6 +595,7 @@ def test_dms_restarted_while_the_watcher_waits_for_it(
     assert_volume_settled(volume, path)
 
 
+@pytest.mark.docker
 def test_dms_container_replaced_is_found_again(
         tmp_path: Path, volume: Volume, docker_engine: DockerEngine, docker_client: Any,
         fake_dms_images: dict[str, str], containers: list[Any]) -> None:
@@ -634,6 +639,7 @@ def test_dms_container_replaced_is_found_again(
     assert_volume_settled(volume, path)
 
 
+@pytest.mark.docker
 def test_dms_killed_while_holding_its_lock(
         tmp_path: Path, volume: Volume, docker_engine: DockerEngine, docker_client: Any,
         fake_dms_images: dict[str, str], containers: list[Any]) -> None:
