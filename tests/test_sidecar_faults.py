@@ -672,8 +672,11 @@ def test_dms_killed_while_holding_its_lock(
         os.utime(lock, (old, old))
         wait_until(lambda: postmaster(volume) == "after@elsewhere.net", REACT,
                    "the write once the lock is stale")
-        wait_until(lambda: watcher.metric("dms_reconciler_dms_confirmed") == 1, 30,
-                   "DMS's confirmation (it waited for the same lock)")
+        watcher.wait_for_log(lambda r: r["message"] == "applied", after=mark, what="the apply")
+        applied = next(i for i, r in enumerate(watcher.records())
+                       if i >= mark and r["message"] == "applied")
+        watcher.wait_for_log(lambda r: r.get("dms") == "confirmed", after=applied, timeout=30,
+                             what="DMS's confirmation (it waited for the same lock)")
         assert watcher.terminate() == 0
     guard.assert_whole()
     assert_volume_settled(volume, path)
