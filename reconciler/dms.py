@@ -36,6 +36,10 @@ DEFAULT_SOCKET = "/var/run/docker.sock"
 MONITORED = (accounts.FILENAME, virtual.FILENAME, aliases.FILENAME, quotas.FILENAME)
 CONFIRM_BASE_SECONDS = 60.0
 CONFIRM_SECONDS_PER_ACCOUNT = 0.08  # about twice DMS's measured worst case (41 ms per account)
+# A hung engine must not hold the sidecar's loop (and its SIGTERM) for long: queries (list,
+# inspect, `cat`) answer in milliseconds. Restarting Amavis takes seconds on a real server.
+API_TIMEOUT_SECONDS = 10.0
+COMMAND_TIMEOUT_SECONDS = 120.0
 
 
 class DmsUnavailable(Exception):
@@ -126,12 +130,14 @@ class Dms:
         container: str | None = None,
         label: str | None = DEFAULT_LABEL,
         environ: Mapping[str, str] = os.environ,
-        api_timeout: float = 30.0,
+        api_timeout: float = API_TIMEOUT_SECONDS,
+        command_timeout: float = COMMAND_TIMEOUT_SECONDS,
     ) -> None:
         self.container_name = container or None
         self.label = None if self.container_name else (label or DEFAULT_LABEL)
         self.environ = environ
         self.api_timeout = api_timeout
+        self.command_timeout = command_timeout
         self._docker: Any = None
 
     # --- finding things -----------------------------------------------------------------------
@@ -149,8 +155,12 @@ class Dms:
             return self._docker
         address = self.engine_address()
         if address.startswith("unix://") and not os.path.exists(address[len("unix://"):]):
+            socket_path = address[len("unix://"):]
+            if self.environ.get("DOCKER_HOST"):  # chosen on purpose: the engine is not there now
+                raise DmsUnavailable(f"no Docker socket at {socket_path} (DOCKER_HOST): the "
+                                     "Docker engine is not running there")
             raise DmsUnavailable(
-                f"no Docker socket at {address[len('unix://'):]} (mount /var/run/docker.sock into "
+                f"no Docker socket at {socket_path} (mount /var/run/docker.sock into "
                 "the sidecar, or set DOCKER_HOST, to let it confirm changes and reload Amavis)"
             )
         import docker  # imported late: the CLI's other commands never need it
@@ -159,8 +169,8 @@ class Dms:
             self._docker = docker.DockerClient.from_env(environment=dict(self.environ),
                                                         timeout=int(self.api_timeout))
         except Exception as exc:  # DockerException, requests' errors, TLS errors ...
-            raise DmsUnavailable(
-                f"cannot reach the Docker engine at {address}: {_why(exc)}") from None
+            raise DmsUnavailable(f"cannot reach the Docker engine at {address}: "
+                                 f"{_why(exc, self.api_timeout)}") from None
         return self._docker
 
     def _forget_client(self) -> None:
@@ -194,7 +204,7 @@ class Dms:
         except Exception as exc:
             self._forget_client()
             raise DmsUnavailable(f"cannot reach the Docker engine at {self.engine_address()}: "
-                                 f"{_why(exc)}") from None
+                                 f"{_why(exc, self.api_timeout)}") from None
         if not matches:
             raise DmsUnavailable(f"no running container has the label {self.label} (give the DMS "
                                  "container's name with --container, or set --container-label)")
@@ -206,12 +216,18 @@ class Dms:
 
     # --- running commands ---------------------------------------------------------------------
 
-    def run(self, container: Any, argv: list[str]) -> tuple[int, str]:
+    def run(self, container: Any, argv: list[str], *,
+            timeout: float | None = None) -> tuple[int, str]:
         """Run `argv` in the container; (exit code, output). Raises `DmsUnavailable` when the
-        container or the engine cannot be reached, `DmsCommandFailed` for exit codes 126/127."""
+        container or the engine cannot be reached, `DmsCommandFailed` for exit codes 126/127.
+        `timeout`: seconds for a slow command, instead of the queries' short one."""
         import docker.errors
 
+        api = getattr(getattr(container, "client", None), "api", None)
+        previous = getattr(api, "timeout", None)
         try:
+            if timeout is not None and api is not None:
+                api.timeout = timeout
             result = container.exec_run(argv, stdout=True, stderr=True)
         except docker.errors.NotFound:
             raise DmsUnavailable(
@@ -223,8 +239,11 @@ class Dms:
                 f"the Docker engine refused to run {argv[0]}: {_api_why(exc)}") from None
         except Exception as exc:
             self._forget_client()
-            raise DmsUnavailable(
-                f"lost the Docker engine at {self.engine_address()}: {_why(exc)}") from None
+            raise DmsUnavailable(f"lost the Docker engine at {self.engine_address()}: "
+                                 f"{_why(exc, timeout or self.api_timeout)}") from None
+        finally:
+            if timeout is not None and api is not None:
+                api.timeout = previous
         code = result.exit_code
         output = (result.output or b"").decode("utf-8", "replace")
         if code == 126:
@@ -275,7 +294,8 @@ class Dms:
             if code != 0:
                 return Report("failed", f"copying amavis.cf to {AMAVIS_USER_CONF} in the DMS "
                               f"container failed (exit {code}: {_first_line(output)})")
-            code, output = self.run(container, ["supervisorctl", "restart", "amavis"])
+            code, output = self.run(container, ["supervisorctl", "restart", "amavis"],
+                                    timeout=self.command_timeout)
             if code != 0:
                 return Report("failed", "`supervisorctl restart amavis` failed in the DMS "
                               f"container (exit {code}: {_first_line(output) or 'no output'})")
@@ -311,8 +331,9 @@ def _api_why(exc: Any) -> str:
     return str(explanation or exc)[:300]
 
 
-def _why(exc: BaseException) -> str:
-    """The root cause in a few words: 'connection refused', 'no such file or directory' ..."""
+def _why(exc: BaseException, timeout: float | None = None) -> str:
+    """The root cause in a few words: 'connection refused', 'no such file or directory', 'no
+    answer within 10 s' ..."""
     seen: set[int] = set()
     todo: list[Any] = [exc]
     while todo:
@@ -320,6 +341,9 @@ def _why(exc: BaseException) -> str:
         if current is None or id(current) in seen:
             continue
         seen.add(id(current))
+        if isinstance(current, TimeoutError) or "Timeout" in type(current).__name__:
+            within = f" within {timeout:g} s" if timeout else " in time"
+            return f"no answer{within} (the engine is hung or overloaded)"
         if isinstance(current, OSError) and current.strerror:
             return current.strerror.lower()
         todo.extend([getattr(current, "__cause__", None), getattr(current, "__context__", None)])

@@ -6,8 +6,9 @@ a terminal wants text. `setup` picks by whether the stream is a terminal, and
 `extra={"fields": {...}}`.
 
 Nothing here inspects messages for secrets: the callers only ever log addresses, file names,
-counts and diagnostics (which never quote a password or a hash). Tracebacks are never written,
-because a frame's text could hold one; an unexpected error is logged by its type only.
+counts and diagnostics (which never quote a password or a hash). An unexpected error is logged
+by its type only; with DMS_RECONCILER_DEBUG=1, `safe_traceback` adds where it happened (files,
+lines, functions, exception types) but never an exception's message, which may quote a value.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import os
 import sys
 import time
+import traceback
 from typing import IO, Any
 
 LOGGER_NAME = "dms_reconciler"
@@ -93,3 +95,34 @@ def _isatty(stream: IO[str]) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+def safe_traceback(exc: BaseException) -> str:
+    """A traceback for a bug report without any exception's message or argument.
+
+    Messages of internal errors can quote the data being handled (a password, a hash from
+    postfix-accounts.cf); the frames (file, line, function, source line of our code) and the
+    exception types are enough to find the bug.
+    """
+    chain: list[BaseException] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        chain.append(current)
+        current = current.__cause__ or (None if current.__suppress_context__
+                                        else current.__context__)
+    lines: list[str] = []
+    for index, error in enumerate(reversed(chain)):
+        if index:
+            lines.append("which led to:")
+        lines.append("Traceback (most recent call last):")
+        for frame in traceback.extract_tb(error.__traceback__):
+            lines.append(f'  File "{frame.filename}", line {frame.lineno}, in {frame.name}')
+            if frame.line:
+                lines.append(f"    {frame.line.strip()}")
+        kind = type(error)
+        name = kind.__qualname__ if kind.__module__ == "builtins" else \
+            f"{kind.__module__}.{kind.__qualname__}"
+        lines.append(f"{name} (message not shown: it may quote a secret)")
+    return "\n".join(lines)

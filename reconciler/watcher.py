@@ -15,8 +15,10 @@ Level-triggered and serial, like a Kubernetes controller:
 
 What is watched is the FOLDER holding the file, resolved, plus the folder of every symlink on the
 way: git pulls and editors replace the file (a new inode), Kubernetes ConfigMaps swap a `..data`
-symlink, and git-sync swaps the symlink of the whole checkout. Watches are re-resolved after every
-event, so a swapped or recreated folder is followed.
+symlink, and git-sync swaps the symlink of the whole checkout. The parent of each of those folders
+is watched too, for events naming the folder itself: a folder renamed away or removed and made
+again is only seen there. Watches are re-resolved after every event, so a swapped or recreated
+folder is followed.
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ import os
 import secrets
 import select
 import signal
+import stat
 import threading
 import time
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +52,8 @@ from reconciler.reconcile import Applied, Target, apply_once, plan_once
 IGNORED_EVENTS = {"opened", "closed_no_write"}  # our own reads must not wake us up
 MAX_SYMLINK_HOPS = 40
 UNCONFIRMED_GIVE_UP = 3
+RETRY_FIRST_SECONDS = 1.0  # after a failed reconcile: 1 s, doubling up to --interval
+RECONFIRM_MAX_SECONDS = 15.0  # DMS could not be asked: look again, 1 s doubling up to this
 
 
 @dataclass
@@ -72,6 +76,7 @@ class _Awaiting:
     next_poll: float
     polls: int = 0
     failures: int = 0  # looks in a row that could not ask DMS
+    accounts: int = 0  # how big the write was (the timeout grows with it)
 
 
 @dataclass
@@ -83,6 +88,38 @@ class _Events:
     first: float = 0.0
     last: float = 0.0
     count: int = 0
+    stale: set[str] = field(default_factory=set)  # watched folders an event named: watch anew
+
+
+def _peek_secret_file(path: str) -> bytes | None:
+    """The start of a password file, for the change digest; None when it is missing or not a
+    regular file. Opened non-blocking: a FIFO put there must not stop the loop (the reconcile
+    then reports the file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        return os.read(fd, 8193)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def guard_dirs(folders: set[str]) -> set[str]:
+    """The parent of each watched folder. Renaming a folder away, or removing it and making it
+    again, is an event in its parent, never in the folder (a watch follows the old inode)."""
+    return {os.path.dirname(folder) for folder in folders if folder != os.sep}
+
+
+def relevant(event_paths: tuple[str, ...], folders: frozenset[str]) -> bool:
+    """An event matters when it names a watched folder or something directly inside one; the
+    guard watches on the parents also report the folders' siblings, which do not matter."""
+    return any(path in folders or os.path.dirname(path) in folders
+               for path in event_paths if path)
 
 
 def watch_dirs(path: str) -> set[str]:
@@ -142,6 +179,7 @@ class Watcher:
         self._wake_r = self._wake_w = -1  # the self-pipe, made by run()
         self._observer: Any = None
         self._watches: dict[str, tuple[Any, int]] = {}  # real dir -> (watch, inode)
+        self._folders: frozenset[str] = frozenset()  # watch_dirs now (read by the event thread)
         self._good: Loaded | None = None  # the last valid desired state
         self._digest_seen: str | None = None  # input digest at the last reconcile attempt
         self._digest_applied: str | None = None  # input digest at the last successful reconcile
@@ -152,7 +190,16 @@ class Watcher:
         self._awaiting: _Awaiting | None = None
         self._deferred = False  # a change seen while DMS was applying: reconcile once it confirms
         self._dms_note: str | None = None
+        # Writes DMS could not be asked about (no engine, no container), and an Amavis restart
+        # that could not be done: looked at again until DMS answers.
+        self._unconfirmed: dict[str, str] = {}
+        self._unconfirmed_accounts = 0
+        self._reload_owed = False
+        self._reconfirm_at: float | None = None
+        self._reconfirm_tries = 0
         self._next_resync = 0.0
+        self._failures = 0  # reconciles in a row that ended in an error
+        self._retry_at: float | None = None  # when to try again after an error
         self._server: HealthServer | None = None
 
     # --- public ---------------------------------------------------------------------------------
@@ -225,19 +272,31 @@ class Watcher:
             if change_due is not None:
                 wake_at = min(wake_at, change_due)
         else:
+            if self._reconfirm_at is not None and now >= self._reconfirm_at:
+                try:
+                    self._reconfirm()
+                except Exception as exc:  # only a report: never stop the loop for it
+                    self._reconfirm_at = None
+                    self._internal_error("asking DMS again", exc)
+                return
             if self._deferred or (change_due is not None and now >= change_due):
                 self._deferred = False
                 self._take_events()
                 self._refresh_watches()
                 self.reconcile("change")
                 return
-            if now >= self._next_resync or self._resync_requested:
+            retry_due = self._retry_at is not None and now >= self._retry_at
+            if now >= self._next_resync or self._resync_requested or retry_due:
                 self._resync_requested = False
+                self._retry_at = None
                 self._refresh_watches()
                 self.reconcile("interval")
                 self._next_resync = self.clock() + self.options.interval
                 return
             wake_at = self._next_resync
+            for due in (self._retry_at, self._reconfirm_at):
+                if due is not None:
+                    wake_at = min(wake_at, due)
             if change_due is not None:
                 wake_at = min(wake_at, change_due)
         self._sleep(max(0.0, wake_at - self.clock()))
@@ -267,8 +326,15 @@ class Watcher:
         """Watchdog thread: note the event; the loop decides what it means."""
         if getattr(event, "event_type", "") in IGNORED_EVENTS:
             return
+        paths = tuple(os.fsdecode(p) for p in (getattr(event, "src_path", ""),
+                                                getattr(event, "dest_path", "")) if p)
+        folders = self._folders
+        if not relevant(paths, folders):
+            return
         now = self.clock()
         with self._events.lock:
+            if getattr(event, "event_type", "") in ("created", "deleted", "moved"):
+                self._events.stale.update(p for p in paths if p in folders)
             if not self._events.dirty:
                 self._events.first = now
             self._events.dirty = True
@@ -304,11 +370,7 @@ class Watcher:
                 source = account.password
                 if isinstance(source, PasswordFile):
                     path = os.path.join(self.target.base_dir, os.path.expanduser(source.path))
-                    try:
-                        with open(path, "rb") as handle:
-                            secret: bytes | None = handle.read(8193)
-                    except OSError:
-                        secret = None
+                    secret: bytes | None = _peek_secret_file(path)
                 elif isinstance(source, PasswordEnv):
                     value = self.target.environ.get(source.name)
                     secret = None if value is None else value.encode("utf-8", "surrogatepass")
@@ -335,7 +397,7 @@ class Watcher:
         self.log.error(f"{where} failed with an internal error; please report it",
                        extra={"fields": {"error": type(exc).__name__}})
         if os.environ.get("DMS_RECONCILER_DEBUG"):
-            self.log.error("".join(traceback.format_exception(exc)))
+            self.log.error(logs.safe_traceback(exc))
 
     def _reconcile(self, trigger: str, started: float) -> None:
         data, digest, problem = self._read_inputs()
@@ -389,8 +451,9 @@ class Watcher:
             self._finish(trigger, "refused", started, str(exc), problem)
             return
         except ReconcilerError as exc:
-            self.log.error(f"reconcile failed: {exc}",
-                           extra={"fields": {"error": type(exc).__name__}})
+            self.log.error(f"reconcile failed: {exc}", extra={"fields": {
+                "error": type(exc).__name__,
+                "retry_in_seconds": self._retry_delay(self._failures + 1)}})
             self._finish(trigger, "error", started, str(exc), problem)
             return
         except Exception as exc:  # a bug: keep running, say what kind, never print local data
@@ -471,8 +534,22 @@ class Watcher:
             except Exception as exc:  # the files are written; only the DMS follow-up failed
                 self._internal_error("talking to DMS", exc)
 
+    def _retry_delay(self, failures: int) -> float:
+        """Seconds until the next try after `failures` failed reconciles in a row."""
+        delay = RETRY_FIRST_SECONDS * 2 ** min(max(failures, 1) - 1, 20)
+        return max(RETRY_FIRST_SECONDS, min(self.options.interval, delay))
+
     def _finish(self, trigger: str, result: str, started: float, message: str,
                 problem: InvalidDesiredState | None = None, *, success: bool = False) -> None:
+        """Count and publish one reconcile's end. After an error (a volume read-only, full or
+        away for a moment, DMS's lock held too long) try again soon, not only at the next
+        --interval: the change is written as soon as the volume takes it."""
+        if result == "error":
+            self._failures += 1
+            self._retry_at = self.clock() + self._retry_delay(self._failures)
+        else:
+            self._failures = 0
+            self._retry_at = None
         now = time.time()
         self.metrics.reconciles.labels(result=result, trigger=trigger).inc()
         self.metrics.duration.observe(max(0.0, self.clock() - started))
@@ -517,27 +594,93 @@ class Watcher:
         if self.dms is None:
             return
         written = applied.result.written
+        # DMS could not be asked after an earlier write and the re-check asks again on its own
+        # schedule: do not ask now too. A hung engine would hold the loop for each write.
+        out_of_reach = self._reconfirm_at is not None
         if amavis.FILENAME in written:
-            report = self.dms.reload_amavis()
-            self.metrics.dms_reloads.labels(service="amavis", result=report.state).inc()
-            level = self.log.info if report.ok else self.log.warning
-            level(report.message, extra={"fields": {"service": "amavis", "result": report.state}})
-        expected = dms_mod.monitored_checksums(applied.result.sha512)
-        if not expected:
-            return
+            self._reload_owed = True
+            if not out_of_reach:
+                self._reload_amavis(retry=False)
+        # what DMS could not be asked about earlier is asked about together with this write
+        expected = {**self._unconfirmed, **dms_mod.monitored_checksums(applied.result.sha512)}
+        self._unconfirmed = {}
         accounts = max(len(applied.planned.loaded.state.accounts),
                        len(applied.planned.observed.accounts.entries))
-        timeout = dms_mod.confirm_timeout(accounts)
-        try:
-            self.dms.find()
-        except dms_mod.DmsUnavailable as exc:
+        if out_of_reach:
+            assert self._reconfirm_at is not None
+            self._unconfirmed, self._unconfirmed_accounts = expected, accounts
+            wait = max(0.0, self._reconfirm_at - self.clock())
             self._dms_state("unconfirmed", "applied, but could not confirm that DMS picked the "
-                            f"change up: {exc}")
+                            f"change up: DMS is still out of reach (asked again in {wait:.0f} s)",
+                            quiet=True)
             return
+        if expected:
+            try:
+                self.dms.find()
+            except dms_mod.DmsUnavailable as exc:
+                self._could_not_ask(expected, accounts, f"applied, but could not confirm that DMS "
+                                    f"picked the change up: {exc}")
+            else:
+                self._await(expected, accounts)
+        self._schedule_reconfirm(first=True)
+
+    def _reload_amavis(self, *, retry: bool) -> None:
+        """Restart Amavis for a new amavis.cf. When DMS cannot be asked it stays owed, and is
+        done by `_reconfirm` once it can (counted and logged then, not on every try)."""
+        assert self.dms is not None
+        report = self.dms.reload_amavis()
+        if report.state == "unconfirmed" and retry:
+            self.log.debug(report.message, extra={"fields": {"service": "amavis"}})
+            return
+        self._reload_owed = report.state == "unconfirmed"
+        self.metrics.dms_reloads.labels(service="amavis", result=report.state).inc()
+        level = self.log.info if report.ok else self.log.warning
+        level(report.message, extra={"fields": {"service": "amavis", "result": report.state}})
+
+    def _await(self, expected: dict[str, str], accounts: int) -> None:
+        timeout = dms_mod.confirm_timeout(accounts)
         now = self.clock()
-        self._awaiting = _Awaiting(expected, now, now + timeout, now + self.options.dms_poll)
+        self._awaiting = _Awaiting(expected, now, now + timeout, now + self.options.dms_poll,
+                                   accounts=accounts)
         self._dms_state("waiting", f"waiting for DMS to apply {', '.join(sorted(expected))} "
                         f"(up to {timeout:.0f} s)", quiet=True)
+
+    def _could_not_ask(self, expected: dict[str, str], accounts: int, message: str) -> None:
+        self._unconfirmed = dict(expected)
+        self._unconfirmed_accounts = accounts
+        self._dms_state("unconfirmed", message)
+
+    def _schedule_reconfirm(self, *, first: bool = False) -> None:
+        if not (self._unconfirmed or self._reload_owed):
+            self._reconfirm_at, self._reconfirm_tries = None, 0
+            return
+        self._reconfirm_tries = 0 if first else self._reconfirm_tries + 1
+        delay = min(RECONFIRM_MAX_SECONDS,
+                    self.options.dms_poll * 2 ** min(self._reconfirm_tries, 20))
+        self._reconfirm_at = self.clock() + delay
+
+    def _reconfirm(self) -> None:
+        """DMS could not be asked after a write (the engine stopped, the container gone or
+        replaced): look again, quietly, until it answers. Then the owed Amavis restart is done,
+        and the confirmation is read as after any write (or waited for, if DMS is still busy)."""
+        assert self.dms is not None
+        self._reconfirm_at = None
+        if self._reload_owed:
+            self._reload_amavis(retry=True)
+        if self._unconfirmed:
+            report = self.dms.check_applied(self._unconfirmed, self._current_sha512)
+            if report.state == "confirmed":
+                self._unconfirmed = {}
+                self._dms_state("confirmed", "DMS applied the change (confirmed once DMS could "
+                                "be asked again)")
+            elif report.state == "waiting":  # DMS answers, but has not applied it (yet)
+                expected, self._unconfirmed = self._unconfirmed, {}
+                self._await(expected, self._unconfirmed_accounts)
+            else:
+                message = f"applied, but {report.message}"
+                self.status.update(dms_message=message)
+                self.log.debug(message, extra={"fields": {"dms": "unconfirmed"}})
+        self._schedule_reconfirm()
 
     def _poll_dms(self) -> None:
         awaiting = self._awaiting
@@ -554,7 +697,9 @@ class Watcher:
         awaiting.failures = awaiting.failures + 1 if report.state == "unconfirmed" else 0
         if awaiting.failures >= UNCONFIRMED_GIVE_UP:  # one failed look may be a hiccup; three not
             self._awaiting = None
-            self._dms_state("unconfirmed", f"applied, but {report.message}")
+            self._could_not_ask(awaiting.expected, awaiting.accounts,
+                                f"applied, but {report.message}")
+            self._schedule_reconfirm(first=True)
             return
         if now >= awaiting.deadline:
             self._awaiting = None
@@ -627,17 +772,28 @@ class Watcher:
         self._observer.start()
 
     def _refresh_watches(self) -> None:
-        """(Re-)watch the folders `watch_dirs` names now; follow swapped or recreated folders."""
+        """(Re-)watch the folders `watch_dirs` names now, and their parents; follow swapped or
+        recreated folders.
+
+        A watch is renewed when its folder has another inode now, when an event named the folder
+        itself (removed, renamed, made), or when its inotify watch ended (the folder was deleted).
+        The inode alone cannot tell: a folder removed and made again often gets the same number.
+        """
         if self._observer is None:
             return
+        folders = watch_dirs(self.target.desired_path)
+        self._folders = frozenset(folders)
+        with self._events.lock:
+            stale, self._events.stale = self._events.stale, set()
         wanted: dict[str, int] = {}
-        for directory in watch_dirs(self.target.desired_path):
+        for directory in folders | guard_dirs(folders):
             try:
                 wanted[directory] = os.stat(directory).st_ino
             except OSError:
                 continue
+        live = {emitter.watch for emitter in self._observer.emitters if emitter.is_alive()}
         for directory, (watch, inode) in list(self._watches.items()):
-            if wanted.get(directory) != inode:
+            if wanted.get(directory) != inode or directory in stale or watch not in live:
                 try:
                     self._observer.unschedule(watch)
                 except Exception:  # noqa: BLE001 - its folder may be gone already
@@ -649,8 +805,11 @@ class Watcher:
             try:
                 watch = self._observer.schedule(self._handler, directory, recursive=False)
             except OSError as exc:
-                self.log.error(f"cannot watch {directory}: {exc.strerror}; changes are picked up "
-                               f"every {self.options.interval:.0f} s instead")
+                if directory in folders:
+                    self.log.error(f"cannot watch {directory}: {exc.strerror}; changes are picked "
+                                   f"up every {self.options.interval:.0f} s instead")
+                else:  # only a parent: the folder's own watch still sees every edit
+                    self.log.debug(f"cannot watch {directory}: {exc.strerror}")
                 continue
             self._watches[directory] = (watch, inode)
             self.log.debug("watching folder", extra={"fields": {"folder": directory}})

@@ -48,6 +48,45 @@ def test_a_symlink_loop_does_not_hang(tmp_path: Path) -> None:
     assert str(tmp_path) in watch_dirs(str(tmp_path / "a" / "mailserver.yaml"))
 
 
+def test_the_parents_of_watched_folders_guard_them_and_only_events_naming_them_count() -> None:
+    folders = {"/desired", "/git/.worktrees/abc"}
+    assert watcher.guard_dirs(folders | {"/"}) == {"/", "/git/.worktrees"}
+    watched = frozenset(folders)
+    assert watcher.relevant(("/desired/mailserver.yaml",), watched)  # inside a folder
+    assert watcher.relevant(("/desired",), watched)  # the folder itself, seen from its parent
+    assert watcher.relevant(("/desired.new", "/desired"), watched)  # renamed into place
+    assert not watcher.relevant(("/tmp",), watched)  # a sibling in the parent
+    assert not watcher.relevant(("/desired/sub/file",), watched)  # not recursive
+    assert not watcher.relevant(("",), watched)
+
+
+def test_failed_reconciles_are_retried_sooner_than_the_interval(tmp_path: Path) -> None:
+    target = Target(str(tmp_path / "m.yaml"), str(tmp_path), str(tmp_path / "cron"))
+    sidecar = Watcher(target, WatchOptions(interval=60))
+    assert [sidecar._retry_delay(n) for n in (1, 2, 3, 6, 7, 100)] == [1, 2, 4, 32, 60, 60]
+    assert Watcher(target, WatchOptions(interval=0.5))._retry_delay(1) == 1
+
+
+def test_the_debug_traceback_keeps_frames_and_types_but_no_message() -> None:
+    from reconciler.log import safe_traceback
+
+    stored, password = sha512_hash("hunter-2"), "hunter-" + str(2)  # not in the source
+
+    def inner() -> None:
+        raise KeyError(stored)
+
+    try:
+        try:
+            inner()
+        except KeyError as exc:
+            raise ValueError(f"password {password}") from exc
+    except ValueError as exc:
+        text = safe_traceback(exc)
+    assert "in inner" in text and "KeyError" in text and "ValueError" in text
+    assert text.index("KeyError") < text.index("which led to:") < text.index("ValueError")
+    assert password not in text and stored.split("$")[-1] not in text
+
+
 def test_checksum_lines_are_parsed_like_dms_writes_them() -> None:
     a, b = "a" * 128, "b" * 128
     text = (f"{a}  /tmp/docker-mailserver/postfix-accounts.cf\n"

@@ -40,6 +40,7 @@ class WatchProcess:
         logs = cwd / "logs"  # not in the watched folder: our reads of it must not be events
         logs.mkdir(exist_ok=True)
         self.log_path = logs / f"watch-{time.monotonic_ns()}.log"
+        self.stdout_path = self.log_path.with_suffix(".out")  # empty, unless something prints
         full_env = {k: v for k, v in os.environ.items()
                     if not k.startswith("DMS_") and k != "DOCKER_HOST"}
         full_env.update({"PYTHONPATH": str(REPO), "DMS_RECONCILER_LOG_FORMAT": "json",
@@ -47,9 +48,10 @@ class WatchProcess:
         full_env.update(env or {})
         extra = ["--listen", "127.0.0.1:0"] if listen else []
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self._out = open(self.stdout_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "reconciler", "watch", *args, *extra],
-            cwd=cwd, env=full_env, stdout=subprocess.DEVNULL, stderr=self._log,
+            cwd=cwd, env=full_env, stdout=self._out, stderr=self._log,
         )
         self.base_url: str | None = None
         if listen:
@@ -66,6 +68,9 @@ class WatchProcess:
 
     def raw_log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def raw_stdout(self) -> str:
+        return self.stdout_path.read_text(errors="replace")
 
     def records(self) -> list[dict[str, Any]]:
         out = []
@@ -131,12 +136,14 @@ class WatchProcess:
             return self.proc.wait(timeout)
         finally:
             self._log.close()
+            self._out.close()
 
     def kill(self) -> None:
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
         self._log.close()
+        self._out.close()
 
     def __enter__(self) -> WatchProcess:
         return self

@@ -28,16 +28,20 @@ import pytest
 
 BUSYBOX = "/usr/bin/busybox"  # Debian's busybox-static
 APPLETS = ("sh", "cat", "cp", "mv", "rm", "sleep", "sha512sum", "cmp", "echo", "date", "mkdir",
-           "test", "[", "ls", "true")
+           "test", "[", "ls", "true", "env", "basename")
 COMPOSE_LABEL = ("com.docker.compose.service", "mailserver")
 
 CHANGE_DETECTOR = r"""#!/bin/sh
 # Stands in for DMS's check-for-changes.sh: the same checksum file, written the same way, and the
 # same lock held while it "applies" a change (FAKE_DMS_APPLY_SECONDS: DMS takes 23-41 ms an
-# account).
+# account). FAKE_DMS_START_SECONDS: DMS's start-up, before the checksum file is first written
+# (setup-stack.sh's _setup_post). On SIGTERM it removes the lock if it holds it, as DMS's
+# `trap _remove_lock EXIT` does.
 DIR=/tmp/docker-mailserver
 CHKSUM=/tmp/docker-mailserver-config-chksum
 LOG=/var/log/changedetector.log
+LOCK="$DIR/check-for-changes.sh.lock"
+ME="fake-dms-$(cat /proc/sys/kernel/random/uuid 2>/dev/null || echo $$)"
 sums() {
   set --
   for f in postfix-accounts.cf postfix-virtual.cf postfix-regexp.cf postfix-aliases.cf \
@@ -46,7 +50,9 @@ sums() {
   done
   if [ $# -gt 0 ]; then sha512sum -- "$@"; fi
 }
-trap 'exit 0' TERM INT
+release() { [ "$(cat "$LOCK" 2>/dev/null)" = "$ME" ] && rm -f "$LOCK"; }
+trap 'release; exit 0' TERM INT
+sleep "${FAKE_DMS_START_SECONDS:-0}"
 sums > "$CHKSUM"
 echo ready > /tmp/fake-dms-ready
 while true; do
@@ -54,10 +60,10 @@ while true; do
   if ! cmp -s "$CHKSUM" "$CHKSUM.new"; then
     echo "change detected" >> "$LOG"
     # DMS's _create_lock: wait while another writer (dms-reconciler) holds the lock
-    while [ -e "$DIR/check-for-changes.sh.lock" ]; do sleep 1; done
-    echo "fake-dms-$$" > "$DIR/check-for-changes.sh.lock"
+    while [ -e "$LOCK" ]; do sleep 1; done
+    echo "$ME" > "$LOCK"
     sleep "${FAKE_DMS_APPLY_SECONDS:-0}"
-    rm -f "$DIR/check-for-changes.sh.lock"
+    release
     mv "$CHKSUM.new" "$CHKSUM"
     echo "completed handling of detected change" >> "$LOG"
   fi
@@ -73,6 +79,14 @@ exit 0
 # A wrapper whose real program is missing: the shell reports "not found", exit 127.
 SUPERVISORCTL_127 = """#!/bin/sh
 exec /usr/lib/supervisor/missing-supervisorctl "$@"
+"""
+# Put before busybox's applets on PATH: logs the argument list and the environment of every
+# `docker exec` of `cat` or `cp` (what the sidecar runs), then runs the real applet.
+EXEC_LOGGER = """#!/bin/sh
+{ printf '%s' "$(basename "$0")"; for a in "$@"; do printf ' [%s]' "$a"; done; echo; } \\
+    >> /var/log/exec-argv.log
+env >> /var/log/exec-env.log
+exec /bin/busybox "$(basename "$0")" "$@"
 """
 SUPERVISORCTL_FAILS = """#!/bin/sh
 echo "$*" >> /var/log/supervisorctl.calls
@@ -90,15 +104,19 @@ class DockerEngine:
         self.socket = self.root / "docker.sock"
         self.url = f"unix://{self.socket}"
         self.proc: subprocess.Popen[bytes] | None = None
-        self._log = open(self.root / "dockerd.log", "wb")  # noqa: SIM115 - closed in stop()
+        self._log: Any = None
 
     def start(self, timeout: float = 30.0) -> DockerEngine:
+        """Start dockerd (again, after `stop`: the same data, so containers with a restart
+        policy come back, as after a host's engine restart)."""
         dockerd = shutil.which("dockerd")
         if dockerd is None:
             pytest.fail("dockerd is not installed: install docker.io (`.ci/run` does); the "
                         "Docker tests need a real engine", pytrace=False)
         if os.geteuid() != 0:
             pytest.fail("the Docker tests start a private dockerd and need root", pytrace=False)
+        if self._log is None or self._log.closed:
+            self._log = open(self.root / "dockerd.log", "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [dockerd, "--data-root", str(self.root / "data"),
              "--exec-root", str(self.root / "exec"),
@@ -144,9 +162,10 @@ class DockerEngine:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self) -> None:
-        """Remove every container, then SIGTERM dockerd and wait for it (and its containerd)."""
-        if self.running:
+    def stop(self, *, remove_containers: bool = True) -> None:
+        """Remove every container (unless told not to: a test that starts the engine again),
+        then SIGTERM dockerd and wait for it (and its containerd)."""
+        if self.running and remove_containers:
             try:
                 client = self.client()
                 for container in client.containers.list(all=True):
@@ -154,6 +173,7 @@ class DockerEngine:
                 client.close()
             except Exception:  # noqa: BLE001 - stopping must go on whatever the engine says
                 pass
+        if self.running:
             assert self.proc is not None
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -161,7 +181,8 @@ class DockerEngine:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(10)
-        self._log.close()
+        if self._log is not None:
+            self._log.close()
 
     def cleanup(self) -> None:
         self.stop()
@@ -171,8 +192,9 @@ class DockerEngine:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def fake_dms_rootfs(supervisorctl: str | None) -> bytes:
-    """A tar of the stand-in's root file system. `supervisorctl`: the script, or None for none."""
+def fake_dms_rootfs(supervisorctl: str | None, *, log_exec: bool = False) -> bytes:
+    """A tar of the stand-in's root file system. `supervisorctl`: the script, or None for none.
+    `log_exec`: `cat` and `cp` log their argument lists and environment (`EXEC_LOGGER`)."""
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:
         def add_dir(name: str) -> None:
@@ -197,15 +219,19 @@ def fake_dms_rootfs(supervisorctl: str | None) -> bytes:
         add_file("etc/amavis/conf.d/50-user", b"1;\n", 0o644)
         if supervisorctl is not None:
             add_file("usr/bin/supervisorctl", supervisorctl.encode())
+        if log_exec:
+            for applet in ("cat", "cp"):
+                add_file(f"usr/local/bin/{applet}", EXEC_LOGGER.encode())
     return out.getvalue()
 
 
-def import_fake_dms(client: Any, tag: str, supervisorctl: str | None = SUPERVISORCTL_OK) -> str:
+def import_fake_dms(client: Any, tag: str, supervisorctl: str | None = SUPERVISORCTL_OK, *,
+                    log_exec: bool = False) -> str:
     """`docker import` the stand-in as `fake-dms:<tag>`; returns the image reference."""
     if not Path(BUSYBOX).exists():
         pytest.fail(f"{BUSYBOX} is missing: install busybox-static (`.ci/run` does)", pytrace=False)
     client.api.import_image_from_data(
-        fake_dms_rootfs(supervisorctl), repository="fake-dms", tag=tag,
+        fake_dms_rootfs(supervisorctl, log_exec=log_exec), repository="fake-dms", tag=tag,
         changes=['CMD ["/bin/sh", "/usr/local/bin/check-for-changes.sh"]',
                  'ENV PATH=/usr/local/bin:/usr/bin:/bin'],
     )
@@ -214,10 +240,12 @@ def import_fake_dms(client: Any, tag: str, supervisorctl: str | None = SUPERVISO
 
 def run_fake_dms(client: Any, image: str, config_dir: Path, *, name: str | None = None,
                  labels: dict[str, str] | None = None, environment: dict[str, str] | None = None,
-                 command: list[str] | None = None, wait: bool = True) -> Any:
+                 command: list[str] | None = None, wait: bool = True,
+                 restart_policy: dict[str, Any] | None = None) -> Any:
     """Start the stand-in with the config volume mounted where DMS has it."""
     container = client.containers.run(
         image, command, detach=True, network_mode="none", name=name,
+        restart_policy=restart_policy or {},
         labels=dict([COMPOSE_LABEL]) if labels is None else labels,
         environment=environment or {},
         volumes={str(config_dir): {"bind": "/tmp/docker-mailserver", "mode": "rw"}},
