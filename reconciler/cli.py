@@ -380,8 +380,8 @@ def main(argv: list[str] | None = None) -> None:
         _err(f"internal error ({type(exc).__name__}); please report it. Set DMS_RECONCILER_DEBUG=1 "
              "for details")
         if os.environ.get("DMS_RECONCILER_DEBUG"):
-            import traceback
+            from reconciler.log import safe_traceback  # frames and types, never a message
 
-            traceback.print_exc()
+            click.echo(safe_traceback(exc), err=True)
         code = 1
     sys.exit(code if isinstance(code, int) else 0)
