@@ -75,7 +75,10 @@ def check_address(address: str) -> str | None:
         if ch in address:
             return f"address '{_show(address)}' contains {name}"
     if address != address.lower():
-        return f"address '{address}' has uppercase letters; DMS stores addresses in lowercase: write '{address.lower()}'"
+        return (
+            f"address '{address}' has uppercase letters; DMS stores addresses in lowercase: "
+            f"write '{address.lower()}'"
+        )
     if address.count("@") != 1:
         what = "no '@'" if "@" not in address else "more than one '@'"
         return f"address '{address}' has {what}; an address is local-part@domain"
@@ -86,7 +89,10 @@ def check_address(address: str) -> str | None:
         return f"address '{address}' has a local part longer than 64 characters"
     if not LOCAL_RE.match(local):
         if ".." in local or local.startswith(".") or local.endswith("."):
-            return f"address '{address}' has a dot at the start or end of its local part, or two in a row"
+            return (
+                f"address '{address}' has a dot at the start or end of its local part, "
+                "or two in a row"
+            )
         bad = sorted({c for c in local if not (c.isascii() and (c.isalnum() or c in "._-"))})
         return (
             f"address '{address}' has {_chars(bad)} before the '@'; use lowercase letters,"
@@ -121,12 +127,43 @@ def _show(value: str) -> str:
 # Dovecot password schemes (doveadm pw -l). CRYPT-family hashes get a structural check too.
 KNOWN_SCHEMES = frozenset(
     {
-        "SHA512-CRYPT", "SHA256-CRYPT", "BLF-CRYPT", "MD5-CRYPT", "CRYPT", "DES-CRYPT",
-        "ARGON2I", "ARGON2ID", "PBKDF2", "SCRAM-SHA-1", "SCRAM-SHA-256",
-        "SSHA512", "SSHA256", "SSHA", "SMD5", "SHA512", "SHA256", "SHA", "SHA1", "MD5",
-        "PLAIN-MD5", "LDAP-MD5", "CRAM-MD5", "DIGEST-MD5", "NTLM", "LANMAN", "OTP",
-        "SHA512.HEX", "SHA512.B64", "SHA256.HEX", "SHA256.B64", "SHA1.HEX", "SHA1.B64",
-        "SSHA512.B64", "SSHA256.B64", "SSHA.B64", "SSHA.HEX",
+        "SHA512-CRYPT",
+        "SHA256-CRYPT",
+        "BLF-CRYPT",
+        "MD5-CRYPT",
+        "CRYPT",
+        "DES-CRYPT",
+        "ARGON2I",
+        "ARGON2ID",
+        "PBKDF2",
+        "SCRAM-SHA-1",
+        "SCRAM-SHA-256",
+        "SSHA512",
+        "SSHA256",
+        "SSHA",
+        "SMD5",
+        "SHA512",
+        "SHA256",
+        "SHA",
+        "SHA1",
+        "MD5",
+        "PLAIN-MD5",
+        "LDAP-MD5",
+        "CRAM-MD5",
+        "DIGEST-MD5",
+        "NTLM",
+        "LANMAN",
+        "OTP",
+        "SHA512.HEX",
+        "SHA512.B64",
+        "SHA256.HEX",
+        "SHA256.B64",
+        "SHA1.HEX",
+        "SHA1.B64",
+        "SSHA512.B64",
+        "SSHA256.B64",
+        "SSHA.B64",
+        "SSHA.HEX",
     }
 )
 CLEARTEXT_SCHEMES = frozenset({"PLAIN", "CLEAR", "CLEARTEXT", "PLAIN-TRUNC"})
@@ -137,7 +174,9 @@ _CRYPT_SHAPES = {
     "BLF-CRYPT": re.compile(rf"\$2[abxy]?\$\d\d\${_B64}{{53}}\Z"),
     "MD5-CRYPT": re.compile(rf"\$1\${_B64}{{1,8}}\${_B64}{{22}}\Z"),
     "ARGON2I": re.compile(r"\$argon2i\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+\Z"),
-    "ARGON2ID": re.compile(r"\$argon2id\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+\Z"),
+    "ARGON2ID": re.compile(
+        r"\$argon2id\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+\Z"
+    ),
 }
 HASH_RE = re.compile(r"\{([A-Za-z0-9.-]+)\}(.*)\Z", re.S)
 
@@ -154,8 +193,15 @@ def check_password_hash(value: str) -> str | None:
     """Explain why `value` is not a usable `{SCHEME}hash`, without ever quoting the hash."""
     if not isinstance(value, str) or not value:
         return "password_hash must be a non-empty string like {SHA512-CRYPT}$6$..."
-    for ch, name in (("|", "'|'"), (":", "':'"), ("\n", "a line break"), ("\r", "a carriage return"),
-                     (" ", "a space"), ("\t", "a tab"), ("\0", "a NUL byte")):
+    for ch, name in (
+        ("|", "'|'"),
+        (":", "':'"),
+        ("\n", "a line break"),
+        ("\r", "a carriage return"),
+        (" ", "a space"),
+        ("\t", "a tab"),
+        ("\0", "a NUL byte"),
+    ):
         if ch in value:
             return f"password_hash contains {name}, which would break the postfix-accounts.cf line"
     scheme, body = split_hash(value)

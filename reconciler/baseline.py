@@ -47,8 +47,10 @@ class InvalidAtRef(InvalidDesiredState):
         self.where = where
 
     def __str__(self) -> str:
-        return (f"{self.where} is not valid, so there is no base to plan against "
-                f"({super().__str__()}); fix it on the base branch or plan against another ref")
+        return (
+            f"{self.where} is not valid, so there is no base to plan against "
+            f"({super().__str__()}); fix it on the base branch or plan against another ref"
+        )
 
 
 @dataclass(frozen=True)
@@ -89,18 +91,22 @@ class BasePlanned:
         if b["kind"] == "dir":
             return f"Planned against {b['config_dir']} (a copy of a config volume)."
         if not b["found"]:
-            return (f"Planned against {b['ref']} ({b['commit'][:12]}), where {b['path']} does not "
-                    "exist yet: everything is new.")
+            return (
+                f"Planned against {b['ref']} ({b['commit'][:12]}), where {b['path']} does not "
+                "exist yet: everything is new."
+            )
         return f"Planned against {b['path']} at {b['ref']} ({b['commit'][:12]})."
 
 
 # --- git ------------------------------------------------------------------------------------
 
+
 def _git(args: list[str], cwd: str) -> subprocess.CompletedProcess[bytes]:
     env = {**os.environ, "GIT_LITERAL_PATHSPECS": "1", "GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
     try:
-        return subprocess.run(["git", *args], cwd=cwd, capture_output=True, env=env,
-                              timeout=GIT_TIMEOUT, check=False)
+        return subprocess.run(
+            ["git", *args], cwd=cwd, capture_output=True, env=env, timeout=GIT_TIMEOUT, check=False
+        )
     except FileNotFoundError:
         raise ReconcilerError("--against-ref needs git, and git is not installed") from None
     except subprocess.TimeoutExpired:
@@ -126,13 +132,16 @@ def read_at_ref(desired_path: str, ref: str) -> GitBase:
         raise ReconcilerError(f"{folder} does not exist, so it is not in a git repository")
     top = _git(["rev-parse", "--show-toplevel", "--show-prefix"], folder)
     if top.returncode != 0:
-        raise ReconcilerError(f"{desired_path} is not inside a git repository, which --against-ref "
-                              f"needs ({_stderr(top)})")
+        raise ReconcilerError(
+            f"{desired_path} is not inside a git repository, which --against-ref "
+            f"needs ({_stderr(top)})"
+        )
     lines = top.stdout.decode("utf-8", "surrogateescape").split("\n")
     toplevel, prefix = lines[0], lines[1] if len(lines) > 1 else ""
     path = prefix + name
-    found = _git(["rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"],
-                 toplevel)
+    found = _git(
+        ["rev-parse", "--verify", "--quiet", "--end-of-options", f"{ref}^{{commit}}"], toplevel
+    )
     if found.returncode != 0:
         raise ReconcilerError(
             f"--against-ref {ref}: no such commit in this repository. In CI, fetch it first "
@@ -153,9 +162,18 @@ def read_at_ref(desired_path: str, ref: str) -> GitBase:
     if size.returncode != 0:
         raise ReconcilerError(f"cannot read {path} at {ref}: {_stderr(size)}")
     if int(size.stdout) > MAX_BYTES:
-        raise InvalidAtRef([Diagnostic(f"{ref}:{path}", None, None, "",
-                                       f"the file is larger than {MAX_BYTES // 1048576} MiB")],
-                           f"{ref}:{path}")
+        raise InvalidAtRef(
+            [
+                Diagnostic(
+                    f"{ref}:{path}",
+                    None,
+                    None,
+                    "",
+                    f"the file is larger than {MAX_BYTES // 1048576} MiB",
+                )
+            ],
+            f"{ref}:{path}",
+        )
     blob = _git(["cat-file", "blob", obj], toplevel)
     if blob.returncode != 0:
         raise ReconcilerError(f"cannot read {path} at {ref}: {_stderr(blob)}")
@@ -163,6 +181,7 @@ def read_at_ref(desired_path: str, ref: str) -> GitBase:
 
 
 # --- rendering the base into a throw-away volume -------------------------------------------------
+
 
 class _NoSecrets(passwords.SecretReader):
     """Reads nothing: the base is rendered from password *sources*, never from secrets."""
@@ -194,13 +213,17 @@ def render_base(state: DesiredState | None, config_dir: str, cron_path: str) -> 
 
 
 def _resolve_against_base(
-    loaded: Loaded, target: Target, stored: Mapping[str, str],
+    loaded: Loaded,
+    target: Target,
+    stored: Mapping[str, str],
     base_sources: Mapping[str, PasswordSource],
 ) -> dict[str, passwords.DesiredPassword]:
     """Passwords of the working file; a source that differs from the base's is marked changed."""
     decided = passwords.resolve(
-        loaded.state, stored,
-        reader=passwords.SecretReader(target.base_dir, target.environ), offline=True,
+        loaded.state,
+        stored,
+        reader=passwords.SecretReader(target.base_dir, target.environ),
+        offline=True,
     )
     for address, choice in decided.items():
         before = base_sources.get(address)
@@ -212,8 +235,9 @@ def _resolve_against_base(
     return decided
 
 
-def _plan_working(loaded: Loaded, target: Target,
-                  base_sources: Mapping[str, PasswordSource]) -> Planned:
+def _plan_working(
+    loaded: Loaded, target: Target, base_sources: Mapping[str, PasswordSource]
+) -> Planned:
     observed = observe(target.config_dir, target.cron_path)
     stored = {a: e.password_hash for a, e in observed.accounts.entries.items()}
     decided = _resolve_against_base(loaded, target, stored, base_sources)
@@ -245,24 +269,39 @@ def plan_against_ref(
             raise InvalidAtRef(exc.diagnostics, base.where) from None
     base_sources: dict[str, PasswordSource] = {}
     if base_state is not None:
-        base_sources = {a.address: a.password for a in base_state.accounts
-                        if a.password is not None}
+        base_sources = {
+            a.address: a.password for a in base_state.accounts if a.password is not None
+        }
     with tempfile.TemporaryDirectory(prefix="dms-reconciler-base-") as root:
         config_dir = os.path.join(root, "config")
         cron_path = os.path.join(root, CRON_NAME)
         os.makedirs(config_dir)
         os.makedirs(os.path.dirname(cron_path))
         render_base(base_state, config_dir, cron_path)
-        target = Target(desired_path, config_dir, cron_path, prune=prune, offline=True,
-                        environ=dict(os.environ if environ is None else environ))
+        target = Target(
+            desired_path,
+            config_dir,
+            cron_path,
+            prune=prune,
+            offline=True,
+            environ=dict(os.environ if environ is None else environ),
+        )
         planned = _plan_working(loaded, target, base_sources)
-    paths = {name: os.path.join(shown_config_dir, name)
-             for name in (f.name for f in planned.plan.files) if name != CRON}
+    paths = {
+        name: os.path.join(shown_config_dir, name)
+        for name in (f.name for f in planned.plan.files)
+        if name != CRON
+    }
     paths[CRON] = shown_cron_file
     return BasePlanned(
         planned=planned,
-        baseline={"kind": "git", "ref": ref, "commit": base.commit, "path": base.path,
-                  "found": base.data is not None},
+        baseline={
+            "kind": "git",
+            "ref": ref,
+            "commit": base.commit,
+            "path": base.path,
+            "found": base.data is not None,
+        },
         volume={"config_dir": shown_config_dir, "cron_file": shown_cron_file},
         paths=paths,
     )
@@ -296,9 +335,12 @@ def plan_against_dir(
     planned = plan_once(target)
     return BasePlanned(
         planned=planned,
-        baseline={"kind": "dir", "config_dir": config_dir, "cron_file": cron_path,
-                  "cron_found": os.path.isfile(cron_path)},
+        baseline={
+            "kind": "dir",
+            "config_dir": config_dir,
+            "cron_file": cron_path,
+            "cron_found": os.path.isfile(cron_path),
+        },
         volume={"config_dir": config_dir, "cron_file": cron_path},
         paths={f.name: f.path for f in planned.plan.files},
     )
-

@@ -31,17 +31,33 @@ DEFAULT_CRON_FILE = "docker-data/dms/cron/sa-learn"
 
 def _common(func: Any) -> Any:
     """-f, --config-dir and --cron-file, each with an environment variable for the container."""
-    func = click.option("--cron-file", envvar="DMS_CRON_FILE", default=DEFAULT_CRON_FILE,
-                        show_default=True, help="The sa-learn cron file (bind-mounted to "
-                        "/etc/cron.d/sa-learn). Env: DMS_CRON_FILE.")(func)
-    func = click.option("--config-dir", envvar="DMS_CONFIG_DIR", default=DEFAULT_CONFIG_DIR,
-                        show_default=True, help="The DMS config volume. Env: DMS_CONFIG_DIR.")(func)
+    func = click.option(
+        "--cron-file",
+        envvar="DMS_CRON_FILE",
+        default=DEFAULT_CRON_FILE,
+        show_default=True,
+        help="The sa-learn cron file (bind-mounted to /etc/cron.d/sa-learn). Env: DMS_CRON_FILE.",
+    )(func)
+    func = click.option(
+        "--config-dir",
+        envvar="DMS_CONFIG_DIR",
+        default=DEFAULT_CONFIG_DIR,
+        show_default=True,
+        help="The DMS config volume. Env: DMS_CONFIG_DIR.",
+    )(func)
     return func
 
 
 def _file_option(func: Any) -> Any:
-    return click.option("-f", "--file", "file", envvar="DMS_RECONCILER_FILE", default=DEFAULT_FILE,
-                        show_default=True, help="The desired-state file. Env: DMS_RECONCILER_FILE.")(func)
+    return click.option(
+        "-f",
+        "--file",
+        "file",
+        envvar="DMS_RECONCILER_FILE",
+        default=DEFAULT_FILE,
+        show_default=True,
+        help="The desired-state file. Env: DMS_RECONCILER_FILE.",
+    )(func)
 
 
 def _err(message: str) -> None:
@@ -55,12 +71,14 @@ def _colour() -> bool:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="dms-reconciler")
 def cli() -> None:
-    """GitOps for docker-mailserver: validate, plan and apply mailserver.yaml to the DMS config volume."""
+    """GitOps for docker-mailserver: validate, plan and apply mailserver.yaml to a DMS volume."""
 
 
 @cli.command()
 @_file_option
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
 @click.argument("files", nargs=-1, type=click.Path(dir_okay=False))
 def validate(file: str, fmt: str, files: tuple[str, ...]) -> int:
     """Check mailserver.yaml (schema and mail rules). Offline; needs no secrets.
@@ -84,9 +102,12 @@ def _validate_one(file: str, fmt: str) -> tuple[int, dict[str, Any]]:
         if fmt != "json":
             for d in exc.diagnostics:
                 click.echo(d.format())
-            click.echo(f"{file}: {len(errors)} error{'s' if len(errors) != 1 else ''}; nothing was changed")
+            click.echo(
+                f"{file}: {len(errors)} error{'s' if len(errors) != 1 else ''}; nothing was changed"
+            )
         return 1, {
-            "valid": False, "file": file,
+            "valid": False,
+            "file": file,
             "errors": [d.to_dict() for d in errors],
             "warnings": [d.to_dict() for d in exc.diagnostics if d.severity is Severity.WARNING],
         }
@@ -96,12 +117,17 @@ def _validate_one(file: str, fmt: str) -> tuple[int, dict[str, Any]]:
             click.echo(d.format(), err=True)
         click.echo(f"{file} is valid: {state.summary()}.")
     return 0, {
-        "valid": True, "file": file, "errors": [],
+        "valid": True,
+        "file": file,
+        "errors": [],
         "warnings": [d.to_dict() for d in loaded.warnings],
         "summary": {
-            "domains": len(state.domains), "accounts": len(state.accounts),
-            "aliases": len(state.aliases), "catch_all": len(state.catch_all),
-            "devnull": len(state.devnull), "sa_learn": len(state.sa_learn),
+            "domains": len(state.domains),
+            "accounts": len(state.accounts),
+            "aliases": len(state.aliases),
+            "catch_all": len(state.catch_all),
+            "devnull": len(state.devnull),
+            "sa_learn": len(state.sa_learn),
             "quarantine": state.quarantine is not None,
         },
     }
@@ -110,27 +136,62 @@ def _validate_one(file: str, fmt: str) -> tuple[int, dict[str, Any]]:
 @cli.command()
 @_file_option
 @_common
-@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text",
-              show_default=True)
-@click.option("--out", "out", type=click.Path(dir_okay=False), help="Save the plan for `apply PLAN`.")
-@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error.")
-@click.option("--prune", is_flag=True, envvar="DMS_RECONCILER_PRUNE",
-              help="Also delete entries this tool did not write.")
-@click.option("--offline/--no-offline", default=None, help="Show unreadable password_file/"
-              "password_env secrets as '(sensitive, resolved at apply)' instead of failing (CI). "
-              "On by default with --against-ref and --against-dir.")
-@click.option("--against-ref", metavar="REF", default=None,
-              help="Plan against mailserver.yaml as it is at git REF (e.g. origin/main), rendered "
-              "into a throw-away volume: shows what this change does, with no live volume and no "
-              "secrets (CI).")
-@click.option("--against-dir", metavar="DIR", default=None,
-              type=click.Path(exists=True, file_okay=False),
-              help="Plan against DIR, a copy of a config volume. Its cron file is --cron-file if "
-              "given, else DIR/../cron/sa-learn.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "markdown"]),
+    default="text",
+    show_default=True,
+)
+@click.option(
+    "--out", "out", type=click.Path(dir_okay=False), help="Save the plan for `apply PLAN`."
+)
+@click.option(
+    "--detailed-exitcode", is_flag=True, help="Exit 0 with no changes, 2 with changes, 1 on error."
+)
+@click.option(
+    "--prune",
+    is_flag=True,
+    envvar="DMS_RECONCILER_PRUNE",
+    help="Also delete entries this tool did not write.",
+)
+@click.option(
+    "--offline/--no-offline",
+    default=None,
+    help="Show unreadable password_file/"
+    "password_env secrets as '(sensitive, resolved at apply)' instead of failing (CI). "
+    "On by default with --against-ref and --against-dir.",
+)
+@click.option(
+    "--against-ref",
+    metavar="REF",
+    default=None,
+    help="Plan against mailserver.yaml as it is at git REF (e.g. origin/main), rendered "
+    "into a throw-away volume: shows what this change does, with no live volume and no "
+    "secrets (CI).",
+)
+@click.option(
+    "--against-dir",
+    metavar="DIR",
+    default=None,
+    type=click.Path(exists=True, file_okay=False),
+    help="Plan against DIR, a copy of a config volume. Its cron file is --cron-file if "
+    "given, else DIR/../cron/sa-learn.",
+)
 @click.pass_context
-def plan(ctx: click.Context, file: str, config_dir: str, cron_file: str, fmt: str, out: str | None,
-         detailed_exitcode: bool, prune: bool, offline: bool | None, against_ref: str | None,
-         against_dir: str | None) -> int:
+def plan(
+    ctx: click.Context,
+    file: str,
+    config_dir: str,
+    cron_file: str,
+    fmt: str,
+    out: str | None,
+    detailed_exitcode: bool,
+    prune: bool,
+    offline: bool | None,
+    against_ref: str | None,
+    against_dir: str | None,
+) -> int:
     """Show what apply would change in the config volume. Writes nothing."""
     from reconciler import render, saved_plan
     from reconciler.reconcile import plan_once
@@ -138,8 +199,9 @@ def plan(ctx: click.Context, file: str, config_dir: str, cron_file: str, fmt: st
     headline: str | None = None
     target: Target | None = None
     if against_ref is not None or against_dir is not None:
-        based = _plan_against(ctx, file, config_dir, cron_file, out, prune, offline, against_ref,
-                              against_dir)
+        based = _plan_against(
+            ctx, file, config_dir, cron_file, out, prune, offline, against_ref, against_dir
+        )
         planned, headline = based.planned, based.headline()
         data = based.to_dict(_desired_info(planned))
     else:
@@ -159,58 +221,103 @@ def plan(ctx: click.Context, file: str, config_dir: str, cron_file: str, fmt: st
     if out and target is not None:
         saved_plan.save(out, planned, target, data)
         if fmt == "text":
-            click.echo(f"\nSaved the plan to {out}. Apply exactly it with: dms-reconciler apply {out}")
+            click.echo(
+                f"\nSaved the plan to {out}. Apply exactly it with: dms-reconciler apply {out}"
+            )
     if detailed_exitcode and planned.plan.has_changes:
         return 2
     return 0
 
 
-def _plan_against(ctx: click.Context, file: str, config_dir: str, cron_file: str, out: str | None,
-                  prune: bool, offline: bool | None, against_ref: str | None,
-                  against_dir: str | None) -> BasePlanned:
+def _plan_against(
+    ctx: click.Context,
+    file: str,
+    config_dir: str,
+    cron_file: str,
+    out: str | None,
+    prune: bool,
+    offline: bool | None,
+    against_ref: str | None,
+    against_dir: str | None,
+) -> BasePlanned:
     """`plan --against-ref` / `--against-dir`: check the options, then plan against the base."""
     from click.core import ParameterSource
 
     from reconciler import baseline
 
     def given(name: str) -> bool:
-        return ctx.get_parameter_source(name) in (ParameterSource.COMMANDLINE,
-                                                  ParameterSource.ENVIRONMENT)
+        return ctx.get_parameter_source(name) in (
+            ParameterSource.COMMANDLINE,
+            ParameterSource.ENVIRONMENT,
+        )
 
     option = "--against-ref" if against_ref is not None else "--against-dir"
     if against_ref is not None and against_dir is not None:
         raise click.UsageError("give --against-ref or --against-dir, not both")
     if out:
-        raise click.UsageError(f"--out cannot be used with {option}: a saved plan is applied to "
-                               "the volume it was made against, and this one is not the live one")
+        raise click.UsageError(
+            f"--out cannot be used with {option}: a saved plan is applied to "
+            "the volume it was made against, and this one is not the live one"
+        )
     if ctx.get_parameter_source("config_dir") is ParameterSource.COMMANDLINE:
-        raise click.UsageError(f"--config-dir cannot be used with {option}, which plans against "
-                               "another volume")
+        raise click.UsageError(
+            f"--config-dir cannot be used with {option}, which plans against another volume"
+        )
     if against_ref is not None:
         if offline is False:
-            raise click.UsageError("--no-offline cannot be used with --against-ref: the base "
-                                   "version is rendered without secrets")
-        return baseline.plan_against_ref(file, against_ref, shown_config_dir=config_dir,
-                                         shown_cron_file=cron_file, prune=prune)
+            raise click.UsageError(
+                "--no-offline cannot be used with --against-ref: the base "
+                "version is rendered without secrets"
+            )
+        return baseline.plan_against_ref(
+            file, against_ref, shown_config_dir=config_dir, shown_cron_file=cron_file, prune=prune
+        )
     assert against_dir is not None
-    return baseline.plan_against_dir(file, against_dir,
-                                     cron_file=cron_file if given("cron_file") else None,
-                                     offline=offline is not False, prune=prune)
+    return baseline.plan_against_dir(
+        file,
+        against_dir,
+        cron_file=cron_file if given("cron_file") else None,
+        offline=offline is not False,
+        prune=prune,
+    )
 
 
 @cli.command()
 @_file_option
 @_common
 @click.argument("plan_file", metavar="[PLAN]", required=False, type=click.Path(dir_okay=False))
-@click.option("--allow-deletions", type=click.IntRange(min=0), default=None,
-              help="Allow a plan that deletes up to N accounts (overrides policy.max_deletions).")
-@click.option("--prune", is_flag=True, envvar="DMS_RECONCILER_PRUNE",
-              help="Also delete entries this tool did not write.")
-@click.option("--lock-timeout", type=float, default=120.0, show_default=True,
-              help="Seconds to wait for DMS's change-detector lock.")
-@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
-def apply(file: str, config_dir: str, cron_file: str, plan_file: str | None,
-          allow_deletions: int | None, prune: bool, lock_timeout: float, fmt: str) -> int:
+@click.option(
+    "--allow-deletions",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Allow a plan that deletes up to N accounts (overrides policy.max_deletions).",
+)
+@click.option(
+    "--prune",
+    is_flag=True,
+    envvar="DMS_RECONCILER_PRUNE",
+    help="Also delete entries this tool did not write.",
+)
+@click.option(
+    "--lock-timeout",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for DMS's change-detector lock.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+def apply(
+    file: str,
+    config_dir: str,
+    cron_file: str,
+    plan_file: str | None,
+    allow_deletions: int | None,
+    prune: bool,
+    lock_timeout: float,
+    fmt: str,
+) -> int:
     """Make the config volume match mailserver.yaml (or apply exactly a saved PLAN)."""
     from reconciler import render, saved_plan
     from reconciler.reconcile import apply_once
@@ -219,14 +326,17 @@ def apply(file: str, config_dir: str, cron_file: str, plan_file: str | None,
         click.echo(message, err=True)
 
     if plan_file:
-        applied, target = saved_plan.apply_saved(plan_file, allow_deletions=allow_deletions,
-                                                 lock_timeout=lock_timeout, on_wait=waiting)
+        applied, target = saved_plan.apply_saved(
+            plan_file, allow_deletions=allow_deletions, lock_timeout=lock_timeout, on_wait=waiting
+        )
     else:
         target = Target(file, config_dir, cron_file, prune=prune)
-        applied = apply_once(target, allow_deletions=allow_deletions, lock_timeout=lock_timeout,
-                             on_wait=waiting)
-    data = applied.planned.plan.to_dict(desired=_desired_info(applied.planned),
-                                        volume=_volume_info(target))
+        applied = apply_once(
+            target, allow_deletions=allow_deletions, lock_timeout=lock_timeout, on_wait=waiting
+        )
+    data = applied.planned.plan.to_dict(
+        desired=_desired_info(applied.planned), volume=_volume_info(target)
+    )
     data["applied"] = {
         "files_written": list(applied.result.written),
         "attempts": applied.attempts,
@@ -245,13 +355,21 @@ def apply(file: str, config_dir: str, cron_file: str, plan_file: str | None,
             click.echo(f"Warning: {warning}", err=True)
     s = data["summary"]
     if applied.result.written or data["changes"]:
-        files = ", ".join(applied.result.paths.get(n, n) if n == "cron" else n
-                          for n in applied.result.written) or "none"
-        click.echo(f"Apply complete! Entries: {s['add']} added, {s['change']} changed, "
-                   f"{s['destroy']} destroyed. Files written: {files}.")
+        files = (
+            ", ".join(
+                applied.result.paths.get(n, n) if n == "cron" else n for n in applied.result.written
+            )
+            or "none"
+        )
+        click.echo(
+            f"Apply complete! Entries: {s['add']} added, {s['change']} changed, "
+            f"{s['destroy']} destroyed. Files written: {files}."
+        )
     elif applied.result.state_written:  # taking ownership of matching entries is not a change
-        click.echo("No changes. The config volume matches mailserver.yaml; only the record of the "
-                   "entries dms-reconciler manages was written (dms-reconciler.state.json).")
+        click.echo(
+            "No changes. The config volume matches mailserver.yaml; only the record of the "
+            "entries dms-reconciler manages was written (dms-reconciler.state.json)."
+        )
     else:
         click.echo("No changes. The config volume matches mailserver.yaml.")
     return 0
@@ -260,20 +378,47 @@ def apply(file: str, config_dir: str, cron_file: str, plan_file: str | None,
 @cli.command()
 @_file_option
 @_common
-@click.option("--interval", type=click.FloatRange(min=1.0), default=60.0, show_default=True,
-              envvar="DMS_RECONCILER_INTERVAL", help="Seconds between re-checks that repair drift "
-              "(hand edits). Env: DMS_RECONCILER_INTERVAL.")
-@click.option("--listen", default=None, envvar="DMS_RECONCILER_LISTEN", metavar="ADDR",
-              help="Serve /healthz, /readyz and /metrics on HOST:PORT, e.g. 0.0.0.0:9000. "
-              "Env: DMS_RECONCILER_LISTEN.")
-@click.option("--container", default=None, envvar="DMS_CONTAINER", metavar="NAME",
-              help="The DMS container's name (default: found by --container-label through the "
-              "Docker socket). Env: DMS_CONTAINER.")
-@click.option("--container-label", default="com.docker.compose.service=mailserver",
-              envvar="DMS_CONTAINER_LABEL", show_default=True, metavar="KEY=VALUE",
-              help="Label that finds the DMS container. Env: DMS_CONTAINER_LABEL.")
-def watch(file: str, config_dir: str, cron_file: str, interval: float, listen: str | None,
-          container: str | None, container_label: str) -> int:
+@click.option(
+    "--interval",
+    type=click.FloatRange(min=1.0),
+    default=60.0,
+    show_default=True,
+    envvar="DMS_RECONCILER_INTERVAL",
+    help="Seconds between re-checks that repair drift (hand edits). Env: DMS_RECONCILER_INTERVAL.",
+)
+@click.option(
+    "--listen",
+    default=None,
+    envvar="DMS_RECONCILER_LISTEN",
+    metavar="ADDR",
+    help="Serve /healthz, /readyz and /metrics on HOST:PORT, e.g. 0.0.0.0:9000. "
+    "Env: DMS_RECONCILER_LISTEN.",
+)
+@click.option(
+    "--container",
+    default=None,
+    envvar="DMS_CONTAINER",
+    metavar="NAME",
+    help="The DMS container's name (default: found by --container-label through the "
+    "Docker socket). Env: DMS_CONTAINER.",
+)
+@click.option(
+    "--container-label",
+    default="com.docker.compose.service=mailserver",
+    envvar="DMS_CONTAINER_LABEL",
+    show_default=True,
+    metavar="KEY=VALUE",
+    help="Label that finds the DMS container. Env: DMS_CONTAINER_LABEL.",
+)
+def watch(
+    file: str,
+    config_dir: str,
+    cron_file: str,
+    interval: float,
+    listen: str | None,
+    container: str | None,
+    container_label: str,
+) -> int:
     """The sidecar: apply every change of mailserver.yaml, repair drift, confirm DMS applied it."""
     import prometheus_client
 
@@ -290,11 +435,19 @@ def watch(file: str, config_dir: str, cron_file: str, interval: float, listen: s
 
 @cli.command(name="export")
 @_common
-@click.option("-o", "--output", default=DEFAULT_FILE, show_default=True, type=click.Path(dir_okay=False),
-              help="Where to write the exported mailserver.yaml (created mode 0600: it holds hashes).")
+@click.option(
+    "-o",
+    "--output",
+    default=DEFAULT_FILE,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Where to write the exported mailserver.yaml (created mode 0600: it holds hashes).",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--hostname", default=None, help="The DMS container's FQDN, recorded as `hostname`.")
-def export_cmd(config_dir: str, cron_file: str, output: str, force: bool, hostname: str | None) -> int:
+def export_cmd(
+    config_dir: str, cron_file: str, output: str, force: bool, hostname: str | None
+) -> int:
     """Write a mailserver.yaml that adopts an existing config volume (hashes kept)."""
     from reconciler.desired import load_desired_bytes
     from reconciler.export import dump_yaml, export_state
@@ -305,7 +458,9 @@ def export_cmd(config_dir: str, cron_file: str, output: str, force: bool, hostna
     for warning in exported.warnings:
         click.echo(f"warning: {printable(warning)}", err=True)
     if not exported.state.accounts:
-        raise ReconcilerError(f"{config_dir} has no account that can be adopted; DMS needs at least one")
+        raise ReconcilerError(
+            f"{config_dir} has no account that can be adopted; DMS needs at least one"
+        )
     text = dump_yaml(exported.state)
     load_desired_bytes(text.encode(), output)  # what we write must validate
     _write_private(output, text, force=force)
@@ -314,11 +469,19 @@ def export_cmd(config_dir: str, cron_file: str, output: str, force: bool, hostna
 
 
 def _write_private(path: str, text: str, *, force: bool) -> None:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_TRUNC if force else os.O_EXCL)
+    flags = (
+        os.O_WRONLY
+        | os.O_CREAT
+        | os.O_NOFOLLOW
+        | os.O_CLOEXEC
+        | (os.O_TRUNC if force else os.O_EXCL)
+    )
     try:
         fd = os.open(path, flags, 0o600)
     except FileExistsError:
-        raise ReconcilerError(f"{path} exists; give another -o or --force to overwrite it") from None
+        raise ReconcilerError(
+            f"{path} exists; give another -o or --force to overwrite it"
+        ) from None
     except OSError as exc:
         raise ReconcilerError(f"cannot write {path}: {exc.strerror}") from None
     try:
@@ -377,8 +540,10 @@ def main(argv: list[str] | None = None) -> None:
         _err("terminated (SIGTERM); the lock was released and no file was left half-written")
         code = 143
     except Exception as exc:  # a bug: say so in one line, never a traceback with local data
-        _err(f"internal error ({type(exc).__name__}); please report it. Set DMS_RECONCILER_DEBUG=1 "
-             "for details")
+        _err(
+            f"internal error ({type(exc).__name__}); please report it. Set DMS_RECONCILER_DEBUG=1 "
+            "for details"
+        )
         if os.environ.get("DMS_RECONCILER_DEBUG"):
             from reconciler.log import safe_traceback  # frames and types, never a message
 

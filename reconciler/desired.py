@@ -35,7 +35,14 @@ from reconciler.model import (
     SaLearnJob,
     normalise_targets,
 )
-from reconciler.yamlload import MAX_BYTES, Document, Path, YamlLoadError, format_path, load_yaml_bytes
+from reconciler.yamlload import (
+    MAX_BYTES,
+    Document,
+    Path,
+    YamlLoadError,
+    format_path,
+    load_yaml_bytes,
+)
 
 if TYPE_CHECKING:
     import jsonschema
@@ -246,7 +253,9 @@ def _translate(doc: Document, error: jsonschema.ValidationError) -> list[Diagnos
     if kind == "required":
         missing = [k for k in expected if k not in (instance or {})]
         return [_diag(doc, path, _missing_key(k, path)) for k in missing]
-    if kind in ("propertyNames", "maxLength") or (kind == "pattern" and title in ("address", "domain")):
+    if kind in ("propertyNames", "maxLength") or (
+        kind == "pattern" and title in ("address", "domain")
+    ):
         return []  # addresses and domains: `rules` explains exactly what is wrong
     if kind == "pattern" and field in ("password_hash", "folder"):
         return []  # `rules` checks these with friendlier messages
@@ -259,38 +268,73 @@ def _translate(doc: Document, error: jsonschema.ValidationError) -> list[Diagnos
             return []
         if isinstance(instance, list) and not instance:
             return [_diag(doc, path, "the target list is empty; give at least one address")]
-        return [_diag(doc, path, f"expected an address or a list of addresses, not {_what(instance)}")]
+        return [
+            _diag(doc, path, f"expected an address or a list of addresses, not {_what(instance)}")
+        ]
     if field == "quota" or (kind in ("anyOf", "pattern", "const") and "quota" in path):
-        return [_diag(doc, path, "quota must be 0 (no limit) or a number with a unit B, k, M, G "
-                                 "or T, like 5G or 500M (k is lowercase)")]
+        return [
+            _diag(
+                doc,
+                path,
+                "quota must be 0 (no limit) or a number with a unit B, k, M, G "
+                "or T, like 5G or 500M (k is lowercase)",
+            )
+        ]
     if kind == "const" and path == ("version",):
         return [_diag(doc, path, "version must be 1, the only format version this tool knows")]
     if kind == "type":
         wanted = expected
-        words = " or ".join(_TYPE_WORDS.get(w, w) for w in ([wanted] if isinstance(wanted, str) else wanted))
+        words = " or ".join(
+            _TYPE_WORDS.get(w, w) for w in ([wanted] if isinstance(wanted, str) else wanted)
+        )
         return [_diag(doc, path, f"expected {words}, not {_what(instance, field)}")]
     if kind == "enum":
         choices = ", ".join(str(c) for c in expected)
         shown = f"'{instance}'" if isinstance(instance, str) else _what(instance)
         return [_diag(doc, path, f"{shown} is not allowed here; use one of: {choices}")]
     if kind == "minProperties" and path == ("accounts",):
-        return [_diag(doc, path, "at least one account is needed: DMS shuts the container down "
-                                 "when postfix-accounts.cf has none")]
+        return [
+            _diag(
+                doc,
+                path,
+                "at least one account is needed: DMS shuts the container down "
+                "when postfix-accounts.cf has none",
+            )
+        ]
     if kind in ("minItems", "minProperties"):
         return [_diag(doc, path, f"'{format_path(path)}' must not be empty")]
     if kind == "uniqueItems":
         return [_diag(doc, path, "lists the same value twice")]
     if kind == "not" and path and path[0] == "sa_learn":
-        return [_diag(doc, path, "give either accounts or domains for an sa_learn job, not both "
-                                 "(neither means every account)")]
+        return [
+            _diag(
+                doc,
+                path,
+                "give either accounts or domains for an sa_learn job, not both "
+                "(neither means every account)",
+            )
+        ]
     if kind == "minimum":
         return [_diag(doc, path, f"must be {expected} or more")]
     if kind == "pattern" and field == "password_env":
-        return [_diag(doc, path, "password_env must be an environment variable name "
-                                 "(letters, digits and _, not starting with a digit)")]
+        return [
+            _diag(
+                doc,
+                path,
+                "password_env must be an environment variable name "
+                "(letters, digits and _, not starting with a digit)",
+            )
+        ]
     if kind == "pattern":
-        return [_diag(doc, path, f"'{instance}' has an invalid form" if field not in _SENSITIVE
-                      else "has an invalid form")]
+        return [
+            _diag(
+                doc,
+                path,
+                f"'{instance}' has an invalid form"
+                if field not in _SENSITIVE
+                else "has an invalid form",
+            )
+        ]
     return [_diag(doc, path, f"failed the schema's '{kind}' check")]
 
 
@@ -321,8 +365,10 @@ def _unknown_key(key: str, allowed: list[str], path: Path) -> str:
 
 def _missing_key(key: str, path: Path) -> str:
     if not path and key == "accounts":
-        return ("missing `accounts`: at least one account is needed, DMS shuts the container "
-                "down without one")
+        return (
+            "missing `accounts`: at least one account is needed, DMS shuts the container "
+            "down without one"
+        )
     if not path and key == "version":
         return "missing `version: 1` (the format version) at the top of the file"
     if not path and key == "domains":
@@ -331,6 +377,7 @@ def _missing_key(key: str, path: Path) -> str:
 
 
 # --- building the model ---------------------------------------------------------------------------
+
 
 def build_state(doc: dict[str, Any]) -> DesiredState:
     """A validated document -> the normalised, immutable model the planner consumes."""

@@ -96,8 +96,9 @@ def parse_chksum(text: str) -> dict[str, str]:
     return out
 
 
-def is_applied(expected: Mapping[str, str], recorded: Mapping[str, str],
-               current: Callable[[str], str | None]) -> bool:
+def is_applied(
+    expected: Mapping[str, str], recorded: Mapping[str, str], current: Callable[[str], str | None]
+) -> bool:
     """Has DMS applied every file we wrote? Yes when it recorded our sha512 for each, or the sha512
     the file has now (someone wrote it again after us, and DMS applied that newer version)."""
     for name, digest in expected.items():
@@ -154,11 +155,13 @@ class Dms:
         if self._docker is not None:
             return self._docker
         address = self.engine_address()
-        if address.startswith("unix://") and not os.path.exists(address[len("unix://"):]):
-            socket_path = address[len("unix://"):]
+        if address.startswith("unix://") and not os.path.exists(address[len("unix://") :]):
+            socket_path = address[len("unix://") :]
             if self.environ.get("DOCKER_HOST"):  # chosen on purpose: the engine is not there now
-                raise DmsUnavailable(f"no Docker socket at {socket_path} (DOCKER_HOST): the "
-                                     "Docker engine is not running there")
+                raise DmsUnavailable(
+                    f"no Docker socket at {socket_path} (DOCKER_HOST): the "
+                    "Docker engine is not running there"
+                )
             raise DmsUnavailable(
                 f"no Docker socket at {socket_path} (mount /var/run/docker.sock into "
                 "the sidecar, or set DOCKER_HOST, to let it confirm changes and reload Amavis)"
@@ -166,11 +169,13 @@ class Dms:
         import docker  # imported late: the CLI's other commands never need it
 
         try:
-            self._docker = docker.DockerClient.from_env(environment=dict(self.environ),
-                                                        timeout=int(self.api_timeout))
+            self._docker = docker.DockerClient.from_env(
+                environment=dict(self.environ), timeout=int(self.api_timeout)
+            )
         except Exception as exc:  # DockerException, requests' errors, TLS errors ...
-            raise DmsUnavailable(f"cannot reach the Docker engine at {address}: "
-                                 f"{_why(exc, self.api_timeout)}") from None
+            raise DmsUnavailable(
+                f"cannot reach the Docker engine at {address}: {_why(exc, self.api_timeout)}"
+            ) from None
         return self._docker
 
     def _forget_client(self) -> None:
@@ -191,7 +196,8 @@ class Dms:
                 found = client.containers.get(self.container_name)
                 if found.status != "running":
                     raise DmsUnavailable(
-                        f"the DMS {self.describe()} is {found.status}, not running")
+                        f"the DMS {self.describe()} is {found.status}, not running"
+                    )
                 return found
             matches = client.containers.list(filters={"label": self.label, "status": "running"})
         except docker.errors.NotFound:
@@ -200,24 +206,32 @@ class Dms:
             raise
         except docker.errors.APIError as exc:
             raise DmsUnavailable(
-                f"the Docker engine refused to list containers: {_api_why(exc)}") from None
+                f"the Docker engine refused to list containers: {_api_why(exc)}"
+            ) from None
         except Exception as exc:
             self._forget_client()
-            raise DmsUnavailable(f"cannot reach the Docker engine at {self.engine_address()}: "
-                                 f"{_why(exc, self.api_timeout)}") from None
+            raise DmsUnavailable(
+                f"cannot reach the Docker engine at {self.engine_address()}: "
+                f"{_why(exc, self.api_timeout)}"
+            ) from None
         if not matches:
-            raise DmsUnavailable(f"no running container has the label {self.label} (give the DMS "
-                                 "container's name with --container, or set --container-label)")
+            raise DmsUnavailable(
+                f"no running container has the label {self.label} (give the DMS "
+                "container's name with --container, or set --container-label)"
+            )
         if len(matches) > 1:
             names = ", ".join(sorted(c.name for c in matches))
-            raise DmsUnavailable(f"{len(matches)} running containers have the label {self.label} "
-                                 f"({names}); give the right one with --container")
+            raise DmsUnavailable(
+                f"{len(matches)} running containers have the label {self.label} "
+                f"({names}); give the right one with --container"
+            )
         return matches[0]
 
     # --- running commands ---------------------------------------------------------------------
 
-    def run(self, container: Any, argv: list[str], *,
-            timeout: float | None = None) -> tuple[int, str]:
+    def run(
+        self, container: Any, argv: list[str], *, timeout: float | None = None
+    ) -> tuple[int, str]:
         """Run `argv` in the container; (exit code, output). Raises `DmsUnavailable` when the
         container or the engine cannot be reached, `DmsCommandFailed` for exit codes 126/127.
         `timeout`: seconds for a slow command, instead of the queries' short one."""
@@ -231,27 +245,35 @@ class Dms:
             result = container.exec_run(argv, stdout=True, stderr=True)
         except docker.errors.NotFound:
             raise DmsUnavailable(
-                f"the DMS {self.describe()} is gone (removed or recreated)") from None
+                f"the DMS {self.describe()} is gone (removed or recreated)"
+            ) from None
         except docker.errors.APIError as exc:
             if exc.status_code == 409:
                 raise DmsUnavailable(f"the DMS {self.describe()} is not running") from None
             raise DmsUnavailable(
-                f"the Docker engine refused to run {argv[0]}: {_api_why(exc)}") from None
+                f"the Docker engine refused to run {argv[0]}: {_api_why(exc)}"
+            ) from None
         except Exception as exc:
             self._forget_client()
-            raise DmsUnavailable(f"lost the Docker engine at {self.engine_address()}: "
-                                 f"{_why(exc, timeout or self.api_timeout)}") from None
+            raise DmsUnavailable(
+                f"lost the Docker engine at {self.engine_address()}: "
+                f"{_why(exc, timeout or self.api_timeout)}"
+            ) from None
         finally:
             if timeout is not None and api is not None:
                 api.timeout = previous
         code = result.exit_code
         output = (result.output or b"").decode("utf-8", "replace")
         if code == 126:
-            raise DmsCommandFailed(f"`{argv[0]}` cannot be run in the DMS container (exit 126: "
-                                   f"{_first_line(output) or 'not executable or not found'})")
+            raise DmsCommandFailed(
+                f"`{argv[0]}` cannot be run in the DMS container (exit 126: "
+                f"{_first_line(output) or 'not executable or not found'})"
+            )
         if code == 127:
-            raise DmsCommandFailed(f"`{argv[0]}` was not found in the DMS container (exit 127"
-                                   + (f": {_first_line(output)})" if output.strip() else ")"))
+            raise DmsCommandFailed(
+                f"`{argv[0]}` was not found in the DMS container (exit 127"
+                + (f": {_first_line(output)})" if output.strip() else ")")
+            )
         if code is None:  # the exec did not finish: the SDK could not tell
             raise DmsCommandFailed(f"`{argv[0]}` gave no exit status in the DMS container")
         return code, output
@@ -269,8 +291,9 @@ class Dms:
             return None, f"{CHKSUM_FILE} came back empty"
         return parse_chksum(output), ""
 
-    def check_applied(self, expected: Mapping[str, str],
-                      current: Callable[[str], str | None]) -> Report:
+    def check_applied(
+        self, expected: Mapping[str, str], current: Callable[[str], str | None]
+    ) -> Report:
         """One look: has DMS applied `expected`? confirmed, waiting, or unconfirmed (cannot ask)."""
         try:
             recorded, note = self.applied_checksums()
@@ -287,21 +310,32 @@ class Dms:
         try:
             container = self.find()
             if _env(container, "ENABLE_AMAVIS") == "0":
-                return Report("skipped", "Amavis is disabled in the DMS container "
-                              "(ENABLE_AMAVIS=0); amavis.cf is not used")
+                return Report(
+                    "skipped",
+                    "Amavis is disabled in the DMS container "
+                    "(ENABLE_AMAVIS=0); amavis.cf is not used",
+                )
             source = f"{DMS_DIR}/{amavis.FILENAME}"
             code, output = self.run(container, ["cp", source, AMAVIS_USER_CONF])
             if code != 0:
-                return Report("failed", f"copying amavis.cf to {AMAVIS_USER_CONF} in the DMS "
-                              f"container failed (exit {code}: {_first_line(output)})")
-            code, output = self.run(container, ["supervisorctl", "restart", "amavis"],
-                                    timeout=self.command_timeout)
+                return Report(
+                    "failed",
+                    f"copying amavis.cf to {AMAVIS_USER_CONF} in the DMS "
+                    f"container failed (exit {code}: {_first_line(output)})",
+                )
+            code, output = self.run(
+                container, ["supervisorctl", "restart", "amavis"], timeout=self.command_timeout
+            )
             if code != 0:
-                return Report("failed", "`supervisorctl restart amavis` failed in the DMS "
-                              f"container (exit {code}: {_first_line(output) or 'no output'})")
+                return Report(
+                    "failed",
+                    "`supervisorctl restart amavis` failed in the DMS "
+                    f"container (exit {code}: {_first_line(output) or 'no output'})",
+                )
         except DmsUnavailable as exc:
-            return Report("unconfirmed",
-                          f"amavis.cf changed but Amavis could not be restarted: {exc}")
+            return Report(
+                "unconfirmed", f"amavis.cf changed but Amavis could not be restarted: {exc}"
+            )
         except DmsCommandFailed as exc:
             return Report("failed", f"amavis.cf changed but Amavis could not be restarted: {exc}")
         return Report("ok", f"installed amavis.cf as {AMAVIS_USER_CONF} and restarted Amavis")

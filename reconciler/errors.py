@@ -15,8 +15,9 @@ from typing import Any
 # Characters a terminal or a pull-request page would act on or hide: C0/C1 controls (ANSI escape
 # sequences), zero-width and bidirectional controls ("Trojan Source"), line separators, and the
 # surrogates that stand for bytes that are not UTF-8 (`surrogateescape`).
-_INVISIBLE = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069"
-                        "\ufeff\udc80-\udcff]")
+_INVISIBLE = re.compile(
+    "[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2069\ufeff\udc80-\udcff]"
+)
 _LONG_RUN = re.compile(r"\S{301,}")
 
 
@@ -27,8 +28,9 @@ def printable(text: str) -> str:
     if _INVISIBLE.search(text):
         text = _INVISIBLE.sub(_escape, text)
     if len(text) > 300 and _LONG_RUN.search(text):
-        text = _LONG_RUN.sub(lambda m: f"{m.group()[:80]}...({len(m.group())} characters)..."
-                                       f"{m.group()[-20:]}", text)
+        text = _LONG_RUN.sub(
+            lambda m: f"{m.group()[:80]}...({len(m.group())} characters)...{m.group()[-20:]}", text
+        )
     return text
 
 

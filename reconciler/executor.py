@@ -42,8 +42,14 @@ from reconciler.plan import FilePlan, PendingHash, Plan
 
 TEMP_MARK = ".dms-reconciler-"
 NEW_FILE_MODES = {accounts.FILENAME: 0o640, state_file.FILENAME: 0o600}
-WRITE_ORDER = (accounts.FILENAME, quotas.FILENAME, virtual.FILENAME, aliases.FILENAME,
-               amavis.FILENAME, CRON)
+WRITE_ORDER = (
+    accounts.FILENAME,
+    quotas.FILENAME,
+    virtual.FILENAME,
+    aliases.FILENAME,
+    amavis.FILENAME,
+    CRON,
+)
 
 
 class VolumeChanged(ReconcilerError):
@@ -79,8 +85,10 @@ def check_safety(plan: Plan, *, allow_deletions: int | None) -> None:
         )
     final_accounts = next(f for f in plan.files if f.name == accounts.FILENAME)
     if final_accounts.write and not final_accounts.content[0]:
-        raise Refused("the plan would leave postfix-accounts.cf without accounts, and DMS shuts "
-                      "down without one; nothing was written")
+        raise Refused(
+            "the plan would leave postfix-accounts.cf without accounts, and DMS shuts "
+            "down without one; nothing was written"
+        )
 
 
 def render_files(
@@ -100,8 +108,10 @@ def render_files(
             return made[value.address]
         if unresolved_hash is not None:
             return unresolved_hash(value.address)
-        raise SecretError(f"{value.address}: the password could not be read, so apply cannot "
-                          "hash it (planned with --offline?)")
+        raise SecretError(
+            f"{value.address}: the password could not be read, so apply cannot "
+            "hash it (planned with --offline?)"
+        )
 
     out: dict[str, bytes] = {}
     for fp in plan.files_to_write():
@@ -117,8 +127,9 @@ def render_file(fp: FilePlan, hash_for: Callable[[Any], str]) -> str:
         return cron.render(lines, comments=comments)
     entries, comments, invalid = fp.content
     if fp.name == accounts.FILENAME:
-        entries = [accounts.AccountLine(e.address, hash_for(e.password_hash), e.extra)
-                   for e in entries]
+        entries = [
+            accounts.AccountLine(e.address, hash_for(e.password_hash), e.extra) for e in entries
+        ]
         return accounts.render(entries, comments=comments, invalid=invalid)
     codec = {quotas.FILENAME: quotas, virtual.FILENAME: virtual, aliases.FILENAME: aliases}[fp.name]
     rendered: str = codec.render(entries, comments=comments, invalid=invalid)
@@ -136,12 +147,16 @@ def apply_plan(
     """Write `contents` (from `render_files`) under DMS's lock; see the module docstring."""
     config_dir = observed.config_dir
     by_name = {fp.name: fp for fp in plan.files}
-    todo = [name for name in WRITE_ORDER if name in contents
-            and contents[name] != observed.snapshots[name].data]
+    todo = [
+        name
+        for name in WRITE_ORDER
+        if name in contents and contents[name] != observed.snapshots[name].data
+    ]
     new_state = plan.ownership
     if not new_state.plan_key:
-        new_state = state_file.Ownership(new_state.entries, new_state.owns_cron,
-                                         state_file.new_plan_key())
+        new_state = state_file.Ownership(
+            new_state.entries, new_state.owns_cron, state_file.new_plan_key()
+        )
     state_text = state_file.render(new_state).encode()
     state_snap = observed.snapshots[state_file.FILENAME]
     if not todo and state_snap.data == state_text:
@@ -151,8 +166,10 @@ def apply_plan(
         return ApplyResult((), {}, {})
 
     if CRON in todo and not os.path.isdir(os.path.dirname(observed.cron_path) or "."):
-        raise VolumeError(f"the folder of the cron file {observed.cron_path} does not exist "
-                          "(give --cron-file); nothing was written")
+        raise VolumeError(
+            f"the folder of the cron file {observed.cron_path} does not exist "
+            "(give --cron-file); nothing was written"
+        )
     written: list[str] = []
     state_written = False
     sha512: dict[str, str] = {}
@@ -170,8 +187,7 @@ def apply_plan(
             if todo:
                 intent = state_file.render(observed.ownership.union(new_state)).encode()
                 if intent != state_snap.data:  # an unchanged state file is not touched either
-                    _atomic_write(os.path.join(config_dir, state_file.FILENAME), intent,
-                                  state_snap)
+                    _atomic_write(os.path.join(config_dir, state_file.FILENAME), intent, state_snap)
             for name in todo:
                 if not by_name[name].in_place:
                     staged[name] = _stage(observed.snapshots[name], contents[name])
@@ -202,8 +218,10 @@ def apply_plan(
         except VolumeError as exc:
             if not written:
                 raise
-            raise VolumeError(f"{exc}. Already written, each file whole: {', '.join(written)}; "
-                              "run apply again to finish") from None
+            raise VolumeError(
+                f"{exc}. Already written, each file whole: {', '.join(written)}; "
+                "run apply again to finish"
+            ) from None
         finally:
             for fd in held.values():
                 if fd >= 0:
@@ -292,7 +310,7 @@ def _prefill(tmp: str, held: int, old: bytes, new: bytes) -> tuple[int, int, byt
     now = _read_all(held)
     if len(now) == len(old) or not now.startswith(old):
         return 0, len(old), new  # unchanged, or changed in place: the exchange check decides
-    lines = _append_tail(tmp, new, now[len(old):])
+    lines = _append_tail(tmp, new, now[len(old) :])
     return lines, len(now), read_snapshot(tmp).data or b""
 
 
@@ -311,7 +329,7 @@ def _swap_back(tmp: str, path: str, ours: bytes, staged: os.stat_result) -> None
     except VolumeError:
         return
     if len(now) > len(ours) and now.startswith(ours):
-        _append_tail(path, b"", now[len(ours):])
+        _append_tail(path, b"", now[len(ours) :])
 
 
 def _is_inode(path: str, info: os.stat_result) -> bool:
@@ -322,8 +340,9 @@ def _is_inode(path: str, info: os.stat_result) -> bool:
     return (current.st_ino, current.st_dev) == (info.st_ino, info.st_dev)
 
 
-def _replace_checked(tmp: str, snap: FileSnapshot, held: int, upto: int,
-                     carried: int) -> tuple[int, int]:
+def _replace_checked(
+    tmp: str, snap: FileSnapshot, held: int, upto: int, carried: int
+) -> tuple[int, int]:
     """Without an atomic exchange: check the inode and content as late as possible, rename."""
     try:
         current = os.lstat(snap.path)
@@ -331,8 +350,11 @@ def _replace_checked(tmp: str, snap: FileSnapshot, held: int, upto: int,
         current = None
     mine = os.fstat(held)
     now = _read_all(held)
-    if current is None or (current.st_ino, current.st_dev) != (mine.st_ino, mine.st_dev) \
-            or not now.startswith(snap.data or b""):
+    if (
+        current is None
+        or (current.st_ino, current.st_dev) != (mine.st_ino, mine.st_dev)
+        or not now.startswith(snap.data or b"")
+    ):
         _unlink_quietly(tmp)
         raise VolumeChanged(f"{snap.path} was changed by another writer while applying")
     _commit(tmp, snap.path)
@@ -379,7 +401,7 @@ def _append_tail(path: str, before: bytes, tail: bytes) -> int:
     try:
         view = memoryview(tail)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     except OSError as exc:
         raise VolumeError(_why(exc, path)) from None
@@ -435,7 +457,7 @@ def _stage(snap: FileSnapshot, data: bytes) -> str:
                 pass  # not root: the file keeps our owner; its mode is still the old one
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     except OSError as exc:
         os.close(fd)
@@ -488,12 +510,14 @@ def _write_in_place(path: str, data: bytes) -> None:
         if not stat.S_ISREG(info.st_mode):
             raise VolumeError(f"{path} is not a regular file; refusing to write it")
         if info.st_nlink > 1:
-            raise VolumeError(f"{path} has other hard links; refusing to write it in place "
-                              "(it would change the linked file too)")
+            raise VolumeError(
+                f"{path} has other hard links; refusing to write it in place "
+                "(it would change the linked file too)"
+            )
         padded = data + b"\n" * max(0, info.st_size - len(data))
         view = memoryview(padded)
         while view:
-            view = view[os.pwrite(fd, view, len(padded) - len(view)):]
+            view = view[os.pwrite(fd, view, len(padded) - len(view)) :]
         os.ftruncate(fd, len(data))
         os.fsync(fd)
     except OSError as exc:
@@ -526,7 +550,8 @@ def _clear_crash_debris(config_dir: str, on_wait: Callable[[str], None] | None) 
         token = lock_token(os.path.join(config_dir, LOCK_NAME)) if LOCK_NAME in names else ""
         if not token or owner_is_dead(token) is None:
             return
-    try:  # best effort, without waiting: leftovers are harmless, a busy lock is not ours to wait for
+    # Best effort, without waiting: leftovers are harmless, a busy lock is not ours to wait for.
+    try:
         with DmsLock(config_dir, timeout=0, on_wait=on_wait):
             _remove_stale_temp_files(config_dir)
     except (LockBusy, VolumeError):

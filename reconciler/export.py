@@ -15,7 +15,13 @@ from typing import Any
 
 import yaml
 
-from reconciler.addresses import check_address, check_domain, check_password_hash, domain_of, split_hash
+from reconciler.addresses import (
+    check_address,
+    check_domain,
+    check_password_hash,
+    domain_of,
+    split_hash,
+)
 from reconciler.desired import plain_ascii
 from reconciler.formats import cron
 from reconciler.gcpause import paused
@@ -49,8 +55,10 @@ def export_state(observed: Observed, *, hostname: str | None = None) -> Exported
     warnings: list[str] = []
     accounts = _accounts(observed, warnings)
     account_set = {a.address for a in accounts}
-    devnull_on = (observed.local_aliases.entries.get("devnull") is not None
-                  and observed.local_aliases.entries["devnull"].normalised()[1] == "/dev/null")
+    devnull_on = (
+        observed.local_aliases.entries.get("devnull") is not None
+        and observed.local_aliases.entries["devnull"].normalised()[1] == "/dev/null"
+    )
 
     aliases: dict[str, tuple[str, ...]] = {}
     catch_all: dict[str, tuple[str, ...]] = {}
@@ -59,31 +67,41 @@ def export_state(observed: Observed, *, hostname: str | None = None) -> Exported
     for key, entry in observed.virtual.entries.items():
         targets = tuple(sorted({t.lower() for t in entry.targets}))
         if entry.key != key:
-            warnings.append(f"postfix-virtual.cf: '{entry.key}' has uppercase letters; left unmanaged")
+            warnings.append(
+                f"postfix-virtual.cf: '{entry.key}' has uppercase letters; left unmanaged"
+            )
             continue
         if key.startswith("@"):
             if check_domain(key[1:]) is None and all(check_address(t) is None for t in targets):
                 catch_all[key[1:]] = targets
             else:
-                warnings.append(f"postfix-virtual.cf: catch-all '{key}' cannot be expressed; left unmanaged")
+                warnings.append(
+                    f"postfix-virtual.cf: catch-all '{key}' cannot be expressed; left unmanaged"
+                )
             continue
         if targets == (DEVNULL_TARGET,):
             if devnull_on and check_address(key) is None:
                 devnull.append(key)
             else:
-                warnings.append(f"postfix-virtual.cf: '{key} devnull' without `devnull: /dev/null` in "
-                                "postfix-aliases.cf; left unmanaged")
+                warnings.append(
+                    f"postfix-virtual.cf: '{key} devnull' without `devnull: /dev/null` in "
+                    "postfix-aliases.cf; left unmanaged"
+                )
             continue
         if targets == (key,) and key in account_set:
             self_aliases.add(key)
             continue
-        problem = check_address(key) or next((check_address(t) for t in targets if check_address(t)), None)
+        problem = check_address(key) or next(
+            (check_address(t) for t in targets if check_address(t)), None
+        )
         if problem:
             warnings.append(f"postfix-virtual.cf: alias '{key}' left unmanaged: {problem}")
             continue
         if key in account_set:
-            warnings.append(f"postfix-virtual.cf: '{key}' is both an account and an alias; the "
-                            "alias is left unmanaged (Postfix delivers by it)")
+            warnings.append(
+                f"postfix-virtual.cf: '{key}' is both an account and an alias; the "
+                "alias is left unmanaged (Postfix delivers by it)"
+            )
             continue
         aliases[key] = targets
 
@@ -99,12 +117,18 @@ def export_state(observed: Observed, *, hostname: str | None = None) -> Exported
             del catch_all[domain]
 
     aliases = _resolvable(aliases, account_set, set(devnull), set(catch_all), warnings)
-    domains = sorted({domain_of(a) for a in account_set} | {domain_of(a) for a in aliases}
-                     | set(catch_all) | {domain_of(a) for a in devnull})
+    domains = sorted(
+        {domain_of(a) for a in account_set}
+        | {domain_of(a) for a in aliases}
+        | set(catch_all)
+        | {domain_of(a) for a in devnull}
+    )
     if hostname:
         clash = [d for d in domains if d == hostname]
         if clash:
-            warnings.append(f"domain {hostname} equals the hostname; hostname left out of the export")
+            warnings.append(
+                f"domain {hostname} equals the hostname; hostname left out of the export"
+            )
             hostname = None
     state = DesiredState(
         version=1,
@@ -124,26 +148,36 @@ def _accounts(observed: Observed, warnings: list[str]) -> list[Account]:
     out = []
     for key, entry in observed.accounts.entries.items():
         if entry.address != key:
-            warnings.append(f"postfix-accounts.cf: '{entry.address}' has uppercase letters; left unmanaged")
+            warnings.append(
+                f"postfix-accounts.cf: '{entry.address}' has uppercase letters; left unmanaged"
+            )
             continue
         if problem := check_address(key):
             warnings.append(f"postfix-accounts.cf: account left unmanaged: {problem}")
             continue
         if not entry.password_hash:
-            warnings.append(f"postfix-accounts.cf: '{key}' has an empty password hash; left unmanaged "
-                            "(set a password with password_file)")
+            warnings.append(
+                f"postfix-accounts.cf: '{key}' has an empty password hash; left unmanaged "
+                "(set a password with password_file)"
+            )
             continue
         value = _hash_for_yaml(entry.password_hash)
         if check_password_hash(value):
-            warnings.append(f"postfix-accounts.cf: the password hash of '{key}' is in a form "
-                            "mailserver.yaml does not accept; left unmanaged")
+            warnings.append(
+                f"postfix-accounts.cf: the password hash of '{key}' is in a form "
+                "mailserver.yaml does not accept; left unmanaged"
+            )
             continue
         quota_line = observed.quotas.entries.get(key)
-        quota = quota_line.size if quota_line is not None and _valid_quota(quota_line.size) else None
+        quota = (
+            quota_line.size if quota_line is not None and _valid_quota(quota_line.size) else None
+        )
         if quota_line is not None and quota_line.shadowed:
             # adopting it would change the quota DMS applies today: leave it unmanaged
-            warnings.append(f"dovecot-quotas.cf: the quota of '{key}' is not what DMS applies "
-                            f"(it reads {quota_line.shadowed}); left unmanaged")
+            warnings.append(
+                f"dovecot-quotas.cf: the quota of '{key}' is not what DMS applies "
+                f"(it reads {quota_line.shadowed}); left unmanaged"
+            )
             quota = None
         out.append(Account(key, PasswordHash(value), quota))
     return sorted(out, key=lambda a: a.address)
@@ -164,10 +198,14 @@ def _valid_quota(size: str) -> bool:
 
 
 def _resolvable(
-    aliases: dict[str, tuple[str, ...]], accounts: set[str], devnull: set[str],
-    catch_domains: set[str], warnings: list[str],
+    aliases: dict[str, tuple[str, ...]],
+    accounts: set[str],
+    devnull: set[str],
+    catch_domains: set[str],
+    warnings: list[str],
 ) -> dict[str, tuple[str, ...]]:
-    """Drop aliases whose in-domain targets do not resolve (repeat: dropping one can break another)."""
+    """Drop aliases whose in-domain targets do not resolve (again and again: dropping one can
+    break another)."""
     hosted = {domain_of(a) for a in accounts} | {domain_of(a) for a in aliases} | catch_domains
     hosted |= {domain_of(a) for a in devnull}
     kept = dict(aliases)
@@ -176,11 +214,16 @@ def _resolvable(
         changed = False
         known = accounts | devnull | set(kept)
         for key, targets in list(kept.items()):
-            bad = [t for t in targets if domain_of(t) in hosted and t not in known
-                   and domain_of(t) not in catch_domains]
+            bad = [
+                t
+                for t in targets
+                if domain_of(t) in hosted and t not in known and domain_of(t) not in catch_domains
+            ]
             if bad or key in targets:
-                warnings.append(f"postfix-virtual.cf: alias '{key}' left unmanaged: target "
-                                f"{(bad or [key])[0]} is no account or alias here")
+                warnings.append(
+                    f"postfix-virtual.cf: alias '{key}' left unmanaged: target "
+                    f"{(bad or [key])[0]} is no account or alias here"
+                )
                 del kept[key]
                 changed = True
     return kept
@@ -196,8 +239,9 @@ def _quarantine(observed: Observed, hosted: set[str]) -> Quarantine | None:
     return Quarantine(mailbox, tuple(k for k in QUARANTINE_KINDS if k in block))
 
 
-def _sa_learn(observed: Observed, accounts: set[str], domains: set[str],
-              warnings: list[str]) -> tuple[SaLearnJob, ...]:
+def _sa_learn(
+    observed: Observed, accounts: set[str], domains: set[str], warnings: list[str]
+) -> tuple[SaLearnJob, ...]:
     """Read our own cron lines back into jobs; any other line leaves the file unmanaged."""
     if observed.cron is None or not observed.cron.entries:
         return ()
@@ -205,8 +249,10 @@ def _sa_learn(observed: Observed, accounts: set[str], domains: set[str],
     for text in observed.cron.entries:
         line = cron.read_job_line(text)
         if line is None:
-            warnings.append("the sa-learn cron file has lines dms-reconciler did not write; "
-                            "sa_learn is left out and the file stays unmanaged")
+            warnings.append(
+                "the sa-learn cron file has lines dms-reconciler did not write; "
+                "sa_learn is left out and the file stays unmanaged"
+            )
             return ()
         if line.domain == "*" and line.user == "*":
             scope, item = "all", ""
@@ -217,11 +263,15 @@ def _sa_learn(observed: Observed, accounts: set[str], domains: set[str],
         groups[(line.schedule, line.learn, line.folder, scope)].append(item)
     jobs = []
     for (schedule, learn, folder, scope), items in groups.items():
-        jobs.append(SaLearnJob(
-            schedule=schedule, learn=Learn(learn), folder=folder,
-            accounts=tuple(sorted(items)) if scope == "accounts" else None,
-            domains=tuple(sorted(items)) if scope == "domains" else None,
-        ))
+        jobs.append(
+            SaLearnJob(
+                schedule=schedule,
+                learn=Learn(learn),
+                folder=folder,
+                accounts=tuple(sorted(items)) if scope == "accounts" else None,
+                domains=tuple(sorted(items)) if scope == "domains" else None,
+            )
+        )
     candidate = DesiredState(1, tuple(sorted(domains)), (), sa_learn=tuple(jobs))
     if {line.key for line in cron_lines(candidate)} != set(observed.cron.entries):
         warnings.append("the sa-learn cron file cannot be expressed exactly; left unmanaged")
@@ -229,7 +279,9 @@ def _sa_learn(observed: Observed, accounts: set[str], domains: set[str],
     if any(a not in accounts for job in jobs for a in job.accounts or ()) or any(
         d not in domains for job in jobs for d in job.domains or ()
     ):
-        warnings.append("the sa-learn cron file names mailboxes that are not accounts here; left unmanaged")
+        warnings.append(
+            "the sa-learn cron file names mailboxes that are not accounts here; left unmanaged"
+        )
         return ()
     return tuple(jobs)
 
@@ -243,8 +295,14 @@ def dump_yaml(state: DesiredState) -> str:
     # escapes differ (it writes "\U0001F600" where PyYAML writes the emoji), so those files keep
     # the pure-Python emitter.
     dumper = _C_DUMPER if _C_DUMPER is not None and plain_ascii(doc) else yaml.SafeDumper
-    body = yaml.dump(doc, Dumper=dumper, sort_keys=False, default_flow_style=False,
-                     allow_unicode=True, width=1000)
+    body = yaml.dump(
+        doc,
+        Dumper=dumper,
+        sort_keys=False,
+        default_flow_style=False,
+        allow_unicode=True,
+        width=1000,
+    )
     return (
         f"{SCHEMA_COMMENT}\n"
         "# Exported by dms-reconciler from an existing config volume. It holds password hashes:\n"

@@ -39,40 +39,73 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         p = "dms_reconciler_"
-        self.reconciles = Counter(p + "reconciles", "Reconciles by result: changed (files "
-                                  "written), unchanged, invalid (mailserver.yaml), refused (safety "
-                                  "rule), error", ["result", "trigger"], registry=r)
-        self.duration = Histogram(p + "reconcile_duration_seconds", "Time to load, plan and apply",
-                                  buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
-                                  registry=r)
-        self.last_success = Gauge(p + "last_success_timestamp_seconds",
-                                  "When the volume last matched mailserver.yaml (Unix time)",
-                                  registry=r)
-        self.last_reconcile = Gauge(p + "last_reconcile_timestamp_seconds",
-                                    "When the last reconcile ended, whatever its result",
-                                    registry=r)
-        self.desired_valid = Gauge(p + "desired_valid",
-                                   "1 when the current mailserver.yaml is valid", registry=r)
-        self.pending = Gauge(p + "pending_changes", "Entry changes known but not written yet "
-                             "(waiting for DMS, refused or failed)", registry=r)
-        self.drift = Gauge(p + "drift_entries", "Entries the last reconcile found changed on the "
-                           "volume by hand while mailserver.yaml stayed the same", registry=r)
-        self.drift_repaired = Counter(p + "drift_repaired_entries", "Hand-edited managed entries "
-                                      "put back", registry=r)
-        self.unmanaged = Gauge(p + "unmanaged_entries", "Entries on the volume this tool did not "
-                               "write, by file", ["file"], registry=r)
-        self.managed_accounts = Gauge(p + "managed_accounts", "Accounts mailserver.yaml declares",
-                                      registry=r)
-        self.dms_state = Enum(p + "dms_confirmation", "Did DMS's change detector apply our last "
-                              "write (none: nothing to confirm yet)", states=list(DMS_STATES),
-                              registry=r)
-        self.dms_confirmed = Gauge(p + "dms_confirmed", "1 when DMS confirmed our last write",
-                                   registry=r)
-        self.dms_confirm_seconds = Gauge(p + "dms_confirm_duration_seconds",
-                                         "How long DMS took to apply our last confirmed write",
-                                         registry=r)
-        self.dms_reloads = Counter(p + "dms_reloads", "Reloads run in the DMS container",
-                                   ["service", "result"], registry=r)
+        self.reconciles = Counter(
+            p + "reconciles",
+            "Reconciles by result: changed (files "
+            "written), unchanged, invalid (mailserver.yaml), refused (safety "
+            "rule), error",
+            ["result", "trigger"],
+            registry=r,
+        )
+        self.duration = Histogram(
+            p + "reconcile_duration_seconds",
+            "Time to load, plan and apply",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+            registry=r,
+        )
+        self.last_success = Gauge(
+            p + "last_success_timestamp_seconds",
+            "When the volume last matched mailserver.yaml (Unix time)",
+            registry=r,
+        )
+        self.last_reconcile = Gauge(
+            p + "last_reconcile_timestamp_seconds",
+            "When the last reconcile ended, whatever its result",
+            registry=r,
+        )
+        self.desired_valid = Gauge(
+            p + "desired_valid", "1 when the current mailserver.yaml is valid", registry=r
+        )
+        self.pending = Gauge(
+            p + "pending_changes",
+            "Entry changes known but not written yet (waiting for DMS, refused or failed)",
+            registry=r,
+        )
+        self.drift = Gauge(
+            p + "drift_entries",
+            "Entries the last reconcile found changed on the "
+            "volume by hand while mailserver.yaml stayed the same",
+            registry=r,
+        )
+        self.drift_repaired = Counter(
+            p + "drift_repaired_entries", "Hand-edited managed entries put back", registry=r
+        )
+        self.unmanaged = Gauge(
+            p + "unmanaged_entries",
+            "Entries on the volume this tool did not write, by file",
+            ["file"],
+            registry=r,
+        )
+        self.managed_accounts = Gauge(
+            p + "managed_accounts", "Accounts mailserver.yaml declares", registry=r
+        )
+        self.dms_state = Enum(
+            p + "dms_confirmation",
+            "Did DMS's change detector apply our last write (none: nothing to confirm yet)",
+            states=list(DMS_STATES),
+            registry=r,
+        )
+        self.dms_confirmed = Gauge(
+            p + "dms_confirmed", "1 when DMS confirmed our last write", registry=r
+        )
+        self.dms_confirm_seconds = Gauge(
+            p + "dms_confirm_duration_seconds",
+            "How long DMS took to apply our last confirmed write",
+            registry=r,
+        )
+        self.dms_reloads = Counter(
+            p + "dms_reloads", "Reloads run in the DMS container", ["service", "result"], registry=r
+        )
         self.info = Info(p + "build", "Version of dms-reconciler", registry=r)
         self.info.info({"version": __version__})
         self.dms_state.state("none")
@@ -134,12 +167,16 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, self.server.metrics.render(), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
             ok = self.server.status.live()
-            self._json(200 if ok else 503, {"status": "ok" if ok else "failing",
-                                            **self.server.status.snapshot()})
+            self._json(
+                200 if ok else 503,
+                {"status": "ok" if ok else "failing", **self.server.status.snapshot()},
+            )
         elif path == "/readyz":
             ok = self.server.status.ready()
-            self._json(200 if ok else 503, {"status": "ready" if ok else "not ready",
-                                            **self.server.status.snapshot()})
+            self._json(
+                200 if ok else 503,
+                {"status": "ready" if ok else "not ready", **self.server.status.snapshot()},
+            )
         else:
             self._json(404, {"error": "not found", "paths": ["/healthz", "/readyz", "/metrics"]})
 
@@ -185,8 +222,12 @@ class HealthServer:
         self._server = server_class((host, port), metrics, status)
         bound = self._server.server_address
         self.address: tuple[str, int] = (str(bound[0]), int(bound[1]))
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health-http",
-                                        kwargs={"poll_interval": 0.5}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            name="health-http",
+            kwargs={"poll_interval": 0.5},
+            daemon=True,
+        )
 
     def start(self) -> HealthServer:
         self._thread.start()

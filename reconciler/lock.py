@@ -37,7 +37,9 @@ LOCK_NAME = "check-for-changes.sh.lock"
 STALE_SECONDS = 60.0  # DMS: `find "${LOCK_FILE}" -mmin +1` -> removed
 HEARTBEAT_SECONDS = 20.0
 TOKEN_PREFIX = "dms-reconciler"
-TEMP_MARK = ".dms-reconciler-"  # same mark as the executor's temp files: its sweep removes leftovers
+TEMP_MARK = (
+    ".dms-reconciler-"  # same mark as the executor's temp files: its sweep removes leftovers
+)
 _NO_HARD_LINKS = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK)
 
 
@@ -58,8 +60,10 @@ def _process_identity(pid: int) -> tuple[str, str]:
 
 def make_token() -> str:
     namespace, started = _process_identity(os.getpid())
-    return (f"{TOKEN_PREFIX} {socket.gethostname()} {namespace or '-'} {os.getpid()} "
-            f"{started or '-'} {uuid.uuid4()}")
+    return (
+        f"{TOKEN_PREFIX} {socket.gethostname()} {namespace or '-'} {os.getpid()} "
+        f"{started or '-'} {uuid.uuid4()}"
+    )
 
 
 def owner_is_dead(token: str) -> int | None:
@@ -115,8 +119,9 @@ class DmsLock:
             self._take_peer_lock(deadline)
             self._wait_and_create(deadline)
             self._stop.clear()
-            self._heartbeat = threading.Thread(target=self._beat, name="dms-lock-heartbeat",
-                                               daemon=True)
+            self._heartbeat = threading.Thread(
+                target=self._beat, name="dms-lock-heartbeat", daemon=True
+            )
             self._heartbeat.start()
         except BaseException:  # e.g. SIGINT right after taking it: never leave the lock behind
             self.release()
@@ -141,8 +146,10 @@ class DmsLock:
                 return
             if self.clock() >= deadline:
                 os.close(fd)
-                raise LockBusy(f"another dms-reconciler has been applying to {path}"
-                               f" for more than {self.timeout:g} s; nothing was written, try again")
+                raise LockBusy(
+                    f"another dms-reconciler has been applying to {path}"
+                    f" for more than {self.timeout:g} s; nothing was written, try again"
+                )
             if self.on_wait and not announced:
                 self.on_wait(f"waiting for another dms-reconciler applying to {path}")
                 announced = True
@@ -169,8 +176,9 @@ class DmsLock:
         directory = os.path.dirname(self.path)
         tmp = os.path.join(directory, f".{LOCK_NAME}{TEMP_MARK}{uuid.uuid4().hex[:12]}.tmp")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                         0o644)
+            fd = os.open(
+                tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+            )
         except OSError as exc:
             raise VolumeError(_why(exc, self.path)) from None
         try:
@@ -197,8 +205,11 @@ class DmsLock:
     def _create_without_link(self) -> bool:
         """For file systems without hard links: O_EXCL, then write (briefly empty)."""
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o644)
+            fd = os.open(
+                self.path,
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                0o644,
+            )
         except FileExistsError:
             return False
         except OSError as exc:
@@ -227,16 +238,20 @@ class DmsLock:
             now = os.lstat(self.path)
         except FileNotFoundError:
             return True
-        if (now.st_ino, now.st_mtime_ns) != (info.st_ino, info.st_mtime_ns) \
-                or lock_token(self.path) != content:
+        if (now.st_ino, now.st_mtime_ns) != (info.st_ino, info.st_mtime_ns) or lock_token(
+            self.path
+        ) != content:
             return True
         try:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
         if self.on_wait:
-            why = (f"its owner, dms-reconciler pid {dead}, is gone" if dead is not None
-                   else f"it is older than {STALE_SECONDS:.0f} s")
+            why = (
+                f"its owner, dms-reconciler pid {dead}, is gone"
+                if dead is not None
+                else f"it is older than {STALE_SECONDS:.0f} s"
+            )
             self.on_wait(f"removed the stale lock {self.path}: {why}")
         return True
 
@@ -309,8 +324,10 @@ def wait_for_peers(
             except OSError:
                 return waited
             if time.monotonic() >= deadline:
-                raise LockBusy(f"another dms-reconciler has been applying to {config_dir} for "
-                               f"more than {timeout:g} s; nothing was written, try again")
+                raise LockBusy(
+                    f"another dms-reconciler has been applying to {config_dir} for "
+                    f"more than {timeout:g} s; nothing was written, try again"
+                )
             if on_wait and not waited:
                 on_wait(f"waiting for another dms-reconciler applying to {config_dir}")
             waited = True

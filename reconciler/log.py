@@ -67,8 +67,9 @@ def _iso(created: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{millis:03d}Z"
 
 
-def setup(stream: IO[str] | None = None, *, level: str | None = None,
-          fmt: str | None = None) -> logging.Logger:
+def setup(
+    stream: IO[str] | None = None, *, level: str | None = None, fmt: str | None = None
+) -> logging.Logger:
     """Configure the `dms_reconciler` logger once for a long-running process and return it."""
     stream = stream or sys.stderr
     fmt = (fmt or os.environ.get("DMS_RECONCILER_LOG_FORMAT") or "").lower()
@@ -110,8 +111,9 @@ def safe_traceback(exc: BaseException) -> str:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         chain.append(current)
-        current = current.__cause__ or (None if current.__suppress_context__
-                                        else current.__context__)
+        current = current.__cause__ or (
+            None if current.__suppress_context__ else current.__context__
+        )
     lines: list[str] = []
     for index, error in enumerate(reversed(chain)):
         if index:
@@ -122,7 +124,10 @@ def safe_traceback(exc: BaseException) -> str:
             if frame.line:
                 lines.append(f"    {frame.line.strip()}")
         kind = type(error)
-        name = kind.__qualname__ if kind.__module__ == "builtins" else \
-            f"{kind.__module__}.{kind.__qualname__}"
+        name = (
+            kind.__qualname__
+            if kind.__module__ == "builtins"
+            else f"{kind.__module__}.{kind.__qualname__}"
+        )
         lines.append(f"{name} (message not shown: it may quote a secret)")
     return "\n".join(lines)

@@ -56,7 +56,9 @@ class FileSnapshot:
 class Observed:
     config_dir: str
     cron_path: str
-    snapshots: dict[str, FileSnapshot]  # logical name -> snapshot (the four entry files, amavis, cron, state)
+    snapshots: dict[
+        str, FileSnapshot
+    ]  # logical name -> snapshot (the four entry files, amavis, cron, state)
     accounts: ParsedFile[accounts.AccountLine]
     virtual: ParsedFile[virtual.VirtualLine]
     local_aliases: ParsedFile[aliases.LocalAlias]
@@ -79,8 +81,10 @@ def read_snapshot(path: str) -> FileSnapshot:
         return FileSnapshot(path, None)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise VolumeError(f"{path} is a symlink; refusing to follow it (it could point "
-                              "outside the config volume): replace it with a regular file") from None
+            raise VolumeError(
+                f"{path} is a symlink; refusing to follow it (it could point "
+                "outside the config volume): replace it with a regular file"
+            ) from None
         if exc.errno == errno.ENOTDIR:
             return FileSnapshot(path, None)
         raise VolumeError(f"cannot read {path}: {exc.strerror}") from None

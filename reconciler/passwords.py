@@ -99,7 +99,7 @@ def placeholder_hash(source: PasswordSource) -> str:
 
 
 def same_hash(a: str, b: str) -> bool:
-    """True when two hash fields mean the same to DMS's Dovecot (`$6$...` == `{SHA512-CRYPT}$6$...`)."""
+    """True when two hash fields mean the same to DMS's Dovecot (`$6$x` is `{SHA512-CRYPT}$6$x`)."""
     if a == b:
         return True
     scheme_a, body_a = split_hash(a)
@@ -289,7 +289,8 @@ def resolve(
             out[account.address] = _decided(known, source, current, secret)
     if failures:
         raise SecretError(
-            f"{len(failures)} password(s) could not be read: " + "; ".join(failures[:20])
+            f"{len(failures)} password(s) could not be read: "
+            + "; ".join(failures[:20])
             + (" ..." if len(failures) > 20 else "")
         )
     results = verify_many([(secret, current) for _, secret, current in to_verify])
@@ -311,4 +312,3 @@ def fingerprint(key: str, address: str, secret: Secret) -> str:
     without holding the secret or anything testable offline without the volume."""
     mac = hmac.new(bytes.fromhex(key), f"{address}\0".encode() + secret.reveal().encode(), "sha256")
     return mac.hexdigest()
-

@@ -138,8 +138,9 @@ class Plan:
     def files_to_write(self) -> tuple[FilePlan, ...]:
         return tuple(f for f in self.files if f.write)
 
-    def to_dict(self, *, desired: Mapping[str, Any] | None = None,
-                volume: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def to_dict(
+        self, *, desired: Mapping[str, Any] | None = None, volume: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
         """The versioned JSON form (see docs/plan-json.md); never holds a secret or hash."""
         return {
             "format_version": FORMAT_VERSION,

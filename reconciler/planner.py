@@ -27,8 +27,8 @@ from reconciler.plan import (
     Change,
     FilePlan,
     Kind,
-    Plan,
     PendingHash,
+    Plan,
     Unmanaged,
 )
 from reconciler.state import Ownership
@@ -73,43 +73,70 @@ def make_plan(
     unmanaged: list[Unmanaged] = []
     files: list[FilePlan] = []
     owned_after: dict[str, frozenset[str]] = {}
-    warnings = [f"{name} line {p.line}: {p.message}" if p.line else f"{name}: {p.message}"
-                for name, parsed in _entry_files(observed) for p in parsed.problems]
+    warnings = [
+        f"{name} line {p.line}: {p.message}" if p.line else f"{name}: {p.message}"
+        for name, parsed in _entry_files(observed)
+        for p in parsed.problems
+    ]
     warnings += observed.warnings
     notes: list[str] = []
 
     account_diff = _diff(
-        accounts.FILENAME, _want_accounts(desired, observed, passwords), observed.accounts,
-        own.owned(accounts.FILENAME), prune,
-        same=_same_account, show=_show_account, kind_of=lambda key, e: Kind.ACCOUNT,
+        accounts.FILENAME,
+        _want_accounts(desired, observed, passwords),
+        observed.accounts,
+        own.owned(accounts.FILENAME),
+        prune,
+        same=_same_account,
+        show=_show_account,
+        kind_of=lambda key, e: Kind.ACCOUNT,
         explain=_explain_account(passwords, observed.accounts.entries),
     )
     account_diff.changes = [
         _with_reason(c, f"{c.reason}; its mail in {_maildir(c.key)} is kept")
-        if c.action is Action.DELETE else c
+        if c.action is Action.DELETE
+        else c
         for c in account_diff.changes
     ]
     hand_written_virtual = set(observed.virtual.entries) - own.owned(virtual.FILENAME)
     virtual_diff = _diff(
         virtual.FILENAME,
-        _want_virtual(desired, kept_accounts=[u.key for u in account_diff.unmanaged],
-                      hand_written=hand_written_virtual),
-        observed.virtual, own.owned(virtual.FILENAME), prune,
-        same=_same_virtual, show=_show_virtual, kind_of=_virtual_kind, explain=_explain,
+        _want_virtual(
+            desired,
+            kept_accounts=[u.key for u in account_diff.unmanaged],
+            hand_written=hand_written_virtual,
+        ),
+        observed.virtual,
+        own.owned(virtual.FILENAME),
+        prune,
+        same=_same_virtual,
+        show=_show_virtual,
+        kind_of=_virtual_kind,
+        explain=_explain,
     )
     local_diff = _diff(
-        aliases.FILENAME, _want_local_aliases(desired), observed.local_aliases,
-        own.owned(aliases.FILENAME), prune,
+        aliases.FILENAME,
+        _want_local_aliases(desired),
+        observed.local_aliases,
+        own.owned(aliases.FILENAME),
+        prune,
         same=lambda a, b: a.normalised() == b.normalised(),
-        show=lambda e: {"target": e.value}, kind_of=lambda key, e: Kind.LOCAL_ALIAS,
+        show=lambda e: {"target": e.value},
+        kind_of=lambda key, e: Kind.LOCAL_ALIAS,
         explain=_explain,
     )
     quota_diff = _diff(
-        quotas.FILENAME, _want_quotas(desired), observed.quotas,
-        own.owned(quotas.FILENAME), prune,
-        same=lambda a, b: (a.size == b.size and a.address.lower() == b.address.lower()
-                           and a.shadowed is None),
-        show=_show_quota, kind_of=lambda key, e: Kind.QUOTA, explain=_explain,
+        quotas.FILENAME,
+        _want_quotas(desired),
+        observed.quotas,
+        own.owned(quotas.FILENAME),
+        prune,
+        same=lambda a, b: (
+            a.size == b.size and a.address.lower() == b.address.lower() and a.shadowed is None
+        ),
+        show=_show_quota,
+        kind_of=lambda key, e: Kind.QUOTA,
+        explain=_explain,
     )
     for name, diff, parsed in (
         (accounts.FILENAME, account_diff, observed.accounts),
@@ -121,18 +148,27 @@ def make_plan(
         unmanaged += diff.unmanaged
         owned_after[name] = frozenset(diff.owned)
         snap = observed.snapshots[name]
-        files.append(FilePlan(
-            name=name, path=snap.path, write=diff.changed, existed=snap.exists,
-            sha256_before=snap.sha256,
-            content=(tuple(diff.final), parsed.comments, parsed.invalid) if diff.changed else None,
-        ))
+        files.append(
+            FilePlan(
+                name=name,
+                path=snap.path,
+                write=diff.changed,
+                existed=snap.exists,
+                sha256_before=snap.sha256,
+                content=(tuple(diff.final), parsed.comments, parsed.invalid)
+                if diff.changed
+                else None,
+            )
+        )
 
     amavis_changes, amavis_plan = _plan_amavis(desired, observed)
     changes += amavis_changes
     files.append(amavis_plan)
     if observed.amavis is not None and observed.amavis.broken_markers:
-        warnings.append(f"{amavis.FILENAME} has the dms-reconciler BEGIN marker but no END marker; "
-                        "it is left untouched until the markers are fixed by hand")
+        warnings.append(
+            f"{amavis.FILENAME} has the dms-reconciler BEGIN marker but no END marker; "
+            "it is left untouched until the markers are fixed by hand"
+        )
 
     cron_changes, cron_unmanaged, cron_plan, owns_cron = _plan_cron(desired, observed, prune)
     changes += cron_changes
@@ -142,8 +178,10 @@ def make_plan(
     warnings += _shadow_warnings(desired, observed, virtual_diff, account_diff)
     unresolved = tuple(sorted(a for a, p in passwords.items() if p.status is Status.UNRESOLVED))
     if amavis_plan.write:
-        notes.append("amavis.cf is read when the DMS container starts: the sidecar installs it and "
-                     "restarts Amavis; by hand run `docker compose up -d --force-recreate`")
+        notes.append(
+            "amavis.cf is read when the DMS container starts: the sidecar installs it and "
+            "restarts Amavis; by hand run `docker compose up -d --force-recreate`"
+        )
     if any(c.action is Action.DELETE and c.kind is Kind.ACCOUNT for c in changes):
         notes.append("deleting an account never deletes its maildir under /var/mail")
 
@@ -155,7 +193,8 @@ def make_plan(
         limit, limit_source = managed_accounts // 2, "half of the accounts this tool manages"
 
     secrets: dict[str, Secret] = {
-        address: p.secret for address, p in passwords.items()
+        address: p.secret
+        for address, p in passwords.items()
         if p.status is Status.NEW and p.secret is not None
     }
     return Plan(
@@ -184,6 +223,7 @@ def _entry_files(observed: Observed) -> Iterable[tuple[str, ParsedFile[Any]]]:
 
 # --- the generic keyed diff -----------------------------------------------------------------------
 
+
 def _diff(
     name: str,
     want: Mapping[str, _Want],
@@ -206,19 +246,46 @@ def _diff(
             changes.append(Change(name, wanted.kind, key, Action.CREATE, None, show(wanted.entry)))
         elif not same(current, wanted.entry):
             before, after = show(current), show(wanted.entry)
-            changes.append(Change(name, wanted.kind, key, Action.UPDATE, before, after,
-                                  details=explain(key, before, after)))
+            changes.append(
+                Change(
+                    name,
+                    wanted.kind,
+                    key,
+                    Action.UPDATE,
+                    before,
+                    after,
+                    details=explain(key, before, after),
+                )
+            )
         final.append(wanted.entry)
     for key, current in entries.items():
         if key in want:
             continue
         kind = kind_of(key, current)
         if key in owned:
-            changes.append(Change(name, kind, key, Action.DELETE, show(current), None,
-                                  reason="removed from mailserver.yaml"))
+            changes.append(
+                Change(
+                    name,
+                    kind,
+                    key,
+                    Action.DELETE,
+                    show(current),
+                    None,
+                    reason="removed from mailserver.yaml",
+                )
+            )
         elif prune:
-            changes.append(Change(name, kind, key, Action.DELETE, show(current), None,
-                                  reason="not in mailserver.yaml and prune is on"))
+            changes.append(
+                Change(
+                    name,
+                    kind,
+                    key,
+                    Action.DELETE,
+                    show(current),
+                    None,
+                    reason="not in mailserver.yaml and prune is on",
+                )
+            )
         else:
             unmanaged.append(Unmanaged(name, kind, key))
             final.append(current)
@@ -254,11 +321,20 @@ def _field(path: str) -> str:
 
 
 def _with_reason(change: Change, reason: str) -> Change:
-    return Change(change.file, change.kind, change.key, change.action, change.before,
-                  change.after, reason, change.details)
+    return Change(
+        change.file,
+        change.kind,
+        change.key,
+        change.action,
+        change.before,
+        change.after,
+        reason,
+        change.details,
+    )
 
 
 # --- postfix-accounts.cf ------------------------------------------------------------------------
+
 
 def _want_accounts(
     desired: DesiredState, observed: Observed, passwords: Mapping[str, DesiredPassword]
@@ -270,8 +346,11 @@ def _want_accounts(
         password: Any
         if decided.status is Status.UNRESOLVED:
             keep = current is not None and decided.changed_from is None
-            password = (current.password_hash if current is not None and keep
-                        else PendingHash(account.address, True))
+            password = (
+                current.password_hash
+                if current is not None and keep
+                else PendingHash(account.address, True)
+            )
         elif decided.status is Status.NEW:
             password = PendingHash(account.address)
         else:
@@ -279,8 +358,9 @@ def _want_accounts(
             if current is not None and same_hash(current.password_hash, password):
                 password = current.password_hash  # same hash, other spelling: keep the bytes
         extra = current.extra if current is not None else None  # extra fields are carried over
-        out[account.address] = _Want(Kind.ACCOUNT,
-                                     accounts.AccountLine(account.address, password, extra))
+        out[account.address] = _Want(
+            Kind.ACCOUNT, accounts.AccountLine(account.address, password, extra)
+        )
     return out
 
 
@@ -291,17 +371,22 @@ def _same_account(have: accounts.AccountLine, want: accounts.AccountLine) -> boo
 
 
 def _show_account(entry: accounts.AccountLine) -> dict[str, Any]:
-    out: dict[str, Any] = {"password": str(entry.password_hash) if isinstance(
-        entry.password_hash, PendingHash) else SENSITIVE}
+    out: dict[str, Any] = {
+        "password": str(entry.password_hash)
+        if isinstance(entry.password_hash, PendingHash)
+        else SENSITIVE
+    }
     if not isinstance(entry.password_hash, PendingHash) and not entry.password_hash:
         out["password"] = "(empty)"
     return out
 
 
 def _explain_account(
-    passwords: Mapping[str, DesiredPassword], observed: Mapping[str, accounts.AccountLine],
+    passwords: Mapping[str, DesiredPassword],
+    observed: Mapping[str, accounts.AccountLine],
 ) -> Callable[[str, dict[str, Any], dict[str, Any]], tuple[str, ...]]:
     """What changed in an account line: its spelling, its hash, or both (never the values)."""
+
     def explain(key: str, before: dict[str, Any], after: dict[str, Any]) -> tuple[str, ...]:
         current, decided = observed.get(key), passwords.get(key)
         lines: list[str] = []
@@ -310,19 +395,26 @@ def _explain_account(
         if decided is None or current is None:
             return tuple(lines)
         if decided.changed_from is not None:
-            then = {Status.GIVEN: "written as given", Status.KEPT: "the stored hash still matches",
-                    Status.NEW: "a new SHA512-CRYPT hash is made at apply",
-                    Status.UNRESOLVED: "the secret is read and hashed at apply"}[decided.status]
+            then = {
+                Status.GIVEN: "written as given",
+                Status.KEPT: "the stored hash still matches",
+                Status.NEW: "a new SHA512-CRYPT hash is made at apply",
+                Status.UNRESOLVED: "the secret is read and hashed at apply",
+            }[decided.status]
             change = f"{decided.changed_from} -> {source_id(decided.source)}"
             lines.append(f"password source: {change} ({then})")
-        elif decided.status is Status.GIVEN and not same_hash(current.password_hash,
-                                                              decided.hash or ""):
+        elif decided.status is Status.GIVEN and not same_hash(
+            current.password_hash, decided.hash or ""
+        ):
             lines.append("password: (sensitive) -> (sensitive) (password_hash changed)")
         elif decided.status is Status.NEW:
-            lines.append(f"password: (sensitive) -> (sensitive) (the secret from "
-                         f"{source_id(decided.source)} no longer matches the stored hash; a new "
-                         "SHA512-CRYPT hash is made at apply)")
+            lines.append(
+                f"password: (sensitive) -> (sensitive) (the secret from "
+                f"{source_id(decided.source)} no longer matches the stored hash; a new "
+                "SHA512-CRYPT hash is made at apply)"
+            )
         return tuple(lines)
+
     return explain
 
 
@@ -332,8 +424,11 @@ def _maildir(address: str) -> str:
 
 # --- postfix-virtual.cf ---------------------------------------------------------------------------
 
+
 def _want_virtual(
-    desired: DesiredState, *, kept_accounts: Iterable[str] = (),
+    desired: DesiredState,
+    *,
+    kept_accounts: Iterable[str] = (),
     hand_written: Collection[str] = (),
 ) -> dict[str, _Want]:
     """The managed postfix-virtual.cf entries. `kept_accounts` are accounts on the volume that
@@ -359,8 +454,11 @@ def _want_virtual(
     for address in kept_accounts:
         # A kept account this tool did not write (`setup email add`) is a real mailbox too: the
         # catch-all must not take its mail either, unless a hand-written alias already routes it.
-        if domain_of(address) in catch_domains and address not in out \
-                and address not in hand_written:
+        if (
+            domain_of(address) in catch_domains
+            and address not in out
+            and address not in hand_written
+        ):
             out[address] = _Want(Kind.SELF_ALIAS, virtual.VirtualLine(address, (address,)))
     return out
 
@@ -386,6 +484,7 @@ def _virtual_kind(key: str, entry: virtual.VirtualLine) -> Kind:
 
 
 # --- postfix-aliases.cf and dovecot-quotas.cf -----------------------------------------------------
+
 
 def _want_local_aliases(desired: DesiredState) -> dict[str, _Want]:
     if not desired.devnull:
@@ -413,12 +512,16 @@ def _want_quotas(desired: DesiredState) -> dict[str, _Want]:
 
 # --- amavis.cf: our marked block --------------------------------------------------------------
 
+
 def _plan_amavis(desired: DesiredState, observed: Observed) -> tuple[list[Change], FilePlan]:
     snap = observed.snapshots[amavis.FILENAME]
     current = observed.amavis
     have = (current.block if current else None) or {}
-    want = ({k: desired.quarantine.mailbox for k in desired.quarantine.kinds}
-            if desired.quarantine else {})
+    want = (
+        {k: desired.quarantine.mailbox for k in desired.quarantine.kinds}
+        if desired.quarantine
+        else {}
+    )
     changes: list[Change] = []
     for kind in amavis.KINDS:
         key = f"{kind}_quarantine_to"
@@ -427,28 +530,56 @@ def _plan_amavis(desired: DesiredState, observed: Observed) -> tuple[list[Change
         if before == after:
             continue
         if before is None:
-            changes.append(Change(amavis.FILENAME, Kind.QUARANTINE, key, Action.CREATE, None, after))
+            changes.append(
+                Change(amavis.FILENAME, Kind.QUARANTINE, key, Action.CREATE, None, after)
+            )
         elif after is None:
-            changes.append(Change(amavis.FILENAME, Kind.QUARANTINE, key, Action.DELETE, before, None,
-                                  reason="quarantine kind removed from mailserver.yaml"))
+            changes.append(
+                Change(
+                    amavis.FILENAME,
+                    Kind.QUARANTINE,
+                    key,
+                    Action.DELETE,
+                    before,
+                    None,
+                    reason="quarantine kind removed from mailserver.yaml",
+                )
+            )
         else:
-            changes.append(Change(amavis.FILENAME, Kind.QUARANTINE, key, Action.UPDATE, before,
-                                  after, details=_explain(key, before, after)))
+            changes.append(
+                Change(
+                    amavis.FILENAME,
+                    Kind.QUARANTINE,
+                    key,
+                    Action.UPDATE,
+                    before,
+                    after,
+                    details=_explain(key, before, after),
+                )
+            )
     if current is not None and current.broken_markers:
         return [], FilePlan(amavis.FILENAME, snap.path, False, snap.exists, snap.sha256)
     # Lines inside our block that we do not understand are ours to repair; that is a change the
     # plan shows (else it would say "No changes" and still rewrite the file).
     if current is not None and current.unreadable_block:
-        changes.append(Change(amavis.FILENAME, Kind.QUARANTINE, BLOCK_KEY, Action.UPDATE,
-                              {"lines": "quarantine settings and other lines"},
-                              {"lines": "quarantine settings only"},
-                              details=(BLOCK_REPAIR,)))
+        changes.append(
+            Change(
+                amavis.FILENAME,
+                Kind.QUARANTINE,
+                BLOCK_KEY,
+                Action.UPDATE,
+                {"lines": "quarantine settings and other lines"},
+                {"lines": "quarantine settings only"},
+                details=(BLOCK_REPAIR,),
+            )
+        )
     write = bool(changes)
     content = amavis.with_block(current, want or None) if write else None
     return changes, FilePlan(amavis.FILENAME, snap.path, write, snap.exists, snap.sha256, content)
 
 
 # --- the sa-learn cron file ---------------------------------------------------------------------
+
 
 def cron_lines(desired: DesiredState) -> list[cron.CronLine]:
     """The cron lines for the declared sa_learn jobs, in job order, without duplicates."""
@@ -479,31 +610,54 @@ def _plan_cron(
     if not want and not owns:
         for key in have:
             if prune:
-                changes.append(Change(CRON, Kind.SA_LEARN, key, Action.DELETE, {"line": key}, None,
-                                      reason="not in mailserver.yaml and prune is on"))
+                changes.append(
+                    Change(
+                        CRON,
+                        Kind.SA_LEARN,
+                        key,
+                        Action.DELETE,
+                        {"line": key},
+                        None,
+                        reason="not in mailserver.yaml and prune is on",
+                    )
+                )
             else:
                 unmanaged.append(Unmanaged(CRON, Kind.SA_LEARN, key))
         write = bool(changes)
         emptied: tuple[tuple[cron.CronLine, ...], tuple[str, ...]] | None = (
-            ((), comments) if write else None)
-        return changes, unmanaged, FilePlan(CRON, snap.path, write, snap.exists, snap.sha256,
-                                            emptied, in_place=True), False
-    for key, line in want.items():
+            ((), comments) if write else None
+        )
+        return (
+            changes,
+            unmanaged,
+            FilePlan(CRON, snap.path, write, snap.exists, snap.sha256, emptied, in_place=True),
+            False,
+        )
+    for key in want:
         if key not in have:
             changes.append(Change(CRON, Kind.SA_LEARN, key, Action.CREATE, None, {"line": key}))
-    reason = ("the sa-learn cron file is owned whole by `sa_learn` in mailserver.yaml" if want
-              else "sa_learn removed from mailserver.yaml")
+    reason = (
+        "the sa-learn cron file is owned whole by `sa_learn` in mailserver.yaml"
+        if want
+        else "sa_learn removed from mailserver.yaml"
+    )
     for key in have:
         if key not in want:
-            changes.append(Change(CRON, Kind.SA_LEARN, key, Action.DELETE, {"line": key}, None,
-                                  reason=reason))
+            changes.append(
+                Change(CRON, Kind.SA_LEARN, key, Action.DELETE, {"line": key}, None, reason=reason)
+            )
     write = bool(changes)
     content = (tuple(want.values()), comments) if write else None
-    return changes, unmanaged, FilePlan(CRON, snap.path, write, snap.exists, snap.sha256, content,
-                                        in_place=True), bool(want)
+    return (
+        changes,
+        unmanaged,
+        FilePlan(CRON, snap.path, write, snap.exists, snap.sha256, content, in_place=True),
+        bool(want),
+    )
 
 
 # --- warnings about what stays ----------------------------------------------------------------
+
 
 def _shadow_warnings(
     desired: DesiredState, observed: Observed, virtual_diff: _FileDiff, account_diff: _FileDiff
@@ -517,21 +671,28 @@ def _shadow_warnings(
         if item.kind is Kind.CATCH_ALL:
             # the DMS catch-all trap: without a self-alias, Postfix hands the catch-all the mail
             # of every real account in the domain
-            swallowed = sorted(a for a in account_set
-                               if "@" + domain_of(a) == item.key and a not in kept_keys)
+            swallowed = sorted(
+                a for a in account_set if "@" + domain_of(a) == item.key and a not in kept_keys
+            )
             if swallowed:
-                out.append(f"unmanaged catch-all '{item.key}' in postfix-virtual.cf takes the mail "
-                           f"of account(s) {', '.join(swallowed)} (no self-alias): declare "
-                           f"`catch_all: {{{item.key[1:]}: ...}}` in mailserver.yaml to fix it")
+                out.append(
+                    f"unmanaged catch-all '{item.key}' in postfix-virtual.cf takes the mail "
+                    f"of account(s) {', '.join(swallowed)} (no self-alias): declare "
+                    f"`catch_all: {{{item.key[1:]}: ...}}` in mailserver.yaml to fix it"
+                )
         if item.key in account_set:
-            out.append(f"unmanaged alias '{item.key}' in postfix-virtual.cf shadows the account "
-                       f"'{item.key}': Postfix delivers by the alias (remove it, or use --prune)")
+            out.append(
+                f"unmanaged alias '{item.key}' in postfix-virtual.cf shadows the account "
+                f"'{item.key}': Postfix delivers by the alias (remove it, or use --prune)"
+            )
         entry = observed.virtual.entries.get(item.key)
         if entry is not None:
             gone = sorted({t.lower() for t in entry.targets} & deleted)
             if gone:
-                out.append(f"unmanaged alias '{item.key}' still points to deleted account(s) "
-                           f"{', '.join(gone)}")
+                out.append(
+                    f"unmanaged alias '{item.key}' still points to deleted account(s) "
+                    f"{', '.join(gone)}"
+                )
     # The other way round: an alias this plan declares takes the mail of an account it keeps.
     # (A declared catch-all does not: kept accounts in its domain get a self-alias.)
     if not account_diff.unmanaged:
@@ -539,7 +700,9 @@ def _shadow_warnings(
     declared = {key: want.kind for key, want in _want_virtual(desired).items()}
     for item in account_diff.unmanaged:
         if declared.get(item.key) in (Kind.ALIAS, Kind.DEVNULL):
-            out.append(f"the {declared[item.key].value} '{item.key}' in mailserver.yaml takes "
-                       f"the mail of the unmanaged account '{item.key}' (Postfix delivers by the "
-                       "alias)")
+            out.append(
+                f"the {declared[item.key].value} '{item.key}' in mailserver.yaml takes "
+                f"the mail of the unmanaged account '{item.key}' (Postfix delivers by the "
+                "alias)"
+            )
     return out

@@ -107,8 +107,16 @@ def apply_once(
         check_safety(planned.plan, allow_deletions=allow_deletions)
         contents = render_files(planned.plan)
         try:
-            result = _merge(result, apply_plan(planned.plan, planned.observed, contents,
-                                                lock_timeout=lock_timeout, on_wait=on_wait))
+            result = _merge(
+                result,
+                apply_plan(
+                    planned.plan,
+                    planned.observed,
+                    contents,
+                    lock_timeout=lock_timeout,
+                    on_wait=on_wait,
+                ),
+            )
         except VolumeChanged as exc:  # files already put in place stay whole; re-plan the rest
             done = {n: planned.observed.snapshots[n].path for n in exc.written}
             result = _merge(result, ApplyResult(exc.written, done, {}, exc.carried))
@@ -146,7 +154,9 @@ def _merge(a: ApplyResult, b: ApplyResult) -> ApplyResult:
     )
 
 
-def _remember_new_hashes(planned: Planned, contents: Mapping[str, bytes], cache: VerifiedCache) -> None:
+def _remember_new_hashes(
+    planned: Planned, contents: Mapping[str, bytes], cache: VerifiedCache
+) -> None:
     """The hashes we just made verify their secrets: tell the cache, so the convergence check
     (and the sidecar's next resync) does not spend seconds verifying them again."""
     from reconciler.formats import accounts

@@ -16,8 +16,14 @@ from reconciler.errors import printable
 SYMBOLS = {"create": "+", "update": "~", "delete": "-"}
 COLOURS = {"create": "green", "update": "yellow", "delete": "red"}
 LEGEND = {"create": "create", "update": "update in place", "delete": "destroy"}
-FILE_ORDER = ("postfix-accounts.cf", "dovecot-quotas.cf", "postfix-virtual.cf",
-              "postfix-aliases.cf", "amavis.cf", "cron")
+FILE_ORDER = (
+    "postfix-accounts.cf",
+    "dovecot-quotas.cf",
+    "postfix-virtual.cf",
+    "postfix-aliases.cf",
+    "amavis.cf",
+    "cron",
+)
 MAX_LISTED = 25  # unmanaged entries listed by name before "... and N more"
 
 
@@ -38,7 +44,9 @@ def _entry_text(change: dict[str, Any]) -> str:
     if kind == "quota":
         return f"quota {key} = {value.get('quota')}"
     if kind in ("alias", "catch_all", "devnull", "self_alias"):
-        label = {"catch_all": "catch-all", "self_alias": "self-alias", "devnull": "devnull"}.get(kind, kind)
+        label = {"catch_all": "catch-all", "self_alias": "self-alias", "devnull": "devnull"}.get(
+            kind, kind
+        )
         targets = ", ".join(value.get("targets", []))
         extra = "  (keeps its own mail in a catch-all domain)" if kind == "self_alias" else ""
         return f"{label} {key} -> {targets}{extra}"
@@ -60,15 +68,22 @@ def text(plan: dict[str, Any], *, colour: bool = False) -> str:
     changes = plan["changes"]
     paths = {f["name"]: f["path"] for f in plan["files"]}
     if changes:
-        used = [a for a in ("create", "update", "delete") if any(c["actions"][0] == a for c in changes)]
+        used = [
+            a for a in ("create", "update", "delete") if any(c["actions"][0] == a for c in changes)
+        ]
         out.append("dms-reconciler will perform the following actions:")
-        out.append("  " + "   ".join(style(f"{SYMBOLS[a]} {LEGEND[a]}", fg=COLOURS[a]) for a in used))
+        out.append(
+            "  " + "   ".join(style(f"{SYMBOLS[a]} {LEGEND[a]}", fg=COLOURS[a]) for a in used)
+        )
         for name in FILE_ORDER:
             group = [c for c in changes if c["file"] == name]
             if not group:
                 continue
-            title = name if name != "cron" else printable(
-                f"{paths.get('cron', 'cron')} (sa-learn cron file)")
+            title = (
+                name
+                if name != "cron"
+                else printable(f"{paths.get('cron', 'cron')} (sa-learn cron file)")
+            )
             out.append("")
             out.append(style(f"# {title}", bold=True))
             for c in group:
@@ -93,9 +108,16 @@ def text(plan: dict[str, Any], *, colour: bool = False) -> str:
     if plan["unresolved_secrets"]:
         n = len(plan["unresolved_secrets"])
         out.append("")
-        out.append(printable(f"{n} password(s) could not be read offline and are {RESOLVED}: "
-                             + ", ".join(plan["unresolved_secrets"][:MAX_LISTED])))
-    for title, items, colour_name in (("Warning", plan["warnings"], "yellow"), ("Note", plan["notes"], None)):
+        out.append(
+            printable(
+                f"{n} password(s) could not be read offline and are {RESOLVED}: "
+                + ", ".join(plan["unresolved_secrets"][:MAX_LISTED])
+            )
+        )
+    for title, items, colour_name in (
+        ("Warning", plan["warnings"], "yellow"),
+        ("Note", plan["notes"], None),
+    ):
         for item in items:
             line = printable(f"{title}: {item}")
             out.append("")
@@ -103,10 +125,15 @@ def text(plan: dict[str, Any], *, colour: bool = False) -> str:
     deletions = plan["deletions"]
     if deletions["over_limit"]:
         out.append("")
-        out.append(style(
-            f"Refused at apply: {deletions['accounts']} account deletion(s) exceed the limit of "
-            f"{deletions['limit']} ({deletions['limit_source']}); apply needs "
-            f"--allow-deletions {deletions['accounts']}", fg="red", bold=True))
+        out.append(
+            style(
+                f"Refused at apply: {deletions['accounts']} account deletion(s) exceed the "
+                f"limit of {deletions['limit']} ({deletions['limit_source']}); apply needs "
+                f"--allow-deletions {deletions['accounts']}",
+                fg="red",
+                bold=True,
+            )
+        )
     if out:  # a blank line before the summary, but none before a lone "No changes." line
         out.append("")
     out.append(summary_line(plan))
@@ -135,12 +162,23 @@ MARKDOWN_MAX_CHARS = 60_000  # GitHub refuses comments over 65,536 characters
 VERBS = {"create": "add", "update": "change", "delete": "destroy"}  # the summary line's words
 MD_SYMBOLS = {"create": "+", "update": "!", "delete": "-"}  # `!` is GitHub's orange "changed" line
 MASS_CHANGE = 50  # entries; a plan this big gets a call-out of its own
-KIND_ORDER = ("account", "quota", "alias", "catch_all", "devnull", "self_alias", "local_alias",
-              "quarantine", "sa_learn")
+KIND_ORDER = (
+    "account",
+    "quota",
+    "alias",
+    "catch_all",
+    "devnull",
+    "self_alias",
+    "local_alias",
+    "quarantine",
+    "sa_learn",
+)
 MAX_NAMED = 10  # accounts named in a call-out before "and N more"
 MAX_SHOWN_CHARS = 300  # one value in a comment; longer ones are cut
-FULL_PLAN_HINT = ("the full plan is in the JSON form: `dms-reconciler plan --format json` (the CI "
-                  "example uploads it as the `dms-reconciler-plan` artifact)")
+FULL_PLAN_HINT = (
+    "the full plan is in the JSON form: `dms-reconciler plan --format json` (the CI "
+    "example uploads it as the `dms-reconciler-plan` artifact)"
+)
 _MD_SPECIAL = set("\\`*_{}[]()#+-.!|~>")
 _SUSPECT = ("@", "#", ":", "/", "www.")
 
@@ -196,8 +234,13 @@ def _named(keys: list[str]) -> str:
 
 
 def _kind_label(kind: str) -> str:
-    return {"catch_all": "catch-all", "self_alias": "self-alias", "local_alias": "local alias",
-            "sa_learn": "sa-learn job", "devnull": "devnull address"}.get(kind, kind)
+    return {
+        "catch_all": "catch-all",
+        "self_alias": "self-alias",
+        "local_alias": "local alias",
+        "sa_learn": "sa-learn job",
+        "devnull": "devnull address",
+    }.get(kind, kind)
 
 
 def _baseline_line(plan: dict[str, Any]) -> str | None:
@@ -205,12 +248,16 @@ def _baseline_line(plan: dict[str, Any]) -> str | None:
     if not isinstance(base, dict):
         return None
     if base.get("kind") == "git":
-        where = f"{md_code(base.get('path', ''))} at {md_code(base.get('ref', ''))} " \
-                f"({md_code(str(base.get('commit', ''))[:12])})"
+        where = (
+            f"{md_code(base.get('path', ''))} at {md_code(base.get('ref', ''))} "
+            f"({md_code(str(base.get('commit', ''))[:12])})"
+        )
         if not base.get("found"):
             return f"Compared with {where}, where the file does not exist yet: everything is new."
-        return (f"Compared with {where}. Secrets are not read here: passwords from files and "
-                "variables are compared by their source.")
+        return (
+            f"Compared with {where}. Secrets are not read here: passwords from files and "
+            "variables are compared by their source."
+        )
     if base.get("kind") == "dir":
         return f"Compared with a copy of a config volume, {md_code(base.get('config_dir', ''))}."
     return None
@@ -221,30 +268,41 @@ def _callouts(plan: dict[str, Any]) -> list[str]:
     out: list[str] = []
     deletions = plan["deletions"]
     if deletions["over_limit"]:
-        refused = (f"> Apply will refuse this plan: it deletes "
-                   f"{_plural(deletions['accounts'], 'account')}, more than the limit of "
-                   f"{deletions['limit']} ({md_text(deletions['limit_source'])}). After review, "
-                   f"apply it with `--allow-deletions {deletions['accounts']}`.")
+        refused = (
+            f"> Apply will refuse this plan: it deletes "
+            f"{_plural(deletions['accounts'], 'account')}, more than the limit of "
+            f"{deletions['limit']} ({md_text(deletions['limit_source'])}). After review, "
+            f"apply it with `--allow-deletions {deletions['accounts']}`."
+        )
         out += ["> [!CAUTION]", refused, ""]
     deletes = [c for c in changes if c["actions"][0] == "delete"]
     if deletes:
         by_kind: dict[str, int] = {}
-        for c in sorted(deletes, key=lambda c: KIND_ORDER.index(c["kind"])
-                        if c["kind"] in KIND_ORDER else len(KIND_ORDER)):
+        for c in sorted(
+            deletes,
+            key=lambda c: (
+                KIND_ORDER.index(c["kind"]) if c["kind"] in KIND_ORDER else len(KIND_ORDER)
+            ),
+        ):
             by_kind[c["kind"]] = by_kind.get(c["kind"], 0) + 1
-        kinds = ", ".join(_plural(n, _kind_label(k), _kind_label(k) + ("es" if k.endswith("s")
-                          else "s")) for k, n in by_kind.items())
+        kinds = ", ".join(
+            _plural(n, _kind_label(k), _kind_label(k) + ("es" if k.endswith("s") else "s"))
+            for k, n in by_kind.items()
+        )
         destroys = f"> This change destroys {_plural(len(deletes), 'entry', 'entries')}: {kinds}."
         out += ["> [!WARNING]", destroys]
         accounts = [c["key"] for c in deletes if c["kind"] == "account"]
         if accounts:
-            out.append(f"> Accounts deleted: {_named(accounts)}. Their mail under `/var/mail` is "
-                       "kept.")
+            out.append(
+                f"> Accounts deleted: {_named(accounts)}. Their mail under `/var/mail` is kept."
+            )
         out.append("")
     if len(changes) >= MASS_CHANGE:
         touched = sum(c["kind"] == "account" for c in changes)
-        large = (f"> A large change: {_plural(len(changes), 'entry', 'entries')}, "
-                 f"{_plural(touched, 'account')} among them. Review it in full before merging.")
+        large = (
+            f"> A large change: {_plural(len(changes), 'entry', 'entries')}, "
+            f"{_plural(touched, 'account')} among them. Review it in full before merging."
+        )
         out += ["> [!IMPORTANT]", large, ""]
     return out
 
@@ -283,15 +341,18 @@ def markdown(plan: dict[str, Any], *, max_chars: int = MARKDOWN_MAX_CHARS) -> st
     head += _callouts(plan)
     if changes:
         head += _table(plan)
-        passwords = [c["key"] for c in changes if c["kind"] == "account"
-                     and c["actions"][0] == "update"]
+        passwords = [
+            c["key"] for c in changes if c["kind"] == "account" and c["actions"][0] == "update"
+        ]
         if passwords:
             head += [f"Password changes: {_named(passwords)} (values are never shown).", ""]
     tail: list[str] = []
     if plan["unresolved_secrets"]:
         n = len(plan["unresolved_secrets"])
-        unresolved = (f"_{_plural(n, 'password')} from a file or variable that cannot be read "
-                      f"here {'is' if n == 1 else 'are'} {RESOLVED}._")
+        unresolved = (
+            f"_{_plural(n, 'password')} from a file or variable that cannot be read "
+            f"here {'is' if n == 1 else 'are'} {RESOLVED}._"
+        )
         tail += [unresolved, ""]
 
     body: list[str] = []
@@ -323,8 +384,10 @@ def markdown(plan: dict[str, Any], *, max_chars: int = MARKDOWN_MAX_CHARS) -> st
     body += _other_sections(plan, fits)
     notice: list[str] = []
     if cut:
-        cut_text = (f"> This plan is too long for one comment: {shown} of {len(changes)} entries "
-                    f"are shown; {FULL_PLAN_HINT}.")
+        cut_text = (
+            f"> This plan is too long for one comment: {shown} of {len(changes)} entries "
+            f"are shown; {FULL_PLAN_HINT}."
+        )
         notice = ["> [!NOTE]", cut_text, ""]
     text = "\n".join(head + notice + body + tail).rstrip("\n") + "\n"
     if len(text) > max_chars:  # a pathological header (thousands of long warnings): hard cut
@@ -337,18 +400,23 @@ def _other_sections(plan: dict[str, Any], fits: Callable[[list[str]], bool]) -> 
     out: list[str] = []
     unmanaged = plan["unmanaged"]
     if unmanaged:
-        lines = [f"{u['file']}: {_kind_label(u['kind'])} {_clean(u['key'])}"
-                 for u in unmanaged[:100]]
+        lines = [
+            f"{u['file']}: {_kind_label(u['kind'])} {_clean(u['key'])}" for u in unmanaged[:100]
+        ]
         if len(unmanaged) > 100:
             lines.append(f"... and {len(unmanaged) - 100} more")
         title = _plural(len(unmanaged), "unmanaged entry", "unmanaged entries")
-        summary = (f"<details><summary>{title} kept (not in mailserver.yaml, not written by "
-                   "dms-reconciler; <code>--prune</code> deletes them)</summary>")
+        summary = (
+            f"<details><summary>{title} kept (not in mailserver.yaml, not written by "
+            "dms-reconciler; <code>--prune</code> deletes them)</summary>"
+        )
         section = [summary, "", *_fence(lines, "text"), "", "</details>", ""]
         if fits(out + section):
             out += section
-    for title, items, box in (("Warnings", plan["warnings"], "WARNING"),
-                              ("Notes", plan["notes"], "NOTE")):
+    for title, items, box in (
+        ("Warnings", plan["warnings"], "WARNING"),
+        ("Notes", plan["notes"], "NOTE"),
+    ):
         if not items:
             continue
         section = [f"> [!{box}]", f"> **{title}**", ">"]

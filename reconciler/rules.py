@@ -96,9 +96,10 @@ class _View:
             devnull=strings(doc.get("devnull")),
             quarantine=quarantine if isinstance(quarantine, dict) else {},
             sa_learn=[
-                (i, job) for i, job in enumerate(doc.get("sa_learn") or [])
-                if isinstance(job, dict)
-            ] if isinstance(doc.get("sa_learn"), list) else [],
+                (i, job) for i, job in enumerate(doc.get("sa_learn") or []) if isinstance(job, dict)
+            ]
+            if isinstance(doc.get("sa_learn"), list)
+            else [],
             hostname=hostname if isinstance(hostname, str) else None,
         )
 
@@ -130,8 +131,11 @@ def _check_syntax(report: Report, view: _View) -> None:
             report.warning(("domains", i), f"domain '{domain}' is listed twice")
         seen.setdefault(domain, i)
     if view.hostname is not None and (problem := check_domain(view.hostname)):
-        report.error(("hostname",), problem.replace("domain", "hostname", 1)
-                     + " (DMS needs a fully qualified hostname such as mail.example.com)")
+        report.error(
+            ("hostname",),
+            problem.replace("domain", "hostname", 1)
+            + " (DMS needs a fully qualified hostname such as mail.example.com)",
+        )
     for section in ("accounts", "aliases"):
         for key in getattr(view, section):
             if problem := view.address_problem(key):
@@ -202,8 +206,10 @@ def _check_passwords(report: Report, view: _View) -> None:
             report.error(("accounts", address, "password_hash"), problem)
         path = account.get("password_file")
         if isinstance(path, str) and ("\n" in path or "\0" in path):
-            report.error(("accounts", address, "password_file"),
-                         "password_file must be a single path without line breaks or NUL bytes")
+            report.error(
+                ("accounts", address, "password_file"),
+                "password_file must be a single path without line breaks or NUL bytes",
+            )
 
 
 def _hosted_addresses(view: _View) -> Iterator[tuple[Path, str, bool]]:
@@ -259,11 +265,13 @@ def _check_collisions(report: Report, view: _View) -> None:
             )
     for i, address in view.devnull:
         if address in view.accounts:
-            report.error(("devnull", i),
-                         f"'{address}' is both an account and a devnull address; remove one")
+            report.error(
+                ("devnull", i), f"'{address}' is both an account and a devnull address; remove one"
+            )
         elif address in view.aliases:
-            report.error(("devnull", i),
-                         f"'{address}' is both an alias and a devnull address; remove one")
+            report.error(
+                ("devnull", i), f"'{address}' is both an alias and a devnull address; remove one"
+            )
 
 
 def _check_targets_resolve(report: Report, view: _View) -> None:
@@ -302,7 +310,9 @@ def _check_loops(report: Report, view: _View) -> None:
     terminal = set(view.accounts) | devnull
 
     def successors(node: str) -> list[str]:
-        targets = view.catch_all.get(node[1:], []) if node.startswith("@") else view.aliases.get(node, [])
+        targets = (
+            view.catch_all.get(node[1:], []) if node.startswith("@") else view.aliases.get(node, [])
+        )
         out = []
         for target in targets:
             if target in terminal:
@@ -330,7 +340,9 @@ def _check_loops(report: Report, view: _View) -> None:
             )
         else:
             shown = " -> ".join(_node_name(n) for n in cycle + [cycle[0]])
-            message = f"alias loop: {shown}; Postfix would bounce this mail with 'mail forwarding loop'"
+            message = (
+                f"alias loop: {shown}; Postfix would bounce this mail with 'mail forwarding loop'"
+            )
         report.error(path, message, key=True)
 
 
@@ -354,7 +366,7 @@ def _find_cycles(nodes: Iterable[str], successors: Any) -> Iterator[list[str]]:
             for child in children:
                 state = colour.get(child, WHITE)
                 if state == GREY:
-                    yield on_path[on_path.index(child):]
+                    yield on_path[on_path.index(child) :]
                 elif state == WHITE:
                     colour[child] = GREY
                     stack.append((child, iter(successors(child))))
@@ -377,8 +389,11 @@ def _check_hostname(report: Report, view: _View) -> None:
     local = {hostname, f"localhost.{domainname}"}
     for i, domain in view.domains:
         if domain in local:
-            fix = (f"host mail at '{domainname}' instead" if domain != domainname
-                   else f"give DMS a hostname such as mail.{domain}")
+            fix = (
+                f"host mail at '{domainname}' instead"
+                if domain != domainname
+                else f"give DMS a hostname such as mail.{domain}"
+            )
             report.error(
                 ("domains", i),
                 f"domain '{domain}' is the server's own hostname ({hostname}): Postfix lists it in "
@@ -419,7 +434,7 @@ def check_schedule(schedule: str) -> str | None:
     if len(fields) != 5:
         return (
             f"schedule '{text}' has {len(fields)} fields; cron needs five "
-            "(minute hour day-of-month month day-of-week), like \"0 2 * * *\""
+            '(minute hour day-of-month month day-of-week), like "0 2 * * *"'
         )
     if not croniter.is_valid(text):
         return f"schedule '{text}' is not a valid cron expression (minute hour day month weekday)"

@@ -83,19 +83,25 @@ def _well_formed(saved: dict[str, Any]) -> bool:
     target, plan = saved.get("target"), saved.get("plan")
     if not isinstance(target, dict) or not isinstance(plan, dict):
         return False
-    if not all(isinstance(target.get(k), str) and target[k]
-               for k in ("desired_path", "config_dir", "cron_path")):
+    if not all(
+        isinstance(target.get(k), str) and target[k]
+        for k in ("desired_path", "config_dir", "cron_path")
+    ):
         return False
     if not isinstance(target.get("prune"), bool) or not isinstance(saved.get("keyed"), bool):
         return False
     fingerprints = saved.get("secret_fingerprints")
     if not isinstance(fingerprints, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in fingerprints.items()):
+        isinstance(k, str) and isinstance(v, str) for k, v in fingerprints.items()
+    ):
         return False
     desired, volume = plan.get("desired"), plan.get("volume")
-    return (isinstance(desired, dict) and isinstance(volume, dict)
-            and isinstance(volume.get("fingerprint"), dict)
-            and all(k in plan for k in COMPARED))
+    return (
+        isinstance(desired, dict)
+        and isinstance(volume, dict)
+        and isinstance(volume.get("fingerprint"), dict)
+        and all(k in plan for k in COMPARED)
+    )
 
 
 def apply_saved(
@@ -112,23 +118,35 @@ def apply_saved(
 
     def check(planned: Planned) -> None:
         if planned.loaded.sha256 != expected["desired"].get("sha256"):
-            raise StalePlan(f"{target.desired_path} changed since the plan was made; make a new plan")
+            raise StalePlan(
+                f"{target.desired_path} changed since the plan was made; make a new plan"
+            )
         if planned.observed.fingerprint() != expected["volume"]["fingerprint"]:
             changed = sorted(
-                name for name, digest in planned.observed.fingerprint().items()
+                name
+                for name, digest in planned.observed.fingerprint().items()
                 if expected["volume"]["fingerprint"].get(name) != digest
             )
-            raise StalePlan("the config volume changed since the plan was made "
-                            f"({', '.join(changed)}); make a new plan")
+            raise StalePlan(
+                "the config volume changed since the plan was made "
+                f"({', '.join(changed)}); make a new plan"
+            )
         key = planned.observed.ownership.plan_key
         if saved.get("keyed") and _fingerprints(planned, key) != saved["secret_fingerprints"]:
-            raise StalePlan("a password from password_file or password_env changed since the plan "
-                            "was made; make a new plan")
+            raise StalePlan(
+                "a password from password_file or password_env changed since the plan "
+                "was made; make a new plan"
+            )
         fresh = planned.plan.to_dict()
         if any(_comparable(k, fresh[k]) != _comparable(k, expected[k]) for k in COMPARED):
             raise StalePlan("the plan computed now differs from the saved one; make a new plan")
 
     # `check` runs before every write attempt: if the volume moves under us, the saved plan is
     # stale rather than silently re-planned into something nobody reviewed.
-    return apply_once(target, allow_deletions=allow_deletions, lock_timeout=lock_timeout,
-                      on_wait=on_wait, check=check), target
+    return apply_once(
+        target,
+        allow_deletions=allow_deletions,
+        lock_timeout=lock_timeout,
+        on_wait=on_wait,
+        check=check,
+    ), target

@@ -67,7 +67,7 @@ def render(ownership: Ownership) -> str:
     data = {
         "format": FORMAT,
         "comment": "Written by dms-reconciler: the entries it manages. Deleting this file makes "
-                   "them unmanaged; it never deletes mail configuration.",
+        "them unmanaged; it never deletes mail configuration.",
         "plan_key": ownership.plan_key,
         "owns_cron": ownership.owns_cron,
         "owned": {name: sorted(keys) for name, keys in sorted(ownership.entries.items()) if keys},

@@ -118,8 +118,7 @@ def guard_dirs(folders: set[str]) -> set[str]:
 def relevant(event_paths: tuple[str, ...], folders: frozenset[str]) -> bool:
     """An event matters when it names a watched folder or something directly inside one; the
     guard watches on the parents also report the folders' siblings, which do not matter."""
-    return any(path in folders or os.path.dirname(path) in folders
-               for path in event_paths if path)
+    return any(path in folders or os.path.dirname(path) in folders for path in event_paths if path)
 
 
 def watch_dirs(path: str) -> set[str]:
@@ -139,7 +138,7 @@ def watch_dirs(path: str) -> set[str]:
             if os.path.islink(candidate):
                 out.add(real)
                 target = os.readlink(candidate)
-                rest = parts[index + 1:]
+                rest = parts[index + 1 :]
                 current = os.path.normpath(os.path.join(real, target, *rest))
                 break
             real = candidate
@@ -214,18 +213,28 @@ class Watcher:
                 self._server = HealthServer(self.options.listen, self.metrics, self.status).start()
             except OSError as exc:
                 raise ReconcilerError(
-                    f"cannot listen on {self.options.listen}: {exc.strerror}") from None
+                    f"cannot listen on {self.options.listen}: {exc.strerror}"
+                ) from None
             except ValueError as exc:
                 raise ReconcilerError(str(exc)) from None
             host, port = self._server.address
-            self.log.info("serving /healthz, /readyz and /metrics",
-                          extra={"fields": {"listen": f"{host}:{port}"}})
+            self.log.info(
+                "serving /healthz, /readyz and /metrics",
+                extra={"fields": {"listen": f"{host}:{port}"}},
+            )
         try:
             self._start_observer()
-            self.log.info("watching for changes", extra={"fields": {
-                "file": self.target.desired_path, "config_dir": self.target.config_dir,
-                "interval_seconds": self.options.interval,
-                "dms": self.dms.describe() if self.dms else "off"}})
+            self.log.info(
+                "watching for changes",
+                extra={
+                    "fields": {
+                        "file": self.target.desired_path,
+                        "config_dir": self.target.config_dir,
+                        "interval_seconds": self.options.interval,
+                        "dms": self.dms.describe() if self.dms else "off",
+                    }
+                },
+            )
             self.reconcile("startup")
             self._next_resync = self.clock() + self.options.interval
             while not self._stop_requested:
@@ -326,8 +335,11 @@ class Watcher:
         """Watchdog thread: note the event; the loop decides what it means."""
         if getattr(event, "event_type", "") in IGNORED_EVENTS:
             return
-        paths = tuple(os.fsdecode(p) for p in (getattr(event, "src_path", ""),
-                                                getattr(event, "dest_path", "")) if p)
+        paths = tuple(
+            os.fsdecode(p)
+            for p in (getattr(event, "src_path", ""), getattr(event, "dest_path", ""))
+            if p
+        )
         folders = self._folders
         if not relevant(paths, folders):
             return
@@ -377,8 +389,9 @@ class Watcher:
                 else:
                     continue
                 digest.update(hashlib.sha256(repr(source).encode()).digest())
-                digest.update(b"\0missing" if secret is None
-                              else b"\1" + hashlib.sha256(secret).digest())
+                digest.update(
+                    b"\0missing" if secret is None else b"\1" + hashlib.sha256(secret).digest()
+                )
         return data, digest.hexdigest(), problem
 
     def reconcile(self, trigger: str = "interval") -> None:
@@ -394,8 +407,10 @@ class Watcher:
             self._finish(trigger, "error", started, f"internal error ({type(exc).__name__})")
 
     def _internal_error(self, where: str, exc: BaseException) -> None:
-        self.log.error(f"{where} failed with an internal error; please report it",
-                       extra={"fields": {"error": type(exc).__name__}})
+        self.log.error(
+            f"{where} failed with an internal error; please report it",
+            extra={"fields": {"error": type(exc).__name__}},
+        )
         if os.environ.get("DMS_RECONCILER_DEBUG"):
             self.log.error(logs.safe_traceback(exc))
 
@@ -427,8 +442,12 @@ class Watcher:
         if problem is not None:
             self._report_invalid(problem, digest)
             if self._good is None or trigger != "interval":
-                self._finish(trigger, "invalid", started, f"{self.target.desired_path} is invalid; "
-                             "nothing was changed")
+                self._finish(
+                    trigger,
+                    "invalid",
+                    started,
+                    f"{self.target.desired_path} is invalid; nothing was changed",
+                )
                 return
             loaded = self._good  # keep the last good state applied: repair drift against it
         else:
@@ -442,24 +461,35 @@ class Watcher:
         try:
             applied = self._quiet_check(loaded) if trigger == "interval" else None
             if applied is None:
-                applied = apply_once(self.target, loaded=loaded, cache=self.cache,
-                                     lock_timeout=self.options.lock_timeout,
-                                     on_wait=lambda message: self.log.info(message))
+                applied = apply_once(
+                    self.target,
+                    loaded=loaded,
+                    cache=self.cache,
+                    lock_timeout=self.options.lock_timeout,
+                    on_wait=lambda message: self.log.info(message),
+                )
         except Refused as exc:
             self._count_pending(loaded)
             self.log.error(f"refused: {exc}")
             self._finish(trigger, "refused", started, str(exc), problem)
             return
         except ReconcilerError as exc:
-            self.log.error(f"reconcile failed: {exc}", extra={"fields": {
-                "error": type(exc).__name__,
-                "retry_in_seconds": self._retry_delay(self._failures + 1)}})
+            self.log.error(
+                f"reconcile failed: {exc}",
+                extra={
+                    "fields": {
+                        "error": type(exc).__name__,
+                        "retry_in_seconds": self._retry_delay(self._failures + 1),
+                    }
+                },
+            )
             self._finish(trigger, "error", started, str(exc), problem)
             return
         except Exception as exc:  # a bug: keep running, say what kind, never print local data
             self._internal_error("reconcile", exc)
-            self._finish(trigger, "error", started, f"internal error ({type(exc).__name__})",
-                         problem)
+            self._finish(
+                trigger, "error", started, f"internal error ({type(exc).__name__})", problem
+            )
             return
         self._after_apply(trigger, applied, digest, started, problem)
 
@@ -468,8 +498,10 @@ class Watcher:
         do: the plan would be the same, so skip it (a plan takes about a second at 10k accounts)."""
         if self._clean is None or self._clean[0] != digest:
             return False
-        names = {name: os.path.join(self.target.config_dir, name)
-                 for name in (*ENTRY_FILES, amavis.FILENAME, state_file.FILENAME)}
+        names = {
+            name: os.path.join(self.target.config_dir, name)
+            for name in (*ENTRY_FILES, amavis.FILENAME, state_file.FILENAME)
+        }
         names[CRON] = self.target.cron_path
         try:
             now = {name: read_snapshot(path).sha256 for name, path in sorted(names.items())}
@@ -482,25 +514,47 @@ class Watcher:
         plan a second time to prove convergence. None: there is something to apply."""
         planned = plan_once(self.target, loaded=loaded, cache=self.cache)
         own, seen = planned.plan.ownership, planned.observed.ownership
-        current = (planned.observed.snapshots[state_file.FILENAME].exists
-                   and own.entries == seen.entries and own.owns_cron == seen.owns_cron)
+        current = (
+            planned.observed.snapshots[state_file.FILENAME].exists
+            and own.entries == seen.entries
+            and own.owns_cron == seen.owns_cron
+        )
         if planned.plan.has_changes or not current:
             return None
         return Applied(planned, ApplyResult((), {}, {}), attempts=0, converged=True)
 
-    def _after_apply(self, trigger: str, applied: Applied, digest: str, started: float,
-                     problem: InvalidDesiredState | None) -> None:
+    def _after_apply(
+        self,
+        trigger: str,
+        applied: Applied,
+        digest: str,
+        started: float,
+        problem: InvalidDesiredState | None,
+    ) -> None:
         plan = applied.planned.plan
         written = applied.result.written
         counts = plan.counts
-        drifted = bool(written) and self._digest_applied is not None and (
-            digest == self._digest_applied or problem is not None)
+        drifted = (
+            bool(written)
+            and self._digest_applied is not None
+            and (digest == self._digest_applied or problem is not None)
+        )
         changed_keys = [f"{c.file}:{c.key}" for c in plan.changes]
         if written:
-            self.log.info("applied" if not drifted else "repaired drift", extra={"fields": {
-                "trigger": trigger, "added": counts["add"], "changed": counts["change"],
-                "destroyed": counts["destroy"], "files_written": list(written),
-                "entries": changed_keys[:50], "attempts": applied.attempts}})
+            self.log.info(
+                "applied" if not drifted else "repaired drift",
+                extra={
+                    "fields": {
+                        "trigger": trigger,
+                        "added": counts["add"],
+                        "changed": counts["change"],
+                        "destroyed": counts["destroy"],
+                        "files_written": list(written),
+                        "entries": changed_keys[:50],
+                        "attempts": applied.attempts,
+                    }
+                },
+            )
         elif trigger != "interval":
             self.log.info("no changes: the config volume matches mailserver.yaml")
         self.metrics.drift.set(len(plan.changes) if drifted else 0)
@@ -522,11 +576,20 @@ class Watcher:
                 self._clean = (digest, applied.planned.observed.fingerprint())
         result = "changed" if written else "unchanged"
         if problem is not None:
-            self._finish(trigger, "invalid", started, f"{self.target.desired_path} is invalid; the "
-                         "last good state stays applied", problem)
+            self._finish(
+                trigger,
+                "invalid",
+                started,
+                f"{self.target.desired_path} is invalid; the last good state stays applied",
+                problem,
+            )
         else:
-            message = (f"applied: {counts['add']} added, {counts['change']} changed, "
-                       f"{counts['destroy']} destroyed" if written else "the volume matches")
+            message = (
+                f"applied: {counts['add']} added, {counts['change']} changed, "
+                f"{counts['destroy']} destroyed"
+                if written
+                else "the volume matches"
+            )
             self._finish(trigger, result, started, message, None, success=True)
         if written:
             try:
@@ -539,8 +602,16 @@ class Watcher:
         delay = RETRY_FIRST_SECONDS * 2 ** min(max(failures, 1) - 1, 20)
         return max(RETRY_FIRST_SECONDS, min(self.options.interval, delay))
 
-    def _finish(self, trigger: str, result: str, started: float, message: str,
-                problem: InvalidDesiredState | None = None, *, success: bool = False) -> None:
+    def _finish(
+        self,
+        trigger: str,
+        result: str,
+        started: float,
+        message: str,
+        problem: InvalidDesiredState | None = None,
+        *,
+        success: bool = False,
+    ) -> None:
         """Count and publish one reconcile's end. After an error (a volume read-only, full or
         away for a moment, DMS's lock held too long) try again soon, not only at the next
         --interval: the change is written as soon as the volume takes it."""
@@ -554,8 +625,11 @@ class Watcher:
         self.metrics.reconciles.labels(result=result, trigger=trigger).inc()
         self.metrics.duration.observe(max(0.0, self.clock() - started))
         self.metrics.last_reconcile.set(now)
-        changes: dict[str, Any] = {"last_result": result, "last_message": message,
-                                   "reconciles": self.status.reconciles + 1}
+        changes: dict[str, Any] = {
+            "last_result": result,
+            "last_message": message,
+            "reconciles": self.status.reconciles + 1,
+        }
         if success:
             self.metrics.last_success.set(now)
             changes["last_success"] = now
@@ -565,14 +639,17 @@ class Watcher:
         self.metrics.desired_valid.set(0)
         self.status.update(desired_valid=False)
         if self._invalid_logged == digest:
-            self.log.warning(f"{self.target.desired_path} is still invalid; the last good state "
-                             "stays applied")
+            self.log.warning(
+                f"{self.target.desired_path} is still invalid; the last good state stays applied"
+            )
             return
         self._invalid_logged = digest
         diagnostics = [d.format() for d in problem.diagnostics]
-        self.log.error(f"{self.target.desired_path} is invalid; nothing was changed, the last good "
-                       "state stays applied", extra={"fields": {
-                           "errors": diagnostics[:100], "error_count": len(diagnostics)}})
+        self.log.error(
+            f"{self.target.desired_path} is invalid; nothing was changed, the last good "
+            "state stays applied",
+            extra={"fields": {"errors": diagnostics[:100], "error_count": len(diagnostics)}},
+        )
 
     def _count_pending(self, loaded: Loaded) -> None:
         """How many entry changes wait (a refused plan): plan again, read-only."""
@@ -584,8 +661,10 @@ class Watcher:
 
     def _forget_stale_verifications(self, applied: Applied) -> None:
         """Keep the cache to the hashes on the volume, so it does not grow with every rotation."""
-        live = {(address, entry.password_hash)
-                for address, entry in applied.planned.observed.accounts.entries.items()}
+        live = {
+            (address, entry.password_hash)
+            for address, entry in applied.planned.observed.accounts.entries.items()
+        }
         self.cache.retain(live)
 
     # --- DMS ------------------------------------------------------------------------------------
@@ -604,22 +683,30 @@ class Watcher:
         # what DMS could not be asked about earlier is asked about together with this write
         expected = {**self._unconfirmed, **dms_mod.monitored_checksums(applied.result.sha512)}
         self._unconfirmed = {}
-        accounts = max(len(applied.planned.loaded.state.accounts),
-                       len(applied.planned.observed.accounts.entries))
+        accounts = max(
+            len(applied.planned.loaded.state.accounts),
+            len(applied.planned.observed.accounts.entries),
+        )
         if out_of_reach:
             assert self._reconfirm_at is not None
             self._unconfirmed, self._unconfirmed_accounts = expected, accounts
             wait = max(0.0, self._reconfirm_at - self.clock())
-            self._dms_state("unconfirmed", "applied, but could not confirm that DMS picked the "
-                            f"change up: DMS is still out of reach (asked again in {wait:.0f} s)",
-                            quiet=True)
+            self._dms_state(
+                "unconfirmed",
+                "applied, but could not confirm that DMS picked the "
+                f"change up: DMS is still out of reach (asked again in {wait:.0f} s)",
+                quiet=True,
+            )
             return
         if expected:
             try:
                 self.dms.find()
             except dms_mod.DmsUnavailable as exc:
-                self._could_not_ask(expected, accounts, f"applied, but could not confirm that DMS "
-                                    f"picked the change up: {exc}")
+                self._could_not_ask(
+                    expected,
+                    accounts,
+                    f"applied, but could not confirm that DMS picked the change up: {exc}",
+                )
             else:
                 self._await(expected, accounts)
         self._schedule_reconfirm(first=True)
@@ -640,10 +727,14 @@ class Watcher:
     def _await(self, expected: dict[str, str], accounts: int) -> None:
         timeout = dms_mod.confirm_timeout(accounts)
         now = self.clock()
-        self._awaiting = _Awaiting(expected, now, now + timeout, now + self.options.dms_poll,
-                                   accounts=accounts)
-        self._dms_state("waiting", f"waiting for DMS to apply {', '.join(sorted(expected))} "
-                        f"(up to {timeout:.0f} s)", quiet=True)
+        self._awaiting = _Awaiting(
+            expected, now, now + timeout, now + self.options.dms_poll, accounts=accounts
+        )
+        self._dms_state(
+            "waiting",
+            f"waiting for DMS to apply {', '.join(sorted(expected))} (up to {timeout:.0f} s)",
+            quiet=True,
+        )
 
     def _could_not_ask(self, expected: dict[str, str], accounts: int, message: str) -> None:
         self._unconfirmed = dict(expected)
@@ -655,8 +746,9 @@ class Watcher:
             self._reconfirm_at, self._reconfirm_tries = None, 0
             return
         self._reconfirm_tries = 0 if first else self._reconfirm_tries + 1
-        delay = min(RECONFIRM_MAX_SECONDS,
-                    self.options.dms_poll * 2 ** min(self._reconfirm_tries, 20))
+        delay = min(
+            RECONFIRM_MAX_SECONDS, self.options.dms_poll * 2 ** min(self._reconfirm_tries, 20)
+        )
         self._reconfirm_at = self.clock() + delay
 
     def _reconfirm(self) -> None:
@@ -671,8 +763,9 @@ class Watcher:
             report = self.dms.check_applied(self._unconfirmed, self._current_sha512)
             if report.state == "confirmed":
                 self._unconfirmed = {}
-                self._dms_state("confirmed", "DMS applied the change (confirmed once DMS could "
-                                "be asked again)")
+                self._dms_state(
+                    "confirmed", "DMS applied the change (confirmed once DMS could be asked again)"
+                )
             elif report.state == "waiting":  # DMS answers, but has not applied it (yet)
                 expected, self._unconfirmed = self._unconfirmed, {}
                 self._await(expected, self._unconfirmed_accounts)
@@ -697,17 +790,21 @@ class Watcher:
         awaiting.failures = awaiting.failures + 1 if report.state == "unconfirmed" else 0
         if awaiting.failures >= UNCONFIRMED_GIVE_UP:  # one failed look may be a hiccup; three not
             self._awaiting = None
-            self._could_not_ask(awaiting.expected, awaiting.accounts,
-                                f"applied, but {report.message}")
+            self._could_not_ask(
+                awaiting.expected, awaiting.accounts, f"applied, but {report.message}"
+            )
             self._schedule_reconfirm(first=True)
             return
         if now >= awaiting.deadline:
             self._awaiting = None
             waited = awaiting.deadline - awaiting.started
-            self._dms_state("timed_out", f"DMS did not confirm the change within {waited:.0f} s "
-                            f"({report.message}); its change detector may be stuck: see "
-                            "/var/log/supervisor/changedetector.log in the DMS container. Writing "
-                            "again is allowed now")
+            self._dms_state(
+                "timed_out",
+                f"DMS did not confirm the change within {waited:.0f} s "
+                f"({report.message}); its change detector may be stuck: see "
+                "/var/log/supervisor/changedetector.log in the DMS container. Writing "
+                "again is allowed now",
+            )
             return
         step = min(5.0, self.options.dms_poll * (1 + awaiting.polls / 10))
         awaiting.next_poll = now + step
@@ -749,9 +846,11 @@ class Watcher:
             return
         pending = len(planned.plan.changes)
         self.metrics.pending.set(pending)
-        self.log.info(f"mailserver.yaml changed while DMS is still applying the last write; "
-                      f"{pending} entry change(s) will be written once DMS confirms",
-                      extra={"fields": {"pending": pending}})
+        self.log.info(
+            f"mailserver.yaml changed while DMS is still applying the last write; "
+            f"{pending} entry change(s) will be written once DMS confirms",
+            extra={"fields": {"pending": pending}},
+        )
 
     # --- watching -------------------------------------------------------------------------------
 
@@ -806,8 +905,10 @@ class Watcher:
                 watch = self._observer.schedule(self._handler, directory, recursive=False)
             except OSError as exc:
                 if directory in folders:
-                    self.log.error(f"cannot watch {directory}: {exc.strerror}; changes are picked "
-                                   f"up every {self.options.interval:.0f} s instead")
+                    self.log.error(
+                        f"cannot watch {directory}: {exc.strerror}; changes are picked "
+                        f"up every {self.options.interval:.0f} s instead"
+                    )
                 else:  # only a parent: the folder's own watch still sees every edit
                     self.log.debug(f"cannot watch {directory}: {exc.strerror}")
                 continue
@@ -829,8 +930,10 @@ class Watcher:
 
     def _shutdown(self) -> None:
         if self._awaiting is not None:
-            self.log.info("stopping before DMS confirmed the last write; the files are complete "
-                          "and DMS applies them on its own")
+            self.log.info(
+                "stopping before DMS confirmed the last write; the files are complete "
+                "and DMS applies them on its own"
+            )
         if self._observer is not None:
             self._observer.stop()
             self._observer.join(timeout=5)

@@ -32,8 +32,9 @@ Path = tuple[str | int, ...]
 _RESOLVER = yaml.resolver.Resolver()
 _STR = "tag:yaml.org,2002:str"
 _MAP = "tag:yaml.org,2002:map"
-_SCALAR_TAGS = frozenset(f"tag:yaml.org,2002:{name}"
-                         for name in ("int", "float", "bool", "null", "timestamp"))
+_SCALAR_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}" for name in ("int", "float", "bool", "null", "timestamp")
+)
 _SEQ = "tag:yaml.org,2002:seq"
 _SIMPLE_PLAIN = re.compile(r"[A-Za-z_@][A-Za-z0-9_./@ -]*\Z")
 _BOOL_WORDS = {"yes", "no", "true", "false", "on", "off", "y", "n", "null", "~"}
@@ -148,8 +149,17 @@ def _line_col(buf: bytes | str, offset: int) -> tuple[int, int]:
 
 
 class _Frame:
-    __slots__ = ("container", "is_map", "path", "key", "key_mark", "seen", "anchor",
-                 "start_nodes", "mark")
+    __slots__ = (
+        "container",
+        "is_map",
+        "path",
+        "key",
+        "key_mark",
+        "seen",
+        "anchor",
+        "start_nodes",
+        "mark",
+    )
 
     def __init__(
         self, container: Any, path: Path, anchor: str | None, start_nodes: int, mark: Any
@@ -177,9 +187,7 @@ class _Builder:
         self.documents = 0
 
     def diag(self, mark: Any, path: Path, message: str) -> Diagnostic:
-        return Diagnostic(
-            self.filename, mark.line + 1, mark.column + 1, format_path(path), message
-        )
+        return Diagnostic(self.filename, mark.line + 1, mark.column + 1, format_path(path), message)
 
     def build(self, text: str) -> Document:
         stack: list[_Frame] = []
@@ -209,14 +217,19 @@ class _Builder:
                         top.key = key
                         if record:
                             top.key_mark = key_marks[top.path + (key,)] = (
-                                mark.line + 1, mark.column + 1)
+                                mark.line + 1,
+                                mark.column + 1,
+                            )
                         continue
                     value = event.value
                     tag = event.tag
-                    if not ((tag is None or tag == "!") and (
-                        not event.implicit[0]
-                        or (_SIMPLE_PLAIN.match(value) and value.lower() not in _BOOL_WORDS)
-                    )):
+                    if not (
+                        (tag is None or tag == "!")
+                        and (
+                            not event.implicit[0]
+                            or (_SIMPLE_PLAIN.match(value) and value.lower() not in _BOOL_WORDS)
+                        )
+                    ):
                         value = self._scalar(event, stack)
                     if top is None:
                         self._value(stack, value, event, 1)
@@ -253,8 +266,14 @@ class _Builder:
                     self.documents += 1
                     if self.documents > 1:
                         raise YamlLoadError(
-                            [self.diag(event.start_mark, (), "the file holds more than one YAML "
-                                       "document (a second `---`); keep everything in one")]
+                            [
+                                self.diag(
+                                    event.start_mark,
+                                    (),
+                                    "the file holds more than one YAML "
+                                    "document (a second `---`); keep everything in one",
+                                )
+                            ]
                         )
                 elif kind is stream_end or event is None:
                     break
@@ -266,15 +285,30 @@ class _Builder:
             raise YamlLoadError(self.doc.problems)
         if self.doc.value is None:
             raise YamlLoadError(
-                [Diagnostic(self.filename, 1, 1, "", "the file is empty (only comments or blank "
-                            "lines); it needs at least `version`, `domains` and `accounts`")]
+                [
+                    Diagnostic(
+                        self.filename,
+                        1,
+                        1,
+                        "",
+                        "the file is empty (only comments or blank "
+                        "lines); it needs at least `version`, `domains` and `accounts`",
+                    )
+                ]
             )
         if not isinstance(self.doc.value, dict):
             got = _type_name(self.doc.value)
             raise YamlLoadError(
-                [Diagnostic(self.filename, 1, 1, "",
-                            f"the file must be a mapping of keys (version, domains, accounts ...),"
-                            f" not {got}")]
+                [
+                    Diagnostic(
+                        self.filename,
+                        1,
+                        1,
+                        "",
+                        f"the file must be a mapping of keys (version, domains, accounts ...),"
+                        f" not {got}",
+                    )
+                ]
             )
         return self.doc
 
@@ -282,15 +316,25 @@ class _Builder:
         path = self._child_path(stack)
         if len(stack) >= MAX_DEPTH:
             raise YamlLoadError(
-                [self.diag(event.start_mark, path[:4],
-                           f"nesting deeper than {MAX_DEPTH} levels; mailserver.yaml needs four")]
+                [
+                    self.diag(
+                        event.start_mark,
+                        path[:4],
+                        f"nesting deeper than {MAX_DEPTH} levels; mailserver.yaml needs four",
+                    )
+                ]
             )
         self._count(event, path, 1)
         mark = event.start_mark
         if event.tag not in (None, "!", _MAP, _SEQ):  # e.g. !!python/object/apply, !!set, !!omap
-            self.doc.problems.append(self.diag(
-                mark, path, f"unsupported YAML tag {printable(event.tag)[:80]}; only plain "
-                "mappings and lists are allowed"))
+            self.doc.problems.append(
+                self.diag(
+                    mark,
+                    path,
+                    f"unsupported YAML tag {printable(event.tag)[:80]}; only plain "
+                    "mappings and lists are allowed",
+                )
+            )
         if self.record_marks:
             self.doc.marks[path] = (mark.line + 1, mark.column + 1)
         stack.append(_Frame(container, path, event.anchor, self.nodes, mark))
@@ -321,14 +365,20 @@ class _Builder:
             key = event.value  # keys stay the text as written: `yes:` is the key "yes"
         if event.tag == "tag:yaml.org,2002:merge" or (key == "<<" and event.implicit[0]):
             self.doc.problems.append(
-                self.diag(mark, frame.path, "YAML merge keys (`<<`) are not supported here; "
-                          "write the keys out")
+                self.diag(
+                    mark,
+                    frame.path,
+                    "YAML merge keys (`<<`) are not supported here; write the keys out",
+                )
             )
         if key in frame.seen:
             self.doc.problems.append(
-                self.diag(mark, frame.path + (key,),
-                          f"duplicate key '{key}' (first on line {frame.seen[key]}); YAML would "
-                          "silently keep only the last one: merge the two")
+                self.diag(
+                    mark,
+                    frame.path + (key,),
+                    f"duplicate key '{key}' (first on line {frame.seen[key]}); YAML would "
+                    "silently keep only the last one: merge the two",
+                )
             )
         else:
             frame.seen[key] = mark.line + 1
@@ -350,9 +400,14 @@ class _Builder:
     def _alias(self, stack: list[_Frame], event: Any) -> None:
         if event.anchor not in self.anchors:
             raise YamlLoadError(
-                [self.diag(event.start_mark, self._child_path(stack),
-                           f"alias *{event.anchor} refers to an anchor that is not complete "
-                           "(recursive) or not defined")]
+                [
+                    self.diag(
+                        event.start_mark,
+                        self._child_path(stack),
+                        f"alias *{event.anchor} refers to an anchor that is not complete "
+                        "(recursive) or not defined",
+                    )
+                ]
             )
         value, size = self.anchors[event.anchor]
         self._value(stack, value, _FakeEvent(event.start_mark, value), size)
@@ -364,10 +419,15 @@ class _Builder:
 
     def _too_many(self, event: Any, path: Path) -> YamlLoadError:
         return YamlLoadError(
-            [self.diag(event.start_mark, path,
-                       "the document expands to more than "
-                       f"{MAX_EXPANDED_NODES:,} values through YAML aliases (*ref): "
-                       "refusing a possible 'billion laughs' bomb")]
+            [
+                self.diag(
+                    event.start_mark,
+                    path,
+                    "the document expands to more than "
+                    f"{MAX_EXPANDED_NODES:,} values through YAML aliases (*ref): "
+                    "refusing a possible 'billion laughs' bomb",
+                )
+            ]
         )
 
     def _child_path(self, stack: list[_Frame]) -> Path:
@@ -394,24 +454,39 @@ class _Builder:
             return value
         if tag not in _SCALAR_TAGS:  # !!binary, !!map on a scalar, !!python/...: never built
             raise YamlLoadError(
-                [self.diag(event.start_mark, self._child_path(stack),
-                           f"unsupported YAML tag {printable(tag)[:80]}; only plain values are "
-                           "allowed")]
+                [
+                    self.diag(
+                        event.start_mark,
+                        self._child_path(stack),
+                        f"unsupported YAML tag {printable(tag)[:80]}; only plain values are "
+                        "allowed",
+                    )
+                ]
             )
         node = yaml.ScalarNode(tag, value, event.start_mark, event.end_mark, event.style)
         try:
             return _CONSTRUCTOR.construct_object(node)
         except yaml.YAMLError:
             raise YamlLoadError(
-                [self.diag(event.start_mark, self._child_path(stack),
-                           f"unsupported YAML tag {tag}; only plain values are allowed")]
+                [
+                    self.diag(
+                        event.start_mark,
+                        self._child_path(stack),
+                        f"unsupported YAML tag {tag}; only plain values are allowed",
+                    )
+                ]
             ) from None
         except (ValueError, LookupError, TypeError, ArithmeticError, AttributeError):
             # PyYAML's constructors fail so on `!!float ''`, `!!bool ''`, a 5000-digit integer
             shown = f"'{value[:40]}...'" if len(value) > 40 else f"'{value}'"
             raise YamlLoadError(
-                [self.diag(event.start_mark, self._child_path(stack),
-                           f"{shown} is not a valid {tag.rsplit(':', 1)[-1]} value")]
+                [
+                    self.diag(
+                        event.start_mark,
+                        self._child_path(stack),
+                        f"{shown} is not a valid {tag.rsplit(':', 1)[-1]} value",
+                    )
+                ]
             ) from None
 
     def _syntax_error(self, exc: yaml.MarkedYAMLError, text: str) -> Diagnostic:
@@ -443,8 +518,14 @@ def _char_at(text: str, index: int) -> str:
 
 
 def _type_name(value: Any) -> str:
-    return {list: "a list", str: "a string", int: "a number", float: "a number",
-            bool: "true/false", type(None): "empty"}.get(type(value), type(value).__name__)
+    return {
+        list: "a list",
+        str: "a string",
+        int: "a number",
+        float: "a number",
+        bool: "true/false",
+        type(None): "empty",
+    }.get(type(value), type(value).__name__)
 
 
 class _ScalarConstructor(yaml.constructor.SafeConstructor):

@@ -36,8 +36,9 @@ class ParsedFile(Generic[E]):
     problems: tuple[Problem, ...] = ()
 
 
-def logical_lines(text: str, *, continuation: bool = False,
-                  keep_cr: bool = False) -> Iterator[tuple[int, str]]:
+def logical_lines(
+    text: str, *, continuation: bool = False, keep_cr: bool = False
+) -> Iterator[tuple[int, str]]:
     """(line number, text) of each non-blank line, CR stripped unless `keep_cr`.
 
     `keep_cr` is for files DMS reads without its CRLF fix (dovecot-quotas.cf): there a CR is
@@ -112,8 +113,11 @@ def parse_lines(
             problems.append(Problem(number, result[2]))
         if key in entries:
             problems.append(
-                Problem(number, f"duplicate {what} '{key}' (first on line {first_line[key]}); "
-                                "only the first one is used")
+                Problem(
+                    number,
+                    f"duplicate {what} '{key}' (first on line {first_line[key]}); "
+                    "only the first one is used",
+                )
             )
             continue
         entries[key] = entry

@@ -36,8 +36,11 @@ def _read(line: str) -> tuple[str, AccountLine] | tuple[str, AccountLine, str] |
         return "the text before '|' is not an address; DMS cannot read this line"
     entry = AccountLine(address, password_hash, extra if sep else None)
     if not password_hash:  # `setup email add` on a host where hashing failed writes these
-        return (address.lower(), entry,
-                f"account '{address}' has an empty password hash: nobody can log in")
+        return (
+            address.lower(),
+            entry,
+            f"account '{address}' has an empty password hash: nobody can log in",
+        )
     return address.lower(), entry
 
 
@@ -50,8 +53,9 @@ def line_of(entry: AccountLine) -> str:
     return line if entry.extra is None else f"{line}|{entry.extra}"
 
 
-def render(entries: Iterable[AccountLine], *, comments: Iterable[str] = (),
-           invalid: Iterable[str] = ()) -> str:
+def render(
+    entries: Iterable[AccountLine], *, comments: Iterable[str] = (), invalid: Iterable[str] = ()
+) -> str:
     # Comments with '@' would match DMS's unanchored greps for an address: never write them here.
     safe = [c for c in comments if "@" not in c]
     ordered = sorted(entries, key=lambda e: grep_safe_order(e.address.lower()))

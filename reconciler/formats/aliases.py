@@ -49,7 +49,8 @@ def line_of(entry: LocalAlias) -> str:
     return f"{entry.name}: {entry.value}"
 
 
-def render(entries: Iterable[LocalAlias], *, comments: Iterable[str] = (),
-           invalid: Iterable[str] = ()) -> str:
+def render(
+    entries: Iterable[LocalAlias], *, comments: Iterable[str] = (), invalid: Iterable[str] = ()
+) -> str:
     ordered = sorted(entries, key=lambda e: e.name.lower())
     return render_lines(ordered, line_of, comments=comments, invalid=invalid, continuation=True)

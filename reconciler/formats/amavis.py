@@ -12,7 +12,9 @@ import re
 from dataclasses import dataclass
 
 FILENAME = "amavis.cf"
-BEGIN = "# BEGIN dms-reconciler quarantine (managed from mailserver.yaml; edits here are overwritten)"
+BEGIN = (
+    "# BEGIN dms-reconciler quarantine (managed from mailserver.yaml; edits here are overwritten)"
+)
 END = "# END dms-reconciler quarantine"
 KINDS = ("spam", "virus", "banned", "bad_header")
 _SETTING = re.compile(r'\s*\$(\w+)_quarantine_to\s*=\s*"(.*)"\s*;\s*\Z')
@@ -49,7 +51,7 @@ def parse(text: str) -> AmavisFile:
         else:
             bad = True
     end_of_end = text.find("\n", end)
-    after = "" if end_of_end < 0 else text[end_of_end + 1:]
+    after = "" if end_of_end < 0 else text[end_of_end + 1 :]
     return AmavisFile(text[:start], block, after, unreadable_block=bad)
 
 
@@ -61,7 +63,7 @@ def _find_line(text: str, line: str, start: int) -> int:
         if pos < 0:
             return -1
         at_start = pos == 0 or text[pos - 1] == "\n"
-        tail = text[pos + len(line):pos + len(line) + 2]
+        tail = text[pos + len(line) : pos + len(line) + 2]
         if at_start and (tail == "" or tail.startswith("\n") or tail == "\r\n"):
             return pos
         pos += len(line)

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 from reconciler.formats._lines import ParsedFile, parse_lines, render_lines
 
-HEADER = "# Managed by dms-reconciler from sa_learn in mailserver.yaml. The whole file is overwritten."
+HEADER = (
+    "# Managed by dms-reconciler from sa_learn in mailserver.yaml. The whole file is overwritten."
+)
 DBPATH = "/var/mail-state/lib-amavis/.spamassassin"
 MAIL_ROOT = "/var/mail"
 _LINE = re.compile(
@@ -53,8 +55,11 @@ def _read(line: str) -> tuple[str, CronLine] | tuple[str, CronLine, str]:
     if line.endswith("\r"):
         # cron keeps the CR as part of the command (`> /dev/null\r`): not formatting, a broken
         # line. A distinct key makes the plan replace it with the clean line.
-        return text + "\\r", CronLine(text + "\\r"), (
-            "CRLF line ending: cron would run the command with a carriage return at its end")
+        return (
+            text + "\\r",
+            CronLine(text + "\\r"),
+            ("CRLF line ending: cron would run the command with a carriage return at its end"),
+        )
     return text, CronLine(text)
 
 

@@ -46,8 +46,11 @@ def _read(line: str) -> tuple[str, QuotaLine] | tuple[str, QuotaLine, str] | str
         # `grep -i "<address>:"` misses `a@d :5G`, and `a@d: 5G` or a CRLF line ending gives
         # Dovecot the size ` 5G` or `5G\r` (DMS reads this file without its CRLF fix).
         what = "a CRLF line ending" if size.endswith("\r") else "blanks around ':'"
-        return key, QuotaLine(address, size), (
-            f"quota of '{key}' has {what}; DMS does not read it as written")
+        return (
+            key,
+            QuotaLine(address, size),
+            (f"quota of '{key}' has {what}; DMS does not read it as written"),
+        )
     return key, QuotaLine(address, size)
 
 
@@ -68,11 +71,17 @@ def parse(text: str) -> ParsedFile[QuotaLine]:
         if not isinstance(read, str) and read[0] == key and read[1] == entry:
             continue  # DMS finds this entry's own line (or an identical one)
         fields = line.split(":")
-        reads = (f"{fields[1]!r} from line {number}" if len(fields) == 2
-                 else f"no quota (line {number})")
+        reads = (
+            f"{fields[1]!r} from line {number}" if len(fields) == 2 else f"no quota (line {number})"
+        )
         entries[key] = replace(entry, shadowed=reads)
-        problems.append(Problem(number, f"DMS's grep for the quota of '{key}' matches this line "
-                                        f"first, so '{key}' gets {reads}, not {entry.size!r}"))
+        problems.append(
+            Problem(
+                number,
+                f"DMS's grep for the quota of '{key}' matches this line "
+                f"first, so '{key}' gets {reads}, not {entry.size!r}",
+            )
+        )
     problems.sort(key=lambda p: p.line)
     return ParsedFile(entries, parsed.comments, parsed.invalid, tuple(problems))
 
@@ -153,8 +162,9 @@ def line_of(entry: QuotaLine) -> str:
     return f"{entry.address}:{entry.size.removesuffix(chr(13))}"  # what we write is LF only
 
 
-def render(entries: Iterable[QuotaLine], *, comments: Iterable[str] = (),
-           invalid: Iterable[str] = ()) -> str:
+def render(
+    entries: Iterable[QuotaLine], *, comments: Iterable[str] = (), invalid: Iterable[str] = ()
+) -> str:
     safe = [c for c in comments if "@" not in c]  # `grep -i "addr:"` does not skip comments
     ordered = sorted(entries, key=lambda e: grep_safe_order(e.address.lower()))
     return render_lines(ordered, line_of, comments=safe, invalid=invalid)

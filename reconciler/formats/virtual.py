@@ -23,8 +23,10 @@ class VirtualLine:
     targets: tuple[str, ...]  # as written, in file order
 
 
-ORPHAN = ("line starts with whitespace but no entry comes before it; Postfix ignores it "
-          "(\"logical line must not start with whitespace\")")
+ORPHAN = (
+    "line starts with whitespace but no entry comes before it; Postfix ignores it "
+    '("logical line must not start with whitespace")'
+)
 
 
 def _read(line: str) -> tuple[str, VirtualLine] | str:
@@ -51,12 +53,19 @@ def line_of(entry: VirtualLine) -> str:
 
 
 def sort_key(entry: VirtualLine) -> tuple[str, int, str]:
-    """By domain, the catch-all `@domain` first, then local part: easy to read, order-free for DMS."""
+    """By domain, the catch-all `@domain` first, then local part (easy to read; DMS needs no
+    order here)."""
     local, _, domain = entry.key.lower().rpartition("@")
     return (domain, 0 if entry.key.startswith("@") else 1, local)
 
 
-def render(entries: Iterable[VirtualLine], *, comments: Iterable[str] = (),
-           invalid: Iterable[str] = ()) -> str:
-    return render_lines(sorted(entries, key=sort_key), line_of, comments=comments, invalid=invalid,
-                        continuation=True)
+def render(
+    entries: Iterable[VirtualLine], *, comments: Iterable[str] = (), invalid: Iterable[str] = ()
+) -> str:
+    return render_lines(
+        sorted(entries, key=sort_key),
+        line_of,
+        comments=comments,
+        invalid=invalid,
+        continuation=True,
+    )
