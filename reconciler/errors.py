@@ -7,6 +7,7 @@ words. Messages never contain a password or a password hash.
 
 from __future__ import annotations
 
+import errno
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -112,3 +113,18 @@ class Refused(ReconcilerError):
 
 class StalePlan(Refused):
     """A saved plan no longer matches the volume, the desired file or the secrets."""
+
+
+def os_error_text(exc: OSError, path: str, *, outcome: str) -> str:
+    """Why writing `path` failed, in words, and what that means for the volume (`outcome`)."""
+    if exc.errno == errno.ELOOP:
+        return f"{path} is a symlink; refusing to follow it"
+    reason = {
+        errno.ENOSPC: f"the disk is full while writing {path}",
+        errno.EDQUOT: f"disk quota exceeded while writing {path}",
+        errno.EROFS: f"the config volume is read-only ({path})",
+        errno.EACCES: f"no permission to write {path} (run as the volume's owner)",
+        errno.EPERM: f"no permission to write {path} (run as the volume's owner)",
+    }.get(exc.errno or 0, f"cannot write {path}: {exc.strerror}")
+    return f"{reason}; {outcome}"
+

@@ -33,7 +33,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler import state as state_file
-from reconciler.errors import LockBusy, ReconcilerError, Refused, SecretError, VolumeError
+from reconciler.errors import (
+    LockBusy,
+    ReconcilerError,
+    Refused,
+    SecretError,
+    VolumeError,
+    os_error_text,
+)
 from reconciler.formats import accounts, aliases, amavis, cron, quotas, virtual
 from reconciler.lock import LOCK_NAME, DmsLock, lock_token, owner_is_dead, wait_for_peers
 from reconciler.observe import CRON, FileSnapshot, Observed, read_snapshot
@@ -581,14 +588,4 @@ def _unlink_quietly(path: str) -> None:
 
 
 def _why(exc: OSError, path: str) -> str:
-    if exc.errno == errno.ENOSPC:
-        return f"the disk is full while writing {path}; the old file is intact"
-    if exc.errno == errno.EROFS:
-        return f"the config volume is read-only ({path}); the old file is intact"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return f"no permission to write {path}; the old file is intact"
-    if exc.errno == errno.ELOOP:
-        return f"{path} is a symlink; refusing to follow it"
-    if exc.errno == errno.EDQUOT:
-        return f"disk quota exceeded while writing {path}; the old file is intact"
-    return f"cannot write {path}: {exc.strerror}; the old file is intact"
+    return os_error_text(exc, path, outcome="the old file is intact")

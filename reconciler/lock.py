@@ -31,7 +31,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Self
 
-from reconciler.errors import LockBusy, VolumeError
+from reconciler.errors import LockBusy, VolumeError, os_error_text
 
 LOCK_NAME = "check-for-changes.sh.lock"
 STALE_SECONDS = 60.0  # DMS: `find "${LOCK_FILE}" -mmin +1` -> removed
@@ -351,12 +351,4 @@ def lock_token(path: str) -> str:
 
 
 def _why(exc: OSError, path: str) -> str:
-    if exc.errno == errno.EROFS:
-        return f"the config volume is read-only ({path}); nothing was written"
-    if exc.errno in (errno.EACCES, errno.EPERM):
-        return f"no permission to write {path}; run as the volume's owner (nothing was written)"
-    if exc.errno == errno.ENOSPC:
-        return f"the disk is full ({path}); nothing was written"
-    if exc.errno == errno.ELOOP:
-        return f"{path} is a symlink; refusing to follow it"
-    return f"cannot create {path}: {exc.strerror}"
+    return os_error_text(exc, path, outcome="nothing was written")

@@ -1,6 +1,6 @@
 """Keep the benchmark working: generate, run every measurement once at the smallest size.
 
-No timing is asserted here (timings live in bench/ and docs/performance.md); these tests fail when
+No timing is asserted here (timings live in bench/ and the README's Performance section); these tests fail when
 the generator makes a file the validator rejects, when a command the benchmark runs fails or
 exits with another status, or when `apply` with no changes touches a file.
 """
