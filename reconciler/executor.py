@@ -22,8 +22,8 @@ right before a plain rename (a window of microseconds instead of none).
 
 from __future__ import annotations
 
-import ctypes
 import errno
+import functools
 import hashlib
 import os
 import stat
@@ -419,18 +419,28 @@ def _append_tail(path: str, before: bytes, tail: bytes) -> int:
 
 _AT_FDCWD = -100
 _RENAME_EXCHANGE = 2
-try:
-    _renameat2: Any = ctypes.CDLL(None, use_errno=True).renameat2
-except (OSError, AttributeError):  # pragma: no cover - glibc older than 2.28, or not glibc
-    _renameat2 = None
+
+
+@functools.cache
+def _renameat2() -> Any:
+    """libc's renameat2, looked up on first use: importing ctypes costs 25 ms a plan never needs."""
+    import ctypes
+
+    try:
+        return ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # pragma: no cover - glibc older than 2.28, or not glibc
+        return None
 
 
 def _exchange(a: str, b: str) -> bool:
     """Swap the files at `a` and `b` in one step; False when the system or file system cannot."""
-    if _renameat2 is None:
+    renameat2 = _renameat2()
+    if renameat2 is None:
         return False
-    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
+    import ctypes
+
     err = ctypes.get_errno()
     if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
         return False

@@ -34,7 +34,10 @@ from reconciler.model import DesiredState, PasswordEnv, PasswordFile, PasswordHa
 SCHEME = "SHA512-CRYPT"
 ROUNDS = 5000  # DMS's `doveadm pw -s SHA512-CRYPT`; passlib's default (656000) makes logins slow
 PLACEHOLDER_SCHEME = "DMS-RECONCILER-UNRESOLVED"  # only in throw-away volumes built for CI plans
-PARALLEL_THRESHOLD = 200  # below this many hashes one core is faster than starting workers
+# Below this many hashes one core is faster than starting helpers: a forked one costs a few
+# milliseconds, a worker from the forkserver (needed once threads run, as in the sidecar) far more.
+FORK_THRESHOLD = 16
+PARALLEL_THRESHOLD = 200
 _CRYPT_EQUIVALENT = {None, "SHA512-CRYPT", "CRYPT"}  # all verified by libc crypt() in Dovecot
 _HANDLERS = {"$6$": sha512_crypt, "$5$": sha256_crypt, "$1$": md5_crypt}
 _HASHER = sha512_crypt.using(rounds=ROUNDS)
@@ -130,17 +133,96 @@ R = TypeVar("R")
 
 
 def _parallel_map(func: Callable[[T], R], items: Sequence[T]) -> list[R]:
-    """Map over every core for big batches; `crypt()` holds the GIL, so threads would not help."""
+    """Map over every core for big batches; `crypt()` holds the GIL, so threads would not help.
+
+    A process with no other thread (the CLI) forks its helpers: they start in milliseconds with
+    everything already imported, which pays off from a few dozen secrets. Once threads run (the
+    sidecar's watcher), forking could copy a lock held by one of them, so workers come from the
+    forkserver, slower to start and used only for big batches.
+    """
     workers = os.cpu_count() or 1
-    if len(items) < PARALLEL_THRESHOLD or workers < 2:
+    if len(items) < FORK_THRESHOLD or workers < 2:
+        return [func(item) for item in items]
+    import threading
+
+    if threading.active_count() == 1 and hasattr(os, "fork"):
+        return _forked_map(func, items, workers)
+    if len(items) < PARALLEL_THRESHOLD:
         return [func(item) for item in items]
     import multiprocessing  # imported here: 10 ms that commands without big batches never need
     from concurrent.futures import ProcessPoolExecutor
 
     chunk = max(1, len(items) // (workers * 4))
-    context = multiprocessing.get_context("forkserver")  # safe with the watcher's threads
+    context = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         return list(pool.map(func, items, chunksize=chunk))
+
+
+def _forked_map(func: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
+    """Split `items` between this process and `workers - 1` forked children.
+
+    Each child maps its share, writes the answers (JSON: booleans or hash strings, never a
+    secret) to a pipe and exits; it never waits for anything, so one cannot outlive a killed
+    parent by more than its share of the work. A share whose child fails is done here instead.
+    """
+    import json
+    import signal
+
+    shares = [items[i::workers] for i in range(workers)]
+    live: dict[int, int] = {}  # pid -> read end of its pipe, until reaped
+    try:
+        for share in shares[1:]:
+            read_end, write_end = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the child: map, report, exit without running any cleanup
+                status = 1
+                try:
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                    os.close(read_end)
+                    view = memoryview(json.dumps([func(item) for item in share]).encode())
+                    while view:
+                        view = view[os.write(write_end, view) :]
+                    status = 0
+                finally:
+                    os._exit(status)
+            os.close(write_end)
+            live[pid] = read_end
+        answers = [[func(item) for item in shares[0]]]
+        for share, pid in zip(shares[1:], list(live), strict=True):
+            reported = _read_to_end(live[pid])
+            os.close(live.pop(pid))
+            _, status = os.waitpid(pid, 0)
+            answers.append(_answers(reported if status == 0 else None, share, func))
+    finally:
+        for pid, read_end in live.items():  # interrupted: stop the children and reap them
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            os.close(read_end)
+    out: list[R] = [None] * len(items)  # type: ignore[list-item]
+    for index, share_answers in enumerate(answers):
+        out[index::workers] = share_answers
+    return out
+
+
+def _read_to_end(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _answers(reported: bytes | None, share: Sequence[T], func: Callable[[T], R]) -> list[R]:
+    """A child's answers, or the share done here when the child failed."""
+    import json
+
+    try:
+        answers = json.loads(reported) if reported is not None else None
+    except ValueError:
+        answers = None
+    if not isinstance(answers, list) or len(answers) != len(share):
+        return [func(item) for item in share]
+    return answers
 
 
 def _verify_item(item: tuple[str, str]) -> bool:
