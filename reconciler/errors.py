@@ -127,4 +127,3 @@ def os_error_text(exc: OSError, path: str, *, outcome: str) -> str:
         errno.EPERM: f"no permission to write {path} (run as the volume's owner)",
     }.get(exc.errno or 0, f"cannot write {path}: {exc.strerror}")
     return f"{reason}; {outcome}"
-
