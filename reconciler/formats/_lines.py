@@ -140,7 +140,7 @@ def render_lines(
     they continue nothing (Postfix ignores them, as it did where they were), while after an entry
     Postfix would read them as more targets of that entry.
     """
-    invalid = [line.removesuffix("\r") for line in invalid]  # a `keep_cr` file's lines: LF only
+    invalid = [line.rstrip("\r") for line in invalid]  # a `keep_cr` file's lines: LF only
     indented = [line for line in invalid if continuation and line[:1].isspace()]
     rest = [line for line in invalid if not (continuation and line[:1].isspace())]
     out = [header, *comments, *indented, *(line_of(e) for e in entries), *rest]
