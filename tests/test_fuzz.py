@@ -14,6 +14,7 @@ import os
 import string
 from collections import Counter
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -56,6 +57,14 @@ any_text = st.one_of(configish, st.text(max_size=400))
 ENTRY_CODECS = {"accounts": accounts, "virtual": virtual, "aliases": aliases, "quotas": quotas}
 
 
+def _as_written(name: str, entries: dict[str, Any]) -> dict[str, Any]:
+    """The entries a render writes: parse keeps a quota size's trailing CRs (DMS hands them to
+    Dovecot, so the plan must see them as a change), render writes LF only."""
+    if name != "quotas":
+        return entries
+    return {key: replace(e, size=e.size.rstrip("\r")) for key, e in entries.items()}
+
+
 def _render_parsed(name: str, parsed: Any) -> str:
     codec = ENTRY_CODECS[name]
     return codec.render(parsed.entries.values(), comments=parsed.comments, invalid=parsed.invalid)
@@ -65,6 +74,7 @@ def _render_parsed(name: str, parsed: Any) -> str:
 @FUZZ
 @given(text=any_text)
 @example(text="|\r\r")  # found in CI: an unreadable quota line lost one CR per render
+@example(text="a@b.c:1G\r\r")  # and a quota size its CRs one at a time
 def test_entry_codecs_parse_anything_and_round_trip(name: str, text: str) -> None:
     RUN[name] += 1
     codec = ENTRY_CODECS[name]
@@ -72,7 +82,9 @@ def test_entry_codecs_parse_anything_and_round_trip(name: str, text: str) -> Non
     rendered = _render_parsed(name, first)
     assert rendered.endswith("\n")
     second = codec.parse(rendered)
-    assert second.entries == first.entries, "a rendered file parses to other entries"
+    assert second.entries == _as_written(name, first.entries), (
+        "a rendered file parses to other entries"
+    )
     assert _render_parsed(name, second) == rendered, "rendering is not stable"
 
 

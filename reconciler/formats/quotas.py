@@ -159,7 +159,7 @@ def dms_lookup(address: str, lines: list[str]) -> tuple[int, str] | None:
 
 
 def line_of(entry: QuotaLine) -> str:
-    return f"{entry.address}:{entry.size.removesuffix(chr(13))}"  # what we write is LF only
+    return f"{entry.address}:{entry.size.rstrip(chr(13))}"  # what we write is LF only
 
 
 def render(
