@@ -17,6 +17,7 @@ from reconciler import dms as dms_mod
 from reconciler.dms import Dms, DmsUnavailable
 from tests.dockerengine import (  # noqa: F401 - pytest fixtures
     DockerEngine,
+    containers,
     docker_client,
     docker_engine,
     fake_dms_images,
@@ -36,17 +37,6 @@ def config_dir(tmp_path: Path) -> Path:
     return folder
 
 
-@pytest.fixture
-def cleanup(docker_client: Any) -> Any:
-    started: list[Any] = []
-    yield started
-    for container in started:
-        try:
-            container.remove(force=True)
-        except Exception:  # noqa: BLE001 - already gone is fine
-            pass
-
-
 def dms_for(engine: DockerEngine, **kwargs: Any) -> Dms:
     return Dms(environ={"DOCKER_HOST": engine.url}, **kwargs)
 
@@ -59,11 +49,11 @@ def exec_text(container: Any, *argv: str) -> str:
 
 def test_finds_the_container_by_compose_label_and_by_name(
         docker_engine: DockerEngine, docker_client: Any, fake_dms_images: dict[str, str],
-        config_dir: Path, cleanup: list[Any]) -> None:
-    cleanup.append(other := run_fake_dms(docker_client, fake_dms_images["ok"], config_dir,
+        config_dir: Path, containers: list[Any]) -> None:
+    containers.append(other := run_fake_dms(docker_client, fake_dms_images["ok"], config_dir,
                                          labels={"com.docker.compose.service": "webmail"},
                                          wait=False))
-    cleanup.append(container := run_fake_dms(docker_client, fake_dms_images["ok"], config_dir,
+    containers.append(container := run_fake_dms(docker_client, fake_dms_images["ok"], config_dir,
                                              name="my-mailserver"))
     assert dms_for(docker_engine).find().id == container.id
     assert dms_for(docker_engine, container="my-mailserver").find().id == container.id
@@ -73,7 +63,7 @@ def test_finds_the_container_by_compose_label_and_by_name(
 
 def test_missing_stopped_and_ambiguous_containers_are_clear_reports(
         docker_engine: DockerEngine, docker_client: Any, fake_dms_images: dict[str, str],
-        config_dir: Path, cleanup: list[Any]) -> None:
+        config_dir: Path, containers: list[Any]) -> None:
     with pytest.raises(DmsUnavailable, match="there is no container 'nosuch'"):
         dms_for(docker_engine, container="nosuch").find()
     with pytest.raises(DmsUnavailable, match="no running container has the label "
@@ -83,9 +73,9 @@ def test_missing_stopped_and_ambiguous_containers_are_clear_reports(
     report = dms_for(docker_engine).check_applied(unknown, lambda n: None)
     assert report.state == "unconfirmed" and "could not confirm" in report.message
 
-    cleanup.append(first := run_fake_dms(docker_client, fake_dms_images["ok"], config_dir,
+    containers.append(first := run_fake_dms(docker_client, fake_dms_images["ok"], config_dir,
                                          name="dms-a"))
-    cleanup.append(run_fake_dms(docker_client, fake_dms_images["ok"], config_dir, name="dms-b"))
+    containers.append(run_fake_dms(docker_client, fake_dms_images["ok"], config_dir, name="dms-b"))
     with pytest.raises(DmsUnavailable, match=r"2 running containers .*dms-a, dms-b.*--container"):
         dms_for(docker_engine).find()
     first.stop(timeout=0)
@@ -96,8 +86,8 @@ def test_missing_stopped_and_ambiguous_containers_are_clear_reports(
 
 def test_confirmation_is_read_from_the_change_detectors_checksum_file(
         docker_engine: DockerEngine, docker_client: Any, fake_dms_images: dict[str, str],
-        config_dir: Path, cleanup: list[Any]) -> None:
-    cleanup.append(run_fake_dms(docker_client, fake_dms_images["ok"], config_dir,
+        config_dir: Path, containers: list[Any]) -> None:
+    containers.append(run_fake_dms(docker_client, fake_dms_images["ok"], config_dir,
                                 environment={"FAKE_DMS_APPLY_SECONDS": "2"}))
     link = dms_for(docker_engine)
     accounts = config_dir / "postfix-accounts.cf"
@@ -119,8 +109,8 @@ def test_confirmation_is_read_from_the_change_detectors_checksum_file(
 
 def test_amavis_cf_is_installed_and_amavis_restarted(
         docker_engine: DockerEngine, docker_client: Any, fake_dms_images: dict[str, str],
-        config_dir: Path, cleanup: list[Any]) -> None:
-    cleanup.append(container := run_fake_dms(docker_client, fake_dms_images["ok"], config_dir))
+        config_dir: Path, containers: list[Any]) -> None:
+    containers.append(container := run_fake_dms(docker_client, fake_dms_images["ok"], config_dir))
     text = '$spam_quarantine_to = "admin\\@example.com";\n1;\n'
     (config_dir / "amavis.cf").write_text(text)
     report = dms_for(docker_engine).reload_amavis()
@@ -136,8 +126,8 @@ def test_amavis_cf_is_installed_and_amavis_restarted(
 ])
 def test_a_failing_supervisorctl_is_a_clear_report(
         docker_engine: DockerEngine, docker_client: Any, fake_dms_images: dict[str, str],
-        config_dir: Path, cleanup: list[Any], flavour: str, code: int, words: str) -> None:
-    cleanup.append(run_fake_dms(docker_client, fake_dms_images[flavour], config_dir))
+        config_dir: Path, containers: list[Any], flavour: str, code: int, words: str) -> None:
+    containers.append(run_fake_dms(docker_client, fake_dms_images[flavour], config_dir))
     (config_dir / "amavis.cf").write_text("1;\n")
     report = dms_for(docker_engine).reload_amavis()
     assert report.state == "failed"
@@ -147,8 +137,8 @@ def test_a_failing_supervisorctl_is_a_clear_report(
 
 def test_amavis_disabled_in_dms_is_skipped(
         docker_engine: DockerEngine, docker_client: Any, fake_dms_images: dict[str, str],
-        config_dir: Path, cleanup: list[Any]) -> None:
-    cleanup.append(container := run_fake_dms(docker_client, fake_dms_images["ok"], config_dir,
+        config_dir: Path, containers: list[Any]) -> None:
+    containers.append(container := run_fake_dms(docker_client, fake_dms_images["ok"], config_dir,
                                              environment={"ENABLE_AMAVIS": "0"}))
     report = dms_for(docker_engine).reload_amavis()
     assert report.state == "skipped" and "ENABLE_AMAVIS=0" in report.message
@@ -158,9 +148,9 @@ def test_amavis_disabled_in_dms_is_skipped(
 
 def test_missing_checksum_file_means_waiting_not_confirmed(
         docker_engine: DockerEngine, docker_client: Any, fake_dms_images: dict[str, str],
-        config_dir: Path, cleanup: list[Any]) -> None:
+        config_dir: Path, containers: list[Any]) -> None:
     # DMS before its start-up finished: no change detector, no checksum file yet
-    cleanup.append(run_fake_dms(docker_client, fake_dms_images["ok"], config_dir,
+    containers.append(run_fake_dms(docker_client, fake_dms_images["ok"], config_dir,
                                 command=["/bin/sleep", "600"], wait=False))
     recorded, note = dms_for(docker_engine).applied_checksums()
     assert recorded is None and "does not exist yet" in note

@@ -14,19 +14,23 @@ import pytest
 
 from tests.dockerengine import (  # noqa: F401 - pytest fixtures
     DockerEngine,
+    containers,
     docker_client,
     docker_engine,
     fake_dms_images,
     import_fake_dms,
     run_fake_dms,
 )
-from tests.util import Volume, sha512_hash
-from tests.watch_process import WatchProcess, wait_until
+from tests.util import Volume
+from tests.watch_process import (
+    ADMIN_HASH,
+    WatchProcess,
+    postmaster_target,
+    save_atomically,
+    wait_until,
+)
 
 pytestmark = pytest.mark.docker
-
-ADMIN_HASH = sha512_hash("admin-password", "adminsalt")
-
 
 def desired(target: str = "admin@example.com", *, quarantine: bool = True) -> str:
     text = textwrap.dedent(f"""\
@@ -43,35 +47,11 @@ def desired(target: str = "admin@example.com", *, quarantine: bool = True) -> st
     return text
 
 
-def postmaster(volume: Volume) -> str | None:
-    for line in (volume.read("postfix-virtual.cf") or "").splitlines():
-        if line.startswith("postmaster@example.com "):
-            return line.split(" ", 1)[1]
-    return None
-
-
-def save(path: Path, text: str) -> None:
-    tmp = path.with_name(".mailserver.yaml.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-
-
 def start_watcher(tmp_path: Path, volume: Volume, engine: DockerEngine, *more: str,
                   env: dict[str, str] | None = None) -> WatchProcess:
     path = tmp_path / "mailserver.yaml"
     return WatchProcess(["-f", str(path), *volume.args(), "--interval", "3600", *more],
                         cwd=tmp_path, env={"DOCKER_HOST": engine.url, **(env or {})})
-
-
-@pytest.fixture
-def containers(docker_client: Any) -> Any:
-    started: list[Any] = []
-    yield started
-    for container in started:
-        try:
-            container.remove(force=True)
-        except Exception:  # noqa: BLE001 - already gone is fine
-            pass
 
 
 def test_each_write_is_confirmed_and_amavis_is_reloaded(
@@ -91,10 +71,10 @@ def test_each_write_is_confirmed_and_amavis_is_reloaded(
         assert reloads == 1
 
         mark = watcher.count()
-        save(tmp_path / "mailserver.yaml", desired("new@elsewhere.net"))
+        save_atomically(tmp_path / "mailserver.yaml", desired("new@elsewhere.net"))
         watcher.wait_for_log(lambda r: r.get("dms") == "confirmed", after=mark,
                              what="the second confirmation")
-        assert postmaster(volume) == "new@elsewhere.net"
+        assert postmaster_target(volume) == "new@elsewhere.net"
         # amavis.cf did not change this time: no second restart
         code, calls = container.exec_run(["cat", "/var/log/supervisorctl.calls"])
         assert calls.decode() == "restart amavis\n"
@@ -118,24 +98,24 @@ def test_changes_during_dms_apply_are_coalesced_into_one_write(
         watcher.wait_for_log(lambda r: r.get("dms") == "confirmed", timeout=30,
                              what="the first confirmation")
         mark = watcher.count()
-        save(tmp_path / "mailserver.yaml", desired("one@elsewhere.net", quarantine=False))
-        wait_until(lambda: postmaster(volume) == "one@elsewhere.net", 10, "the first write")
+        save_atomically(tmp_path / "mailserver.yaml", desired("one@elsewhere.net", quarantine=False))
+        wait_until(lambda: postmaster_target(volume) == "one@elsewhere.net", 10, "the first write")
         watcher.wait_for_log(lambda r: r.get("dms") == "waiting", after=mark, what="waiting")
-        save(tmp_path / "mailserver.yaml", desired("two@elsewhere.net", quarantine=False))
+        save_atomically(tmp_path / "mailserver.yaml", desired("two@elsewhere.net", quarantine=False))
         pending = watcher.wait_for_log(lambda r: "pending" in r, after=mark, what="pending")
         assert pending["pending"] == 1
         assert watcher.metric("dms_reconciler_pending_changes") == 1
         second = watcher.count()
-        save(tmp_path / "mailserver.yaml", desired("three@elsewhere.net", quarantine=False))
+        save_atomically(tmp_path / "mailserver.yaml", desired("three@elsewhere.net", quarantine=False))
         watcher.wait_for_log(lambda r: r.get("pending") == 1, after=second,
                              what="the second pending note")
-        assert postmaster(volume) == "one@elsewhere.net"  # held back while DMS applies
+        assert postmaster_target(volume) == "one@elsewhere.net"  # held back while DMS applies
         confirmed = watcher.wait_for_log(lambda r: r.get("dms") == "confirmed", after=mark,
                                          timeout=30, what="the confirmation of the first write")
         # the "applied" line follows the write by the convergence plan: wait for the line
         wait_until(lambda: len([r for r in watcher.records()[mark:]
                                 if r["message"] == "applied"]) >= 2, 10, "the coalesced write")
-        assert postmaster(volume) == "three@elsewhere.net"
+        assert postmaster_target(volume) == "three@elsewhere.net"
         records = watcher.records()[mark:]
         applies = [r for r in records if r["message"] == "applied"]
         assert len(applies) == 2, watcher.raw_log()  # one, then two+three together
@@ -173,8 +153,8 @@ def test_container_gone_keeps_applying_and_says_it_could_not_confirm(
         watcher.wait_for_log(lambda r: r.get("dms") == "confirmed", what="the confirmation")
         container.remove(force=True)
         mark = watcher.count()
-        save(tmp_path / "mailserver.yaml", desired("after@elsewhere.net"))
-        wait_until(lambda: postmaster(volume) == "after@elsewhere.net", 10, "the write")
+        save_atomically(tmp_path / "mailserver.yaml", desired("after@elsewhere.net"))
+        wait_until(lambda: postmaster_target(volume) == "after@elsewhere.net", 10, "the write")
         reload = watcher.wait_for_log(lambda r: r.get("service") == "amavis", after=mark,
                                       what="the reload report")
         assert reload["result"] == "unconfirmed" and "no running container" in reload["message"]
@@ -199,8 +179,8 @@ def test_engine_stopped_keeps_applying_and_says_it_could_not_confirm(
         watcher.wait_for_log(lambda r: r.get("dms") == "confirmed", what="the confirmation")
         config_engine.stop()
         mark = watcher.count()
-        save(tmp_path / "mailserver.yaml", desired("after@elsewhere.net", quarantine=False))
-        wait_until(lambda: postmaster(volume) == "after@elsewhere.net", 10, "the write")
+        save_atomically(tmp_path / "mailserver.yaml", desired("after@elsewhere.net", quarantine=False))
+        wait_until(lambda: postmaster_target(volume) == "after@elsewhere.net", 10, "the write")
         record = watcher.wait_for_log(lambda r: r.get("dms") == "unconfirmed", after=mark,
                                       what="the report")
         assert "could not confirm" in record["message"]

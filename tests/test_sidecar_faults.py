@@ -29,16 +29,22 @@ from reconciler.formats import accounts, aliases, quotas, virtual
 from reconciler.lock import LOCK_NAME
 from tests.dockerengine import (  # noqa: F401 - pytest fixtures
     DockerEngine,
+    containers,
     docker_client,
     docker_engine,
     fake_dms_images,
     import_fake_dms,
     run_fake_dms,
 )
-from tests.util import Volume, run_cli, sha512_hash
-from tests.watch_process import WatchProcess, wait_until
+from tests.util import Volume, run_cli
+from tests.watch_process import (
+    ADMIN_HASH,
+    WatchProcess,
+    postmaster_target,
+    save_atomically,
+    wait_until,
+)
 
-ADMIN_HASH = sha512_hash("admin-password", "adminsalt")
 REACT = 10.0  # generous for a loaded CI machine
 PARSERS = {accounts.FILENAME: accounts.parse, virtual.FILENAME: virtual.parse,
            aliases.FILENAME: aliases.parse, quotas.FILENAME: quotas.parse}
@@ -58,19 +64,6 @@ def desired(target: str = "admin@example.com", *, quarantine: bool = False) -> s
     if quarantine:
         text += "quarantine:\n  mailbox: admin@example.com\n"
     return text
-
-
-def postmaster(volume: Volume) -> str | None:
-    for line in (volume.read("postfix-virtual.cf") or "").splitlines():
-        if line.startswith("postmaster@example.com "):
-            return line.split(" ", 1)[1]
-    return None
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.swp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 class TornFileGuard:
@@ -179,8 +172,8 @@ def test_deleted_file_is_reported_changes_nothing_and_its_return_is_applied(
         wait_until(lambda: readyz(watcher)[0] == 200, REACT, "ready again")
         assert watcher.metric("dms_reconciler_desired_valid") == 1
         assert volume.snapshot() == before
-        atomic_write(path, desired("back@elsewhere.net"))
-        wait_until(lambda: postmaster(volume) == "back@elsewhere.net", REACT, "the next version")
+        save_atomically(path, desired("back@elsewhere.net"))
+        wait_until(lambda: postmaster_target(volume) == "back@elsewhere.net", REACT, "the next version")
         assert watcher.terminate() == 0
     guard.assert_whole()
     assert_volume_settled(volume, path)
@@ -263,7 +256,7 @@ def test_replaced_folder_is_followed(tmp_path: Path, volume: Volume, how: str) -
                 old_target = configmap_generation(folder, desired(target), generation)
             else:
                 old_target = gitsync_generation(folder, desired(target), generation)
-            wait_until(lambda t=target: postmaster(volume) == t, REACT,
+            wait_until(lambda t=target: postmaster_target(volume) == t, REACT,
                        f"the volume to follow the new folder ({how}, generation {generation})")
         wait_until(lambda: readyz(watcher)[0] == 200, 5, "ready again")
         assert watcher.metric("dms_reconciler_desired_valid") == 1
@@ -273,8 +266,8 @@ def test_replaced_folder_is_followed(tmp_path: Path, volume: Volume, how: str) -
             time.sleep(1.0)
             assert watcher.metric("dms_reconciler_reconciles_total") == count
         # and edits in the new folder are still seen
-        atomic_write(path, desired("three@elsewhere.net"))
-        wait_until(lambda: postmaster(volume) == "three@elsewhere.net", REACT, "a later edit")
+        save_atomically(path, desired("three@elsewhere.net"))
+        wait_until(lambda: postmaster_target(volume) == "three@elsewhere.net", REACT, "a later edit")
         assert watcher.terminate() == 0
     guard.assert_whole()
     assert_volume_settled(volume, path)
@@ -374,7 +367,7 @@ def test_unwritable_or_missing_volume_is_reported_and_recovered(
             expected = "does not exist"
         before = volume.snapshot() if fault != "missing" else None
         mark = watcher.count()
-        atomic_write(path, desired("during@elsewhere.net"))
+        save_atomically(path, desired("during@elsewhere.net"))
         record = watcher.wait_for_log(lambda r: r["message"].startswith("reconcile failed"),
                                       after=mark, what="the report")
         assert expected in record["message"], record
@@ -397,7 +390,7 @@ def test_unwritable_or_missing_volume_is_reported_and_recovered(
             filler.unlink()
         else:
             away.rename(volume.config)
-        wait_until(lambda: postmaster(volume) == "during@elsewhere.net", REACT,
+        wait_until(lambda: postmaster_target(volume) == "during@elsewhere.net", REACT,
                    "the change to be applied once the volume is back")
         wait_until(lambda: readyz(watcher)[0] == 200, 5, "ready again")
         assert watcher.metric("dms_reconciler_last_success_timestamp_seconds") > success
@@ -417,17 +410,6 @@ def own_engine() -> Iterator[DockerEngine]:
         yield engine
     finally:
         engine.cleanup()
-
-
-@pytest.fixture
-def containers(docker_client: Any) -> Iterator[list[Any]]:
-    started: list[Any] = []
-    yield started
-    for container in started:
-        try:
-            container.remove(force=True)
-        except Exception:  # noqa: BLE001 - already gone is fine
-            pass
 
 
 def start_with_dms(tmp_path: Path, volume: Volume, engine: DockerEngine, path: Path, *more: str,
@@ -463,8 +445,8 @@ def test_engine_stopped_and_started_again(tmp_path: Path, volume: Volume,
         reloads_ok = watcher.metric("dms_reconciler_dms_reloads_total", result="ok")
         own_engine.stop(remove_containers=False)
         mark = watcher.count()
-        atomic_write(path, desired("during@elsewhere.net"))  # amavis.cf changes too
-        wait_until(lambda: postmaster(volume) == "during@elsewhere.net", REACT, "the write")
+        save_atomically(path, desired("during@elsewhere.net"))  # amavis.cf changes too
+        wait_until(lambda: postmaster_target(volume) == "during@elsewhere.net", REACT, "the write")
         record = watcher.wait_for_log(lambda r: r.get("dms") == "unconfirmed", after=mark,
                                       what="the report")
         assert record["level"] == "warning"
@@ -478,8 +460,8 @@ def test_engine_stopped_and_started_again(tmp_path: Path, volume: Volume,
         assert json.loads(watcher.get("/healthz")[1])["dms"]["state"] == "unconfirmed"
         wait_until(lambda: readyz(watcher)[0] == 200, 5, "ready: the volume matches")
         # it keeps applying while the engine is down
-        atomic_write(path, desired("during2@elsewhere.net"))
-        wait_until(lambda: postmaster(volume) == "during2@elsewhere.net", REACT, "a second write")
+        save_atomically(path, desired("during2@elsewhere.net"))
+        wait_until(lambda: postmaster_target(volume) == "during2@elsewhere.net", REACT, "a second write")
         assert watcher.alive()
 
         back = watcher.count()
@@ -493,7 +475,7 @@ def test_engine_stopped_and_started_again(tmp_path: Path, volume: Volume,
                              after=back, timeout=20, what="the Amavis restart it owed")
         assert watcher.metric("dms_reconciler_dms_reloads_total", result="ok") == reloads_ok + 1
         mark = watcher.count()
-        atomic_write(path, desired("after@elsewhere.net", quarantine=True))
+        save_atomically(path, desired("after@elsewhere.net", quarantine=True))
         watcher.wait_for_log(lambda r: r.get("dms") == "confirmed", after=mark, timeout=20,
                              what="the next write's confirmation")
         assert watcher.terminate() == 0
@@ -518,14 +500,14 @@ def test_engine_hung_does_not_hold_the_loop(tmp_path: Path, volume: Volume,
         os.kill(own_engine.proc.pid, signal.SIGSTOP)
         try:
             mark = watcher.count()
-            atomic_write(path, desired("hung1@elsewhere.net"))
-            wait_until(lambda: postmaster(volume) == "hung1@elsewhere.net", REACT, "the write")
+            save_atomically(path, desired("hung1@elsewhere.net"))
+            wait_until(lambda: postmaster_target(volume) == "hung1@elsewhere.net", REACT, "the write")
             record = watcher.wait_for_log(lambda r: r.get("dms") == "unconfirmed", after=mark,
                                           timeout=30, what="the report")
             assert "no answer within 10 s (the engine is hung" in record["message"], record
             for n in (2, 3):  # at most one query timeout (10 s) in the way, however long it lasts
-                atomic_write(path, desired(f"hung{n}@elsewhere.net"))
-                wait_until(lambda n=n: postmaster(volume) == f"hung{n}@elsewhere.net", 25,
+                save_atomically(path, desired(f"hung{n}@elsewhere.net"))
+                wait_until(lambda n=n: postmaster_target(volume) == f"hung{n}@elsewhere.net", 25,
                            f"write {n} while the engine is hung")
                 time.sleep(2.0)  # write 3 arrives while the re-check (after 1 s) hangs too
             assert watcher.get("/healthz")[0] == 200
@@ -549,7 +531,7 @@ def test_engine_stopped_while_waiting_for_the_confirmation(tmp_path: Path, volum
     with start_with_dms(tmp_path, volume, own_engine, path, "--container", "mailserver") \
             as watcher, TornFileGuard(volume) as guard:
         mark = watcher.count()
-        atomic_write(path, desired("during@elsewhere.net"))
+        save_atomically(path, desired("during@elsewhere.net"))
         watcher.wait_for_log(lambda r: r.get("dms") == "waiting", after=mark, what="waiting")
         own_engine.stop(remove_containers=False)  # DMS is stopped in the middle of its pass
         record = watcher.wait_for_log(lambda r: r.get("dms") == "unconfirmed", after=mark,
@@ -581,7 +563,7 @@ def test_dms_restarted_while_the_watcher_waits_for_it(
             TornFileGuard(volume) as guard:
         for round_ in range(2):
             mark = watcher.count()
-            atomic_write(path, desired(f"during{round_}@elsewhere.net"))
+            save_atomically(path, desired(f"during{round_}@elsewhere.net"))
             watcher.wait_for_log(lambda r: r.get("dms") == "waiting", after=mark, what="waiting")
             wait_until(lambda: (volume.config / LOCK_NAME).exists(), 10, "DMS applying")
             container.restart(timeout=10)
@@ -610,11 +592,11 @@ def test_dms_container_replaced_is_found_again(
             TornFileGuard(volume) as guard:
         old.remove(force=True)
         mark = watcher.count()
-        atomic_write(path, desired("gone@elsewhere.net"))
+        save_atomically(path, desired("gone@elsewhere.net"))
         record = watcher.wait_for_log(lambda r: r.get("dms") == "unconfirmed", after=mark,
                                       what="the report")
         assert "no running container has the label" in record["message"]
-        assert postmaster(volume) == "gone@elsewhere.net"
+        assert postmaster_target(volume) == "gone@elsewhere.net"
 
         back = watcher.count()
         containers.append(new := run_fake_dms(docker_client, image, volume.config, wait=False,
@@ -626,7 +608,7 @@ def test_dms_container_replaced_is_found_again(
 
         containers.append(twin := run_fake_dms(docker_client, image, volume.config))
         mark = watcher.count()
-        atomic_write(path, desired("twins@elsewhere.net"))
+        save_atomically(path, desired("twins@elsewhere.net"))
         record = watcher.wait_for_log(lambda r: r.get("dms") == "unconfirmed", after=mark,
                                       what="the ambiguity")
         assert "2 running containers have the label" in record["message"]
@@ -660,17 +642,17 @@ def test_dms_killed_while_holding_its_lock(
         container.start()
         assert lock.exists()
         mark = watcher.count()
-        atomic_write(path, desired("after@elsewhere.net"))
+        save_atomically(path, desired("after@elsewhere.net"))
         record = watcher.wait_for_log(lambda r: "waiting for" in r["message"]
                                       and LOCK_NAME in r["message"], after=mark,
                                       what="the wait for DMS's lock")
         assert record["level"] == "info"
         time.sleep(1.0)
-        assert postmaster(volume) == "admin@example.com"  # nothing written under DMS's lock
+        assert postmaster_target(volume) == "admin@example.com"  # nothing written under DMS's lock
         assert watcher.get("/healthz")[0] == 200
         old = time.time() - 61
         os.utime(lock, (old, old))
-        wait_until(lambda: postmaster(volume) == "after@elsewhere.net", REACT,
+        wait_until(lambda: postmaster_target(volume) == "after@elsewhere.net", REACT,
                    "the write once the lock is stale")
         watcher.wait_for_log(lambda r: r["message"] == "applied", after=mark, what="the apply")
         applied = next(i for i, r in enumerate(watcher.records())

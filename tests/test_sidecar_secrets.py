@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,13 +24,14 @@ from tests.dockerengine import (  # noqa: F401 - pytest fixtures
     SUPERVISORCTL_127,
     SUPERVISORCTL_FAILS,
     DockerEngine,
+    containers,
     docker_client,
     docker_engine,
     import_fake_dms,
     run_fake_dms,
 )
 from tests.util import REPO, Volume, sha512_hash
-from tests.watch_process import WatchProcess, wait_until
+from tests.watch_process import WatchProcess, save_atomically, wait_until
 
 pytestmark = pytest.mark.docker
 
@@ -66,12 +66,6 @@ def desired(*, admin_hash: str = f'"{ADMIN_HASH}"', carol: bool = False, bob: bo
     if quarantine:
         text += "quarantine:\n  mailbox: admin@example.com\n"
     return text + policy
-
-
-def save(path: Path, text: str) -> None:
-    tmp = path.with_name(".mailserver.yaml.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
 
 
 def secrets_in(hashes: set[str]) -> list[str]:
@@ -126,17 +120,6 @@ def assert_no_secret(outputs: list[tuple[str, str]], secrets: list[str]) -> None
     assert not leaks, f"secrets shown in: {sorted({where for where, _ in leaks})}"
 
 
-@pytest.fixture
-def containers(docker_client: Any) -> Iterator[list[Any]]:
-    started: list[Any] = []
-    yield started
-    for container in started:
-        try:
-            container.remove(force=True)
-        except Exception:  # noqa: BLE001 - already gone is fine
-            pass
-
-
 def test_no_secret_in_any_output_of_the_sidecar(
         tmp_path: Path, volume: Volume, docker_engine: DockerEngine, docker_client: Any,
         containers: list[Any]) -> None:
@@ -176,7 +159,7 @@ def test_no_secret_in_any_output_of_the_sidecar(
         step(lambda r: r["message"] == "repaired drift", "the drift repair")
 
         mark = watcher.count()  # a password file that does not exist
-        save(path, desired(carol=True))
+        save_atomically(path, desired(carol=True))
         failed = step(lambda r: r["message"].startswith("reconcile failed"), "the missing file")
         assert "carol.pw" in failed["message"]
         mark = watcher.count()
@@ -185,18 +168,18 @@ def test_no_secret_in_any_output_of_the_sidecar(
 
         for broken in (f'"{ADMIN_HASH}', f'"{MISTAKE_PW}"', f'"{ADMIN_HASH}|{MISTAKE_PW}"'):
             mark = watcher.count()  # broken YAML on the hash line; plaintext as a hash; a `|`
-            save(path, desired(admin_hash=broken, carol=True))
+            save_atomically(path, desired(admin_hash=broken, carol=True))
             invalid = step(lambda r: r["level"] == "error" and "invalid" in r["message"],
                            "the invalid file")
             assert invalid["error_count"] >= 1
 
         mark = watcher.count()  # a deletion the policy refuses
-        save(path, desired(bob=False, policy="policy:\n  max_deletions: 0\n"))
+        save_atomically(path, desired(bob=False, policy="policy:\n  max_deletions: 0\n"))
         step(lambda r: r["message"].startswith("refused"), "the refusal")
 
         mark = watcher.count()  # DMS gone: applied, could not confirm, Amavis restart owed
         first.remove(force=True)
-        save(path, desired(carol=True, quarantine=False, target="jane@example.com"))
+        save_atomically(path, desired(carol=True, quarantine=False, target="jane@example.com"))
         step(lambda r: r.get("dms") == "unconfirmed", "the unconfirmed write")
         mark = watcher.count()  # a new DMS without supervisorctl's program: exit 127
         containers.append(second := run_fake_dms(docker_client, missing, volume.config))
@@ -264,7 +247,7 @@ def test_debug_traceback_of_an_internal_error_holds_no_secret(tmp_path: Path,
         hashes = hashes_on(volume) | {ADMIN_HASH}
         trigger.touch()
         mark = watcher.count()
-        save(path, desired(quarantine=False))
+        save_atomically(path, desired(quarantine=False))
         record = watcher.wait_for_log(lambda r: "internal error" in r["message"], after=mark,
                                       what="the internal error")
         assert record["error"] == "ValueError"

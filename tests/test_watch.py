@@ -16,10 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.util import Volume, sha512_hash
-from tests.watch_process import WatchProcess, wait_until
+from tests.util import Volume
+from tests.watch_process import ADMIN_HASH, WatchProcess, save_atomically, wait_until
 
-ADMIN_HASH = sha512_hash("admin-password", "adminsalt")
 REACT = 10.0  # generous for a loaded CI machine; --interval is an hour, so only events can do it
 
 
@@ -56,13 +55,6 @@ def started(tmp_path: Path, volume: Volume, desired_path: Path, *more: str,
         watcher.kill()
         raise
     return watcher
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """What editors and git do: a new file beside the old one, renamed over it."""
-    tmp = path.with_name(f".{path.name}.swp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def configmap_write(folder: Path, text: str, generation: int) -> None:
@@ -120,7 +112,7 @@ def test_volume_follows_an_edit_within_seconds(tmp_path: Path, volume: Volume, h
                 with open(path, "w") as handle:  # same inode, truncated then written
                     handle.write(text)
             elif how == "atomic":
-                atomic_write(path, text)
+                save_atomically(path, text)
             elif how == "configmap":
                 configmap_write(path.parent, text, generation)
             else:
@@ -139,7 +131,7 @@ def test_a_burst_of_events_makes_one_reconcile(tmp_path: Path, volume: Volume) -
         total = "dms_reconciler_reconciles_total"
         before = watcher.metric(total, result="changed", trigger="change")
         for i in range(20):  # a git pull touching the file many times in a few milliseconds
-            atomic_write(path, desired(f"burst{i}@elsewhere.net"))
+            save_atomically(path, desired(f"burst{i}@elsewhere.net"))
         wait_until(lambda: virtual_line(volume, "postmaster@example.com")
                    == "postmaster@example.com burst19@elsewhere.net", REACT, "the last version")
         time.sleep(1.0)  # longer than the debounce cap: a second reconcile would have run by now
@@ -155,11 +147,11 @@ def test_an_event_without_a_content_change_does_not_reconcile(
         total = "dms_reconciler_reconciles_total"
         before = watcher.metric(total)
         os.utime(path)  # mtime only
-        atomic_write(path, desired())  # same bytes, new inode
+        save_atomically(path, desired())  # same bytes, new inode
         (tmp_path / "README.md").write_text("unrelated file in the same folder\n")
         time.sleep(1.5)
         assert watcher.metric(total) == before
-        atomic_write(path, desired("new@elsewhere.net"))
+        save_atomically(path, desired("new@elsewhere.net"))
         wait_until(lambda: watcher.metric(total) == before + 1, REACT, "one reconcile")
 
 
@@ -201,11 +193,11 @@ def test_invalid_file_changes_nothing_and_the_next_good_one_is_applied(
         before = volume.snapshot()
         mark = watcher.count()
         if breakage == "bad-address":
-            atomic_write(path, desired("Not An Address"))
+            save_atomically(path, desired("Not An Address"))
         elif breakage == "duplicate-key":
-            atomic_write(path, desired() + "domains: [example.org]\n")
+            save_atomically(path, desired() + "domains: [example.org]\n")
         elif breakage == "not-yaml":
-            atomic_write(path, "version: 1\naccounts: [unclosed\n")
+            save_atomically(path, "version: 1\naccounts: [unclosed\n")
         else:
             path.unlink()
         record = watcher.wait_for_log(lambda r: r["level"] == "error" and "invalid" in r["message"],
@@ -225,7 +217,7 @@ def test_invalid_file_changes_nothing_and_the_next_good_one_is_applied(
         assert watcher.metric("dms_reconciler_desired_valid") == 0
         assert watcher.metric("dms_reconciler_reconciles_total", result="invalid") >= 1
 
-        atomic_write(path, desired("fixed@elsewhere.net"))
+        save_atomically(path, desired("fixed@elsewhere.net"))
         wait_until(lambda: virtual_line(volume, "postmaster@example.com")
                    == "postmaster@example.com fixed@elsewhere.net", REACT, "the next good version")
         wait_until(lambda: watcher.get("/readyz")[0] == 200, 5, "ready again")
@@ -241,7 +233,7 @@ def test_while_the_file_is_invalid_the_timer_keeps_the_last_good_state(
     with watcher:
         watcher.wait_for_log(lambda r: r["message"] == "applied", what="the first apply")
         mark = watcher.count()
-        atomic_write(path, "version: 1\naccounts: [unclosed\n")
+        save_atomically(path, "version: 1\naccounts: [unclosed\n")
         watcher.wait_for_log(lambda r: "invalid" in r["message"], after=mark, what="the error")
         text = volume.read("postfix-virtual.cf") or ""
         volume.write("postfix-virtual.cf", text.replace("admin@example.com\n", "x@evil.example\n"))
@@ -328,7 +320,7 @@ def test_metrics_parse_and_move_with_reconciles(tmp_path: Path, volume: Volume) 
                    5, "the DMS state")
         assert watcher.metric("dms_reconciler_dms_confirmed") == 0
         time.sleep(0.05)
-        atomic_write(path, desired("moved@elsewhere.net"))
+        save_atomically(path, desired("moved@elsewhere.net"))
         wait_until(lambda: watcher.metric("dms_reconciler_reconciles_total", result="changed",
                                           trigger="change") == 1, REACT, "the counter to move")
         second = watcher.metrics()
@@ -351,7 +343,7 @@ def test_logs_hold_no_password_or_hash(tmp_path: Path, volume: Volume) -> None:
         (tmp_path / "jane.pw").write_text("Rotated-Secret-Pw-99\n")  # a change in the folder
         wait_until(lambda: watcher.metric("dms_reconciler_reconciles_total", trigger="change") >= 1,
                    REACT, "the rotation")
-        atomic_write(path, text.replace('password_hash: "', 'password_hash: "BROKEN'))
+        save_atomically(path, text.replace('password_hash: "', 'password_hash: "BROKEN'))
         watcher.wait_for_log(lambda r: "invalid" in r["message"], what="the error")
         outputs = [watcher.raw_log(), watcher.get("/metrics")[1], watcher.get("/healthz")[1],
                    watcher.get("/readyz")[1]]

@@ -16,7 +16,9 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.util import REPO
+from tests.util import REPO, Volume, sha512_hash
+
+ADMIN_HASH = sha512_hash("admin-password", "adminsalt")  # the admin account of the watch tests
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
@@ -30,6 +32,21 @@ def wait_until(check: Callable[[], Any], timeout: float = 10.0, what: str = "con
         if time.monotonic() >= deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(interval)
+
+
+def postmaster_target(volume: Volume) -> str | None:
+    """The targets of postmaster@example.com in the volume's postfix-virtual.cf, if any."""
+    for line in (volume.read("postfix-virtual.cf") or "").splitlines():
+        if line.startswith("postmaster@example.com "):
+            return line.split(" ", 1)[1]
+    return None
+
+
+def save_atomically(path: Path, text: str) -> None:
+    """What editors and git do: a new file beside the old one, renamed over it."""
+    tmp = path.with_name(f".{path.name}.swp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 class WatchProcess:

@@ -286,3 +286,15 @@ def fake_dms_images(docker_client: Any) -> dict[str, str]:
         "127": import_fake_dms(docker_client, "supervisorctl-127", SUPERVISORCTL_127),
         "fails": import_fake_dms(docker_client, "supervisorctl-fails", SUPERVISORCTL_FAILS),
     }
+
+
+@pytest.fixture
+def containers(docker_client: Any) -> Iterator[list[Any]]:
+    """Containers a test started (append them); removed after the test, whatever happened."""
+    started: list[Any] = []
+    yield started
+    for container in started:
+        try:
+            container.remove(force=True)
+        except Exception:  # noqa: BLE001 - already gone is fine
+            pass
