@@ -262,29 +262,14 @@ def _diff(
         if key in want:
             continue
         kind = kind_of(key, current)
-        if key in owned:
-            changes.append(
-                Change(
-                    name,
-                    kind,
-                    key,
-                    Action.DELETE,
-                    show(current),
-                    None,
-                    reason="removed from mailserver.yaml",
-                )
+        if key in owned or prune:
+            reason = (
+                "removed from mailserver.yaml"
+                if key in owned
+                else "not in mailserver.yaml and prune is on"
             )
-        elif prune:
             changes.append(
-                Change(
-                    name,
-                    kind,
-                    key,
-                    Action.DELETE,
-                    show(current),
-                    None,
-                    reason="not in mailserver.yaml and prune is on",
-                )
+                Change(name, kind, key, Action.DELETE, show(current), None, reason=reason)
             )
         else:
             unmanaged.append(Unmanaged(name, kind, key))
