@@ -186,7 +186,24 @@ def check_document(doc: Document) -> list[Diagnostic]:
     ruled = {d.path for d in from_rules if d.severity is Severity.ERROR}
     from_schema = [d for d in _schema_diagnostics(doc) if d.path not in ruled]
     found = _dedupe(from_schema + from_rules)
+    typed = _password_values(doc.value)
+    if typed:  # hash-shaped values are redacted anyway (errors.redact); these may be plaintext
+        found = [d.redacted(typed) for d in found]
     return sorted(found, key=Diagnostic.sort_key)
+
+
+def _password_values(value: Any) -> set[str]:
+    """What was typed where a password goes (a password_hash, or a bare string where an account's
+    mapping belongs, often a pasted password): never shown in any message, whatever its shape."""
+    accounts = value.get("accounts") if isinstance(value, dict) else None
+    if not isinstance(accounts, dict):
+        return set()
+    typed = set()
+    for spec in accounts.values():
+        candidate = spec.get("password_hash") if isinstance(spec, dict) else spec
+        if isinstance(candidate, str) and len(candidate) >= 3:
+            typed.add(candidate)
+    return typed
 
 
 def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
@@ -234,6 +251,8 @@ def _translate(doc: Document, error: jsonschema.ValidationError) -> list[Diagnos
     title = sub.get("title")
     instance: Any = error.instance
     field = path[-1] if path else ""
+    if len(path) == 2 and path[0] == "accounts":  # a bare value in an account's place: a password?
+        field = "password_hash"  # shown as "that", like any password field
 
     if kind == "additionalProperties" and isinstance(instance, dict):
         allowed = sorted(sub.get("properties", {}))
