@@ -35,6 +35,7 @@ from reconciler.model import (
     SaLearnJob,
     normalise_targets,
 )
+from reconciler.readfile import NotReadable, read_regular
 from reconciler.yamlload import (
     MAX_BYTES,
     Document,
@@ -145,23 +146,14 @@ def plain_ascii(value: Any) -> bool:
 
 
 def read_desired_bytes(path: str) -> bytes:
-    """Read the file with a size cap, so a 100 MB file is refused without loading it."""
+    """Read the file as a regular file of at most `MAX_BYTES`: a FIFO, device, socket or huge
+    file put in its place is refused at once instead of hanging validate, plan or the sidecar."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_BYTES + 1)
-    except FileNotFoundError:
-        raise InvalidDesiredState(
-            [Diagnostic(path, None, None, "", "file not found (give the path with -f)")]
-        ) from None
-    except IsADirectoryError:
-        raise InvalidDesiredState(
-            [Diagnostic(path, None, None, "", "is a directory, not a file")]
-        ) from None
-    except OSError as exc:
-        raise InvalidDesiredState(
-            [Diagnostic(path, None, None, "", f"cannot read the file: {exc.strerror}")]
-        ) from None
-    return data
+        return read_regular(path, MAX_BYTES)
+    except NotReadable as exc:
+        hint = " (give the path with -f)" if exc.missing else ""
+        message = "file not found" if exc.missing else exc.reason
+        raise InvalidDesiredState([Diagnostic(path, None, None, "", message + hint)]) from None
 
 
 def load_desired(path: str) -> Loaded:
