@@ -14,9 +14,16 @@ from dataclasses import dataclass, field
 from reconciler import passwords
 from reconciler.desired import Loaded, load_desired
 from reconciler.errors import ReconcilerError
-from reconciler.executor import ApplyResult, VolumeChanged, apply_plan, check_safety, render_files
+from reconciler.executor import (
+    ApplyResult,
+    VolumeChanged,
+    apply_plan,
+    check_safety,
+    render_files,
+    require_cron_folder,
+)
 from reconciler.gcpause import paused
-from reconciler.observe import Observed, observe
+from reconciler.observe import CRON, Observed, observe
 from reconciler.passwords import VerifiedCache
 from reconciler.plan import Plan
 from reconciler.planner import make_plan
@@ -76,6 +83,8 @@ def plan_once(
         cache=cache,
     )
     plan = make_plan(loaded.state, observed, decided, prune=target.prune)
+    if any(f.name == CRON and f.write for f in plan.files):
+        require_cron_folder(target.cron_path)  # apply would refuse: so does the plan
     return Planned(loaded, observed, plan, decided)
 
 
