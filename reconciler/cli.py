@@ -7,6 +7,7 @@ message, never a traceback, and nothing printed holds a password or a hash.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -62,6 +63,10 @@ def _file_option(func: Any) -> Any:
 
 def _err(message: str) -> None:
     click.echo(f"dms-reconciler: error: {printable(message)}", err=True)
+
+
+def _warn(message: str) -> None:
+    click.echo(f"warning: {printable(message)}", err=True)
 
 
 def _colour() -> bool:
@@ -446,24 +451,33 @@ def watch(
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--hostname", default=None, help="The DMS container's FQDN, recorded as `hostname`.")
+@click.option(
+    "--adopt/--no-adopt",
+    default=True,
+    show_default=True,
+    help="Record the exported entries as managed by dms-reconciler (in its state file), so "
+    "removing one from the file deletes it at the next apply. --no-adopt leaves them "
+    "unmanaged until the first apply.",
+)
 def export_cmd(
-    config_dir: str, cron_file: str, output: str, force: bool, hostname: str | None
+    config_dir: str, cron_file: str, output: str, force: bool, hostname: str | None, adopt: bool
 ) -> int:
     """Write a mailserver.yaml that adopts an existing config volume (hashes kept)."""
     from reconciler.desired import load_desired_bytes
     from reconciler.export import dump_yaml, export_state
     from reconciler.observe import observe
+    from reconciler.reconcile import take_ownership
 
     observed = observe(config_dir, cron_file)
     exported = export_state(observed, hostname=hostname)
     for warning in exported.warnings:
-        click.echo(f"warning: {printable(warning)}", err=True)
+        _warn(warning)
     if not exported.state.accounts:
         raise ReconcilerError(
             f"{config_dir} has no account that can be adopted; DMS needs at least one"
         )
     text = dump_yaml(exported.state)
-    load_desired_bytes(text.encode(), output)  # what we write must validate
+    loaded = load_desired_bytes(text.encode(), output)  # what we write must validate
     if output == "-":  # stdout, like most tools; the summary goes to stderr
         if sys.stdout.isatty():
             raise ReconcilerError(
@@ -472,9 +486,30 @@ def export_cmd(
             )
         click.echo(text, nl=False)
         click.echo(f"Exported: {exported.state.summary()}. It holds password hashes.", err=True)
+    else:
+        _write_private(output, text, force=force)
+        click.echo(
+            f"Wrote {output}: {exported.state.summary()}. It holds password hashes (mode 0600)."
+        )
+    summary = click.echo if output != "-" else functools.partial(click.echo, err=True)
+    if not adopt:
+        summary(
+            "The entries stay unmanaged until the first apply of this file (--no-adopt): "
+            "one removed from it before then is kept, not deleted."
+        )
         return 0
-    _write_private(output, text, force=force)
-    click.echo(f"Wrote {output}: {exported.state.summary()}. It holds password hashes (mode 0600).")
+    try:
+        take_ownership(loaded, config_dir, cron_file)
+    except ReconcilerError as exc:
+        _warn(
+            f"ownership was not recorded ({exc}): the entries stay unmanaged until the first "
+            "apply of this file, and one removed from it before then is kept, not deleted"
+        )
+        return 0
+    summary(
+        "dms-reconciler now manages these entries (dms-reconciler.state.json): removing one "
+        "from the file deletes it at the next apply."
+    )
     return 0
 
 
