@@ -6,6 +6,7 @@ sees is exactly what a machine gets. Neither can show a secret: the dictionary h
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -207,10 +208,25 @@ def md_code(value: Any) -> str:
 
 
 def md_text(value: Any) -> str:
-    """Prose with Markdown and HTML neutralised; tokens that GitHub would link become code."""
+    """Prose with Markdown and HTML neutralised; tokens that GitHub would link become code, and
+    the code spans our own messages write (`docker compose up -d`) stay one code span each."""
+    text = _clean(value, 2000)
+    out, pos = [], 0
+    for span in _CODE_SPAN.finditer(text):
+        out += [_md_words(text[pos : span.start()]), md_code(span.group(2))]
+        pos = span.end()
+    out.append(_md_words(text[pos:]))
+    return "".join(out)
+
+
+_CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)")
+
+
+def _md_words(text: str) -> str:
     out = []
-    for token in _clean(value, 2000).split(" "):
-        if any(mark in token for mark in _SUSPECT) or "`" in token:
+    for token in text.split(" "):
+        bare = token.removesuffix(":")  # "changed:" links nothing; "https://" does
+        if any(mark in bare for mark in _SUSPECT) or "`" in token:
             out.append(md_code(token))
         else:
             escaped = "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in token)
