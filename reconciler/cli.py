@@ -73,6 +73,43 @@ def _colour() -> bool:
     return sys.stdout.isatty() and "NO_COLOR" not in os.environ
 
 
+def _errors_in_format(command: Any) -> Any:
+    """With --format json or markdown, a failure is also reported on stdout in that format (CI
+    posts stdout); stderr gets the usual text from `main` either way."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **params: Any) -> Any:
+        fmt, file = params["fmt"], params.get("plan_file") or params["file"]
+        try:
+            return command(*args, **params)
+        except ReconcilerError as exc:
+            if fmt in ("json", "markdown"):
+                from reconciler import render
+
+                report = _error_report(exc, file)
+                if fmt == "json":
+                    click.echo(json.dumps(report, indent=2))
+                else:
+                    click.echo(render.markdown_error(report), nl=False)
+            raise
+
+    return run
+
+
+def _error_report(exc: ReconcilerError, file: str) -> dict[str, Any]:
+    """The machine form of a failure: validate's report (`valid`, `errors`, `warnings`) when
+    the desired file is invalid, otherwise the error's message alone (docs/plan-json.md)."""
+    diagnostics = exc.diagnostics if isinstance(exc, InvalidDesiredState) else []
+    return {
+        "format_version": "1.0",
+        "error": printable(str(exc)),
+        "file": file,
+        "valid": not isinstance(exc, InvalidDesiredState),
+        "errors": [d.to_dict() for d in diagnostics if d.severity is Severity.ERROR],
+        "warnings": [d.to_dict() for d in diagnostics if d.severity is Severity.WARNING],
+    }
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="dms-reconciler")
 def cli() -> None:
@@ -184,6 +221,7 @@ def _validate_one(file: str, fmt: str) -> tuple[int, dict[str, Any]]:
     "given, else DIR/../cron/sa-learn.",
 )
 @click.pass_context
+@_errors_in_format
 def plan(
     ctx: click.Context,
     file: str,
@@ -313,7 +351,10 @@ def _plan_against(
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
+@click.pass_context
+@_errors_in_format
 def apply(
+    ctx: click.Context,
     file: str,
     config_dir: str,
     cron_file: str,
@@ -324,6 +365,23 @@ def apply(
     fmt: str,
 ) -> int:
     """Make the config volume match mailserver.yaml (or apply exactly a saved PLAN)."""
+    if plan_file:  # the saved plan fixes all of these: refuse rather than silently ignore them
+        ignored = [
+            name
+            for param, name in (
+                ("file", "-f/--file"),
+                ("config_dir", "--config-dir"),
+                ("cron_file", "--cron-file"),
+                ("prune", "--prune"),
+            )
+            if ctx.get_parameter_source(param) is click.core.ParameterSource.COMMANDLINE
+        ]
+        if ignored:
+            raise click.UsageError(
+                f"{', '.join(ignored)} cannot be used with a saved PLAN: it is applied exactly "
+                "as planned (file, volume and prune were fixed by `plan --out`); make a new plan "
+                "with those options instead"
+            )
     from reconciler import render, saved_plan
     from reconciler.reconcile import apply_once
 

@@ -443,3 +443,17 @@ def _other_sections(plan: dict[str, Any], fits: Callable[[list[str]], bool]) -> 
         if fits(out + section):
             out += section
     return out
+
+
+def markdown_error(report: dict[str, Any]) -> str:
+    """A failed plan or apply as a pull-request comment: the error and, for an invalid file,
+    every positioned diagnostic in a code block (their text comes from the file)."""
+    out = ["### dms-reconciler plan", "", f"**Failed:** {md_text(report['error'])}", ""]
+    lines = []
+    for d in report["errors"] + report["warnings"]:
+        where = d["file"] + (f":{d['line']}:{d['column'] or 1}" if d["line"] is not None else "")
+        path = f"{d['path']}: " if d["path"] else ""
+        lines.append(_clean(f"{where}: {d['severity']}: {path}{d['message']}", 2000))
+    if lines:
+        out += _fence(lines, "text") + [""]
+    return "\n".join(out)

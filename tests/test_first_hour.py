@@ -42,3 +42,62 @@ def test_plan_refuses_a_missing_cron_folder_as_apply_does(tmp_path: Path) -> Non
     shutil.rmtree(volume.cron.parent)
     plain = write_desired(tmp_path / "plain.yaml", WITH_CRON.split("    sa_learn:")[0])
     assert run_cli("plan", "-f", str(plain), *volume.args()).returncode == 0
+
+
+INVALID = f"""
+    version: 1
+    domains: [example.com]
+    accounts:
+      admin@example.com: {{password_hash: "{ADMIN}", quota: lots}}
+    """
+
+
+@pytest.mark.parametrize("command", ["plan", "apply"])
+def test_errors_come_in_the_format_asked_for(tmp_path: Path, command: str) -> None:
+    """CI captures stdout: an invalid file there is the error report in that format, with the
+    same positioned errors validate gives; stderr still has the text."""
+    from markdown_it import MarkdownIt
+
+    volume = make_volume(tmp_path / "dms")
+    desired = write_desired(tmp_path / "mailserver.yaml", INVALID)
+    formats = ["json", "markdown"] if command == "plan" else ["json"]
+    for fmt in formats:
+        result = run_cli(command, "-f", str(desired), *volume.args(), "--format", fmt)
+        assert result.returncode == 1
+        assert f"{desired}:4:" in result.stderr
+        if fmt == "json":
+            report = json.loads(result.stdout)
+            assert report["valid"] is False and report["file"] == str(desired)
+            assert [(e["line"], e["path"]) for e in report["errors"]] == [
+                (4, "accounts.admin@example.com.quota")]
+        else:
+            tokens = MarkdownIt("commonmark").parse(result.stdout)
+            fences = [t.content for t in tokens if t.type == "fence"]
+            assert len(fences) == 1 and f"{desired}:4:" in fences[0]
+            assert result.stdout.startswith("### dms-reconciler plan\n")
+    result = run_cli(command, "-f", str(desired), "--config-dir", str(tmp_path / "missing"),
+                     "--format", "json")
+    assert result.returncode == 1
+    assert json.loads(result.stdout)["errors"]  # the file is checked first
+    fine = write_desired(tmp_path / "fine.yaml", INVALID.replace(", quota: lots", ""))
+    result = run_cli(command, "-f", str(fine), "--config-dir", str(tmp_path / "missing"),
+                     "--format", "json")
+    assert result.returncode == 1
+    report = json.loads(result.stdout)
+    assert report["valid"] is True and "does not exist" in report["error"]
+
+
+def test_apply_of_a_saved_plan_refuses_the_options_it_would_ignore(tmp_path: Path) -> None:
+    volume = make_volume(tmp_path / "dms")
+    desired = write_desired(tmp_path / "mailserver.yaml", WITH_CRON)
+    saved = tmp_path / "saved.plan"
+    assert run_cli("plan", "-f", str(desired), *volume.args(), "--out", str(saved)).returncode == 0
+    for extra in (["-f", str(desired)], ["--prune"], ["--config-dir", str(volume.config)],
+                  ["--cron-file", str(volume.cron)]):
+        result = run_cli("apply", str(saved), *extra)
+        assert result.returncode == 1, extra
+        assert "cannot be used with a saved PLAN" in result.stderr
+        assert extra[0].lstrip("-") in result.stderr
+    assert os.listdir(volume.config) == []
+    done = run_cli("apply", str(saved), "--allow-deletions", "0", env={"DMS_RECONCILER_PRUNE": ""})
+    assert done.returncode == 0, done.stderr
