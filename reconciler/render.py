@@ -137,7 +137,7 @@ def text(plan: dict[str, Any], *, colour: bool = False) -> str:
         )
     if out:  # a blank line before the summary, but none before a lone "No changes." line
         out.append("")
-    out.append(summary_line(plan))
+    out.append(style(summary_line(plan), bold=True))
     while out[0] == "":  # a plan without changes starts with its unmanaged list or warnings
         out.pop(0)
     return "\n".join(out) + "\n"

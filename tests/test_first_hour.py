@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from tests.util import Volume, make_volume, run_cli, sha512_hash, write_desired
+from tests.util import REPO, make_volume, run_cli, sha512_hash, write_desired
 
 ADMIN = sha512_hash("admin-pw", salt="adminSalt0001")
 WITH_CRON = f"""
@@ -101,3 +104,66 @@ def test_apply_of_a_saved_plan_refuses_the_options_it_would_ignore(tmp_path: Pat
     assert os.listdir(volume.config) == []
     done = run_cli("apply", str(saved), "--allow-deletions", "0", env={"DMS_RECONCILER_PRUNE": ""})
     assert done.returncode == 0, done.stderr
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("NO_COLOR", "FORCE_COLOR", "TERM") and not k.startswith("DMS_")}
+    env.update(PYTHONPATH=str(REPO), TERM="xterm-256color")
+    env.update(extra)
+    return env
+
+
+def _on_a_terminal(args: list[str], **env: str) -> str:
+    """Run the CLI with stdout and stderr on a pseudo-terminal, as a person at a shell."""
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "reconciler", *args], stdout=follower,
+                            stderr=follower, stdin=subprocess.DEVNULL, env=_env(**env))
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    proc.wait(60)
+    os.close(leader)
+    return b"".join(chunks).decode()
+
+
+def _piped(args: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "reconciler", *args], env=_env(**env),
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+ESC = "\x1b["
+
+
+def test_colour_follows_the_terminal_term_dumb_no_color_and_force_color(tmp_path: Path) -> None:
+    volume = make_volume(tmp_path / "dms")
+    good = write_desired(tmp_path / "mailserver.yaml", WITH_CRON)
+    bad = write_desired(tmp_path / "bad.yaml", INVALID)
+    plan = ["plan", "-f", str(good), *volume.args()]
+    coloured = _on_a_terminal(plan)
+    assert f"{ESC}1mPlan: 2 to add" in coloured  # the final line in bold
+    assert f"{ESC}32m" in coloured  # the legend's green +
+    for env, extra in (({"TERM": "dumb"}, []), ({"NO_COLOR": "1"}, []), ({}, ["--no-color"]),
+                       ({"FORCE_COLOR": "1", "NO_COLOR": "1"}, [])):
+        assert ESC not in _on_a_terminal(plan + extra, **env), (env, extra)
+    assert ESC not in _on_a_terminal(["--no-color", *plan])
+    assert ESC not in _piped(plan).stdout  # not a terminal
+    assert f"{ESC}1mPlan: 2 to add" in _piped(plan, FORCE_COLOR="1").stdout
+    assert ESC not in _piped(plan, FORCE_COLOR="0").stdout
+
+    invalid = _piped(["validate", "-f", str(bad)], FORCE_COLOR="1")
+    assert f": {ESC}31m{ESC}1merror{ESC}0m: " in invalid.stdout  # errors in red
+    assert f"{ESC}31m{ESC}1m{bad}: 1 error; nothing was changed" in invalid.stdout
+    failed = _piped(["plan", "-f", str(bad)], FORCE_COLOR="1")
+    assert f"{ESC}31m{ESC}1mdms-reconciler: error:{ESC}0m" in failed.stderr
+    applied = _piped(["apply", "-f", str(good), *volume.args()], FORCE_COLOR="1")
+    assert f"{ESC}32m{ESC}1mApply complete!" in applied.stdout
+    again = _piped(["apply", "-f", str(good), *volume.args(), "--no-color"], FORCE_COLOR="1")
+    assert ESC not in again.stdout + again.stderr
