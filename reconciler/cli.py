@@ -548,7 +548,7 @@ def watch(
 
     from reconciler import log
     from reconciler.dms import Dms
-    from reconciler.watcher import Watcher, WatchOptions
+    from reconciler.watch import Watcher, WatchOptions
 
     log.setup()
     prometheus_client.disable_created_metrics()  # `*_created` series only add noise here
