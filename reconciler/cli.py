@@ -534,6 +534,15 @@ def apply(
     metavar="KEY=VALUE",
     help="Label that finds the DMS container. Env: DMS_CONTAINER_LABEL.",
 )
+@click.option(
+    "--stuck-after",
+    type=click.FloatRange(min=1.0),
+    default=300.0,
+    show_default=True,
+    envvar="DMS_RECONCILER_STUCK_AFTER",
+    help="Seconds one step of the loop (a reconcile, a look at DMS) may take before /healthz "
+    "fails: the loop is wedged. Env: DMS_RECONCILER_STUCK_AFTER.",
+)
 def watch(
     file: str,
     config_dir: str,
@@ -542,6 +551,7 @@ def watch(
     listen: str | None,
     container: str | None,
     container_label: str,
+    stuck_after: float,
 ) -> int:
     """The sidecar: apply every change of mailserver.yaml, repair drift, confirm DMS applied it."""
     import prometheus_client
@@ -553,7 +563,7 @@ def watch(
     log.setup()
     prometheus_client.disable_created_metrics()  # `*_created` series only add noise here
     target = Target(file, config_dir, cron_file)
-    options = WatchOptions(interval=interval, listen=listen)
+    options = WatchOptions(interval=interval, listen=listen, stuck_after=stuck_after)
     return Watcher(target, options, dms=Dms(container=container, label=container_label)).run()
 
 
