@@ -18,6 +18,7 @@ from reconciler.addresses import (
     check_address,
     check_domain,
     check_password_hash,
+    check_quota,
     domain_of,
 )
 from reconciler.errors import Diagnostic, Severity
@@ -110,6 +111,7 @@ def check(doc: Document) -> list[Diagnostic]:
     view = _View.of(doc.value)
     _check_syntax(report, view)
     _check_passwords(report, view)
+    _check_quotas(report, view)
     _check_hosted(report, view)
     _check_collisions(report, view)
     _check_targets_resolve(report, view)
@@ -210,6 +212,14 @@ def _check_passwords(report: Report, view: _View) -> None:
                 ("accounts", address, "password_file"),
                 "password_file must be a single path without line breaks or NUL bytes",
             )
+
+
+def _check_quotas(report: Report, view: _View) -> None:
+    """Quotas Dovecot can hold (the schema checks their form)."""
+    for address, account in view.accounts.items():
+        quota = account.get("quota") if isinstance(account, dict) else None
+        if isinstance(quota, str) and (problem := check_quota(quota)):
+            report.error(("accounts", address, "quota"), problem)
 
 
 def _hosted_addresses(view: _View) -> Iterator[tuple[Path, str, bool]]:

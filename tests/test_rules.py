@@ -218,3 +218,17 @@ def test_unused_domain_is_a_warning_not_an_error() -> None:
     text = HEAD.replace("example.org]", "example.org, example.net]")
     loaded = load_desired_bytes(text.encode(), "m.yaml")
     assert [w.message for w in loaded.warnings if "example.net" in w.message]
+
+
+@pytest.mark.parametrize(("quota", "ok"), [
+    ("8388607T", True), ("8388608T", False), ("9223372036854775807B", True),
+    ("9223372036854775808B", False), ("8796093022207M", True), ("99999999999999999999G", False),
+])
+def test_quotas_beyond_what_dovecot_can_hold_are_refused(quota: str, ok: bool) -> None:
+    """Dovecot 2.3 reads `userdb_quota_rule=*:bytes=<size>` into an int64 and multiplies by the
+    unit without checking: 2^63-1 bytes is the largest quota that means what it says."""
+    found = problems(f"  bob@example.com: {{password_env: B, quota: {quota}}}\n")
+    found = [m for _, m in found if "quota" in m]
+    assert (found == []) is ok, found
+    if not ok:
+        assert "larger than Dovecot can hold" in found[0]
