@@ -503,16 +503,19 @@ class _Builder:
         rather than silently reinterpreted; quoting keeps the text, plain digits the number."""
         value = event.value
         try:
-            read = _CONSTRUCTOR.construct_object(
-                yaml.ScalarNode(tag, value, event.start_mark, event.end_mark)
+            read = repr(
+                _CONSTRUCTOR.construct_object(
+                    yaml.ScalarNode(tag, value, event.start_mark, event.end_mark)
+                )
             )
         except (ValueError, ArithmeticError):  # thousands of digits
-            read = "another number"
+            read = "a huge number"
+        read = read if len(read) <= 40 else "a huge number"
         return self.diag(
             event.start_mark,
             self._child_path(stack),
-            f"'{value[:40]}' is a YAML 1.1 number form that reads as {read!r}, not what it "
-            f"looks like; write {read!r} as plain digits, or quote it ('{value[:40]}') for text",
+            f"'{value[:40]}' is a YAML 1.1 number form that reads as {read}, not what it "
+            f"looks like; write {read} as plain digits, or quote it ('{value[:40]}') for text",
         )
 
     def _syntax_error(self, exc: yaml.MarkedYAMLError, text: str) -> Diagnostic:
