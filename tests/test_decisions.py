@@ -57,3 +57,19 @@ def test_duplicate_hand_written_lines_dropped_by_a_rewrite_are_minus_lines(tmp_p
     assert reasons[0].startswith("not in mailserver.yaml and prune is on")
     assert reasons[1].startswith("duplicate line 2") and len(reasons) == 2
     assert plan["deletions"]["accounts"] == 1
+
+
+def test_a_state_file_from_a_newer_format_is_refused_not_overwritten(tmp_path: Path) -> None:
+    volume = make_volume(tmp_path / "dms")
+    newer = json.dumps({"format": 2, "owned": {"postfix-accounts.cf": ["admin@example.com"]}})
+    volume.write("dms-reconciler.state.json", newer)
+    desired = write_desired(tmp_path / "mailserver.yaml", BASE)
+    before = volume.snapshot()
+    for command in ("plan", "apply"):
+        done = run_cli(command, "-f", str(desired), *volume.args())
+        assert done.returncode == 1, done.stdout
+        assert "written by a newer dms-reconciler (state format 2" in done.stderr
+        assert "Traceback" not in done.stderr
+    assert volume.snapshot() == before
+    volume.write("dms-reconciler.state.json", "{not json")  # damaged: still only a warning
+    assert run_cli("apply", "-f", str(desired), *volume.args()).returncode == 0
