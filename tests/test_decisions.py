@@ -73,3 +73,33 @@ def test_a_state_file_from_a_newer_format_is_refused_not_overwritten(tmp_path: P
     assert volume.snapshot() == before
     volume.write("dms-reconciler.state.json", "{not json")  # damaged: still only a warning
     assert run_cli("apply", "-f", str(desired), *volume.args()).returncode == 0
+
+
+def test_secrets_dir_confines_password_files(tmp_path: Path) -> None:
+    """--secrets-dir (DMS_RECONCILER_SECRETS_DIR): a password_file must resolve, after every
+    symlink, to a file inside the folder; Kubernetes' `..data` symlinks inside it are fine."""
+    volume = make_volume(tmp_path / "dms")
+    secrets = tmp_path / "secrets"
+    (secrets / "..2024_01_01").mkdir(parents=True)
+    (secrets / "..2024_01_01" / "jane").write_text("jane-Secret-1\n")
+    (secrets / "..data").symlink_to("..2024_01_01")
+    (secrets / "jane").symlink_to("..data/jane")
+    (tmp_path / "outside.txt").write_text("outside-Secret-1\n")
+    (secrets / "escape").symlink_to(tmp_path / "outside.txt")
+
+    def plan(path: str, *args: str, env: dict[str, str] | None = None):
+        desired = write_desired(tmp_path / "mailserver.yaml", BASE)
+        text = desired.read_text().replace(
+            "aliases:", f"  jane@example.com: {{password_file: '{path}'}}\naliases:")
+        desired.write_text(text)
+        return run_cli("plan", "-f", str(desired), *volume.args(), *args, env=env)
+
+    assert plan(str(secrets / "jane"), "--secrets-dir", str(secrets)).returncode == 0
+    for path in (str(tmp_path / "outside.txt"), str(secrets / "escape"),
+                 str(secrets / ".." / "outside.txt")):
+        refused = plan(path, "--secrets-dir", str(secrets))
+        assert refused.returncode == 1, path
+        assert "outside the allowed folder" in refused.stderr and "Secret-1" not in refused.stderr
+        by_env = plan(path, env={"DMS_RECONCILER_SECRETS_DIR": str(secrets)})
+        assert by_env.returncode == 1 and "outside the allowed folder" in by_env.stderr
+    assert plan(str(tmp_path / "outside.txt")).returncode == 0  # without the option: anywhere
