@@ -19,7 +19,9 @@ from reconciler.addresses import (
     check_address,
     check_domain,
     check_password_hash,
+    check_quota,
     domain_of,
+    quota_bytes,
     split_hash,
 )
 from reconciler.desired import plain_ascii
@@ -192,9 +194,7 @@ def _hash_for_yaml(stored: str) -> str:
 
 
 def _valid_quota(size: str) -> bool:
-    import re
-
-    return re.fullmatch(r"[0-9]+(B|k|M|G|T)|0", size) is not None
+    return quota_bytes(size) is not None and check_quota(size) is None
 
 
 def _resolvable(
