@@ -4,8 +4,10 @@ SHA512-CRYPT salts are random, so hashing an unchanged password again would rewr
 postfix-accounts.cf on every run and make DMS reload each time. So for `password_file` and
 `password_env` the hash already on the volume is kept when it verifies the plaintext; only a new or
 changed password gets a new `{SHA512-CRYPT}` hash with 5000 rounds (what `doveadm pw` and DMS's
-`setup email add` produce). Verification and hashing run on every core for big servers, and the
-sidecar keeps what it verified in memory (never on disk), so a resync does not verify again.
+`setup email add` produce). Verification and hashing run on every core for big servers. A
+`password_file` whose identity and timestamps are those it had when it last verified against the
+same hash is not verified again (`verified`: a record of file metadata, never of content); the
+sidecar also keeps what it verified in memory, so a resync verifies nothing it has seen.
 
 Plaintext only ever lives in a `Secret`, whose repr and str hide it.
 """
@@ -17,11 +19,12 @@ import hmac
 import os
 import secrets
 import stat
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 with warnings.catch_warnings():  # passlib 1.7.4 imports the deprecated `crypt` module on 3.11+
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -38,18 +41,37 @@ PLACEHOLDER_SCHEME = "DMS-RECONCILER-UNRESOLVED"  # only in throw-away volumes b
 # milliseconds, a worker from the forkserver (needed once threads run, as in the sidecar) far more.
 FORK_THRESHOLD = 16
 PARALLEL_THRESHOLD = 200
+# A file written this close to the moment it was read may be written again within the same
+# timestamp tick (1-2 s on some file systems) without its mtime or ctime moving.
+RACY_NS = 2_000_000_000
 _CRYPT_EQUIVALENT = {None, "SHA512-CRYPT", "CRYPT"}  # all verified by libc crypt() in Dovecot
 _HANDLERS = {"$6$": sha512_crypt, "$5$": sha256_crypt, "$1$": md5_crypt}
 _HASHER = sha512_crypt.using(rounds=ROUNDS)
 
 
+class FileStamp(NamedTuple):
+    """Which file a secret was read from and how old it was then: says nothing of its content."""
+
+    device: int
+    inode: int
+    mtime_ns: int
+    ctime_ns: int
+    read_ns: int  # the clock when it was read
+
+    @property
+    def settled(self) -> bool:
+        """Old enough that any later write must change mtime or ctime (git's racy-file rule)."""
+        return self.read_ns - max(self.mtime_ns, self.ctime_ns) >= RACY_NS
+
+
 class Secret:
-    """A plaintext password that refuses to be printed."""
+    """A plaintext password that refuses to be printed; `stamp` tells which file it came from."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_value", "stamp")
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, stamp: FileStamp | None = None) -> None:
         self._value = value
+        self.stamp = stamp
 
     def reveal(self) -> str:
         return self._value
@@ -279,13 +301,16 @@ class SecretReader:
     environ: Mapping[str, str]
 
     def read(self, source: PasswordSource) -> Secret:
+        stamp = None
         if isinstance(source, PasswordEnv):
             if source.name not in self.environ:
                 raise SecretError(f"environment variable {source.name} is not set")
             value = self.environ[source.name]
         elif isinstance(source, PasswordFile):
             path = os.path.join(self.base_dir, os.path.expanduser(source.path))
-            raw = _read_secret_file(path, source.path)
+            raw, info = _read_secret_file(path, source.path)
+            stamp = FileStamp(info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns,
+                              time.time_ns())
             if len(raw) > 4096:
                 raise SecretError(f"password_file {source.path}: longer than 4096 bytes")
             try:
@@ -300,10 +325,10 @@ class SecretReader:
             raise SecretError(f"{source_id(source)}: the password is empty")
         if "\n" in value or "\0" in value:
             raise SecretError(f"{source_id(source)}: the password has a line break or NUL byte")
-        return Secret(value)
+        return Secret(value, stamp)
 
 
-def _read_secret_file(path: str, shown: str) -> bytes:
+def _read_secret_file(path: str, shown: str) -> tuple[bytes, os.stat_result]:
     """At most 4097 bytes of a regular file. Symlinks are followed (Kubernetes mounts secrets
     through them), but a FIFO or device is refused: reading one would hang or never end."""
     try:
@@ -318,7 +343,7 @@ def _read_secret_file(path: str, shown: str) -> bytes:
             raise SecretError(f"password_file {shown}: is a directory")
         if not stat.S_ISREG(info.st_mode):
             raise SecretError(f"password_file {shown}: not a regular file")
-        return os.read(fd, 4097)
+        return os.read(fd, 4097), info
     except OSError as exc:
         raise SecretError(f"password_file {shown}: {exc.strerror}") from None
     finally:
@@ -332,12 +357,18 @@ def resolve(
     reader: SecretReader,
     offline: bool = False,
     cache: VerifiedCache | None = None,
+    record: frozenset[str] = frozenset(),
 ) -> dict[str, DesiredPassword]:
     """Decide, for every account, which hash the volume should hold.
 
     `stored` maps address -> the hash on the volume now. Raises `SecretError` naming every
     account whose secret cannot be read (unless `offline`, where those stay UNRESOLVED).
+    `record` holds the facts of `verified`: a settled password file they vouch for is kept
+    without verifying it again.
     """
+    if record:
+        from reconciler.verified import fact
+
     out: dict[str, DesiredPassword] = {}
     sources: dict[str, PasswordSource] = {}
     failures: list[str] = []
@@ -365,6 +396,9 @@ def resolve(
             out[account.address] = DesiredPassword(Status.NEW, source, secret=secret)
             continue
         known = cache.get(account.address, secret, current) if cache else None
+        stamp = secret.stamp
+        if known is None and record and stamp is not None and stamp.settled:
+            known = fact(account.address, stamp, current) in record or None
         if known is None:
             to_verify.append((account.address, secret, current))
         else:
