@@ -14,6 +14,7 @@ Plaintext only ever lives in a `Secret`, whose repr and str hide it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -21,14 +22,11 @@ import secrets
 import stat
 import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from enum import Enum
-from typing import NamedTuple, TypeVar
-
-with warnings.catch_warnings():  # passlib 1.7.4 imports the deprecated `crypt` module on 3.11+
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from passlib.hash import md5_crypt, sha256_crypt, sha512_crypt
+from typing import Any, NamedTuple, TypeVar
 
 from reconciler.addresses import split_hash
 from reconciler.errors import SecretError
@@ -44,9 +42,24 @@ PARALLEL_THRESHOLD = 200
 # A file written this close to the moment it was read may be written again within the same
 # timestamp tick (1-2 s on some file systems) without its mtime or ctime moving.
 RACY_NS = 2_000_000_000
+PROGRESS_FROM = 200  # secrets; fewer take well under a second and show no progress
 _CRYPT_EQUIVALENT = {None, "SHA512-CRYPT", "CRYPT"}  # all verified by libc crypt() in Dovecot
-_HANDLERS = {"$6$": sha512_crypt, "$5$": sha256_crypt, "$1$": md5_crypt}
-_HASHER = sha512_crypt.using(rounds=ROUNDS)
+
+
+@functools.cache
+def _handlers() -> dict[str, Any]:
+    """passlib's handlers by hash prefix. Loaded on first use: a host whose hashes are all given
+    in mailserver.yaml never needs passlib (15 ms of every start)."""
+    with warnings.catch_warnings():  # passlib 1.7.4 imports the deprecated `crypt` module
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from passlib.hash import md5_crypt, sha256_crypt, sha512_crypt
+
+    return {"$6$": sha512_crypt, "$5$": sha256_crypt, "$1$": md5_crypt}
+
+
+@functools.cache
+def _hasher() -> Any:
+    return _handlers()["$6$"].using(rounds=ROUNDS)
 
 
 class FileStamp(NamedTuple):
@@ -133,7 +146,7 @@ def same_hash(a: str, b: str) -> bool:
 
 
 def hash_password(secret: Secret) -> str:
-    return "{" + SCHEME + "}" + _HASHER.hash(secret.reveal())
+    return "{" + SCHEME + "}" + _hasher().hash(secret.reveal())
 
 
 def verify(secret: Secret, stored: str) -> bool:
@@ -141,7 +154,7 @@ def verify(secret: Secret, stored: str) -> bool:
     scheme, body = split_hash(stored)
     if scheme not in _CRYPT_EQUIVALENT and scheme not in ("SHA256-CRYPT", "MD5-CRYPT"):
         return False  # BLF-CRYPT, ARGON2 ...: cannot check here, so the password is re-hashed
-    handler = _HANDLERS.get(body[:3])
+    handler = _handlers().get(body[:3])
     if handler is None:
         return False
     try:
@@ -154,7 +167,30 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _parallel_map(func: Callable[[T], R], items: Sequence[T]) -> list[R]:
+Advance = Callable[[int], None]
+ProgressBar = Callable[[str, int], AbstractContextManager[Advance]]
+_progress_bar: ProgressBar | None = None
+
+
+def show_progress(bar: ProgressBar | None) -> None:
+    """Show long hashing and verifying with `bar(label, total)`, a context manager yielding a
+    function that advances it (the CLI's terminal bar); None: show nothing (the default)."""
+    global _progress_bar
+    _progress_bar = bar
+
+
+@contextmanager
+def _progress(label: str, total: int) -> Iterator[Advance]:
+    if _progress_bar is None or total < PROGRESS_FROM:
+        yield lambda done: None
+        return
+    with _progress_bar(label, total) as advance:
+        yield advance
+
+
+def _parallel_map(
+    func: Callable[[T], R], items: Sequence[T], advance: Advance = lambda done: None
+) -> list[R]:
     """Map over every core for big batches; `crypt()` holds the GIL, so threads would not help.
 
     A process with no other thread (the CLI) forks its helpers: they start in milliseconds with
@@ -164,28 +200,45 @@ def _parallel_map(func: Callable[[T], R], items: Sequence[T]) -> list[R]:
     """
     workers = os.cpu_count() or 1
     if len(items) < FORK_THRESHOLD or workers < 2:
-        return [func(item) for item in items]
+        return _mapped(func, items, advance, 1)
     import threading
 
     if threading.active_count() == 1 and hasattr(os, "fork"):
-        return _forked_map(func, items, workers)
+        return _forked_map(func, items, workers, advance)
     if len(items) < PARALLEL_THRESHOLD:
-        return [func(item) for item in items]
+        return _mapped(func, items, advance, 1)
     import multiprocessing  # imported here: 10 ms that commands without big batches never need
     from concurrent.futures import ProcessPoolExecutor
 
     chunk = max(1, len(items) // (workers * 4))
     context = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return list(pool.map(func, items, chunksize=chunk))
+        out = []
+        for result in pool.map(func, items, chunksize=chunk):
+            out.append(result)
+            advance(1)
+        return out
 
 
-def _forked_map(func: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
+def _mapped(func: Callable[[T], R], items: Sequence[T], advance: Advance, weight: int) -> list[R]:
+    """`func` over `items` here, advancing the progress by `weight` per item."""
+    out = []
+    for item in items:
+        out.append(func(item))
+        advance(weight)
+    return out
+
+
+def _forked_map(
+    func: Callable[[T], R], items: Sequence[T], workers: int, advance: Advance = lambda done: None
+) -> list[R]:
     """Split `items` between this process and `workers - 1` forked children.
 
     Each child maps its share, writes the answers (JSON: booleans or hash strings, never a
     secret) to a pipe and exits; it never waits for anything, so one cannot outlive a killed
     parent by more than its share of the work. A share whose child fails is done here instead.
+    Progress follows this process's own share, which runs at the children's pace: each item
+    done here stands for one done in every share.
     """
     import json
     import signal
@@ -210,7 +263,7 @@ def _forked_map(func: Callable[[T], R], items: Sequence[T], workers: int) -> lis
                     os._exit(status)
             os.close(write_end)
             live[pid] = read_end
-        answers = [[func(item) for item in shares[0]]]
+        answers = [_mapped(func, shares[0], advance, workers)]
         for share, pid in zip(shares[1:], list(live), strict=True):
             reported = _read_to_end(live[pid])
             os.close(live.pop(pid))
@@ -257,11 +310,15 @@ def _hash_item(plaintext: str) -> str:
 
 def hash_many(secrets_: Sequence[Secret]) -> list[str]:
     """New `{SHA512-CRYPT}` hashes for `secrets_`, in order, on every core when there are many."""
-    return _parallel_map(_hash_item, [s.reveal() for s in secrets_])
+    _hasher()  # loaded before forking, so the helpers share it
+    with _progress("Hashing passwords", len(secrets_)) as advance:
+        return _parallel_map(_hash_item, [s.reveal() for s in secrets_], advance)
 
 
 def verify_many(pairs: Sequence[tuple[Secret, str]]) -> list[bool]:
-    return _parallel_map(_verify_item, [(s.reveal(), h) for s, h in pairs])
+    _handlers()
+    with _progress("Verifying passwords", len(pairs)) as advance:
+        return _parallel_map(_verify_item, [(s.reveal(), h) for s, h in pairs], advance)
 
 
 class VerifiedCache:
@@ -309,8 +366,9 @@ class SecretReader:
         elif isinstance(source, PasswordFile):
             path = os.path.join(self.base_dir, os.path.expanduser(source.path))
             raw, info = _read_secret_file(path, source.path)
-            stamp = FileStamp(info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns,
-                              time.time_ns())
+            stamp = FileStamp(
+                info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns, time.time_ns()
+            )
             if len(raw) > 4096:
                 raise SecretError(f"password_file {source.path}: longer than 4096 bytes")
             try:

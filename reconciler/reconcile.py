@@ -1,8 +1,9 @@
 """One reconcile cycle, shared by the CLI and the sidecar.
 
 load -> observe -> resolve passwords -> plan -> (apply -> observe -> plan again to prove
-convergence -> record which password files verified, see `verified`). A concurrent writer that changes a file between our read and our write makes us
-re-plan from fresh state instead of overwriting its change.
+convergence -> record which password files verified, see `verified`). A concurrent writer that
+changes a file between our read and our write makes us re-plan from fresh state instead of
+overwriting its change.
 """
 
 from __future__ import annotations
