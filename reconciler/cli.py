@@ -452,7 +452,8 @@ def watch(
     default=DEFAULT_FILE,
     show_default=True,
     type=click.Path(dir_okay=False),
-    help="Where to write the exported mailserver.yaml (created mode 0600: it holds hashes).",
+    help="Where to write the exported mailserver.yaml (created mode 0600: it holds hashes); "
+    "- for stdout.",
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--hostname", default=None, help="The DMS container's FQDN, recorded as `hostname`.")
@@ -474,27 +475,40 @@ def export_cmd(
         )
     text = dump_yaml(exported.state)
     load_desired_bytes(text.encode(), output)  # what we write must validate
+    if output == "-":  # stdout, like most tools; the summary goes to stderr
+        if sys.stdout.isatty():
+            raise ReconcilerError(
+                "refusing to print password hashes on a terminal; redirect stdout "
+                "(export -o - > FILE, or into a pipe) or give -o FILE"
+            )
+        click.echo(text, nl=False)
+        click.echo(f"Exported: {exported.state.summary()}. It holds password hashes.", err=True)
+        return 0
     _write_private(output, text, force=force)
     click.echo(f"Wrote {output}: {exported.state.summary()}. It holds password hashes (mode 0600).")
     return 0
 
 
 def _write_private(path: str, text: str, *, force: bool) -> None:
-    flags = (
-        os.O_WRONLY
-        | os.O_CREAT
-        | os.O_NOFOLLOW
-        | os.O_CLOEXEC
-        | (os.O_TRUNC if force else os.O_EXCL)
-    )
-    try:
-        fd = os.open(path, flags, 0o600)
+    import stat
+
+    from reconciler.readfile import kind_of
+
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:  # O_NONBLOCK: a FIFO with no reader fails at once instead of waiting for one
+        fd = os.open(path, flags | (0 if force else os.O_EXCL), 0o600)
     except FileExistsError:
         raise ReconcilerError(
             f"{path} exists; give another -o or --force to overwrite it"
         ) from None
     except OSError as exc:
         raise ReconcilerError(f"cannot write {path}: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ReconcilerError(f"cannot write {path}: it is {kind_of(mode)}, not a regular file")
+    os.set_blocking(fd, True)
+    os.ftruncate(fd, 0)  # only now: truncating before the check would empty a device
     try:
         os.fchmod(fd, 0o600)  # --force onto an existing, readable file: it holds hashes now
     except OSError as exc:
