@@ -223,6 +223,15 @@ def mutate(spec: Spec, *, fraction: float = 0.01, seed: int = 2) -> Spec:
     return out
 
 
+def add_account(spec: Spec) -> str:
+    """Add one account with a pre-made hash and no quota (what DMS's `setup email add` writes) in
+    a domain without a catch-all, so nothing else changes; returns its address."""
+    domain = next(d for d in spec.domains if d not in spec.catch_all)
+    address = f"new.person@{domain}"
+    spec.accounts[address] = {"password_hash": hash_pool()[0]}
+    return address
+
+
 def to_yaml(spec: Spec) -> str:
     """The mailserver.yaml text, written by hand (fast and stable; every value is a safe word)."""
     out = [

@@ -310,12 +310,16 @@ def _hash_item(plaintext: str) -> str:
 
 def hash_many(secrets_: Sequence[Secret]) -> list[str]:
     """New `{SHA512-CRYPT}` hashes for `secrets_`, in order, on every core when there are many."""
+    if not secrets_:
+        return []
     _hasher()  # loaded before forking, so the helpers share it
     with _progress("Hashing passwords", len(secrets_)) as advance:
         return _parallel_map(_hash_item, [s.reveal() for s in secrets_], advance)
 
 
 def verify_many(pairs: Sequence[tuple[Secret, str]]) -> list[bool]:
+    if not pairs:
+        return []
     _handlers()
     with _progress("Verifying passwords", len(pairs)) as advance:
         return _parallel_map(_verify_item, [(s.reveal(), h) for s, h in pairs], advance)

@@ -97,8 +97,13 @@ def _read_record(config_dir: str) -> frozenset[str]:
         return frozenset()
 
 
-def _record_verified(target: Target, converged: Planned) -> None:
-    """Remember which password files verified, for the next run; nothing else depends on it."""
+def _record_verified(target: Target, converged: Planned, result: ApplyResult) -> None:
+    """Remember which password files verified, for the next run; nothing else depends on it.
+
+    Only alongside another write: an apply that changes nothing writes nothing, not even this.
+    """
+    if not (result.written or result.state_written):
+        return
     facts = verified.facts_for(
         converged.passwords, passwords.SecretReader(target.base_dir, target.environ)
     )
@@ -130,7 +135,7 @@ def apply_once(
             check(planned)
         first = first or planned
         if attempt > 1 and not planned.plan.has_changes and _state_current(planned):
-            _record_verified(target, planned)
+            _record_verified(target, planned, result)
             return Applied(first, result, attempt, converged=True)
         check_safety(planned.plan, allow_deletions=allow_deletions)
         contents = render_files(planned.plan)
@@ -153,12 +158,12 @@ def apply_once(
             # Nothing but (maybe) the state file was written, and ownership alone never makes a
             # change: planning again would only repeat the plan we just made (half of the time
             # of a no-change apply on a big host).
-            _record_verified(target, planned)
+            _record_verified(target, planned, result)
             return Applied(first, result, attempt, converged=True)
         _remember_new_hashes(planned, contents, cache)
         again = plan_once(target, loaded=loaded, cache=cache)
         if not again.plan.has_changes:
-            _record_verified(target, again)
+            _record_verified(target, again, result)
             return Applied(first, result, attempt, converged=True)
     raise ReconcilerError(
         f"the config volume kept changing while applying ({MAX_ATTEMPTS} attempts); another "

@@ -1,6 +1,7 @@
 """The `verified` record: a password file that verified against the hash on the volume is not
 verified again while its identity and timestamps stay the same; anything else (new content, a
-new hash on the volume, a file changed too recently, a lost or hostile record) is verified."""
+new hash on the volume, a file changed too recently, a lost or hostile record) is verified. The
+record is written by applies that write something else, never by one that changes nothing."""
 
 from __future__ import annotations
 
@@ -171,11 +172,17 @@ def test_a_damaged_record_only_costs_time(
     counted.clear()
     planned = plan_once(target)
     assert sum(counted) == 3 and not planned.plan.has_changes
-    apply_once(target)
+    before = record.lstat()
+    apply_once(target)  # nothing to change: nothing is written, not even the record
+    assert record.lstat() == before
+    (tmp_path / "secrets" / "kim").write_text("kim-secret\n")
+    desired = Path(target.desired_path)
+    desired.write_text(desired.read_text() + "  kim@example.com: {password_file: secrets/kim}\n")
+    apply_once(target)  # a real change: the record is written again, never through a symlink
     if damage == "symlink":
         assert record.is_symlink() and outside.read_text() == "do not touch\n"
     else:
-        assert len(_record(volume)["facts"]) == 3  # type: ignore[arg-type]
+        assert len(_record(volume)["facts"]) == 4  # type: ignore[arg-type]
 
 
 def test_the_record_holds_nothing_of_the_secrets_or_their_hashes(
