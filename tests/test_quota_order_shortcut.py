@@ -9,7 +9,7 @@ import random
 from reconciler.formats import quotas
 from tests.test_quota_first_hits import _line
 
-LOCALS = ["al", "pal", "a.l", "axl", "p.al", "b", "ab", "a", "x.y", "xzy", "AL", "Pal", "a.b", "axb"]
+LOCALS = ["al", "pal", "a.l", "axl", "p.al", "b", "ab", "a", "x.y", "xzy", "AL", "Pal", "axb"]
 DOMAINS = ["d", "d.e", "dxe", "D.e", "d.E", "a.b.c"]
 
 
