@@ -363,16 +363,21 @@ def warm_up(runner: Runner) -> None:
             raise BenchFailure(f"warm-up failed: {' '.join(argv)}")
 
 
-def measure_startup(runner: Runner, repeat: int) -> Row:
-    """`--version`: the interpreter and the CLI's imports. Measured here and once per repetition
-    of each size; subtracted before dividing by the entries."""
-    row = Row("-", "interpreter start + imports (`--version`)", 0, per_entry=False)
+def measure_startup(runner: Runner, repeat: int) -> tuple[Row, Row]:
+    """`--version`: the interpreter and the CLI's own imports (each command imports the rest).
+    Measured here and once per repetition of each size; subtracted before dividing by the
+    entries. And the bare interpreter (`-c pass`), site and this machine's .pth files included."""
+    row = Row("-", "interpreter start + the CLI's imports (`--version`)", 0, per_entry=False)
+    bare = Row("-", "interpreter start alone (`python -c pass`, with site)", 0, per_entry=False)
     runner.cli("--version", cwd=REPO)  # warm the page cache and the bytecode
     for _ in range(max(3, repeat)):
         sample = runner.cli("--version", cwd=REPO)
         row.walls.append(sample.wall)
         row.rss.append(sample.rss_mb)
-    return row
+        sample = runner.run(["-c", "pass"], cwd=REPO)
+        bare.walls.append(sample.wall)
+        bare.rss.append(sample.rss_mb)
+    return row, bare
 
 
 def table(rows: list[Row], startup: Row) -> str:
@@ -419,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         warm_up(runner)
-        startup = measure_startup(runner, repeat)
+        startup, bare = measure_startup(runner, repeat)
         floor_startup = Row("-", "interpreter start + `import yaml` (the floor's fixed cost)", 0,
                             per_entry=False)
         rows: list[Row] = []
@@ -442,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.workdir is None:
             shutil.rmtree(scratch, ignore_errors=True)
     load_after = os.getloadavg()
-    print(table([floor_startup, *rows] if floor_startup.walls else rows, startup))
+    print(table([bare, floor_startup, *rows] if floor_startup.walls else [bare, *rows], startup))
     print()
     print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}; "
           f"{repeat} repetition(s), interleaved; load average {load_before[0]:.2f} before, "
@@ -454,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps([
             {"size": r.size, "name": r.name, "entries": r.entries, "walls": r.walls,
-             "rss_mb": r.rss, "note": r.note} for r in [startup, floor_startup, *rows]
+             "rss_mb": r.rss, "note": r.note} for r in [startup, bare, floor_startup, *rows]
         ], indent=1) + "\n")
     return 0
 

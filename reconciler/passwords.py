@@ -95,7 +95,10 @@ class Secret:
     __str__ = __repr__
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and hmac.compare_digest(self._value, other._value)
+        if not isinstance(other, Secret):
+            return False
+        mine, theirs = (s._value.encode("utf-8", "surrogatepass") for s in (self, other))
+        return hmac.compare_digest(mine, theirs)  # str only compares ASCII
 
     def __hash__(self) -> int:
         return hash(self._value)

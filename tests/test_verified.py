@@ -130,7 +130,7 @@ def test_a_secret_read_too_early_is_recorded_when_it_settled_unchanged(
     reader = passwords.SecretReader(str(tmp_path), {})
     for content, expected in (("same", 1), ("changed", 0)):
         path = tmp_path / "pw"
-        path.write_text("password-one\n")
+        path.write_text("pässword-one\n")  # non-ASCII: the comparison must still work
         source = PasswordFile("pw")
         secret = reader.read(source)
         assert secret.stamp is not None and not secret.stamp.settled
