@@ -14,16 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.util import REPO, make_volume, run_cli, sha512_hash, write_desired
+from tests.test_decisions import ADMIN, ONE_ACCOUNT
+from tests.util import REPO, make_volume, run_cli, write_desired
 
-ADMIN = sha512_hash("admin-pw", salt="adminSalt0001")
-WITH_CRON = f"""
-    version: 1
-    domains: [example.com]
-    accounts:
-      admin@example.com: {{password_hash: "{ADMIN}"}}
+WITH_CRON = ONE_ACCOUNT + """\
     sa_learn:
-      - {{schedule: "0 2 * * *", learn: spam, folder: .Junk}}
+      - {schedule: "0 2 * * *", learn: spam, folder: .Junk}
     """
 
 
