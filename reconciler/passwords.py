@@ -372,7 +372,9 @@ class SecretReader:
             value = self.environ[source.name]
         elif isinstance(source, PasswordFile):
             path = os.path.join(self.base_dir, os.path.expanduser(source.path))
-            raw, info = _read_secret_file(path, source.path)
+            raw, info = _read_secret_file(
+                path, source.path, self.environ.get(SECRETS_DIR_ENV) or None
+            )
             stamp = FileStamp(
                 info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns, time.time_ns()
             )
@@ -393,9 +395,17 @@ class SecretReader:
         return Secret(value, stamp)
 
 
-def _read_secret_file(path: str, shown: str) -> tuple[bytes, os.stat_result]:
+SECRETS_DIR_ENV = "DMS_RECONCILER_SECRETS_DIR"  # --secrets-dir: password_file only from there
+
+
+def _read_secret_file(
+    path: str, shown: str, allowed_dir: str | None = None
+) -> tuple[bytes, os.stat_result]:
     """At most 4097 bytes of a regular file. Symlinks are followed (Kubernetes mounts secrets
-    through them), but a FIFO or device is refused: reading one would hang or never end."""
+    through them), but a FIFO or device is refused: reading one would hang or never end.
+
+    With `allowed_dir`, the file actually opened (after every symlink, read back from the open
+    descriptor, so no swap between a check and the open can escape) must be inside it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -408,11 +418,23 @@ def _read_secret_file(path: str, shown: str) -> tuple[bytes, os.stat_result]:
             raise SecretError(f"password_file {shown}: is a directory")
         if not stat.S_ISREG(info.st_mode):
             raise SecretError(f"password_file {shown}: not a regular file")
+        if allowed_dir is not None:
+            _require_inside(fd, allowed_dir, shown)
         return os.read(fd, 4097), info
     except OSError as exc:
         raise SecretError(f"password_file {shown}: {exc.strerror}") from None
     finally:
         os.close(fd)
+
+
+def _require_inside(fd: int, allowed_dir: str, shown: str) -> None:
+    allowed = os.path.realpath(allowed_dir)
+    opened = os.readlink(f"/proc/self/fd/{fd}")
+    if os.path.commonpath([allowed, opened]) != allowed:
+        raise SecretError(
+            f"password_file {shown}: outside the allowed folder {allowed_dir} (--secrets-dir, "
+            f"{SECRETS_DIR_ENV}); refusing to read it"
+        )
 
 
 def resolve(

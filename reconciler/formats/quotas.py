@@ -85,7 +85,7 @@ def parse(text: str) -> ParsedFile[QuotaLine]:
             )
         )
     problems.sort(key=lambda p: p.line)
-    return ParsedFile(entries, parsed.comments, parsed.invalid, tuple(problems))
+    return ParsedFile(entries, parsed.comments, parsed.invalid, tuple(problems), parsed.duplicates)
 
 
 def _nothing_shadowed(lines: list[str]) -> bool:
