@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler import state as state_file
+from reconciler import verified
 from reconciler.errors import (
     LockBusy,
     ReconcilerError,
@@ -49,7 +50,7 @@ from reconciler.passwords import Secret, hash_many
 from reconciler.plan import FilePlan, PendingHash, Plan
 
 TEMP_MARK = ".dms-reconciler-"
-NEW_FILE_MODES = {accounts.FILENAME: 0o640, state_file.FILENAME: 0o600}
+NEW_FILE_MODES = {accounts.FILENAME: 0o640, state_file.FILENAME: 0o600, verified.FILENAME: 0o600}
 WRITE_ORDER = (
     accounts.FILENAME,
     quotas.FILENAME,
@@ -248,6 +249,16 @@ def apply_plan(
                 _unlink_quietly(tmp)
     paths = {name: observed.snapshots[name].path for name in written}
     return ApplyResult(tuple(written), paths, sha512, carried, state_written)
+
+
+def write_record(config_dir: str, data: bytes) -> None:
+    """Replace the `verified` record (mode 0600). Not under DMS's lock: DMS never reads it, and
+    every fact in any version of it is true. A failure only costs the next run time."""
+    path = os.path.join(config_dir, verified.FILENAME)
+    try:
+        _atomic_write(path, data, FileSnapshot(path, None))
+    except VolumeError:
+        pass
 
 
 def _check_unchanged(observed: Observed, *, skip: set[str]) -> None:

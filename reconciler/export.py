@@ -24,7 +24,7 @@ from reconciler.addresses import (
     quota_bytes,
     split_hash,
 )
-from reconciler.desired import plain_ascii
+from reconciler.desired import plain_ascii, schema
 from reconciler.formats import cron
 from reconciler.gcpause import paused
 from reconciler.model import (
@@ -43,7 +43,9 @@ from reconciler.observe import Observed
 from reconciler.planner import DEVNULL_TARGET, cron_lines
 
 _C_DUMPER: Any = getattr(yaml, "CSafeDumper", None)
-SCHEMA_COMMENT = "# yaml-language-server: $schema=https://raw.githubusercontent.com/dms-reconciler/dms-reconciler/main/schema/mailserver.schema.json"
+# The schema's own `$id`: schema/mailserver.schema.json as served from the repository's main
+# branch (one source for the URL; tests/test_export.py checks it names the real file).
+SCHEMA_COMMENT = f"# yaml-language-server: $schema={schema()['$id']}"
 
 
 @dataclass(frozen=True)

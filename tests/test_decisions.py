@@ -9,11 +9,13 @@ from tests.util import make_volume, run_cli, sha512_hash, write_desired
 
 ADMIN = sha512_hash("admin-pw", salt="adminSalt0001")
 JANE = sha512_hash("jane-pw", salt="janeSalt00002")
-BASE = f"""
+ONE_ACCOUNT = f"""
     version: 1
     domains: [example.com]
     accounts:
       admin@example.com: {{password_hash: "{ADMIN}"}}
+"""
+BASE = ONE_ACCOUNT + """\
     aliases:
       info@example.com: admin@example.com
     """
