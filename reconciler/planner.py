@@ -201,6 +201,8 @@ def make_plan(
             "amavis.cf is read when the DMS container starts: the sidecar installs it and "
             "restarts Amavis; by hand run `docker compose up -d --force-recreate`"
         )
+    if amavis_plan.write and desired.quarantine:
+        notes.append(quarantine_note(desired.quarantine.mailbox))
     if cron_plan.write and desired.sa_learn:
         notes.append(
             f"sa-learn jobs learn into {cron.DBPATH}, the Bayes database Amavis reads (DMS "
@@ -737,6 +739,15 @@ def _plan_cron(
         unmanaged,
         FilePlan(CRON, snap.path, write, snap.exists, snap.sha256, content, in_place=True),
         bool(want),
+    )
+
+
+def quarantine_note(mailbox: str) -> str:
+    """What `quarantine:` gives with DMS's defaults, seen on DMS v15.1.0 (docs/real-dms.md)."""
+    return (
+        "with DMS's defaults (SPAMASSASSIN_SPAM_TO_INBOX=1, MOVE_SPAM_TO_JUNK=1) Amavis delivers "
+        f"spam tagged: the recipient still gets it in .Junk, and {mailbox} gets a copy, which "
+        "DMS's sieve files into its .Junk too (docs/real-dms.md)"
     )
 
 

@@ -10,8 +10,8 @@ Each line learns into `/var/lib/amavis/.spamassassin`, the Bayes database Amavis
 /var/mail-state/lib-amavis when /var/mail-state is mounted, so the path is right with and without
 that volume). The DMS FAQ's `/var/mail-state/lib-amavis/.spamassassin` is a folder Amavis never
 reads when /var/mail-state is not mounted. Each line
-- runs sa-learn only when its folder exists (`ls -d`; a new mailbox has no .Junk yet, and cron
-  would mail root sa-learn's error every night), and
+- runs sa-learn only when its folder exists (`ls -d ... || exit 0`: a new mailbox has no .Junk
+  yet, and cron would mail root sa-learn's error every night), silently and successfully, and
 - gives the database back to amavis (`chown -R`, also after a failed sa-learn, and only when
   the folder exists, so the database does too): sa-learn as root writes root-owned 0600 files
   that Amavis then cannot open ("tie failed: Permission denied").
@@ -37,9 +37,9 @@ MAIL_ROOT = "/var/mail"
 _SCHEDULE = r"(?P<schedule>@\w+|\S+ \S+ \S+ \S+ \S+) root "
 _PATH = rf"{MAIL_ROOT}/(?P<domain>[^/\s]+)/(?P<user>[^/\s]+)/(?P<folder>[^/\s]+)"
 _LINE = re.compile(
-    _SCHEDULE + rf"ls -d (?P<guard>\S+) > /dev/null 2>&1 && \{{ sa-learn --(?P<learn>spam|ham) "
-    rf"{_PATH} --dbpath {re.escape(DBPATH)} > /dev/null; "
-    rf"chown -R {DB_OWNER} {re.escape(DBPATH)}; \}}\Z"
+    _SCHEDULE + rf"ls -d (?P<guard>\S+) > /dev/null 2>&1 \|\| exit 0; "
+    rf"sa-learn --(?P<learn>spam|ham) {_PATH} --dbpath {re.escape(DBPATH)} > /dev/null; "
+    rf"chown -R {DB_OWNER} {re.escape(DBPATH)}\Z"
 )
 _OLD_LINE = re.compile(
     _SCHEDULE + rf"sa-learn --(?P<learn>spam|ham) {_PATH} "
@@ -97,8 +97,8 @@ def parse(text: str) -> ParsedFile[CronLine]:
 def job_line(schedule: str, learn: str, domain: str, user: str, folder: str) -> str:
     path = f"{MAIL_ROOT}/{domain}/{user}/{folder}"
     return (
-        f"{schedule} root ls -d {path} > /dev/null 2>&1 && {{ sa-learn --{learn} {path} "
-        f"--dbpath {DBPATH} > /dev/null; chown -R {DB_OWNER} {DBPATH}; }}"
+        f"{schedule} root ls -d {path} > /dev/null 2>&1 || exit 0; sa-learn --{learn} {path} "
+        f"--dbpath {DBPATH} > /dev/null; chown -R {DB_OWNER} {DBPATH}"
     )
 
 
