@@ -67,13 +67,18 @@ def plan_once(
     """Read everything and compute the plan; writes nothing."""
     loaded = loaded or load_desired(target.desired_path)
     observed = observe(target.config_dir, target.cron_path)
-    stored = {address: entry.password_hash for address, entry in observed.accounts.entries.items()}
+    reader = passwords.SecretReader(target.base_dir, target.environ)
     decided = passwords.resolve(
         loaded.state,
-        stored,
-        reader=passwords.SecretReader(target.base_dir, target.environ),
+        observed.stored_hashes(),
+        reader=reader,
         offline=target.offline,
         cache=cache,
+    )
+    decided.update(
+        passwords.resolve_plaintext(
+            loaded.state, observed.stored_plaintext(), reader=reader, offline=target.offline
+        )
     )
     plan = make_plan(loaded.state, observed, decided, prune=target.prune)
     return Planned(loaded, observed, plan, decided)

@@ -14,6 +14,7 @@ from typing import Any
 
 from croniter import croniter
 
+from reconciler import setup_rules
 from reconciler.addresses import (
     check_address,
     check_domain,
@@ -117,6 +118,7 @@ def check(doc: Document) -> list[Diagnostic]:
     _check_hostname(report, view)
     _check_sa_learn(report, view)
     _check_unused_domains(report, view)
+    setup_rules.check(report, view)
     return report.diagnostics
 
 
