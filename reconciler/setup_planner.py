@@ -129,8 +129,7 @@ def plan_setup(
     order = _order_change(desired, observed)
     if order is not None:
         regexp_diff.changes.append(order)
-    add(regexp.FILENAME, regexp_diff, observed.regexp, bool(desired.regexp_aliases))
-    if desired.regexp_aliases or regexp_diff.changed:
+    if add(regexp.FILENAME, regexp_diff, observed.regexp, bool(desired.regexp_aliases)).write:
         out.notes.append(REGEXP_NOTE)
 
     # postfix-send-access.cf, postfix-receive-access.cf

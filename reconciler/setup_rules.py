@@ -38,6 +38,8 @@ def _mapping(doc: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def _not_declared(domain: str, what: str) -> str:
+    if what.startswith("the "):
+        return f"{what} '{domain}' is not listed in `domains`; add it there or fix the spelling"
     return (
         f"{what} is in domain '{domain}', which is not listed in `domains`; add it there or "
         "fix the spelling"
@@ -143,7 +145,7 @@ def _check_regexp(report: Report, view: _View, items: Any, declared: set[str]) -
             else []
         )
         for path, target in paths:
-            if isinstance(target, str) and (problem := _regexp_target(target, groups)):
+            if isinstance(target, str) and (problem := regexp_target_problem(target, groups)):
                 report.error(path, problem)
             elif isinstance(target, str) and "$" not in target:
                 domain = domain_of(target)
@@ -155,7 +157,7 @@ def _check_regexp(report: Report, view: _View, items: Any, declared: set[str]) -
                     )
 
 
-def _regexp_target(target: str, groups: int) -> str | None:
+def regexp_target_problem(target: str, groups: int) -> str | None:
     """A target address, where `$1`/`${1}` stand for what a group matched."""
     used = [int(a or b) for a, b in _SUBSTITUTION.findall(target)]
     for number in used:
@@ -222,7 +224,7 @@ def _is_ip(host: str) -> bool:
 def _check_relay(report: Report, relay: dict[str, Any], declared: set[str]) -> None:
     for domain, spec in relay.items():
         if domain not in declared:
-            report.error(("relay", domain), _not_declared(domain, "this relay"), key=True)
+            report.error(("relay", domain), _not_declared(domain, "the relay domain"), key=True)
         if not isinstance(spec, dict):
             continue
         host, exclude = spec.get("host"), spec.get("exclude") is True
@@ -273,7 +275,7 @@ def _check_relay(report: Report, relay: dict[str, Any], declared: set[str]) -> N
 def _check_dkim(report: Report, dkim: dict[str, Any], declared: set[str]) -> None:
     for domain, spec in dkim.items():
         if domain not in declared:
-            report.error(("dkim", domain), _not_declared(domain, "this DKIM key"), key=True)
+            report.error(("dkim", domain), _not_declared(domain, "the DKIM domain"), key=True)
         if not isinstance(spec, dict):
             continue
         selector = spec.get("selector")
