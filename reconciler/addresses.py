@@ -14,9 +14,11 @@ import re
 LOCAL_RE = re.compile(r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*\Z")
 LABEL_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+# The common case in one regex, with every limit the slow path checks: at most 64 characters
+# before the `@` (RFC 5321 4.5.3.1.1), labels of at most 63, a last label that is not all digits.
 _ADDRESS_FAST = re.compile(
-    r"[a-z0-9_-]+(?:\.[a-z0-9_-]+)*@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"
-    r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z"
+    r"(?=[^@]{1,64}@)[a-z0-9_-]+(?:\.[a-z0-9_-]+)*@(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+"
+    r"(?![0-9]+\Z)[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z"
 )
 
 # Characters that would split or inject a DMS config line, named for the message.
@@ -62,6 +64,11 @@ def check_domain(domain: str) -> str | None:
                 f"domain '{domain}' has an invalid label '{label}': use letters, digits and '-',"
                 " not at the start or end, at most 63 characters"
             )
+    if labels[-1].isdigit():  # no top-level domain is all digits (RFC 3696 2): an IP address
+        return (
+            f"domain '{domain}' ends in the all-digit label '{labels[-1]}': it looks like an IP "
+            "address, and DMS hosts mail for domain names only; use the domain name"
+        )
     return None
 
 

@@ -7,6 +7,7 @@ message, never a traceback, and nothing printed holds a password or a hash.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -18,7 +19,13 @@ import click
 
 from reconciler import __version__
 from reconciler.desired import load_desired
-from reconciler.errors import InvalidDesiredState, ReconcilerError, Severity, printable
+from reconciler.errors import (
+    Diagnostic,
+    InvalidDesiredState,
+    ReconcilerError,
+    Severity,
+    printable,
+)
 from reconciler.reconcile import Target
 
 if TYPE_CHECKING:
@@ -61,20 +68,111 @@ def _file_option(func: Any) -> Any:
 
 
 def _err(message: str) -> None:
-    click.echo(f"dms-reconciler: error: {printable(message)}", err=True)
+    head = _paint("dms-reconciler: error:", err=True, fg="red", bold=True)
+    click.echo(f"{head} {printable(message)}", err=True, color=_colour(err=True) or None)
 
 
-def _colour() -> bool:
-    return sys.stdout.isatty() and "NO_COLOR" not in os.environ
+def _warn(message: str) -> None:
+    head = _paint("warning:", err=True, fg="yellow", bold=True)
+    click.echo(f"{head} {printable(message)}", err=True, color=_colour(err=True) or None)
+
+
+_NO_COLOUR_FLAG: list[bool] = []  # set by --no-color on the group or any command
+
+
+def _colour(*, err: bool = False) -> bool:
+    """Colour like other command-line tools: never with --no-color or NO_COLOR, always with
+    FORCE_COLOR (not 0), otherwise only on a terminal whose TERM is not `dumb`."""
+    if _NO_COLOUR_FLAG or "NO_COLOR" in os.environ:
+        return False
+    force = os.environ.get("FORCE_COLOR")
+    if force is not None and force.lower() not in ("0", "false", "no"):
+        return True
+    if os.environ.get("TERM") == "dumb":
+        return False
+    return (sys.stderr if err else sys.stdout).isatty()
+
+
+def _paint(text: str, *, err: bool = False, **style: Any) -> str:
+    return click.style(text, **style) if _colour(err=err) else text
+
+
+def _say(text: str, *, err: bool = False, **style: Any) -> None:
+    """One final line (a summary, a verdict), coloured where colour is on."""
+    click.echo(_paint(text, err=err, **style), err=err, color=_colour(err=err) or None)
+
+
+def _diagnostic(d: Diagnostic, *, err: bool = False) -> None:
+    """`FILE:LINE:COL: error: ...` with the severity coloured (red errors, yellow warnings)."""
+    line = d.format()
+    if _colour(err=err):
+        severity = d.severity.value
+        fg = "red" if d.severity is Severity.ERROR else "yellow"
+        line = line.replace(f": {severity}: ", f": {click.style(severity, fg=fg, bold=True)}: ", 1)
+    click.echo(line, err=err, color=_colour(err=err) or None)
+
+
+def _no_colour_option(func: Any) -> Any:
+    def remember(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            _NO_COLOUR_FLAG.append(True)
+
+    return click.option(
+        "--no-color",
+        is_flag=True,
+        expose_value=False,
+        is_eager=True,
+        callback=remember,
+        help="No colour (also: NO_COLOR=1; FORCE_COLOR=1 colours off a terminal).",
+    )(func)
+
+
+def _errors_in_format(command: Any) -> Any:
+    """With --format json or markdown, a failure is also reported on stdout in that format (CI
+    posts stdout); stderr gets the usual text from `main` either way."""
+
+    @functools.wraps(command)
+    def run(*args: Any, **params: Any) -> Any:
+        fmt, file = params["fmt"], params.get("plan_file") or params["file"]
+        try:
+            return command(*args, **params)
+        except ReconcilerError as exc:
+            if fmt in ("json", "markdown"):
+                from reconciler import render
+
+                report = _error_report(exc, file)
+                if fmt == "json":
+                    click.echo(json.dumps(report, indent=2))
+                else:
+                    click.echo(render.markdown_error(report), nl=False)
+            raise
+
+    return run
+
+
+def _error_report(exc: ReconcilerError, file: str) -> dict[str, Any]:
+    """The machine form of a failure: validate's report (`valid`, `errors`, `warnings`) when
+    the desired file is invalid, otherwise the error's message alone (docs/plan-json.md)."""
+    diagnostics = exc.diagnostics if isinstance(exc, InvalidDesiredState) else []
+    return {
+        "format_version": "1.0",
+        "error": printable(str(exc)),
+        "file": file,
+        "valid": not isinstance(exc, InvalidDesiredState),
+        "errors": [d.to_dict() for d in diagnostics if d.severity is Severity.ERROR],
+        "warnings": [d.to_dict() for d in diagnostics if d.severity is Severity.WARNING],
+    }
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="dms-reconciler")
+@_no_colour_option
 def cli() -> None:
     """GitOps for docker-mailserver: validate, plan and apply mailserver.yaml to a DMS volume."""
 
 
 @cli.command()
+@_no_colour_option
 @_file_option
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
@@ -101,10 +199,9 @@ def _validate_one(file: str, fmt: str) -> tuple[int, dict[str, Any]]:
         errors = [d for d in exc.diagnostics if d.severity is Severity.ERROR]
         if fmt != "json":
             for d in exc.diagnostics:
-                click.echo(d.format())
-            click.echo(
-                f"{file}: {len(errors)} error{'s' if len(errors) != 1 else ''}; nothing was changed"
-            )
+                _diagnostic(d)
+            count = f"{len(errors)} error{'s' if len(errors) != 1 else ''}"
+            _say(f"{file}: {count}; nothing was changed", fg="red", bold=True)
         return 1, {
             "valid": False,
             "file": file,
@@ -114,8 +211,8 @@ def _validate_one(file: str, fmt: str) -> tuple[int, dict[str, Any]]:
     state = loaded.state
     if fmt != "json":
         for d in loaded.warnings:
-            click.echo(d.format(), err=True)
-        click.echo(f"{file} is valid: {state.summary()}.")
+            _diagnostic(d, err=True)
+        _say(f"{file} is valid: {state.summary()}.", fg="green")
     return 0, {
         "valid": True,
         "file": file,
@@ -134,6 +231,7 @@ def _validate_one(file: str, fmt: str) -> tuple[int, dict[str, Any]]:
 
 
 @cli.command()
+@_no_colour_option
 @_file_option
 @_common
 @click.option(
@@ -179,6 +277,7 @@ def _validate_one(file: str, fmt: str) -> tuple[int, dict[str, Any]]:
     "given, else DIR/../cron/sa-learn.",
 )
 @click.pass_context
+@_errors_in_format
 def plan(
     ctx: click.Context,
     file: str,
@@ -214,10 +313,10 @@ def plan(
         click.echo(render.markdown(data))
     else:
         for warning in planned.loaded.warnings:
-            click.echo(warning.format(), err=True)
+            _diagnostic(warning, err=True)
         if headline:
             click.echo(headline + "\n")
-        click.echo(render.text(data, colour=_colour()), nl=False)
+        click.echo(render.text(data, colour=_colour()), nl=False, color=_colour() or None)
     if out and target is not None:
         saved_plan.save(out, planned, target, data)
         if fmt == "text":
@@ -283,6 +382,7 @@ def _plan_against(
 
 
 @cli.command()
+@_no_colour_option
 @_file_option
 @_common
 @click.argument("plan_file", metavar="[PLAN]", required=False, type=click.Path(dir_okay=False))
@@ -308,7 +408,10 @@ def _plan_against(
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
+@click.pass_context
+@_errors_in_format
 def apply(
+    ctx: click.Context,
     file: str,
     config_dir: str,
     cron_file: str,
@@ -319,6 +422,23 @@ def apply(
     fmt: str,
 ) -> int:
     """Make the config volume match mailserver.yaml (or apply exactly a saved PLAN)."""
+    if plan_file:  # the saved plan fixes all of these: refuse rather than silently ignore them
+        ignored = [
+            name
+            for param, name in (
+                ("file", "-f/--file"),
+                ("config_dir", "--config-dir"),
+                ("cron_file", "--cron-file"),
+                ("prune", "--prune"),
+            )
+            if ctx.get_parameter_source(param) is click.core.ParameterSource.COMMANDLINE
+        ]
+        if ignored:
+            raise click.UsageError(
+                f"{', '.join(ignored)} cannot be used with a saved PLAN: it is applied exactly "
+                "as planned (file, volume and prune were fixed by `plan --out`); make a new plan "
+                "with those options instead"
+            )
     from reconciler import render, saved_plan
     from reconciler.reconcile import apply_once
 
@@ -348,7 +468,7 @@ def apply(
         click.echo(json.dumps(data, indent=2))
         return 0
     if data["changes"]:
-        click.echo(render.text(data, colour=_colour()), nl=False)
+        click.echo(render.text(data, colour=_colour()), nl=False, color=_colour() or None)
         click.echo("")
     else:  # no plan to show, but what it warns about still matters (stderr: stdout stays terse)
         for warning in data["warnings"]:
@@ -361,21 +481,25 @@ def apply(
             )
             or "none"
         )
-        click.echo(
+        _say(
             f"Apply complete! Entries: {s['add']} added, {s['change']} changed, "
-            f"{s['destroy']} destroyed. Files written: {files}."
+            f"{s['destroy']} destroyed. Files written: {files}.",
+            fg="green",
+            bold=True,
         )
     elif applied.result.state_written:  # taking ownership of matching entries is not a change
-        click.echo(
+        _say(
             "No changes. The config volume matches mailserver.yaml; only the record of the "
-            "entries dms-reconciler manages was written (dms-reconciler.state.json)."
+            "entries dms-reconciler manages was written (dms-reconciler.state.json).",
+            fg="green",
         )
     else:
-        click.echo("No changes. The config volume matches mailserver.yaml.")
+        _say("No changes. The config volume matches mailserver.yaml.", fg="green")
     return 0
 
 
 @cli.command()
+@_no_colour_option
 @_file_option
 @_common
 @click.option(
@@ -424,7 +548,7 @@ def watch(
 
     from reconciler import log
     from reconciler.dms import Dms
-    from reconciler.watcher import Watcher, WatchOptions
+    from reconciler.watch import Watcher, WatchOptions
 
     log.setup()
     prometheus_client.disable_created_metrics()  # `*_created` series only add noise here
@@ -434,6 +558,7 @@ def watch(
 
 
 @cli.command(name="export")
+@_no_colour_option
 @_common
 @click.option(
     "-o",
@@ -441,49 +566,93 @@ def watch(
     default=DEFAULT_FILE,
     show_default=True,
     type=click.Path(dir_okay=False),
-    help="Where to write the exported mailserver.yaml (created mode 0600: it holds hashes).",
+    help="Where to write the exported mailserver.yaml (created mode 0600: it holds hashes); "
+    "- for stdout.",
 )
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--hostname", default=None, help="The DMS container's FQDN, recorded as `hostname`.")
+@click.option(
+    "--adopt/--no-adopt",
+    default=True,
+    show_default=True,
+    help="Record the exported entries as managed by dms-reconciler (in its state file), so "
+    "removing one from the file deletes it at the next apply. --no-adopt leaves them "
+    "unmanaged until the first apply.",
+)
 def export_cmd(
-    config_dir: str, cron_file: str, output: str, force: bool, hostname: str | None
+    config_dir: str, cron_file: str, output: str, force: bool, hostname: str | None, adopt: bool
 ) -> int:
     """Write a mailserver.yaml that adopts an existing config volume (hashes kept)."""
     from reconciler.desired import load_desired_bytes
     from reconciler.export import dump_yaml, export_state
     from reconciler.observe import observe
+    from reconciler.reconcile import take_ownership
 
     observed = observe(config_dir, cron_file)
     exported = export_state(observed, hostname=hostname)
     for warning in exported.warnings:
-        click.echo(f"warning: {printable(warning)}", err=True)
+        _warn(warning)
     if not exported.state.accounts:
         raise ReconcilerError(
             f"{config_dir} has no account that can be adopted; DMS needs at least one"
         )
     text = dump_yaml(exported.state)
-    load_desired_bytes(text.encode(), output)  # what we write must validate
-    _write_private(output, text, force=force)
-    click.echo(f"Wrote {output}: {exported.state.summary()}. It holds password hashes (mode 0600).")
+    loaded = load_desired_bytes(text.encode(), output)  # what we write must validate
+    if output == "-":  # stdout, like most tools; the summary goes to stderr
+        if sys.stdout.isatty():
+            raise ReconcilerError(
+                "refusing to print password hashes on a terminal; redirect stdout "
+                "(export -o - > FILE, or into a pipe) or give -o FILE"
+            )
+        click.echo(text, nl=False)
+        click.echo(f"Exported: {exported.state.summary()}. It holds password hashes.", err=True)
+    else:
+        _write_private(output, text, force=force)
+        click.echo(
+            f"Wrote {output}: {exported.state.summary()}. It holds password hashes (mode 0600)."
+        )
+    summary = click.echo if output != "-" else functools.partial(click.echo, err=True)
+    if not adopt:
+        summary(
+            "The entries stay unmanaged until the first apply of this file (--no-adopt): "
+            "one removed from it before then is kept, not deleted."
+        )
+        return 0
+    try:
+        take_ownership(loaded, config_dir, cron_file)
+    except ReconcilerError as exc:
+        _warn(
+            f"ownership was not recorded ({exc}): the entries stay unmanaged until the first "
+            "apply of this file, and one removed from it before then is kept, not deleted"
+        )
+        return 0
+    summary(
+        "dms-reconciler now manages these entries (dms-reconciler.state.json): removing one "
+        "from the file deletes it at the next apply."
+    )
     return 0
 
 
 def _write_private(path: str, text: str, *, force: bool) -> None:
-    flags = (
-        os.O_WRONLY
-        | os.O_CREAT
-        | os.O_NOFOLLOW
-        | os.O_CLOEXEC
-        | (os.O_TRUNC if force else os.O_EXCL)
-    )
-    try:
-        fd = os.open(path, flags, 0o600)
+    import stat
+
+    from reconciler.readfile import kind_of
+
+    flags = os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    try:  # O_NONBLOCK: a FIFO with no reader fails at once instead of waiting for one
+        fd = os.open(path, flags | (0 if force else os.O_EXCL), 0o600)
     except FileExistsError:
         raise ReconcilerError(
             f"{path} exists; give another -o or --force to overwrite it"
         ) from None
     except OSError as exc:
         raise ReconcilerError(f"cannot write {path}: {exc.strerror}") from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        raise ReconcilerError(f"cannot write {path}: it is {kind_of(mode)}, not a regular file")
+    os.set_blocking(fd, True)
+    os.ftruncate(fd, 0)  # only now: truncating before the check would empty a device
     try:
         os.fchmod(fd, 0o600)  # --force onto an existing, readable file: it holds hashes now
     except OSError as exc:
@@ -514,6 +683,7 @@ def main(argv: list[str] | None = None) -> None:
     # Without this, SIGTERM (docker stop, kill, systemd) would end the process on the spot and
     # leave DMS's lock behind: DMS's change detector would then wait a minute for it to go stale.
     signal.signal(signal.SIGTERM, _raise_terminated)
+    _NO_COLOUR_FLAG.clear()
     try:
         code = cli.main(args=argv, prog_name="dms-reconciler", standalone_mode=False)
     except click.exceptions.UsageError as exc:
@@ -527,7 +697,7 @@ def main(argv: list[str] | None = None) -> None:
         code = 1
     except InvalidDesiredState as exc:
         for d in exc.diagnostics:
-            click.echo(d.format(), err=True)
+            _diagnostic(d, err=True)
         _err(f"{exc}; nothing was changed")
         code = 1
     except ReconcilerError as exc:

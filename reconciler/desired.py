@@ -40,6 +40,7 @@ from reconciler.model import (
     SaLearnJob,
     normalise_targets,
 )
+from reconciler.readfile import NotReadable, read_regular
 from reconciler.yamlload import (
     MAX_BYTES,
     Document,
@@ -150,23 +151,14 @@ def plain_ascii(value: Any) -> bool:
 
 
 def read_desired_bytes(path: str) -> bytes:
-    """Read the file with a size cap, so a 100 MB file is refused without loading it."""
+    """Read the file as a regular file of at most `MAX_BYTES`: a FIFO, device, socket or huge
+    file put in its place is refused at once instead of hanging validate, plan or the sidecar."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read(MAX_BYTES + 1)
-    except FileNotFoundError:
-        raise InvalidDesiredState(
-            [Diagnostic(path, None, None, "", "file not found (give the path with -f)")]
-        ) from None
-    except IsADirectoryError:
-        raise InvalidDesiredState(
-            [Diagnostic(path, None, None, "", "is a directory, not a file")]
-        ) from None
-    except OSError as exc:
-        raise InvalidDesiredState(
-            [Diagnostic(path, None, None, "", f"cannot read the file: {exc.strerror}")]
-        ) from None
-    return data
+        return read_regular(path, MAX_BYTES)
+    except NotReadable as exc:
+        hint = " (give the path with -f)" if exc.missing else ""
+        message = "file not found" if exc.missing else exc.reason
+        raise InvalidDesiredState([Diagnostic(path, None, None, "", message + hint)]) from None
 
 
 def load_desired(path: str) -> Loaded:
@@ -199,7 +191,24 @@ def check_document(doc: Document) -> list[Diagnostic]:
     ruled = {d.path for d in from_rules if d.severity is Severity.ERROR}
     from_schema = [d for d in _schema_diagnostics(doc) if d.path not in ruled]
     found = _dedupe(from_schema + from_rules)
+    typed = _password_values(doc.value)
+    if typed:  # hash-shaped values are redacted anyway (errors.redact); these may be plaintext
+        found = [d.redacted(typed) for d in found]
     return sorted(found, key=Diagnostic.sort_key)
+
+
+def _password_values(value: Any) -> set[str]:
+    """What was typed where a password goes (a password_hash, or a bare string where an account's
+    mapping belongs, often a pasted password): never shown in any message, whatever its shape."""
+    accounts = value.get("accounts") if isinstance(value, dict) else None
+    if not isinstance(accounts, dict):
+        return set()
+    typed = set()
+    for spec in accounts.values():
+        candidate = spec.get("password_hash") if isinstance(spec, dict) else spec
+        if isinstance(candidate, str) and len(candidate) >= 3:
+            typed.add(candidate)
+    return typed
 
 
 def _dedupe(diagnostics: list[Diagnostic]) -> list[Diagnostic]:
@@ -247,6 +256,8 @@ def _translate(doc: Document, error: jsonschema.ValidationError) -> list[Diagnos
     title = sub.get("title")
     instance: Any = error.instance
     field = path[-1] if path else ""
+    if len(path) == 2 and path[0] == "accounts":  # a bare value in an account's place: a password?
+        field = "password_hash"  # shown as "that", like any password field
 
     if kind == "additionalProperties" and isinstance(instance, dict):
         allowed = sorted(sub.get("properties", {}))

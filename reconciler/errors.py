@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import errno
 import re
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
@@ -22,10 +23,47 @@ _INVISIBLE = re.compile(
 _LONG_RUN = re.compile(r"\S{301,}")
 
 
+SENSITIVE = "(sensitive)"
+# What a password hash looks like wherever it was typed: `{SCHEME}` followed by the hash, or a bare
+# crypt(3) / PHC string (`$6$...`, `$2y$...`, `$argon2id$...`). Eight or more characters must
+# follow, so a hint such as "like {SHA512-CRYPT}$6$..." in a message stays readable.
+_HASH_SHAPE = re.compile(
+    r"\{[A-Za-z0-9][A-Za-z0-9.-]*\}[^\s'\"`;()<>]{8,}"
+    r"|\$(?:1|2[abxy]?|5|6|7|y|gy|sha1|md5|argon2(?:i|d|id)|pbkdf2(?:-sha\d+)?|scrypt)"
+    r"\$[^\s'\"`;()<>]{8,}"
+)
+
+
+def redact(text: str, known: Iterable[str] = ()) -> str:
+    """`text` with every hash-shaped value, and every value in `known` (what was typed in a
+    password field), replaced by `(sensitive)`. Every message, log line and plan goes through
+    here (via `printable`, `redact_data` and the log formatters): a secret typed into the wrong
+    place (an alias target, a key, a password_file path) is never echoed."""
+    if "{" in text or "$" in text:
+        text = _HASH_SHAPE.sub(SENSITIVE, text)
+    for value in known:
+        if value and value in text:
+            text = text.replace(value, SENSITIVE)
+    return text
+
+
+def redact_data(value: Any) -> Any:
+    """`redact` on every string (keys too) of JSON-like data: a plan, a log record's fields."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact(k) if isinstance(k, str) else k: redact_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_data(v) for v in value]
+    return value
+
+
 def printable(text: str) -> str:
-    """`text` made safe to show: invisible and control characters written as escapes (`\\x1b`),
-    and a run of more than 300 characters without a space cut in the middle, so a hostile value
-    can neither drive the terminal nor bury the message under megabytes."""
+    """`text` made safe to show: hash-shaped values redacted, invisible and control characters
+    written as escapes (`\\x1b`), and a run of more than 300 characters without a space cut in
+    the middle, so a hostile value can neither leak a secret, drive the terminal nor bury the
+    message under megabytes."""
+    text = redact(text)
     if _INVISIBLE.search(text):
         text = _INVISIBLE.sub(_escape, text)
     if len(text) > 300 and _LONG_RUN.search(text):
@@ -75,6 +113,14 @@ class Diagnostic:
             "severity": self.severity.value,
             "message": printable(self.message),
         }
+
+    def redacted(self, known: Iterable[str]) -> Diagnostic:
+        """This diagnostic with the `known` secret values (password fields) never shown."""
+        known = tuple(known)
+        message, path = redact(self.message, known), redact(self.path, known)
+        if (message, path) == (self.message, self.path):
+            return self
+        return replace(self, message=message, path=path)
 
     def sort_key(self) -> tuple[int, int, str]:
         return (self.line or 0, self.column or 0, self.message)

@@ -26,6 +26,7 @@ import errno
 import functools
 import hashlib
 import os
+import shlex
 import stat
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -126,6 +127,19 @@ class ApplyResult:
     sha512: Mapping[str, str]  # logical name -> sha512 of what was written (DMS's checksum)
     carried_lines: int = 0  # lines another writer appended while we renamed, carried over
     state_written: bool = False  # the state file (what we own) was created or changed
+
+
+def require_cron_folder(cron_path: str) -> None:
+    """The cron file's folder must exist: it is the host side of a bind mount, so creating it
+    here would write beside DMS rather than into it. plan checks this too, so it shows the same
+    refusal apply would give."""
+    folder = os.path.dirname(cron_path) or "."
+    if not os.path.isdir(folder):
+        raise VolumeError(
+            f"the folder of the cron file {cron_path} does not exist: create it "
+            f"(mkdir -p {shlex.quote(folder)}) and bind-mount the file into DMS as "
+            "/etc/cron.d/sa-learn, or give --cron-file; nothing was written"
+        )
 
 
 def check_safety(plan: Plan, *, allow_deletions: int | None) -> None:
@@ -238,11 +252,8 @@ def apply_plan(
         _clear_crash_debris(config_dir, on_wait)
         return ApplyResult((), {}, {})
 
-    if CRON in todo and not os.path.isdir(os.path.dirname(observed.cron_path) or "."):
-        raise VolumeError(
-            f"the folder of the cron file {observed.cron_path} does not exist "
-            "(give --cron-file); nothing was written"
-        )
+    if CRON in todo:
+        require_cron_folder(observed.cron_path)
     written: list[str] = []
     state_written = False
     sha512: dict[str, str] = {}

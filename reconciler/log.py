@@ -5,10 +5,12 @@ a terminal wants text. `setup` picks by whether the stream is a terminal, and
 `DMS_RECONCILER_LOG_FORMAT=json|text` overrides it. Structured fields go in
 `extra={"fields": {...}}`.
 
-Nothing here inspects messages for secrets: the callers only ever log addresses, file names,
-counts and diagnostics (which never quote a password or a hash). An unexpected error is logged
-by its type only; with DMS_RECONCILER_DEBUG=1, `safe_traceback` adds where it happened (files,
-lines, functions, exception types) but never an exception's message, which may quote a value.
+The callers only ever log addresses, file names, counts and diagnostics, and both formatters
+pass the message and every field through `errors.redact` too, so a hash typed into the wrong
+place of mailserver.yaml (an alias target, a key, a password_file path) never reaches a log
+line. An unexpected error is logged by its type only; with DMS_RECONCILER_DEBUG=1,
+`safe_traceback` adds where it happened (files, lines, functions, exception types) but never an
+exception's message, which may quote a value.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import sys
 import time
 import traceback
 from typing import IO, Any
+
+from reconciler.errors import redact, redact_data
 
 LOGGER_NAME = "dms_reconciler"
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
@@ -33,7 +37,7 @@ class JsonFormatter(logging.Formatter):
             "time": _iso(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
         }
         out.update(_fields(record))
         return json.dumps(out, ensure_ascii=False, default=str)
@@ -45,7 +49,8 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = _fields(record)
         tail = "".join(f"  {k}={_short(v)}" for k, v in fields.items())
-        return f"{_iso(record.created)} {record.levelname.lower():<7} {record.getMessage()}{tail}"
+        message = redact(record.getMessage())
+        return f"{_iso(record.created)} {record.levelname.lower():<7} {message}{tail}"
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -54,7 +59,7 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     for key, value in vars(record).items():  # plain `extra={...}` keys too
         if key not in _STANDARD and key != "fields":
             out.setdefault(key, value)
-    return out
+    return redact_data(out)
 
 
 def _short(value: Any) -> str:

@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Any
 
 from reconciler import __version__
+from reconciler.errors import redact_data
 from reconciler.passwords import Secret
 from reconciler.state import Ownership
 
@@ -158,8 +159,10 @@ class Plan:
     def to_dict(
         self, *, desired: Mapping[str, Any] | None = None, volume: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        """The versioned JSON form (see docs/plan-json.md); never holds a secret or hash."""
-        return {
+        """The versioned JSON form (see docs/plan-json.md); never holds a secret or hash (and
+        anything hash-shaped that came from a file, a password_file path or a hand-written line,
+        is redacted: every output form and saved plans are made from this)."""
+        data = {
             "format_version": FORMAT_VERSION,
             "tool": {"name": "dms-reconciler", "version": __version__},
             "desired": dict(desired or {}),
@@ -181,3 +184,4 @@ class Plan:
             "warnings": list(self.warnings),
             "notes": list(self.notes),
         }
+        return redact_data(data)

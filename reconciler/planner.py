@@ -114,6 +114,17 @@ def make_plan(
         kind_of=_virtual_kind,
         explain=_explain,
     )
+    sole_targets = _sole_catch_all_targets(desired)
+    virtual_diff.changes = [
+        _with_reason(
+            c,
+            "not needed: the account is the only target of its domain's catch-all "
+            "(DMS warned about this line at every start and change)",
+        )
+        if c.action is Action.DELETE and c.kind is Kind.SELF_ALIAS and c.key in sole_targets
+        else c
+        for c in virtual_diff.changes
+    ]
     local_diff = _diff(
         aliases.FILENAME,
         _want_local_aliases(desired),
@@ -186,6 +197,9 @@ def make_plan(
     notes += setup.notes
 
     warnings += _shadow_warnings(desired, observed, virtual_diff, account_diff)
+    self_aliases = self_alias_warning(desired)
+    if self_aliases:
+        warnings.append(self_aliases)
     unresolved = tuple(sorted(a for a, p in passwords.items() if p.status is Status.UNRESOLVED))
     if amavis_plan.write:
         notes.append(
@@ -439,10 +453,15 @@ def _want_virtual(
         out[key] = _Want(Kind.CATCH_ALL, virtual.VirtualLine(key, catch.targets))
     for address in desired.devnull:
         out[address] = _Want(Kind.DEVNULL, virtual.VirtualLine(address, (DEVNULL_TARGET,)))
+    sole_targets = _sole_catch_all_targets(desired)
     for account in desired.accounts:
         # Postfix checks `user@domain` before `@domain`: without this line the catch-all
-        # would take the account's mail (DMS docs, provisioner/file.md).
-        if domain_of(account.address) in catch_domains:
+        # would take the account's mail (DMS docs, provisioner/file.md). The catch-all's own
+        # single target needs none (its mail goes to it either way), and DMS warns about it.
+        if (
+            domain_of(account.address) in catch_domains
+            and account.address.lower() not in sole_targets
+        ):
             out[account.address] = _Want(
                 Kind.SELF_ALIAS, virtual.VirtualLine(account.address, (account.address,))
             )
@@ -456,6 +475,36 @@ def _want_virtual(
         ):
             out[address] = _Want(Kind.SELF_ALIAS, virtual.VirtualLine(address, (address,)))
     return out
+
+
+def _sole_catch_all_targets(desired: DesiredState) -> set[str]:
+    """Accounts that are the one target of their own domain's catch-all."""
+    return {
+        catch.targets[0].lower()
+        for catch in desired.catch_all
+        if len(catch.targets) == 1 and domain_of(catch.targets[0]) == catch.domain
+    }
+
+
+def self_alias_warning(desired: DesiredState) -> str | None:
+    """DMS v15.1.0 (ENABLE_QUOTAS=1, its default) logs a WARN at every start and change for each
+    self-alias (`_create_dovecot_alias_dummy_accounts` finds the account's own userdb line). The
+    line is still needed: without it the catch-all takes the account's mail."""
+    catch_domains = {catch.domain for catch in desired.catch_all}
+    sole_targets = _sole_catch_all_targets(desired)
+    names = sorted(
+        a.address
+        for a in desired.accounts
+        if domain_of(a.address) in catch_domains and a.address.lower() not in sole_targets
+    )
+    if not names:
+        return None
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return (
+        f"self-alias(es) {shown} keep their own mail in a catch-all domain; DMS logs "
+        "`WARN Alias '...' will not be added to '/etc/dovecot/userdb' twice` for each at "
+        "every start and change (harmless: routing is right; see docs/real-dms.md)"
+    )
 
 
 def _same_virtual(have: virtual.VirtualLine, want: virtual.VirtualLine) -> bool:

@@ -13,10 +13,17 @@ from dataclasses import dataclass, field
 
 from reconciler import passwords
 from reconciler.desired import Loaded, load_desired
-from reconciler.errors import ReconcilerError
-from reconciler.executor import ApplyResult, VolumeChanged, apply_plan, check_safety, render_files
+from reconciler.errors import ReconcilerError, Refused
+from reconciler.executor import (
+    ApplyResult,
+    VolumeChanged,
+    apply_plan,
+    check_safety,
+    render_files,
+    require_cron_folder,
+)
 from reconciler.gcpause import paused
-from reconciler.observe import Observed, observe
+from reconciler.observe import CRON, Observed, observe
 from reconciler.passwords import VerifiedCache
 from reconciler.plan import Plan
 from reconciler.planner import make_plan
@@ -81,6 +88,8 @@ def plan_once(
         )
     )
     plan = make_plan(loaded.state, observed, decided, prune=target.prune)
+    if any(f.name == CRON and f.write for f in plan.files):
+        require_cron_folder(target.cron_path)  # apply would refuse: so does the plan
     return Planned(loaded, observed, plan, decided)
 
 
@@ -139,6 +148,23 @@ def apply_once(
         f"the config volume kept changing while applying ({MAX_ATTEMPTS} attempts); another "
         "writer is editing it. Nothing half-written was left; run apply again"
     )
+
+
+def take_ownership(loaded: Loaded, config_dir: str, cron_path: str) -> Applied:
+    """Record as owned every entry of `loaded` (an export of this volume), writing nothing but the
+    state file: what the first apply of the unchanged file would do. Then removing an exported
+    entry from the file before that first apply deletes it, as it would after. Refused, with
+    nothing written, when the file's plan is not empty (the volume changed since the export)."""
+    target = Target(loaded.filename, config_dir, cron_path)
+
+    def no_changes(planned: Planned) -> None:
+        if planned.plan.has_changes:
+            raise Refused(
+                "the config volume changed while exporting; ownership was not recorded "
+                "(run export again)"
+            )
+
+    return apply_once(target, loaded=loaded, check=no_changes, lock_timeout=30.0)
 
 
 def _state_current(planned: Planned) -> bool:

@@ -6,6 +6,7 @@ sees is exactly what a machine gets. Neither can show a secret: the dictionary h
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -167,7 +168,7 @@ def text(plan: dict[str, Any], *, colour: bool = False) -> str:
         )
     if out:  # a blank line before the summary, but none before a lone "No changes." line
         out.append("")
-    out.append(summary_line(plan))
+    out.append(style(summary_line(plan), bold=True))
     while out[0] == "":  # a plan without changes starts with its unmanaged list or warnings
         out.pop(0)
     return "\n".join(out) + "\n"
@@ -250,10 +251,25 @@ def md_code(value: Any) -> str:
 
 
 def md_text(value: Any) -> str:
-    """Prose with Markdown and HTML neutralised; tokens that GitHub would link become code."""
+    """Prose with Markdown and HTML neutralised; tokens that GitHub would link become code, and
+    the code spans our own messages write (`docker compose up -d`) stay one code span each."""
+    text = _clean(value, 2000)
+    out, pos = [], 0
+    for span in _CODE_SPAN.finditer(text):
+        out += [_md_words(text[pos : span.start()]), md_code(span.group(2))]
+        pos = span.end()
+    out.append(_md_words(text[pos:]))
+    return "".join(out)
+
+
+_CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)")
+
+
+def _md_words(text: str) -> str:
     out = []
-    for token in _clean(value, 2000).split(" "):
-        if any(mark in token for mark in _SUSPECT) or "`" in token:
+    for token in text.split(" "):
+        bare = token.removesuffix(":")  # "changed:" links nothing; "https://" does
+        if any(mark in bare for mark in _SUSPECT) or "`" in token:
             out.append(md_code(token))
         else:
             escaped = "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in token)
@@ -475,3 +491,17 @@ def _other_sections(plan: dict[str, Any], fits: Callable[[list[str]], bool]) -> 
         if fits(out + section):
             out += section
     return out
+
+
+def markdown_error(report: dict[str, Any]) -> str:
+    """A failed plan or apply as a pull-request comment: the error and, for an invalid file,
+    every positioned diagnostic in a code block (their text comes from the file)."""
+    out = ["### dms-reconciler plan", "", f"**Failed:** {md_text(report['error'])}", ""]
+    lines = []
+    for d in report["errors"] + report["warnings"]:
+        where = d["file"] + (f":{d['line']}:{d['column'] or 1}" if d["line"] is not None else "")
+        path = f"{d['path']}: " if d["path"] else ""
+        lines.append(_clean(f"{where}: {d['severity']}: {path}{d['message']}", 2000))
+    if lines:
+        out += _fence(lines, "text") + [""]
+    return "\n".join(out)

@@ -16,10 +16,12 @@ from typing import Any
 
 from reconciler import passwords
 from reconciler.errors import ReconcilerError, StalePlan
+from reconciler.readfile import NotReadable, read_regular
 from reconciler.reconcile import Applied, Planned, Target, apply_once
 
 KIND = "dms-reconciler saved plan"
 COMPARED = ("changes", "unmanaged", "files", "deletions")
+MAX_PLAN_BYTES = 512 * 1024 * 1024  # a bound only: far above the plan of any real server
 
 
 def save(path: str, planned: Planned, target: Target, data: dict[str, Any]) -> None:
@@ -65,11 +67,12 @@ def _comparable(key: str, value: Any) -> Any:
 
 def load(path: str) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as handle:
-            saved = json.load(handle)
-    except FileNotFoundError:
-        raise ReconcilerError(f"saved plan {path} not found") from None
-    except (OSError, ValueError, UnicodeDecodeError):
+        saved = json.loads(read_regular(path, MAX_PLAN_BYTES).decode("utf-8"))
+    except NotReadable as exc:
+        if exc.missing:
+            raise ReconcilerError(f"saved plan {path} not found") from None
+        raise ReconcilerError(f"saved plan {path} {exc.reason}") from None
+    except (ValueError, UnicodeDecodeError):
         raise ReconcilerError(f"{path} is not a saved plan (make one with `plan --out`)") from None
     if not isinstance(saved, dict) or saved.get("kind") != KIND:
         raise ReconcilerError(f"{path} is not a saved plan (make one with `plan --out`)")

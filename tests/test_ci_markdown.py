@@ -254,3 +254,26 @@ def test_deletion_limit_call_out(tmp_path: Path) -> None:
 
 def test_base_and_head_fixtures_are_what_the_plan_tests_use() -> None:
     assert "sales@example.com" in BASE and "orders@example.com" in HEAD
+
+
+def test_the_code_spans_of_our_own_notes_render_as_code(tmp_path: Path) -> None:
+    """The Amavis note (and every warning or note that quotes a command or a YAML snippet in
+    backticks) renders as prose with one code span per command, not as broken backticks."""
+    volume = make_volume(tmp_path / "dms")
+    admin = sha512_hash("admin-pw", salt="mdSalt000001")
+    desired = tmp_path / "mailserver.yaml"
+    desired.write_text(f"version: 1\ndomains: [example.com]\naccounts:\n"
+                       f"  admin@example.com: {{password_hash: \"{admin}\"}}\n"
+                       "quarantine: {mailbox: admin@example.com}\n")
+    done = run_cli("plan", "-f", str(desired), *volume.args(), "--format", "markdown")
+    assert done.returncode == 0, done.stderr
+    tokens = assert_safe(done.stdout)
+    codes = [t.content for t in tokens if t.type == "code_inline"]
+    assert "docker compose up -d --force-recreate" in codes
+    note = next(t for t in tokens if t.type == "inline" and "Amavis" in t.content)
+    assert "`" not in "".join(c.content for c in note.children if c.type == "text")
+    assert "amavis.cf is read when the DMS container starts: the sidecar" in plain_text(tokens)
+    for snippet in ("use `catch_all: {example.com: ...}` here", "``a`b`` and `c`"):
+        inline = [t for t in parse(render.md_text(snippet)) if t.type == "code_inline"]
+        assert [t.content for t in inline] == (["catch_all: {example.com: ...}"]
+                                               if "catch" in snippet else ["a`b", "c"])

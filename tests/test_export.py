@@ -68,7 +68,9 @@ def test_export_of_a_setup_cli_volume_validates_and_plans_no_change(tmp_path, vo
     result = export(volume, out)
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o600  # it holds password hashes
-    assert volume.snapshot() == before  # export only reads the volume
+    after = volume.snapshot()  # export writes only its ownership record
+    assert set(after) - set(before) == {"config/dms-reconciler.state.json"}
+    assert {k: v for k, v in after.items() if k in before} == before  # bytes, mtime, inode
 
     assert run_cli("validate", "-f", str(out)).returncode == 0
     plan = run_cli("plan", "-f", str(out), *volume.args(), "--detailed-exitcode")
@@ -87,11 +89,32 @@ def test_export_of_a_setup_cli_volume_validates_and_plans_no_change(tmp_path, vo
     assert "al@example.org" in result.stderr and "left unmanaged" in result.stderr
 
 
-def test_adopting_an_export_writes_only_the_state_file(tmp_path, volume):
+def test_export_hands_over_ownership(tmp_path, volume):
+    """export, remove an account from the file, apply: the account is deleted (its mail kept),
+    as it would be after a first apply; the rest is unchanged."""
     build_like_setup_cli(volume)
     out = tmp_path / "mailserver.yaml"
-    assert export(volume, out).returncode == 0
+    done = export(volume, out)
+    assert done.returncode == 0 and "now manages these entries" in done.stdout
+    owned = yaml.safe_load(volume.read("dms-reconciler.state.json"))["owned"]
+    assert "jane@example.org" in owned["postfix-accounts.cf"]
+    doc = yaml.safe_load(out.read_text())
+    del doc["accounts"]["pal@example.org"]
+    out.write_text(yaml.safe_dump(doc))
+    plan = run_cli("plan", "-f", str(out), *volume.args())
+    assert "  - account pal@example.org" in plan.stdout, plan.stdout
+    assert "Plan: 0 to add, 0 to change, 2 to destroy." in plan.stdout  # the account and quota
+    assert run_cli("apply", "-f", str(out), *volume.args()).returncode == 0
+    assert "pal@example.org|" not in volume.read("postfix-accounts.cf")
+
+
+def test_export_no_adopt_leaves_ownership_to_the_first_apply(tmp_path, volume):
+    build_like_setup_cli(volume)
+    out = tmp_path / "mailserver.yaml"
     before = volume.snapshot()
+    done = run_cli("export", *volume.args(), "-o", str(out), "--no-adopt")
+    assert done.returncode == 0 and "stay unmanaged until the first apply" in done.stdout
+    assert volume.snapshot() == before  # --no-adopt only reads the volume
     applied = run_cli("apply", "-f", str(out), *volume.args())
     assert applied.returncode == 0, applied.stderr
     assert "No changes" in applied.stdout and "only the record" in applied.stdout

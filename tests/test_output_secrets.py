@@ -115,3 +115,106 @@ def test_no_output_of_any_command_holds_a_password_or_hash(tmp_path, volume):
     words += [hashlib.sha256(sasl_file).hexdigest(), "PRIVATE KEY"]
     leaks = [(name, word) for name, text in outputs.items() for word in words if word in text]
     assert leaks == []
+
+
+# --- secrets typed into the wrong place ---------------------------------------------------------
+
+BCRYPT = "$2y$05$" + "abcdefghijklmnopqrstuu" + "0123456789abcdefghijklmnopqrstu"
+ARGON = "$argon2id$v=19$m=65536,t=3,p=1$c2FsdHNhbHRzYWx0$aGFzaGhhc2hoYXNoaGFzaGhhc2g"
+MISPLACED = f"""
+    version: 1
+    domains: [example.com, example.org]
+    accounts:
+      admin@example.com: {{password_hash: "{ADMIN}"}}
+      jane@example.org: "{JUNK}"
+      bob@example.org: "{BOB_SECRET}"
+      "{LEGACY}": {{password_env: X}}
+      carol@example.org: {{password_hash: "{JANE_SECRET}"}}
+    aliases:
+      team@example.org: "{BOB_OLD.removeprefix('{SHA512-CRYPT}')}"
+      ops@example.org: ["{BCRYPT}", "{ARGON}"]
+      "{ADMIN}": admin@example.com
+    devnull: ["{BOB_OLD}"]
+    """
+
+
+def _leaks(text: str) -> list[str]:
+    words = forbidden(ADMIN, BOB_OLD, LEGACY, JUNK) + [BCRYPT, ARGON, BCRYPT[7:], ARGON[-20:]]
+    return [word[:12] for word in words if word in text]
+
+
+def test_a_secret_typed_in_the_wrong_place_is_never_echoed(tmp_path, volume):
+    """Hashes (every shape Dovecot reads) and plaintexts as a bare account value, an alias
+    target, a key, a devnull address and a password_hash without scheme: the file is invalid, and
+    every error in every format names the place without the value."""
+    desired = write_desired(tmp_path / "mailserver.yaml", MISPLACED)
+    outputs = {}
+    for name, args in {
+        "validate": ["validate"], "validate json": ["validate", "--format", "json"],
+        "plan": ["plan", *volume.args()],
+        "plan json": ["plan", *volume.args(), "--format", "json"],
+        "plan markdown": ["plan", *volume.args(), "--format", "markdown"],
+        "apply": ["apply", *volume.args()],
+    }.items():
+        result = run_cli(*args, "-f", str(desired))
+        assert result.returncode == 1, (name, result.stdout, result.stderr)
+        outputs[name] = result.stdout + result.stderr
+    report = json.loads(outputs["validate json"])
+    sections = {e["path"].split(".")[0].split("[")[0] for e in report["errors"]}
+    assert sections >= {"accounts", "aliases", "devnull"}
+    assert "(sensitive)" in outputs["validate"]
+    leaks = {name: _leaks(text) for name, text in outputs.items()}
+    assert all(not found for found in leaks.values()), leaks
+
+
+def test_a_hash_as_password_file_path_is_redacted_in_plans_and_errors(tmp_path, volume):
+    """A valid file whose password_file names a hash (pasted where the path goes): plan in every
+    form, the saved plan and apply's missing-file error show `(sensitive)` instead."""
+    desired = write_desired(tmp_path / "mailserver.yaml", f"""
+        version: 1
+        domains: [example.com]
+        accounts:
+          admin@example.com: {{password_hash: "{ADMIN}"}}
+          jane@example.com: {{password_file: "{JUNK}"}}
+        """)
+    outputs = {}
+    for fmt in ("text", "json", "markdown"):
+        result = run_cli("plan", "-f", str(desired), *volume.args(), "--format", fmt, "--offline")
+        assert result.returncode == 0, result.stderr
+        outputs[f"plan {fmt}"] = result.stdout + result.stderr
+    result = run_cli("apply", "-f", str(desired), *volume.args())
+    assert result.returncode == 1
+    outputs["apply"] = result.stdout + result.stderr
+    assert "(sensitive)" in outputs["apply"]
+    leaks = {name: _leaks(text) for name, text in outputs.items()}
+    assert all(not found for found in leaks.values()), leaks
+
+
+def test_the_sidecar_never_logs_a_misplaced_secret(tmp_path, volume):
+    """The watcher logs an invalid file's errors (JSON lines): none holds a value from it."""
+    from tests.watch_process import WatchProcess
+
+    folder = tmp_path / "desired"
+    folder.mkdir()
+    desired = write_desired(folder / "mailserver.yaml", MISPLACED)
+    with WatchProcess(["-f", str(desired), *volume.args(), "--interval", "1"],
+                      cwd=tmp_path) as watcher:
+        record = watcher.wait_for_log(lambda r: r.get("error_count", 0) > 3, timeout=30,
+                                      what="the invalid file's errors in the log")
+        assert any("(sensitive)" in line for line in record["errors"])
+        assert watcher.terminate() == 0
+        assert _leaks(watcher.raw_log() + watcher.raw_stdout()) == []
+
+
+def test_redact_knows_every_hash_shape_and_keeps_the_hints_readable():
+    from reconciler.errors import redact, redact_data
+
+    for value in (ADMIN, ADMIN.removeprefix("{SHA512-CRYPT}"), BCRYPT, ARGON,
+                  "{SSHA}c2VjcmV0c2FsdA==", "{PBKDF2}$1$abcdefgh$12345678",
+                  "$5$rounds=5000$salt$abcdefghijkl"):
+        assert redact(f"target '{value}' has no '@'") == "target '(sensitive)' has no '@'"
+        assert redact_data({value: [value]}) == {"(sensitive)": ["(sensitive)"]}
+    for hint in ("like {SHA512-CRYPT}$6$...; create one", "use {SHA512-CRYPT} (what doveadm",
+                 "password_hash uses {PLAIN}, which", "$schema=../schema/mailserver.schema.json"):
+        assert redact(hint) == hint
+    assert redact("it was hunter2", known={"hunter2"}) == "it was (sensitive)"

@@ -98,10 +98,14 @@ def test_plaintext_secret_keeps_a_hash_that_verifies(tmp_path: Path) -> None:
 
 def test_catch_all_domain_accounts_get_self_aliases_and_devnull_its_local_alias(tmp_path: Path) -> None:
     state = desired(f"  a@example.com: {{password_hash: '{HASH_A}'}}\n"
+                    f"  b@example.com: {{password_hash: '{HASH_A}'}}\n"
                     "catch_all:\n  example.com: a@example.com\ndevnull: [no@example.com]\n")
     plan = plan_for(state, observed_from(tmp_path, {}))
     kinds = {(c.file, c.kind, c.key) for c in plan.changes}
-    assert ("postfix-virtual.cf", Kind.SELF_ALIAS, "a@example.com") in kinds
+    assert ("postfix-virtual.cf", Kind.SELF_ALIAS, "b@example.com") in kinds
+    # the catch-all's own single target needs no self-alias (DMS warns about that line)
+    assert not any(c.key == "a@example.com" for c in plan.changes if c.file == "postfix-virtual.cf")
+    assert any("self-alias(es) b@example.com" in w for w in plan.warnings)
     assert ("postfix-virtual.cf", Kind.CATCH_ALL, "@example.com") in kinds
     assert ("postfix-virtual.cf", Kind.DEVNULL, "no@example.com") in kinds
     assert ("postfix-aliases.cf", Kind.LOCAL_ALIAS, "devnull") in kinds

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from reconciler.desired import load_desired_bytes
@@ -51,10 +50,40 @@ def test_valid_file_has_no_problems() -> None:
     ("in:fo@example.com", "':'"),
     ("in#fo@example.com", "'#'"),
     ("inf\u00f6@example.com", "before the '@'"),
+    ("a" * 65 + "@example.com", "longer than 64"),
+    ("info@" + "a" * 64 + ".com", "at most 63 characters"),
+    ("info@example.123", "looks like an IP address"),
 ])
 def test_address_rule(address: str, words: str) -> None:
     line, message = only(f"aliases:\n  '{address}': admin@example.com\n")
     assert line == 7 and words in message
+
+
+def test_length_limits_hold_on_the_fast_path_and_the_schema() -> None:
+    """The one-regex fast path of check_address and the schema pattern (checked by jsonschema-rs
+    for valid-looking files) enforce the same limits as the slow path: 64 before the @."""
+    from reconciler import desired
+    from reconciler.addresses import check_address
+
+    assert check_address("a" * 64 + "@example.com") is None
+    assert "longer than 64" in (check_address("a" * 65 + "@example.com") or "")
+    for doc_address in ("a" * 65 + "@example.com", "a@example.123"):
+        doc = {"version": 1, "domains": ["example.com"],
+               "accounts": {doc_address: {"password_env": "X"}}}
+        assert not desired._fast_says_valid(doc)
+        assert not desired._validator().is_valid(doc)
+
+
+@pytest.mark.parametrize("domain", ["10.0.0.1", "example.123", "mail.example.0"])
+def test_ip_addresses_and_numeric_tlds_are_not_hosted_domains(domain: str) -> None:
+    """Decided (SECURITY.md, README): no top-level domain is all digits, so such a 'domain' is
+    an IP address or a typo; DMS hosts mail for domain names. IP literals ([10.0.0.1]) are
+    refused by the character rules already."""
+    head = HEAD.replace("domains: [example.com, example.org]", f"domains: [example.org, {domain}]")
+    found = problems("", head)
+    assert any("looks like an IP address" in m for _, m in found), found
+    assert any("looks like an IP address" in m for _, m in problems(f"hostname: {domain}\n"))
+    assert problems("hostname: mail.1example.com\n") == []  # digits elsewhere are fine
 
 
 def test_uppercase_domain_in_domains_is_an_error_with_the_fix() -> None:

@@ -27,7 +27,8 @@ TEXTS = [
     "{PLAIN}x", "nohash", "5G", "500M", "100k", "5g", "0", "1.5G", "BOB_PASSWORD", "1BAD",
     "B\xc4D", "/run/secrets/jane", "", ".Junk", "cur", ".", "..", "a..b", "a/b", ".Archive*",
     "spam", "ham", "virus", "banned", "bad_header", "0 2 * * *", "@daily", "mail.example.com",
-    "x" * 70 + ".com", "a" * 250 + "@example.com",
+    "x" * 70 + ".com", "a" * 250 + "@example.com", "a" * 64 + "@example.com",
+    "a" * 65 + "@example.com", "a@example.123", "10.0.0.1", "a@10.0.0.1", "a@[10.0.0.1]",
 ]
 ALPHABET = "abcz09.-_@{}|: +AZ$/*\n\t\x1c\xa0\xe9"
 NAMES = [

@@ -10,7 +10,7 @@ import pytest
 
 from reconciler import passwords
 from reconciler.reconcile import Target
-from reconciler.watcher import Watcher, WatchOptions
+from reconciler.watch import Watcher, WatchOptions
 from tests.util import Volume, sha512_hash
 
 

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import dms, watcher
+from reconciler import dms
 from reconciler.health import parse_listen
 from reconciler.reconcile import Target
-from reconciler.watcher import Watcher, WatchOptions, watch_dirs
+from reconciler.watch import Watcher, WatchOptions, cycle, events
+from reconciler.watch.events import watch_dirs
 from tests.util import Volume, sha512_hash
 
 
@@ -50,21 +51,21 @@ def test_a_symlink_loop_does_not_hang(tmp_path: Path) -> None:
 
 def test_the_parents_of_watched_folders_guard_them_and_only_events_naming_them_count() -> None:
     folders = {"/desired", "/git/.worktrees/abc"}
-    assert watcher.guard_dirs(folders | {"/"}) == {"/", "/git/.worktrees"}
+    assert events.guard_dirs(folders | {"/"}) == {"/", "/git/.worktrees"}
     watched = frozenset(folders)
-    assert watcher.relevant(("/desired/mailserver.yaml",), watched)  # inside a folder
-    assert watcher.relevant(("/desired",), watched)  # the folder itself, seen from its parent
-    assert watcher.relevant(("/desired.new", "/desired"), watched)  # renamed into place
-    assert not watcher.relevant(("/tmp",), watched)  # a sibling in the parent
-    assert not watcher.relevant(("/desired/sub/file",), watched)  # not recursive
-    assert not watcher.relevant(("",), watched)
+    assert events.relevant(("/desired/mailserver.yaml",), watched)  # inside a folder
+    assert events.relevant(("/desired",), watched)  # the folder itself, seen from its parent
+    assert events.relevant(("/desired.new", "/desired"), watched)  # renamed into place
+    assert not events.relevant(("/tmp",), watched)  # a sibling in the parent
+    assert not events.relevant(("/desired/sub/file",), watched)  # not recursive
+    assert not events.relevant(("",), watched)
 
 
 def test_failed_reconciles_are_retried_sooner_than_the_interval(tmp_path: Path) -> None:
     target = Target(str(tmp_path / "m.yaml"), str(tmp_path), str(tmp_path / "cron"))
     sidecar = Watcher(target, WatchOptions(interval=60))
-    assert [sidecar._retry_delay(n) for n in (1, 2, 3, 6, 7, 100)] == [1, 2, 4, 32, 60, 60]
-    assert Watcher(target, WatchOptions(interval=0.5))._retry_delay(1) == 1
+    assert [sidecar.schedule.retry_delay(n) for n in (1, 2, 3, 6, 7, 100)] == [1, 2, 4, 32, 60, 60]
+    assert Watcher(target, WatchOptions(interval=0.5)).schedule.retry_delay(1) == 1
 
 
 def test_the_debug_traceback_keeps_frames_and_types_but_no_message() -> None:
@@ -148,7 +149,7 @@ def test_an_internal_error_in_a_reconcile_is_reported_and_the_loop_goes_on(
     path.write_text("version: 1\ndomains: [example.com]\naccounts:\n"
                     f"  a@example.com: {{password_hash: '{sha512_hash('pw')}'}}\n")
     loop = Watcher(Target(str(path), str(volume.config), str(volume.cron)), WatchOptions())
-    monkeypatch.setattr(watcher, "apply_once", broken)
+    monkeypatch.setattr(cycle, "apply_once", broken)
     loop.reconcile("startup")
     assert loop.status.last_result == "error"
     assert "RuntimeError" in loop.status.last_message
@@ -163,13 +164,13 @@ def test_an_internal_error_in_a_reconcile_is_reported_and_the_loop_goes_on(
 def test_the_timer_skips_the_plan_only_while_inputs_and_volume_are_byte_identical(
         tmp_path: Path, volume: Volume, monkeypatch: pytest.MonkeyPatch) -> None:
     planned: list[str] = []
-    real = watcher.plan_once
+    real = cycle.plan_once
 
     def counting(*args, **kwargs):  # type: ignore[no-untyped-def]
         planned.append("plan")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(watcher, "plan_once", counting)
+    monkeypatch.setattr(cycle, "plan_once", counting)
     path = tmp_path / "mailserver.yaml"
     path.write_text("version: 1\ndomains: [example.com]\naccounts:\n"
                     f"  a@example.com: {{password_hash: '{sha512_hash('pw')}'}}\n"

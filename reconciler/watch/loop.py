@@ -1,0 +1,362 @@
+"""The serial reconcile loop of the sidecar, and when it does what.
+
+Level-triggered and serial, like a Kubernetes controller: one reconcile at a time, in the main
+thread. `Schedule.next_step` decides, from the clock alone, what the loop does next:
+
+- while DMS applies our last write (the confirmer awaits it): poll DMS when a poll is due; a
+  debounced change is only planned, to report it (`preview`), and written once DMS confirms;
+- otherwise: ask DMS again about a write it could not be asked about; reconcile a debounced
+  change (or one deferred while DMS applied); re-plan at the `--interval` (drift repair), on
+  SIGHUP, or after a failed reconcile (1 s doubling up to `--interval`);
+- else sleep until the earliest of those, or until an event or a signal wakes it (self-pipe).
+
+SIGTERM/SIGINT let the step in flight finish, then `run` returns 0.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import select
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from reconciler import dms as dms_mod
+from reconciler import log as logs
+from reconciler.errors import ReconcilerError
+from reconciler.health import HealthServer, Metrics, Status
+from reconciler.passwords import VerifiedCache
+from reconciler.reconcile import Target
+from reconciler.watch.confirm import Confirmer
+from reconciler.watch.cycle import ReconcileCycle
+from reconciler.watch.events import EventSource
+from reconciler.watch.inputs import InputReader
+from reconciler.watch.report import Reporter, internal_error
+
+RETRY_FIRST_SECONDS = 1.0  # after a failed reconcile: 1 s, doubling up to --interval
+
+Action = Literal["poll_dms", "preview", "reconfirm", "change", "resync", "sleep"]
+
+
+@dataclass
+class WatchOptions:
+    interval: float = 60.0  # seconds between drift checks
+    debounce: float = 0.25  # quiet period after the last event
+    max_delay: float = 2.0  # but never wait longer than this after the first event of a burst
+    listen: str | None = None  # HOST:PORT for /healthz, /readyz, /metrics
+    lock_timeout: float = 120.0
+    dms_poll: float = 1.0  # first interval between looks at DMS's checksum file (grows to 5 s)
+
+
+@dataclass(frozen=True)
+class Step:
+    action: Action
+    wake_at: float = math.inf  # for "sleep": when something is due
+
+
+def retry_delay(failures: int, *, interval: float) -> float:
+    """Seconds until the next try after `failures` failed reconciles in a row."""
+    delay = RETRY_FIRST_SECONDS * 2 ** min(max(failures, 1) - 1, 20)
+    return max(RETRY_FIRST_SECONDS, min(interval, delay))
+
+
+class Schedule:
+    """When the next reconcile is due: the interval timer, retries after failures, a resync asked
+    for (SIGHUP), and a change deferred while DMS applied our last write."""
+
+    def __init__(self, interval: float, *, clock: Callable[[], float]) -> None:
+        self.interval = interval
+        self.clock = clock
+        self.resync_at = 0.0
+        self.resync_requested = False
+        self.deferred = False  # a change seen while DMS was applying: reconcile once it confirms
+        self.failures = 0  # reconciles in a row that ended in an error
+        self.retry_at: float | None = None  # when to try again after an error
+
+    def retry_delay(self, failures: int) -> float:
+        return retry_delay(failures, interval=self.interval)
+
+    def next_retry_delay(self) -> float:
+        """The wait before the next try should the reconcile in flight fail too."""
+        return self.retry_delay(self.failures + 1)
+
+    def finished(self, result: str | None) -> None:
+        """A reconcile ended with `result` (None: it found nothing to look at). After an error
+        (a volume read-only, full or away for a moment, DMS's lock held too long) try again soon,
+        not only at the next --interval: the change is written as soon as the volume takes it."""
+        if result is None:
+            return
+        if result == "error":
+            self.failures += 1
+            self.retry_at = self.clock() + self.retry_delay(self.failures)
+        else:
+            self.failures = 0
+            self.retry_at = None
+
+    def resync_started(self) -> None:
+        self.resync_requested = False
+        self.retry_at = None
+
+    def resync_done(self) -> None:
+        self.resync_at = self.clock() + self.interval
+
+    def next_step(
+        self,
+        now: float,
+        *,
+        change_due: float | None,
+        dms_poll_at: float | None,
+        reconfirm_at: float | None,
+    ) -> Step:
+        """What to do at `now`. `change_due`: when the pending burst of events is due (None: no
+        event); `dms_poll_at`: when to look at DMS again for the write it is applying (None: no
+        write awaited); `reconfirm_at`: when to ask DMS again about a write it could not be asked
+        about."""
+        if dms_poll_at is not None:
+            if now >= dms_poll_at:
+                return Step("poll_dms")
+            if change_due is not None and now >= change_due:
+                return Step("preview")
+            return Step("sleep", min(dms_poll_at, math.inf if change_due is None else change_due))
+        if reconfirm_at is not None and now >= reconfirm_at:
+            return Step("reconfirm")
+        if self.deferred or (change_due is not None and now >= change_due):
+            return Step("change")
+        retry_due = self.retry_at is not None and now >= self.retry_at
+        if now >= self.resync_at or self.resync_requested or retry_due:
+            return Step("resync")
+        wake_at = self.resync_at
+        for due in (self.retry_at, reconfirm_at, change_due):
+            if due is not None:
+                wake_at = min(wake_at, due)
+        return Step("sleep", wake_at)
+
+
+class Waker:
+    """A self-pipe: `sleep` returns early once `wake` is called (from a thread or a signal)."""
+
+    def __init__(self) -> None:
+        self._r = self._w = -1
+
+    def open(self) -> None:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._r, False)
+        os.set_blocking(self._w, False)
+
+    def close(self) -> None:
+        fds = (self._r, self._w)
+        self._r = self._w = -1  # first, so a late signal never writes to a reused fd
+        for fd in fds:
+            if fd >= 0:
+                os.close(fd)
+
+    def wake(self) -> None:
+        if self._w < 0:
+            return
+        try:
+            os.write(self._w, b"x")
+        except (BlockingIOError, OSError):
+            pass  # the pipe is full: a wake-up is already pending
+
+    def sleep(self, seconds: float) -> None:
+        """Until `seconds` pass, or `wake` is called."""
+        try:
+            readable, _, _ = select.select([self._r], [], [], seconds)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries select itself
+            return
+        if readable:
+            try:
+                while os.read(self._r, 4096):
+                    pass
+            except BlockingIOError:
+                pass
+
+
+class Watcher:
+    """`run()` blocks until SIGTERM/SIGINT (or `stop()`), then returns 0."""
+
+    def __init__(
+        self,
+        target: Target,
+        options: WatchOptions | None = None,
+        *,
+        dms: dms_mod.Dms | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.target = target
+        self.options = options or WatchOptions()
+        self.dms = dms
+        self.metrics = metrics or Metrics()
+        self.status = Status(alive=self._alive)
+        self.clock = clock
+        self.log = logs.get("watch")
+        self._stop_requested = False
+        self._waker = Waker()
+        self._server: HealthServer | None = None
+        self.events = EventSource(
+            target.desired_path,
+            clock=clock,
+            wake=self._waker.wake,
+            log=self.log,
+            interval=self.options.interval,
+        )
+        self.schedule = Schedule(self.options.interval, clock=clock)
+        self.confirmer = Confirmer(
+            dms,
+            config_dir=target.config_dir,
+            metrics=self.metrics,
+            status=self.status,
+            log=self.log,
+            clock=clock,
+            poll_seconds=self.options.dms_poll,
+        )
+        self.cycle = ReconcileCycle(
+            target,
+            inputs=InputReader(target),
+            reporter=Reporter(
+                desired_path=target.desired_path,
+                metrics=self.metrics,
+                status=self.status,
+                log=self.log,
+                clock=clock,
+            ),
+            confirmer=self.confirmer,
+            cache=VerifiedCache(),
+            log=self.log,
+            clock=clock,
+            lock_timeout=self.options.lock_timeout,
+            retry_in=self.schedule.next_retry_delay,
+        )
+
+    # --- public ---------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._waker.open()
+        self._install_signals()
+        if self.options.listen:
+            try:
+                self._server = HealthServer(self.options.listen, self.metrics, self.status).start()
+            except OSError as exc:
+                raise ReconcilerError(
+                    f"cannot listen on {self.options.listen}: {exc.strerror}"
+                ) from None
+            except ValueError as exc:
+                raise ReconcilerError(str(exc)) from None
+            host, port = self._server.address
+            self.log.info(
+                "serving /healthz, /readyz and /metrics",
+                extra={"fields": {"listen": f"{host}:{port}"}},
+            )
+        try:
+            self.events.start()
+            self.log.info(
+                "watching for changes",
+                extra={
+                    "fields": {
+                        "file": self.target.desired_path,
+                        "config_dir": self.target.config_dir,
+                        "interval_seconds": self.options.interval,
+                        "dms": self.dms.describe() if self.dms else "off",
+                    }
+                },
+            )
+            self.reconcile("startup")
+            self.schedule.resync_done()
+            while not self._stop_requested:
+                self._step()
+            self.log.info("stopping: asked to stop; the reconcile in flight, if any, finished")
+        finally:
+            self._shutdown()
+        return 0
+
+    def stop(self) -> None:
+        """Ask the loop to stop after the reconcile in flight (safe from a signal handler)."""
+        self._stop_requested = True
+        self._waker.wake()
+
+    def resync(self) -> None:
+        """Re-plan now, as the timer would (SIGHUP)."""
+        self.schedule.resync_requested = True
+        self._waker.wake()
+
+    def reconcile(self, trigger: str = "interval") -> None:
+        """One reconcile: load, plan, apply, report. `trigger` is startup, change or interval.
+
+        Never raises: the sidecar must outlive any single failure, including its own bugs.
+        """
+        self.schedule.finished(self.cycle.run(trigger))
+
+    # --- the loop -------------------------------------------------------------------------------
+
+    def _step(self) -> None:
+        awaiting = self.confirmer.awaiting
+        step = self.schedule.next_step(
+            self.clock(),
+            change_due=self.events.due(
+                debounce=self.options.debounce, max_delay=self.options.max_delay
+            ),
+            dms_poll_at=None if awaiting is None else awaiting.next_poll,
+            reconfirm_at=self.confirmer.reconfirm_at,
+        )
+        if step.action == "poll_dms":
+            try:
+                self.confirmer.poll()
+            except Exception as exc:  # never wait forever on a look that keeps crashing
+                self.confirmer.awaiting = None
+                internal_error(self.log, "checking DMS's confirmation", exc)
+        elif step.action == "preview":
+            try:
+                self.events.take()
+                self.schedule.deferred = True  # written once DMS confirms
+                self.events.refresh()
+                self.cycle.preview()
+            except Exception as exc:  # only a report: the apply after confirmation decides
+                internal_error(self.log, "planning a pending change", exc)
+        elif step.action == "reconfirm":
+            try:
+                self.confirmer.reconfirm()
+            except Exception as exc:  # only a report: never stop the loop for it
+                self.confirmer.reconfirm_at = None
+                internal_error(self.log, "asking DMS again", exc)
+        elif step.action == "change":
+            self.schedule.deferred = False
+            self.events.take()
+            self.events.refresh()
+            self.reconcile("change")
+        elif step.action == "resync":
+            self.schedule.resync_started()
+            self.events.refresh()
+            self.reconcile("interval")
+            self.schedule.resync_done()
+        else:
+            self._waker.sleep(max(0.0, step.wake_at - self.clock()))
+
+    def _alive(self) -> bool:
+        return not self._stop_requested and self.events.alive()
+
+    # --- process --------------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        signal.signal(signal.SIGTERM, lambda *_: self.stop())
+        signal.signal(signal.SIGINT, lambda *_: self.stop())
+        signal.signal(signal.SIGHUP, lambda *_: self.resync())
+
+    def _shutdown(self) -> None:
+        if self.confirmer.awaiting is not None:
+            self.log.info(
+                "stopping before DMS confirmed the last write; the files are complete "
+                "and DMS applies them on its own"
+            )
+        self.events.stop()
+        if self._server is not None:
+            self._server.close()
+        if self.dms is not None:
+            self.dms.close()
+        self._waker.close()

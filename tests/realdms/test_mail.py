@@ -1,0 +1,213 @@
+"""The real DMS v15.1.0 on a volume dms-reconciler writes: mail to every kind of declared address,
+IMAP logins for each password source, changes applied by the sidecar and confirmed from DMS's
+checksum file, spam to the quarantine mailbox, and DMS's logs free of warnings about our files.
+
+One DMS container serves the whole module (DMS starts in ~6.5 s, Amavis takes longer); the tests
+run in file order and each one's changes are the next one's starting point.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.realdms import harness
+from tests.realdms.harness import GTUBE, DmsVolume, RealDms
+from tests.util import run_cli, sha512_hash
+from tests.watch_process import WatchProcess, save_atomically
+
+pytestmark = pytest.mark.realdms
+
+PASSWORDS = {"admin": "admin-pw-1", "jane": "jane-pw-1", "bob": "bob-pw-1", "carol": "carol-pw-1"}
+ADMIN_HASH = sha512_hash(PASSWORDS["admin"], "adminsalt")
+ENV = {"BOB_PASSWORD": PASSWORDS["bob"], "CAROL_PASSWORD": PASSWORDS["carol"]}
+DESIRED = f"""\
+version: 1
+hostname: {harness.HOSTNAME}
+domains: [example.test, example.org]
+accounts:
+  admin@example.test: {{password_hash: "{ADMIN_HASH}", quota: 50M}}
+  carol@example.test: {{password_env: CAROL_PASSWORD}}
+  jane@example.org: {{password_file: jane.txt}}
+  bob@example.org: {{password_env: BOB_PASSWORD}}
+aliases:
+  sales@example.org: bob@example.org
+  team@example.org: [jane@example.org, bob@example.org]
+  partner@example.org: someone@elsewhere.net
+catch_all: {{example.test: admin@example.test}}
+devnull: [noreply@example.test]
+quarantine: {{mailbox: jane@example.org}}
+sa_learn:
+  - {{schedule: "0 2 * * *", learn: spam, folder: .Junk, accounts: [bob@example.org]}}
+"""
+# Lines that are not about our files, or that are known and documented, each with its reason:
+ALLOWED = (
+    # the tests run DMS without TLS (SSL_TYPE empty): DMS says so at every start
+    r"!! INSECURE !! SSL configured with plain text access",
+    # carol's self-alias keeps her mail from the catch-all; DMS v15.1.0 warns about every
+    # self-alias (docs/real-dms.md; the plan says so too). Not about admin: see the first test.
+    r"WARN .*Alias 'carol@example\.test' will not be added to '/etc/dovecot/userdb' twice",
+)
+
+
+@dataclass
+class MailHost:
+    dms: RealDms
+    volume: DmsVolume
+    desired: Path
+    watcher: WatchProcess
+
+    def edit(self, old: str, new: str) -> None:
+        text = self.desired.read_text()
+        assert old in text, f"{old!r} is not in mailserver.yaml"
+        save_atomically(self.desired, text.replace(old, new, 1))
+
+    def wait_confirmed(self, after: int, timeout: float = 60.0) -> dict[str, Any]:
+        """The sidecar's log line saying DMS applied its write (read from the checksum file)."""
+        return self.watcher.wait_for_log(
+            lambda r: r.get("dms") == "confirmed", after=after, timeout=timeout,
+            what="the sidecar's confirmation that DMS applied the change")
+
+    def assert_no_problems(self, *, since_mark: bool = True) -> None:
+        problems = self.dms.problems(since_mark=since_mark, allow=ALLOWED)
+        assert problems == [], "DMS logged warnings or errors:\n" + "\n".join(problems)
+
+
+@pytest.fixture(scope="module")
+def host(realdms_root: Path, start_real_dms: Any, real_engine: Any) -> Iterator[MailHost]:
+    volume = DmsVolume(realdms_root / "dms")
+    desired_dir = realdms_root / "gitops"
+    desired_dir.mkdir()
+    (desired_dir / "jane.txt").write_text(PASSWORDS["jane"] + "\n")
+    desired = desired_dir / "mailserver.yaml"
+    desired.write_text(DESIRED)
+    applied = run_cli("apply", "-f", str(desired), *volume.args(), env=ENV)
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    dms = start_real_dms(volume, name="realdms-mail")
+    dms.wait_amavis()
+    watcher = WatchProcess(
+        ["-f", str(desired), *volume.args(), "--container", dms.name, "--interval", "60"],
+        cwd=realdms_root, env={**ENV, "DOCKER_HOST": real_engine.url})
+    try:
+        watcher.wait_for_log(lambda r: r.get("dms") == "confirmed" or
+                             "no changes" in r.get("message", ""), what="the first reconcile")
+        yield MailHost(dms, volume, desired, watcher)
+    finally:
+        watcher.terminate()
+
+
+def test_dms_starts_without_warnings_about_our_files(host: MailHost) -> None:
+    logs = host.dms.logs()
+    assert "is up and running" in logs
+    # The catch-all's own target (admin) gets no self-alias, so DMS has nothing to warn about.
+    assert "@example.test admin@example.test\n" in (host.volume.config / "postfix-virtual.cf"
+                                                    ).read_text()
+    assert "Alias 'admin@example.test' will not be added" not in logs
+    # carol's is still needed; the plan says DMS warns about it
+    plan = run_cli("plan", "-f", str(host.desired), *host.volume.args(), env=ENV)
+    assert "self-alias(es) carol@example.test keep their own mail" in plan.stdout, plan.stdout
+    host.assert_no_problems(since_mark=False)
+
+
+def test_mail_reaches_every_kind_of_declared_address(host: MailHost) -> None:
+    dms = host.dms
+    dms.mark()
+    sent = {
+        "admin@example.test": ("account", ["admin@example.test"]),
+        "sales@example.org": ("alias", ["bob@example.org"]),
+        "team@example.org": ("multi-target alias", ["jane@example.org", "bob@example.org"]),
+        "nobody-here@example.test": ("catch-all", ["admin@example.test"]),
+        "carol@example.test": ("account in a catch-all domain", ["carol@example.test"]),
+    }
+    for to in [*sent, "noreply@example.test", "partner@example.org"]:
+        dms.send(to, f"route-{to}")
+    for to, (_kind, mailboxes) in sent.items():
+        for mailbox in mailboxes:
+            dms.wait_for_mail(mailbox, f"route-{to}")
+    # the catch-all did not take carol's mail
+    assert not any("route-carol@" in m for m in dms.messages("admin@example.test"))
+    # devnull: accepted and discarded by the local alias `devnull: /dev/null`
+    dms.wait_for_log(r"to=<devnull@[^>]*>, orig_to=<noreply@example\.test>.*status=sent")
+    assert not any("route-noreply@" in m for box in ("admin", "carol")
+                   for m in dms.messages(f"{box}@example.test"))
+    # forward: Postfix routes it to the outside address (no network here: it stays queued)
+    queue = dms.sh("postqueue -j")
+    assert "someone@elsewhere.net" in queue, queue
+    host.assert_no_problems()
+
+
+def test_imap_login_for_each_password_source(host: MailHost) -> None:
+    dms = host.dms
+    assert dms.imap_login("admin@example.test", PASSWORDS["admin"])  # password_hash
+    assert dms.imap_login("jane@example.org", PASSWORDS["jane"])  # password_file
+    assert dms.imap_login("bob@example.org", PASSWORDS["bob"])  # password_env
+    assert dms.imap_login("carol@example.test", PASSWORDS["carol"])
+    assert not dms.imap_login("bob@example.org", PASSWORDS["jane"])
+
+
+def test_password_change_is_applied_and_confirmed(host: MailHost,
+                                                  realdms_timings: dict[str, float]) -> None:
+    dms = host.dms
+    dms.mark()
+    before = host.watcher.count()
+    new_hash = sha512_hash("admin-pw-2", "adminsalt")
+    changed = time.monotonic()
+    host.edit(ADMIN_HASH, new_hash)
+    confirmed = host.wait_confirmed(before)
+    latency = time.monotonic() - changed
+    realdms_timings.setdefault("sidecar: mailserver.yaml saved -> DMS confirmed", latency)
+    assert dms.has_applied("postfix-accounts.cf")
+    assert re.match(r"DMS applied the change in [\d.]+ s", confirmed["message"]), confirmed
+    assert dms.imap_login("admin@example.test", "admin-pw-2")
+    assert not dms.imap_login("admin@example.test", PASSWORDS["admin"])
+    host.assert_no_problems()
+
+
+def test_account_removal_keeps_its_maildir(host: MailHost) -> None:
+    dms = host.dms
+    maildir = dms.maildir("carol@example.test")
+    assert any("route-carol@" in m for m in dms.messages("carol@example.test"))
+    dms.mark()
+    before = host.watcher.count()
+    host.edit("  carol@example.test: {password_env: CAROL_PASSWORD}\n", "")
+    host.wait_confirmed(before)
+    assert "carol@example.test" not in (host.volume.config / "postfix-accounts.cf").read_text()
+    assert not dms.imap_login("carol@example.test", PASSWORDS["carol"])
+    assert maildir.is_dir() and any("route-carol@" in m for m in dms.messages("carol@example.test"))
+    # her address now belongs to the catch-all
+    dms.send("carol@example.test", "after-removal")
+    dms.wait_for_mail("admin@example.test", "after-removal")
+    host.assert_no_problems()
+
+
+def test_gtube_reaches_the_quarantine_mailbox(host: MailHost) -> None:
+    """DMS's defaults (SPAMASSASSIN_SPAM_TO_INBOX=1, MOVE_SPAM_TO_JUNK=1): Amavis passes the
+    spam on tagged, so the recipient still gets it, in .Junk, and the quarantine mailbox gets a
+    copy, which DMS's sieve also files into its .Junk. The plan's note says exactly this."""
+    dms = host.dms
+    dms.mark()
+    dms.send("bob@example.org", "gtube-1", GTUBE)
+    dms.wait_for_mail("jane@example.org", "gtube-1", folder=".Junk")
+    dms.wait_for_mail("bob@example.org", "gtube-1", folder=".Junk")
+    assert not any("gtube-1" in m for m in dms.messages("jane@example.org"))  # not the inbox
+    assert re.search(r"Passed SPAM .*<bob@example\.org>.*quarantine: jane@example\.org",
+                     dms.mail_log())
+    plan = run_cli("plan", "-f", str(host.desired), *host.volume.args(), "--format", "json",
+                   env=ENV)
+    assert plan.returncode == 0, plan.stderr
+    host.assert_no_problems()
+
+
+def test_sidecar_health_reports_dms_confirmed(host: MailHost) -> None:
+    code, body = host.watcher.get("/healthz")
+    assert code == 200, body
+    assert json.loads(body)["dms"]["state"] == "confirmed", body
+    assert host.watcher.metric("dms_reconciler_dms_confirmed") == 1
+
