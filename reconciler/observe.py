@@ -133,17 +133,41 @@ class Observed:
         postfix-sasl-password.cf holds plaintext passwords, and a plain digest of a short file
         could be searched offline for a weak one: its digest is keyed with the volume's plan key
         (or, before the first apply, taken with the passwords masked)."""
-        out = {
-            name: snap.sha256
-            for name, snap in sorted(self.snapshots.items())
-            # a missing file of the newer features counts as absent (plans made before stay
-            # comparable); a file that appears still moves the fingerprint
-            if snap.data is not None or not (name in SETUP_FILES or name.startswith(KEYS_PREFIX))
-        }
-        snap = self.snapshots.get(sasl.FILENAME)
-        if snap is not None and snap.data is not None:
-            out[sasl.FILENAME] = secret_file_digest(snap.data, self.ownership.plan_key)
-        return out
+        return fingerprint_of(self.snapshots, self.ownership.plan_key)
+
+
+def read_snapshots(config_dir: str, cron_path: str) -> dict[str, FileSnapshot]:
+    """Every file a plan depends on, by logical name (the bytes only, nothing parsed)."""
+    snapshots = {
+        name: read_snapshot(os.path.join(config_dir, name))
+        for name in (*ENTRY_FILES, amavis.FILENAME, state_file.FILENAME)
+    }
+    snapshots.update(_dkim_key_snapshots(config_dir))
+    snapshots[CRON] = read_snapshot(cron_path)
+    return snapshots
+
+
+def fingerprint_of(snapshots: dict[str, FileSnapshot], plan_key: str) -> dict[str, str | None]:
+    """sha256 by logical name. A missing file of the newer features counts as absent (plans made
+    before them stay comparable; a file that appears still moves the fingerprint), and
+    postfix-sasl-password.cf, which holds plaintext passwords, gets `secret_file_digest`."""
+    out = {
+        name: snap.sha256
+        for name, snap in sorted(snapshots.items())
+        if snap.data is not None or not (name in SETUP_FILES or name.startswith(KEYS_PREFIX))
+    }
+    snap = snapshots.get(sasl.FILENAME)
+    if snap is not None and snap.data is not None:
+        out[sasl.FILENAME] = secret_file_digest(snap.data, plan_key)
+    return out
+
+
+def read_fingerprint(config_dir: str, cron_path: str) -> dict[str, str | None]:
+    """`Observed.fingerprint()` of the volume as it is now, without parsing the entry files."""
+    snapshots = read_snapshots(config_dir, cron_path)
+    state = snapshots[state_file.FILENAME]
+    key = state_file.parse(state.text or "")[0].plan_key if state.exists else ""
+    return fingerprint_of(snapshots, key)
 
 
 def secret_file_digest(data: bytes, key: str) -> str:
@@ -194,12 +218,7 @@ def observe(config_dir: str, cron_path: str) -> Observed:
             f"config dir {config_dir} does not exist or is not a directory "
             "(give the DMS config volume with --config-dir, usually docker-data/dms/config)"
         )
-    snapshots = {
-        name: read_snapshot(os.path.join(config_dir, name))
-        for name in (*ENTRY_FILES, amavis.FILENAME, state_file.FILENAME)
-    }
-    snapshots.update(_dkim_key_snapshots(config_dir))
-    snapshots[CRON] = read_snapshot(cron_path)
+    snapshots = read_snapshots(config_dir, cron_path)
     warnings: list[str] = []
 
     def text(name: str) -> str:
