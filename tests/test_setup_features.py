@@ -206,3 +206,50 @@ def test_the_sidecar_owes_the_reloads_dms_does_not_run(written: tuple[str, ...],
     """Regexp, relay, SASL and masters files are DMS-watched; access files and opendkim/ are
     read at start-up only."""
     assert services_to_reload(written) == owed
+
+
+def test_export_adopts_what_the_setup_cli_wrote(tmp_path: Path) -> None:
+    """The golden case's volume, as DMS's setup CLI writes it: export -> a file whose plan is
+    empty; the relay credentials (a plaintext password) stay unmanaged, with a warning."""
+    case = Path(__file__).parent / "cases" / "setup-features-adopt-cli-volume" / "before"
+    volume = make_volume(tmp_path / "dms")
+    shutil.copytree(case / "config", volume.config, dirs_exist_ok=True)
+    out = tmp_path / "exported.yaml"
+    result = run_cli("export", *volume.args(), "-o", str(out), "--no-adopt")
+    assert result.returncode == 0, result.stderr
+    assert "relay credentials are left unmanaged" in result.stderr
+    text = out.read_text()
+    for expected in ("masters:", "boss:", "regexp_aliases:", "^(sales|info)@example\\.org$",
+                     "flags: i", "restrict:", "relay:", "exclude: true", "port: 587",
+                     "dkim:", "key_size: 1024"):
+        assert expected in text, expected
+    assert "relay-secret-one" not in text
+    plan = run_cli("plan", "-f", str(out), *volume.args(), "--format", "json")
+    assert plan.returncode == 0, plan.stderr
+    data = json.loads(plan.stdout)
+    assert data["changes"] == []
+    assert {(u["file"], u["key"]) for u in data["unmanaged"]} == {
+        ("postfix-send-access.cf", "partner@example.org"),
+        ("postfix-relaymap.cf", "bob@example.com"),
+        ("postfix-sasl-password.cf", "@example.com")}
+
+
+def test_a_saved_plan_is_stale_when_a_relay_or_master_secret_changes(tmp_path: Path) -> None:
+    volume = make_volume(tmp_path / "dms")
+    path = desired(tmp_path, """masters:
+  boss: {password_env: MASTER_PW}
+relay:
+  example.org: {host: smtp.example.net, username: u, password_env: RELAY_PW}
+""")
+    env = {"RELAY_PW": "relay-1", "MASTER_PW": "master-1"}
+    assert run_cli("apply", "-f", str(path), *volume.args(), env=env).returncode == 0
+    saved = tmp_path / "plan.saved"
+    for name, value in (("RELAY_PW", "relay-2"), ("MASTER_PW", "master-2")):
+        changed = {**env, name: value}
+        made = run_cli("plan", "-f", str(path), *volume.args(), "--out", str(saved), env=changed)
+        assert made.returncode == 0, made.stderr
+        assert value not in saved.read_text()
+        stale = run_cli("apply", str(saved), env=env)
+        assert stale.returncode == 1 and "changed since the plan was made" in stale.stderr
+        assert run_cli("apply", str(saved), env=changed).returncode == 0
+        env = changed
