@@ -9,7 +9,8 @@
 - that message carries a DKIM signature that verifies (dkimpy) against the TXT record
   `dms-reconciler dns` shows for the key apply made, once the sidecar installed opendkim/ and
   restarted OpenDKIM;
-- DMS's own `setup` commands for the same entries leave our files byte for byte as they are.
+- DMS's own `setup` commands for the same entries find nothing to change (its `sedfile --strict`
+  says "No difference") and leave our files byte for byte as they are.
 
 DMS starts on a volume without any of these; one edit of mailserver.yaml, picked up by the
 sidecar, brings them all in (the tests run in file order).
@@ -251,9 +252,13 @@ def test_dms_setup_commands_write_what_we_wrote(host: SetupHost) -> None:
              "opendkim/keys/example.test/mail.private", "opendkim/keys/example.test/mail.txt"]
     before = {n: (config / n).read_bytes() for n in names}
     dms = host.dms
-    dms.sh("setup relay add-domain example.test 127.0.0.1 2525")
-    dms.sh("setup relay exclude-domain example.org")
-    dms.exec(["setup", "relay", "add-auth", "example.test", RELAY_USER, RELAY_PW])
+    for argv in (["setup", "relay", "add-domain", "example.test", "127.0.0.1", "2525"],
+                 ["setup", "relay", "exclude-domain", "example.org"],
+                 ["setup", "relay", "add-auth", "example.test", RELAY_USER, RELAY_PW]):
+        # the CLI replaces the line with `sedfile --strict`, which fails when sed changed
+        # nothing: DMS's own line for the entry is exactly the one we wrote
+        code, out = dms.exec(argv)
+        assert code == 1 and "No difference after call to 'sed'" in out, (argv[:3], out)
     dms.sh("setup config dkim keysize 2048 domain example.test")
     code, out = dms.exec(["setup", "email", "restrict", "add", "send", "bob@example.org"])
     assert "already denied" in out, out
