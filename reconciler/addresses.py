@@ -236,3 +236,32 @@ def check_password_hash(value: str) -> str | None:
             "copy the whole output of `doveadm pw`"
         )
     return None
+
+
+QUOTA_RE = re.compile(r"(0|([0-9]+)(B|k|M|G|T))\Z")
+_UNIT_BYTES = {"B": 1, "k": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+QUOTA_MAX_BYTES = (1 << 63) - 1  # Dovecot 2.3 keeps a quota in an int64 (quota-util.c)
+
+
+def quota_bytes(size: str) -> int | None:
+    """The quota `size` (`0`, `5G`, `500M` ...) in bytes; None when it is not in that form."""
+    match = QUOTA_RE.match(size)
+    if match is None:
+        return None
+    return 0 if size == "0" else int(match.group(2)) * _UNIT_BYTES[match.group(3)]
+
+
+def check_quota(size: str) -> str | None:
+    """Explain why Dovecot cannot use the quota `size`, or return None.
+
+    DMS v15.1.0 hands it to Dovecot 2.3 as `userdb_quota_rule=*:bytes=<size>`; Dovecot parses the
+    number into an int64 and multiplies by the unit without an overflow check, so a size above
+    2^63-1 bytes (8388607T) wraps into a negative or wrong limit instead of an error.
+    """
+    value = quota_bytes(size)
+    if value is None or value <= QUOTA_MAX_BYTES:
+        return None
+    return (
+        f"quota {size} is larger than Dovecot can hold (at most 2^63-1 bytes, 8388607T): it "
+        "would wrap into a wrong limit; use 0 for no limit"
+    )

@@ -127,6 +127,26 @@ def _no_colour_option(func: Any) -> Any:
     )(func)
 
 
+def _secrets_dir_option(func: Any) -> Any:
+    """--secrets-dir: password_file only from this folder (the sidecar's secret mount)."""
+
+    def confine(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        from reconciler.passwords import SECRETS_DIR_ENV
+
+        if value:
+            os.environ[SECRETS_DIR_ENV] = os.path.abspath(value)
+
+    return click.option(
+        "--secrets-dir",
+        envvar="DMS_RECONCILER_SECRETS_DIR",
+        type=click.Path(exists=True, file_okay=False),
+        expose_value=False,
+        callback=confine,
+        help="Read password_file only from inside DIR (symlinks resolved), e.g. /run/secrets; "
+        "any other path is refused. Env: DMS_RECONCILER_SECRETS_DIR.",
+    )(func)
+
+
 def _errors_in_format(command: Any) -> Any:
     """With --format json or markdown, a failure is also reported on stdout in that format (CI
     posts stdout); stderr gets the usual text from `main` either way."""
@@ -276,6 +296,7 @@ def _validate_one(file: str, fmt: str) -> tuple[int, dict[str, Any]]:
     help="Plan against DIR, a copy of a config volume. Its cron file is --cron-file if "
     "given, else DIR/../cron/sa-learn.",
 )
+@_secrets_dir_option
 @click.pass_context
 @_errors_in_format
 def plan(
@@ -408,6 +429,7 @@ def _plan_against(
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
+@_secrets_dir_option
 @click.pass_context
 @_errors_in_format
 def apply(
@@ -534,6 +556,7 @@ def apply(
     metavar="KEY=VALUE",
     help="Label that finds the DMS container. Env: DMS_CONTAINER_LABEL.",
 )
+@_secrets_dir_option
 def watch(
     file: str,
     config_dir: str,

@@ -20,10 +20,12 @@ from reconciler.addresses import (
     check_address,
     check_domain,
     check_password_hash,
+    check_quota,
     domain_of,
+    quota_bytes,
     split_hash,
 )
-from reconciler.desired import plain_ascii
+from reconciler.desired import plain_ascii, schema
 from reconciler.formats import access, cron, opendkim
 from reconciler.formats._lines import ParsedFile
 from reconciler.gcpause import paused
@@ -55,7 +57,9 @@ from reconciler.setup_rules import (
 )
 
 _C_DUMPER: Any = getattr(yaml, "CSafeDumper", None)
-SCHEMA_COMMENT = "# yaml-language-server: $schema=https://raw.githubusercontent.com/dms-reconciler/dms-reconciler/main/schema/mailserver.schema.json"
+# The schema's own `$id`: schema/mailserver.schema.json as served from the repository's main
+# branch (one source for the URL; tests/test_export.py checks it names the real file).
+SCHEMA_COMMENT = f"# yaml-language-server: $schema={schema()['$id']}"
 
 
 @dataclass(frozen=True)
@@ -350,9 +354,7 @@ def _hash_for_yaml(stored: str) -> str:
 
 
 def _valid_quota(size: str) -> bool:
-    import re
-
-    return re.fullmatch(r"[0-9]+(B|k|M|G|T)|0", size) is not None
+    return quota_bytes(size) is not None and check_quota(size) is None
 
 
 def _resolvable(

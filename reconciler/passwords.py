@@ -287,7 +287,7 @@ class SecretReader:
             value = self.environ[source.name]
         elif isinstance(source, PasswordFile):
             path = os.path.join(self.base_dir, os.path.expanduser(source.path))
-            raw = _read_secret_file(path, source.path)
+            raw = _read_secret_file(path, source.path, self.environ.get(SECRETS_DIR_ENV) or None)
             if len(raw) > 4096:
                 raise SecretError(f"password_file {source.path}: longer than 4096 bytes")
             try:
@@ -305,9 +305,15 @@ class SecretReader:
         return Secret(value)
 
 
-def _read_secret_file(path: str, shown: str) -> bytes:
+SECRETS_DIR_ENV = "DMS_RECONCILER_SECRETS_DIR"  # --secrets-dir: password_file only from there
+
+
+def _read_secret_file(path: str, shown: str, allowed_dir: str | None = None) -> bytes:
     """At most 4097 bytes of a regular file. Symlinks are followed (Kubernetes mounts secrets
-    through them), but a FIFO or device is refused: reading one would hang or never end."""
+    through them), but a FIFO or device is refused: reading one would hang or never end.
+
+    With `allowed_dir`, the file actually opened (after every symlink, read back from the open
+    descriptor, so no swap between a check and the open can escape) must be inside it."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -320,11 +326,23 @@ def _read_secret_file(path: str, shown: str) -> bytes:
             raise SecretError(f"password_file {shown}: is a directory")
         if not stat.S_ISREG(info.st_mode):
             raise SecretError(f"password_file {shown}: not a regular file")
+        if allowed_dir is not None:
+            _require_inside(fd, allowed_dir, shown)
         return os.read(fd, 4097)
     except OSError as exc:
         raise SecretError(f"password_file {shown}: {exc.strerror}") from None
     finally:
         os.close(fd)
+
+
+def _require_inside(fd: int, allowed_dir: str, shown: str) -> None:
+    allowed = os.path.realpath(allowed_dir)
+    opened = os.readlink(f"/proc/self/fd/{fd}")
+    if os.path.commonpath([allowed, opened]) != allowed:
+        raise SecretError(
+            f"password_file {shown}: outside the allowed folder {allowed_dir} (--secrets-dir, "
+            f"{SECRETS_DIR_ENV}); refusing to read it"
+        )
 
 
 def resolve(

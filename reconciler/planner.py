@@ -149,12 +149,17 @@ def make_plan(
         kind_of=lambda key, e: Kind.QUOTA,
         explain=_explain,
     )
+    duplicate_accounts = 0  # a dropped duplicate line is no account deletion (the guard)
     for name, diff, parsed in (
         (accounts.FILENAME, account_diff, observed.accounts),
         (virtual.FILENAME, virtual_diff, observed.virtual),
         (aliases.FILENAME, local_diff, observed.local_aliases),
         (quotas.FILENAME, quota_diff, observed.quotas),
     ):
+        if diff.changed and parsed.duplicates:  # the rewrite drops them: say so, line by line
+            dropped = _dropped_duplicates(name, parsed, *_SHOW_AND_KIND[name])
+            duplicate_accounts += sum(c.kind is Kind.ACCOUNT for c in dropped)
+            diff.changes += dropped
         changes += diff.changes
         unmanaged += diff.unmanaged
         owned_after[name] = frozenset(diff.owned)
@@ -211,6 +216,7 @@ def make_plan(
 
     managed_accounts = len(own.owned(accounts.FILENAME) & set(observed.accounts.entries))
     deletions = sum(c.action is Action.DELETE and c.kind is Kind.ACCOUNT for c in changes)
+    deletions -= duplicate_accounts
     if desired.policy.max_deletions is not None:
         limit, limit_source = desired.policy.max_deletions, "policy.max_deletions"
     else:
@@ -246,6 +252,28 @@ def _entry_files(observed: Observed) -> Iterable[tuple[str, ParsedFile[Any]]]:
 
 
 # --- the generic keyed diff -----------------------------------------------------------------------
+
+
+def _dropped_duplicates(
+    name: str,
+    parsed: ParsedFile[Any],
+    show: Callable[[Any], dict[str, Any]],
+    kind_of: Callable[[str, Any], Kind],
+) -> list[Change]:
+    """A `-` line for each later line that repeats a key: DMS reads only the first, and the
+    canonical rewrite keeps one line per key."""
+    return [
+        Change(
+            name,
+            kind_of(key, entry),
+            key,
+            Action.DELETE,
+            show(entry),
+            None,
+            reason=f"duplicate line {line} (DMS uses only line {first}); the rewrite drops it",
+        )
+        for line, first, key, entry in parsed.duplicates
+    ]
 
 
 def _diff(
@@ -750,3 +778,12 @@ def _shadow_warnings(
                 "alias)"
             )
     return out
+
+
+# How each entry file shows an entry and names its kind (for lines only the parser saw).
+_SHOW_AND_KIND: dict[str, tuple[Callable[[Any], dict[str, Any]], Callable[[str, Any], Kind]]] = {
+    accounts.FILENAME: (_show_account, lambda key, e: Kind.ACCOUNT),
+    virtual.FILENAME: (_show_virtual, _virtual_kind),
+    aliases.FILENAME: (lambda e: {"target": e.value}, lambda key, e: Kind.LOCAL_ALIAS),
+    quotas.FILENAME: (_show_quota, lambda key, e: Kind.QUOTA),
+}

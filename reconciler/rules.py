@@ -19,6 +19,7 @@ from reconciler.addresses import (
     check_address,
     check_domain,
     check_password_hash,
+    check_quota,
     domain_of,
 )
 from reconciler.errors import Diagnostic, Severity
@@ -111,6 +112,8 @@ def check(doc: Document) -> list[Diagnostic]:
     view = _View.of(doc.value)
     _check_syntax(report, view)
     _check_passwords(report, view)
+    _check_quotas(report, view)
+    _check_expansion(report, view)
     _check_hosted(report, view)
     _check_collisions(report, view)
     _check_targets_resolve(report, view)
@@ -211,6 +214,64 @@ def _check_passwords(report: Report, view: _View) -> None:
             report.error(
                 ("accounts", address, "password_file"),
                 "password_file must be a single path without line breaks or NUL bytes",
+            )
+
+
+def _check_quotas(report: Report, view: _View) -> None:
+    """Quotas Dovecot can hold (the schema checks their form)."""
+    for address, account in view.accounts.items():
+        quota = account.get("quota") if isinstance(account, dict) else None
+        if isinstance(quota, str) and (problem := check_quota(quota)):
+            report.error(("accounts", address, "quota"), problem)
+
+
+POSTFIX_EXPANSION_LIMIT = 1000  # virtual_alias_expansion_limit, Postfix's default (DMS keeps it)
+
+
+def _check_expansion(report: Report, view: _View) -> None:
+    """An alias that expands (through nested aliases too) to more addresses than Postfix's
+    virtual_alias_expansion_limit makes cleanup refuse the mail with "unreasonable
+    virtual_alias_maps map expansion size ... try again later": it is deferred, then bounced."""
+    sizes: dict[str, int] = {}
+
+    def size(root: str) -> int:
+        """Addresses `root` expands to, capped just above the limit; iterative (long chains)."""
+        stack, on_path = [root], {root}
+        while stack:
+            address = stack[-1]
+            waiting = [
+                t
+                for t in dict.fromkeys(view.aliases[address])
+                if t in view.aliases and t not in sizes and t not in on_path
+            ]
+            if waiting:
+                stack.append(waiting[0])
+                on_path.add(waiting[0])
+                continue
+            total = 0
+            for target in dict.fromkeys(view.aliases[address]):
+                total += sizes.get(target, 1)  # a final address, or a loop (reported elsewhere)
+                if total > POSTFIX_EXPANSION_LIMIT:
+                    break
+            sizes[address] = total
+            stack.pop()
+            on_path.discard(address)
+        return sizes[root]
+
+    for address, targets in view.aliases.items():
+        if len(targets) * 2 < POSTFIX_EXPANSION_LIMIT and not any(
+            t in view.aliases for t in targets
+        ):
+            continue  # the common case: a short list of final addresses
+        if size(address) > POSTFIX_EXPANSION_LIMIT:
+            report.warning(
+                ("aliases", address),
+                f"alias '{address}' expands to more than {POSTFIX_EXPANSION_LIMIT} addresses, "
+                "Postfix's default virtual_alias_expansion_limit: Postfix refuses such mail "
+                "('unreasonable virtual_alias_maps map expansion size', deferred, then bounced); "
+                "use a mailing list, or raise virtual_alias_expansion_limit in DMS's "
+                "postfix-main.cf",
+                key=True,
             )
 
 

@@ -14,6 +14,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler.errors import VolumeError
+
 FILENAME = "dms-reconciler.state.json"
 FORMAT = 1
 _PLAN_KEY = re.compile(r"[0-9a-f]{64}")
@@ -42,9 +44,19 @@ def new_plan_key() -> str:
 
 
 def parse(text: str) -> tuple[Ownership, str | None]:
-    """The ownership in `text`, or an empty one and a warning when it cannot be read."""
+    """The ownership in `text`, or an empty one and a warning when it cannot be read.
+
+    A file from a newer format is refused (VolumeError) instead: read as unreadable it would be
+    overwritten, and the newer tool's record of what it owns lost."""
     try:
         data: Any = json.loads(text)
+        newer = data.get("format") if isinstance(data, dict) else None
+        if type(newer) is int and newer > FORMAT:
+            raise VolumeError(
+                f"{FILENAME} was written by a newer dms-reconciler (state format {newer}; this "
+                f"one reads format {FORMAT}): refusing to use or overwrite it. Upgrade "
+                "dms-reconciler; nothing was written"
+            )
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise ValueError("unknown format")
         entries = {

@@ -38,6 +38,12 @@ _SCALAR_TAGS = frozenset(
 _SEQ = "tag:yaml.org,2002:seq"
 _SIMPLE_PLAIN = re.compile(r"[A-Za-z_@][A-Za-z0-9_./@ -]*\Z")
 _BOOL_WORDS = {"yes", "no", "true", "false", "on", "off", "y", "n", "null", "~"}
+_NUMBER_TAGS = frozenset({"tag:yaml.org,2002:int", "tag:yaml.org,2002:float"})
+# Numbers that mean the same in YAML 1.1 and 1.2: no leading zero, base prefix, `_` or `:`.
+_PLAIN_NUMBER = re.compile(
+    r"[-+]?((0|[1-9][0-9]*)(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?\Z"
+    r"|[-+]?\.(inf|Inf|INF)\Z|\.(nan|NaN|NAN)\Z"
+)
 
 
 class YamlLoadError(Exception):
@@ -450,6 +456,8 @@ class _Builder:
             if _SIMPLE_PLAIN.match(value) and value.lower() not in _BOOL_WORDS:
                 return value  # fast path: most values are addresses, domains and words
             tag = _RESOLVER.resolve(yaml.ScalarNode, value, (True, False))
+            if tag in _NUMBER_TAGS and not _PLAIN_NUMBER.match(value):
+                self.doc.problems.append(self._yaml11_number(event, stack, tag))
         if tag == _STR:
             return value
         if tag not in _SCALAR_TAGS:  # !!binary, !!map on a scalar, !!python/...: never built
@@ -488,6 +496,27 @@ class _Builder:
                     )
                 ]
             ) from None
+
+    def _yaml11_number(self, event: Any, stack: list[_Frame], tag: str) -> Diagnostic:
+        """`010`, `0x10`, `1_000`, `10:00` are numbers only in YAML 1.1, which PyYAML reads (8,
+        16, 1000, 600): YAML 1.2 tools, editors and readers see 10, a string or 10:00. Refused
+        rather than silently reinterpreted; quoting keeps the text, plain digits the number."""
+        value = event.value
+        try:
+            read = repr(
+                _CONSTRUCTOR.construct_object(
+                    yaml.ScalarNode(tag, value, event.start_mark, event.end_mark)
+                )
+            )
+        except (ValueError, ArithmeticError):  # thousands of digits
+            read = "a huge number"
+        read = read if len(read) <= 40 else "a huge number"
+        return self.diag(
+            event.start_mark,
+            self._child_path(stack),
+            f"'{value[:40]}' is a YAML 1.1 number form that reads as {read}, not what it "
+            f"looks like; write {read} as plain digits, or quote it ('{value[:40]}') for text",
+        )
 
     def _syntax_error(self, exc: yaml.MarkedYAMLError, text: str) -> Diagnostic:
         mark = exc.problem_mark or exc.context_mark

@@ -91,6 +91,30 @@ def test_no_expression_is_pasted_into_a_shell_script() -> None:
     assert step("plan")["env"]["BASE_REF"] == "${{ github.base_ref }}"
 
 
+def test_the_install_step_installs_from_the_repository(tmp_path: Path) -> None:
+    """The workflow installs dms-reconciler from its repository at DMS_RECONCILER_REV (it is not
+    on a package index): the step's script, run with this checkout as the repository and its
+    HEAD as the rev, in a fresh virtualenv, gives a working `dms-reconciler`."""
+    workflow_env = load()["env"]
+    assert workflow_env["DMS_RECONCILER_REPO"] == "https://github.com/dms-reconciler/dms-reconciler"
+    assert "DMS_RECONCILER_VERSION" not in workflow_env
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)],
+                   check=True, timeout=120)
+    script = tmp_path / "install.sh"
+    script.write_text(step("install")["run"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DMS_", "VIRTUAL_ENV"))}
+    env.update(PATH=f"{venv / 'bin'}:{env['PATH']}", DMS_RECONCILER_REPO=f"file://{REPO}",
+               DMS_RECONCILER_REV=git(REPO, "rev-parse", "HEAD"))
+    done = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", str(script)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+                          check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    version = subprocess.run([str(venv / "bin" / "dms-reconciler"), "--version"],
+                             capture_output=True, text=True, timeout=60, check=False)
+    assert version.returncode == 0 and "dms-reconciler" in version.stdout, version.stderr
+
+
 def test_every_dms_reconciler_call_uses_real_commands_and_options() -> None:
     calls = [argv for s in steps() for argv in invocations(s.get("run", ""))]
     assert [argv[0] for argv in calls] == ["validate", "plan", "plan"]

@@ -139,3 +139,28 @@ def test_export_refuses_to_overwrite_and_a_volume_without_accounts(tmp_path, vol
     assert result.returncode == 1 and "no account" in result.stderr
     assert not (tmp_path / "other.yaml").exists()
     assert "Traceback" not in result.stderr
+
+
+def test_the_exported_schema_reference_names_the_real_schema_file(tmp_path, volume):
+    """One URL everywhere: the schema's `$id`, which is schema/mailserver.schema.json of this
+    repository as served from its main branch; the repository is the one users are told to use
+    for pre-commit and CI."""
+    import json
+    import re
+
+    from tests.util import REPO
+
+    build_like_setup_cli(volume)
+    out = tmp_path / "mailserver.yaml"
+    assert export(volume, out).returncode == 0
+    first = out.read_text().splitlines()[0]
+    schema_id = json.loads((REPO / "schema" / "mailserver.schema.json").read_text())["$id"]
+    assert first == f"# yaml-language-server: $schema={schema_id}"
+    match = re.fullmatch(r"https://raw\.githubusercontent\.com/([^/]+/[^/]+)/main/(.+)", schema_id)
+    assert match and (REPO / match.group(2)).is_file()
+    repo_url = f"https://github.com/{match.group(1)}"
+    assert f"repo: {repo_url}" in (REPO / "docs" / "ci.md").read_text()
+    assert f"DMS_RECONCILER_REPO: {repo_url}" in (
+        REPO / "examples" / "ci" / "github-actions.yml").read_text()
+    readme = (REPO / "README.md").read_text()
+    assert f"$schema={schema_id}" in readme

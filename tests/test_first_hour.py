@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import shutil
 import subprocess
 import sys
@@ -13,16 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.util import REPO, make_volume, run_cli, sha512_hash, write_desired
+from tests.test_decisions import ADMIN, ONE_ACCOUNT
+from tests.util import REPO, make_volume, run_cli, write_desired
 
-ADMIN = sha512_hash("admin-pw", salt="adminSalt0001")
-WITH_CRON = f"""
-    version: 1
-    domains: [example.com]
-    accounts:
-      admin@example.com: {{password_hash: "{ADMIN}"}}
+WITH_CRON = ONE_ACCOUNT + """\
     sa_learn:
-      - {{schedule: "0 2 * * *", learn: spam, folder: .Junk}}
+      - {schedule: "0 2 * * *", learn: spam, folder: .Junk}
     """
 
 
@@ -167,3 +164,23 @@ def test_colour_follows_the_terminal_term_dumb_no_color_and_force_color(tmp_path
     assert f"{ESC}32m{ESC}1mApply complete!" in applied.stdout
     again = _piped(["apply", "-f", str(good), *volume.args(), "--no-color"], FORCE_COLOR="1")
     assert ESC not in again.stdout + again.stderr
+
+
+def test_the_readme_command_table_lists_every_command_and_option() -> None:
+    """Checked against the real click commands: each command has a row (or two, for apply PLAN),
+    and every long option of the command appears in its rows."""
+    from reconciler.cli import cli
+
+    readme = (REPO / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `")]
+    for name, command in cli.commands.items():
+        mine = " ".join(row.split(" | ")[0] for row in rows
+                        if row.startswith((f"| `{name} ", f"| `{name}`")))
+        assert mine, f"README's command table has no row for `{name}`"
+        for param in command.params:
+            names = [o for o in (*param.opts, *param.secondary_opts) if o.startswith("-")]
+            if not names or names[0] in ("--help", "--no-color"):
+                continue  # an argument, or what every command takes
+            shown = [o for o in names if re.search(rf"{re.escape(o)}(?![\w-])", mine)]
+            assert shown, f"`{name} {names[-1]}` is not in README's command table"
+    assert "`--no-color`" in readme

@@ -218,3 +218,41 @@ def test_unused_domain_is_a_warning_not_an_error() -> None:
     text = HEAD.replace("example.org]", "example.org, example.net]")
     loaded = load_desired_bytes(text.encode(), "m.yaml")
     assert [w.message for w in loaded.warnings if "example.net" in w.message]
+
+
+@pytest.mark.parametrize(("quota", "ok"), [
+    ("8388607T", True), ("8388608T", False), ("9223372036854775807B", True),
+    ("9223372036854775808B", False), ("8796093022207M", True), ("99999999999999999999G", False),
+])
+def test_quotas_beyond_what_dovecot_can_hold_are_refused(quota: str, ok: bool) -> None:
+    """Dovecot 2.3 reads `userdb_quota_rule=*:bytes=<size>` into an int64 and multiplies by the
+    unit without checking: 2^63-1 bytes is the largest quota that means what it says."""
+    found = problems(f"  bob@example.com: {{password_env: B, quota: {quota}}}\n")
+    found = [m for _, m in found if "quota" in m]
+    assert (found == []) is ok, found
+    if not ok:
+        assert "larger than Dovecot can hold" in found[0]
+
+
+def _warnings(body: str) -> list[str]:
+    loaded = load_desired_bytes((HEAD + body).encode(), "m.yaml")
+    return [d.format() for d in loaded.warnings]
+
+
+def test_an_alias_beyond_postfix_expansion_limit_is_a_warning() -> None:
+    """Decided: a warning (the file is valid; DMS may raise the limit in postfix-main.cf)."""
+    many = "".join(f"    - user{i}@elsewhere.net\n" for i in range(1001))
+    found = _warnings("aliases:\n  big@example.com:\n" + many)
+    assert any("m.yaml:7:3: warning: aliases.big@example.com: alias 'big@example.com' expands to "
+               "more than 1000 addresses" in w for w in found), found
+    limit = "".join(f"    - user{i}@elsewhere.net\n" for i in range(1000))
+    assert _warnings("aliases:\n  big@example.com:\n" + limit) == []
+    # nested: two aliases of 600 each under one alias, and a chain 3,000 long (iterative)
+    half = "".join(f"    - u{i}@elsewhere.net\n" for i in range(600))
+    nested = (f"aliases:\n  a@example.com:\n{half}  b@example.com:\n{half}"
+              "  all@example.com: [a@example.com, b@example.com]\n")
+    found = _warnings(nested)
+    assert len(found) == 1 and "alias 'all@example.com'" in found[0], found
+    chain = "aliases:\n" + "".join(f"  c{i}@example.com: c{i + 1}@example.com\n"
+                                   for i in range(3000)) + "  c3000@example.com: x@elsewhere.net\n"
+    assert _warnings(chain) == []

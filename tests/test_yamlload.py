@@ -83,3 +83,19 @@ def test_size_limit_is_checked_before_parsing() -> None:
 
 def test_utf8_bom_is_accepted() -> None:
     assert load_yaml_bytes(b"\xef\xbb\xbfa: 1\n", "f.yaml").value == {"a": 1}
+
+
+@pytest.mark.parametrize(("text", "read"), [
+    ("010", 8), ("0x10", 16), ("1_000", 1000), ("10:00", 600), ("00", 0), ("1:30.5", 90.5)])
+def test_yaml_1_1_number_forms_are_refused_at_their_place(text: str, read: object) -> None:
+    """Decided: PyYAML reads these as YAML 1.1 numbers (a quota, max_deletions or schedule
+    written unquoted would silently become another value); YAML 1.2 readers see something else.
+    Refused with the position, what it reads as and both fixes."""
+    found = messages(f"policy:\n  max_deletions: {text}\n".encode())
+    assert len(found) == 1 and found[0].startswith("f.yaml:2:18: error: policy.max_deletions: ")
+    assert f"reads as {read!r}" in found[0] and f"quote it ('{text}')" in found[0]
+
+
+@pytest.mark.parametrize("text", ["10", "0", "-1", "+5", "1.5", ".5", "1e3", "'010'", '"10:00"'])
+def test_numbers_that_mean_the_same_in_yaml_1_2_are_kept(text: str) -> None:
+    load_yaml_bytes(f"a: {text}\n".encode(), "f.yaml")

@@ -34,6 +34,9 @@ class ParsedFile(Generic[E]):
     comments: tuple[str, ...] = ()  # the user's comment lines (our header is not one of them)
     invalid: tuple[str, ...] = ()  # lines no reader understands, kept as they are
     problems: tuple[Problem, ...] = ()
+    # later lines repeating a key: (line, line of the first, key, entry). A rewrite drops them
+    # (DMS never used them), so the plan lists each as deleted.
+    duplicates: tuple[tuple[int, int, str, E], ...] = ()
 
 
 def logical_lines(
@@ -97,6 +100,7 @@ def parse_lines(
     comments: list[str] = []
     invalid: list[str] = []
     problems: list[Problem] = []
+    duplicates: list[tuple[int, int, str, E]] = []
     for number, line in logical_lines(text, continuation=continuation, keep_cr=keep_cr):
         first = line[0]  # logical lines are never empty; most start with the key
         if first == "#" or (first.isspace() and is_comment(line)):
@@ -119,10 +123,11 @@ def parse_lines(
                     "only the first one is used",
                 )
             )
+            duplicates.append((number, first_line[key], key, entry))
             continue
         entries[key] = entry
         first_line[key] = number
-    return ParsedFile(entries, tuple(comments), tuple(invalid), tuple(problems))
+    return ParsedFile(entries, tuple(comments), tuple(invalid), tuple(problems), tuple(duplicates))
 
 
 def render_lines(

@@ -83,7 +83,7 @@ def parse(text: str) -> ParsedFile[QuotaLine]:
             )
         )
     problems.sort(key=lambda p: p.line)
-    return ParsedFile(entries, parsed.comments, parsed.invalid, tuple(problems))
+    return ParsedFile(entries, parsed.comments, parsed.invalid, tuple(problems), parsed.duplicates)
 
 
 def first_hits(addresses: list[str], lines: list[str]) -> dict[str, tuple[int, str]]:
