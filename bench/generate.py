@@ -84,8 +84,10 @@ class Spec:
 
 
 def build(accounts: int, *, seed: int = 1, plaintext_fraction: float = 0.01,
-          alias_ratio: int = 2) -> Spec:
-    """A valid desired state with `accounts` accounts and `alias_ratio` times as many aliases."""
+          alias_ratio: int = 2, secrets_from: str = "both") -> Spec:
+    """A valid desired state with `accounts` accounts and `alias_ratio` times as many aliases.
+
+    `secrets_from`: "both" (alternately `password_file` and `password_env`), "file" or "env"."""
     rng = random.Random(f"{seed}:{accounts}")
     n_domains = max(2, accounts // 250)
     domains = sorted({f"{_word(rng)}{i}.example.{TLDS[i % len(TLDS)]}" for i in range(n_domains)})
@@ -115,7 +117,7 @@ def build(accounts: int, *, seed: int = 1, plaintext_fraction: float = 0.01,
         if index in plain_at:
             secret = f"bench-{seed}-{index}-{rng.getrandbits(48):012x}"
             spec.secrets[address] = secret
-            if len(spec.secrets) % 2:
+            if secrets_from == "file" or (secrets_from == "both" and len(spec.secrets) % 2):
                 path = f"secrets/{index:06d}.txt"
                 spec.files[path] = secret
                 entry["password_file"] = path
@@ -219,6 +221,15 @@ def mutate(spec: Spec, *, fraction: float = 0.01, seed: int = 2) -> Spec:
         address = f"new.alias{k}@{out.domains[k % len(out.domains)]}"
         out.aliases[address] = [rng.choice(account_list)]
     return out
+
+
+def add_account(spec: Spec) -> str:
+    """Add one account with a pre-made hash and no quota (what DMS's `setup email add` writes) in
+    a domain without a catch-all, so nothing else changes; returns its address."""
+    domain = next(d for d in spec.domains if d not in spec.catch_all)
+    address = f"new.person@{domain}"
+    spec.accounts[address] = {"password_hash": hash_pool()[0]}
+    return address
 
 
 def to_yaml(spec: Spec) -> str:

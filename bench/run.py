@@ -15,10 +15,14 @@ multiple of it.
 
 Per size: `validate`; `plan` and `apply` against an empty volume; `plan` and `apply` with no
 changes (the runner checks that this apply wrote nothing: every file keeps its bytes, inode and
-modification time); `plan` after about 1% of the entries changed; `export`. Then, for a host whose
-accounts all have plaintext secrets: the first `apply` (hashing on every core), `plan` with no
-changes from the command line (which verifies every secret, on every core) and the sidecar's
-path, two in-process `plan_once` calls sharing one VerifiedCache.
+modification time); `plan` after about 1% of the entries changed; `export`; `apply` of one added
+account (on a copy of the volume), next to DMS's own `setup email add` of the same account on
+another copy (bench/dms_cli.py; skipped where DMS's scripts or doveadm are missing). Then, for a
+host whose accounts all have their plaintext secret in a `password_file`: the first `apply`
+(hashing on every core), `plan` with no changes from the command line with the record of verified
+files (`reconciler/verified.py`) and without it (verifying every secret, on every core, as a
+`password_env` secret is on every run), and the sidecar's path, two in-process `plan_once` calls
+sharing one VerifiedCache.
 
     python -m bench.run                       # 1k, 10k, 50k; 3 repetitions
     python -m bench.run --sizes 1000,10000 --repeat 5 --json results.json
@@ -42,7 +46,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import generate
+from bench import dms_cli, generate
+from reconciler import passwords
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = Path(__file__).resolve().parent / "launch.py"
@@ -159,6 +164,9 @@ def bench_size(runner: Runner, accounts: int, *, repeat: int, seed: int,
     spec = generate.build(accounts, seed=seed)
     generate.write(spec, data)
     generate.write(generate.mutate(spec), data, "mailserver-changed.yaml")
+    added = generate.add_account(spec)
+    generate.write(spec, data, "mailserver-plus-one.yaml")
+    del spec.accounts[added]
     env = dict(spec.env)
     size = fmt_size(len(spec.accounts), len(spec.aliases))
     entries = spec.entries
@@ -178,6 +186,8 @@ def bench_size(runner: Runner, accounts: int, *, repeat: int, seed: int,
                          f"verifies {len(spec.secrets)} plaintext secrets"),
         "apply_same": row("apply, no changes", "checked: wrote nothing"),
         "plan_changed": row("plan, 1% of entries changed"),
+        "apply_one": row("apply, one account added"),
+        "dms_one": row("DMS's `setup email add` of one account, the reference"),
         "export": row("export"),
     }
     for r in rows.values():
@@ -230,30 +240,59 @@ def bench_size(runner: Runner, accounts: int, *, repeat: int, seed: int,
                                         "--detailed-exitcode", cwd=data, env=env, expect=2))
         keep("export", runner.cli("export", *common, "-o", str(data / "exported.yaml"),
                                   "--force", cwd=data))
+        copy = data / "vol-plus-one"
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(vol, copy)
+        sample = runner.cli("apply", "-f", "mailserver-plus-one.yaml", "--config-dir",
+                            str(copy / "config"), "--cron-file", str(copy / "cron" / CRON_NAME),
+                            cwd=data, env=env)
+        if "1 added, 0 changed, 0 destroyed" not in sample.text():
+            raise BenchFailure(f"adding one account did not add exactly one: {sample.stdout}")
+        keep("apply_one", sample)
+        if dms_cli.available() is None:
+            shutil.rmtree(copy)
+            shutil.copytree(vol, copy)
+            bin_dir = dms_cli.prepare(dms_cli.DEFAULT_SOURCE, runner.workdir / "dms-cli",
+                                      copy / "config")
+            rows["dms_one"].walls.append(dms_cli.email_add(bin_dir, added, "bench-password"))
+            rows["dms_one"].rss.append(0.0)
+    if not rows["dms_one"].walls:
+        del rows["dms_one"]
+    else:
+        rows["dms_one"].note = ("bash, run unchanged outside its container; its time is not "
+                                "a multiple of anything, memory not measured")
+        rows["dms_one"].floor = None
+        rows["dms_one"].per_entry = False
+        rows["apply_one"].note = f"{rows['apply_one'].median / rows['dms_one'].median:.1f}x DMS's"
     return [floor, *rows.values()]
 
 
 def bench_plaintext(runner: Runner, accounts: int, *, repeat: int, seed: int,
                     startup: Row) -> list[Row]:
-    """A host whose every account has a plaintext secret (half files, half variables)."""
+    """A host whose every account has its plaintext secret in a `password_file`."""
     data = runner.workdir / f"plaintext-{accounts}"
-    spec = generate.build(accounts, seed=seed, plaintext_fraction=1.0)
+    spec = generate.build(accounts, seed=seed, plaintext_fraction=1.0, secrets_from="file")
     generate.write(spec, data)
+    # Secret files exist well before an apply reads them; one written less than 2 s before is
+    # not trusted from its timestamps (passwords.RACY_NS), so let the new ones settle first.
+    time.sleep(passwords.RACY_NS / 1e9 + 0.1)
     env_file = data / "env.json"
     env_file.write_text(json.dumps(spec.env))
-    size = fmt_size(len(spec.accounts), len(spec.aliases)) + ", all plaintext"
+    size = fmt_size(len(spec.accounts), len(spec.aliases)) + ", all password_file"
     entries = spec.entries
-    apply_row = Row(size, "apply, empty volume: hashes every secret",
-                    entries)
-    plan_row = Row(size, "plan (CLI), no changes: verifies every secret", entries,
-                   note="the cache lives in the sidecar's memory only")
-    cold_row = Row(size, "sidecar resync, in-process plan_once, cache cold", entries)
+    apply_row = Row(size, "apply, empty volume: hashes every secret", entries)
+    plan_row = Row(size, "plan (CLI), no changes", entries,
+                   note="the record of verified files vouches for every secret")
+    cold_plan_row = Row(size, "plan (CLI), no changes, without that record", entries,
+                        note="verifies every secret, as every run did before the record; "
+                             "what password_env secrets cost on every run")
+    cold_row = Row(size, "sidecar resync, in-process plan_once, no record, cache cold", entries)
     warm_row = Row(size, "sidecar resync, in-process plan_once, cache warm", entries,
                    note="no secret verified again")
     hash_row = Row(size, f"passwords.hash_many of {accounts:,} secrets", accounts,
                    per_entry=False)
-    rows = [apply_row, plan_row, cold_row, warm_row, hash_row]
-    apply_row.baseline = plan_row.baseline = startup
+    rows = [apply_row, plan_row, cold_plan_row, cold_row, warm_row, hash_row]
+    apply_row.baseline = plan_row.baseline = cold_plan_row.baseline = startup
     vol = data / "vol"
     speedups: list[float] = []
     for rep in range(repeat):
@@ -263,17 +302,30 @@ def bench_plaintext(runner: Runner, accounts: int, *, repeat: int, seed: int,
         sample = runner.cli("apply", "-f", "mailserver.yaml", *common, cwd=data, env=spec.env)
         apply_row.walls.append(sample.wall)
         apply_row.rss.append(sample.rss_mb)
+        record = config / "dms-reconciler.verified.json"
+        facts = len(json.loads(record.read_text())["facts"]) if record.exists() else 0
+        if facts != len(spec.secrets):
+            raise BenchFailure(f"the record of verified files holds {facts} facts, expected "
+                               f"{len(spec.secrets)} (were the secret files written just now?)")
         sample = runner.cli("plan", "-f", "mailserver.yaml", *common, "--detailed-exitcode",
                             cwd=data, env=spec.env)
         plan_row.walls.append(sample.wall)
         plan_row.rss.append(sample.rss_mb)
+        kept = record.read_bytes()
+        record.unlink()
+        sample = runner.cli("plan", "-f", "mailserver.yaml", *common, "--detailed-exitcode",
+                            cwd=data, env=spec.env)
+        cold_plan_row.walls.append(sample.wall)
+        cold_plan_row.rss.append(sample.rss_mb)
         sample = runner.run(["-m", "bench.inprocess", "cache", "mailserver.yaml", str(config),
                              str(cron), str(env_file)], cwd=data)
+        record.write_bytes(kept)
         if sample.returncode != 0:
             raise BenchFailure(f"the cache probe failed; see {sample.stderr}")
         result = json.loads(sample.text())
         if result["secrets"] != len(spec.secrets) or result["cached"] < len(spec.secrets):
-            raise BenchFailure(f"the cache probe saw {result}, expected {len(spec.secrets)} secrets")
+            raise BenchFailure(f"the cache probe saw {result}, expected "
+                               f"{len(spec.secrets)} secrets")
         cold_row.walls.append(result["cold_s"])
         warm_row.walls.append(result["warm_s"])
         cold_row.rss.append(sample.rss_mb)
@@ -311,16 +363,21 @@ def warm_up(runner: Runner) -> None:
             raise BenchFailure(f"warm-up failed: {' '.join(argv)}")
 
 
-def measure_startup(runner: Runner, repeat: int) -> Row:
-    """`--version`: the interpreter and the CLI's imports. Measured here and once per repetition
-    of each size; subtracted before dividing by the entries."""
-    row = Row("-", "interpreter start + imports (`--version`)", 0, per_entry=False)
+def measure_startup(runner: Runner, repeat: int) -> tuple[Row, Row]:
+    """`--version`: the interpreter and the CLI's own imports (each command imports the rest).
+    Measured here and once per repetition of each size; subtracted before dividing by the
+    entries. And the bare interpreter (`-c pass`), site and this machine's .pth files included."""
+    row = Row("-", "interpreter start + the CLI's imports (`--version`)", 0, per_entry=False)
+    bare = Row("-", "interpreter start alone (`python -c pass`, with site)", 0, per_entry=False)
     runner.cli("--version", cwd=REPO)  # warm the page cache and the bytecode
     for _ in range(max(3, repeat)):
         sample = runner.cli("--version", cwd=REPO)
         row.walls.append(sample.wall)
         row.rss.append(sample.rss_mb)
-    return row
+        sample = runner.run(["-c", "pass"], cwd=REPO)
+        bare.walls.append(sample.wall)
+        bare.rss.append(sample.rss_mb)
+    return row, bare
 
 
 def table(rows: list[Row], startup: Row) -> str:
@@ -335,8 +392,8 @@ def table(rows: list[Row], startup: Row) -> str:
         per = (f"{max(r.median - base, 0) / r.entries * 1e6:.1f}"
                if r.per_entry and r.entries else "")
         name = r.name + (f" ({r.note})" if r.note else "")
-        out.append(f"| {r.size} | {name} | {r.median:.3f} s | {ratio} | {per} | "
-                   f"{max(r.rss):.0f} MiB |")
+        rss = f"{max(r.rss):.0f} MiB" if max(r.rss) > 0 else ""
+        out.append(f"| {r.size} | {name} | {r.median:.3f} s | {ratio} | {per} | {rss} |")
     return "\n".join(out)
 
 
@@ -367,7 +424,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     try:
         warm_up(runner)
-        startup = measure_startup(runner, repeat)
+        startup, bare = measure_startup(runner, repeat)
         floor_startup = Row("-", "interpreter start + `import yaml` (the floor's fixed cost)", 0,
                             per_entry=False)
         rows: list[Row] = []
@@ -375,8 +432,14 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_size(runner, accounts, repeat=repeat, seed=args.seed, startup=startup,
                                floor_startup=floor_startup)
         if plaintext:
-            rows += bench_plaintext(runner, plaintext, repeat=repeat, seed=args.seed,
+            plain = bench_plaintext(runner, plaintext, repeat=repeat, seed=args.seed,
                                     startup=startup)
+            hashed = next((r for r in rows if r.name == "plan, no changes"
+                           and r.size.startswith(f"{plaintext:,} /")), None)
+            if hashed is not None:
+                plain[1].note += (f"; {plain[1].median / hashed.median:.2f}x the plan with no "
+                                  "changes of the same host with 99% hashes")
+            rows += plain
     except BenchFailure as exc:
         print(f"bench: FAILED: {exc}", file=sys.stderr)
         return 1
@@ -384,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.workdir is None:
             shutil.rmtree(scratch, ignore_errors=True)
     load_after = os.getloadavg()
-    print(table([floor_startup, *rows] if floor_startup.walls else rows, startup))
+    print(table([bare, floor_startup, *rows] if floor_startup.walls else [bare, *rows], startup))
     print()
     print(f"Python {platform.python_version()}, {os.cpu_count()} CPUs, {platform.machine()}; "
           f"{repeat} repetition(s), interleaved; load average {load_before[0]:.2f} before, "
@@ -396,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps([
             {"size": r.size, "name": r.name, "entries": r.entries, "walls": r.walls,
-             "rss_mb": r.rss, "note": r.note} for r in [startup, floor_startup, *rows]
+             "rss_mb": r.rss, "note": r.note} for r in [startup, bare, floor_startup, *rows]
         ], indent=1) + "\n")
     return 0
 

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from reconciler import __version__
-from reconciler.desired import load_desired
 from reconciler.errors import (
     Diagnostic,
     InvalidDesiredState,
@@ -26,10 +25,15 @@ from reconciler.errors import (
     Severity,
     printable,
 )
-from reconciler.reconcile import Target
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
     from reconciler.baseline import BasePlanned
+    from reconciler.reconcile import Target
+
+# Each command imports what it needs (the loader, the planner, the executor, passlib ...) in its
+# own body: `--version`, `--help` and `validate` do not pay for what only `apply` uses.
 
 DEFAULT_FILE = "mailserver.yaml"
 DEFAULT_CONFIG_DIR = "docker-data/dms/config"
@@ -214,6 +218,8 @@ def validate(file: str, fmt: str, files: tuple[str, ...]) -> int:
 def _validate_one(file: str, fmt: str) -> tuple[int, dict[str, Any]]:
     """Validate one file: print the text form, return the exit status and the JSON report."""
     try:
+        from reconciler.desired import load_desired
+
         loaded = load_desired(file)
     except InvalidDesiredState as exc:
         errors = [d for d in exc.diagnostics if d.severity is Severity.ERROR]
@@ -314,7 +320,9 @@ def plan(
 ) -> int:
     """Show what apply would change in the config volume. Writes nothing."""
     from reconciler import render, saved_plan
-    from reconciler.reconcile import plan_once
+    from reconciler.reconcile import Target, plan_once
+
+    _progress_on_terminal(fmt)
 
     headline: str | None = None
     target: Target | None = None
@@ -462,7 +470,9 @@ def apply(
                 "with those options instead"
             )
     from reconciler import render, saved_plan
-    from reconciler.reconcile import apply_once
+    from reconciler.reconcile import Target, apply_once
+
+    _progress_on_terminal(fmt)
 
     def waiting(message: str) -> None:
         click.echo(message, err=True)
@@ -556,6 +566,15 @@ def apply(
     metavar="KEY=VALUE",
     help="Label that finds the DMS container. Env: DMS_CONTAINER_LABEL.",
 )
+@click.option(
+    "--stuck-after",
+    type=click.FloatRange(min=1.0),
+    default=300.0,
+    show_default=True,
+    envvar="DMS_RECONCILER_STUCK_AFTER",
+    help="Seconds one step of the loop (a reconcile, a look at DMS) may take before /healthz "
+    "fails: the loop is wedged. Env: DMS_RECONCILER_STUCK_AFTER.",
+)
 @_secrets_dir_option
 def watch(
     file: str,
@@ -565,18 +584,20 @@ def watch(
     listen: str | None,
     container: str | None,
     container_label: str,
+    stuck_after: float,
 ) -> int:
     """The sidecar: apply every change of mailserver.yaml, repair drift, confirm DMS applied it."""
     import prometheus_client
 
     from reconciler import log
     from reconciler.dms import Dms
+    from reconciler.reconcile import Target
     from reconciler.watch import Watcher, WatchOptions
 
     log.setup()
     prometheus_client.disable_created_metrics()  # `*_created` series only add noise here
     target = Target(file, config_dir, cron_file)
-    options = WatchOptions(interval=interval, listen=listen)
+    options = WatchOptions(interval=interval, listen=listen, stuck_after=stuck_after)
     return Watcher(target, options, dms=Dms(container=container, label=container_label)).run()
 
 
@@ -590,6 +611,7 @@ def dns(file: str, config_dir: str, cron_file: str, fmt: str) -> int:
     """Show the DNS records to publish: each `dkim:` domain's TXT record from the key on the
     volume, with MX, SPF and DMARC suggestions. Reads no secret; shows no private key."""
     from reconciler import dnsrecords
+    from reconciler.desired import load_desired
     from reconciler.observe import observe
 
     loaded = load_desired(file)
@@ -705,6 +727,23 @@ def _write_private(path: str, text: str, *, force: bool) -> None:
         raise ReconcilerError(f"cannot make {path} private (mode 0600): {exc.strerror}") from None
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def _progress_on_terminal(fmt: str) -> None:
+    """A bar on stderr while many secrets are hashed or verified: only on a terminal and with
+    text output (JSON and Markdown stay machine-readable, and a log file gets no bar lines)."""
+    if fmt != "text" or not sys.stderr.isatty():
+        return
+    from contextlib import contextmanager
+
+    from reconciler import passwords
+
+    @contextmanager
+    def bar(label: str, total: int) -> Iterator[Callable[[int], None]]:
+        with click.progressbar(length=total, label=label, file=sys.stderr) as shown:
+            yield shown.update
+
+    passwords.show_progress(bar)
 
 
 def _desired_info(planned: Any) -> dict[str, Any]:

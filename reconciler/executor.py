@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler import dkimkeys
+from reconciler import dkimkeys, verified
 from reconciler import state as state_file
 from reconciler.errors import (
     LockBusy,
@@ -66,6 +66,7 @@ TEMP_MARK = ".dms-reconciler-"
 NEW_FILE_MODES = {
     accounts.FILENAME: 0o640,
     state_file.FILENAME: 0o600,
+    verified.FILENAME: 0o600,
     masters.FILENAME: 0o640,  # password hashes, like postfix-accounts.cf
     sasl.FILENAME: 0o600,  # plaintext relay passwords (DMS's own copy is 0600 too)
 }
@@ -342,6 +343,16 @@ def _snapshot(observed: Observed, name: str, by_name: Mapping[str, FilePlan]) ->
     """The file as observed; a file the volume did not have (a new DKIM key) is missing."""
     snap = observed.snapshots.get(name)
     return snap if snap is not None else FileSnapshot(by_name[name].path, None)
+
+
+def write_record(config_dir: str, data: bytes) -> None:
+    """Replace the `verified` record (mode 0600). Not under DMS's lock: DMS never reads it, and
+    every fact in any version of it is true. A failure only costs the next run time."""
+    path = os.path.join(config_dir, verified.FILENAME)
+    try:
+        _atomic_write(path, data, FileSnapshot(path, None))
+    except VolumeError:
+        pass
 
 
 def _check_unchanged(observed: Observed, *, skip: set[str]) -> None:

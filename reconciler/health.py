@@ -1,8 +1,9 @@
 """What the sidecar tells monitoring: `/healthz`, `/readyz` and Prometheus `/metrics` on --listen.
 
-- `/healthz` (liveness) answers 200 while the reconcile loop and the file watch are alive. An
-  invalid mailserver.yaml does NOT make it fail: restarting the sidecar would not fix a bad commit.
-  The body (JSON) still says what is wrong.
+- `/healthz` (liveness) answers 200 while the reconcile loop and the file watch are alive and the
+  loop makes progress (a step that runs longer than `--stuck-after` makes it 503, with the reason).
+  An invalid mailserver.yaml does NOT make it fail: restarting the sidecar would not fix a bad
+  commit. The body (JSON) still says what is wrong.
 - `/readyz` answers 200 once the volume matches the current mailserver.yaml: the last reconcile
   succeeded and the file is valid. A bad file, a refused plan or an error make it 503, with the
   reason in the body.
@@ -130,6 +131,7 @@ class Status:
     dms: str = "none"
     dms_message: str = ""
     alive: Callable[[], bool] = lambda: True
+    stuck: Callable[[], str | None] = lambda: None  # why the loop makes no progress, if it does not
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def update(self, **changes: Any) -> None:
@@ -151,7 +153,13 @@ class Status:
             }
 
     def live(self) -> bool:
-        return self.alive()
+        return self.not_live() is None
+
+    def not_live(self) -> str | None:
+        """Why /healthz fails, or None while the loop and the file watch are alive."""
+        if not self.alive():
+            return "the loop is stopping or the file watch ended"
+        return self.stuck()
 
     def ready(self) -> bool:
         with self._lock:
@@ -166,11 +174,11 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/metrics":
             self._send(200, self.server.metrics.render(), CONTENT_TYPE_LATEST)
         elif path == "/healthz":
-            ok = self.server.status.live()
-            self._json(
-                200 if ok else 503,
-                {"status": "ok" if ok else "failing", **self.server.status.snapshot()},
-            )
+            reason = self.server.status.not_live()
+            body = {"status": "ok" if reason is None else "failing"}
+            if reason is not None:
+                body["reason"] = reason
+            self._json(200 if reason is None else 503, {**body, **self.server.status.snapshot()})
         elif path == "/readyz":
             ok = self.server.status.ready()
             self._json(

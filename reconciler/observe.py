@@ -8,10 +8,12 @@ are refused, never followed: a symlink in the volume could point the writer outs
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import os
 import re
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -210,6 +212,33 @@ def read_snapshot(path: str) -> FileSnapshot:
     return FileSnapshot(path, data, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
 
 
+_CODECS: dict[str, Callable[[str], Any]] = {
+    accounts.FILENAME: accounts.parse,
+    virtual.FILENAME: virtual.parse,
+    aliases.FILENAME: aliases.parse,
+    quotas.FILENAME: quotas.parse,
+    amavis.FILENAME: amavis.parse,
+    CRON: cron.parse,
+    state_file.FILENAME: state_file.parse,
+    masters.FILENAME: masters.parse,
+    regexp.FILENAME: regexp.parse,
+    access.SEND: access.parse,
+    access.RECEIVE: access.parse,
+    relaymap.FILENAME: relaymap.parse,
+    sasl.FILENAME: sasl.parse,
+    opendkim.KEY_TABLE: opendkim.parse,
+    opendkim.SIGNING_TABLE: opendkim.parse,
+}
+
+
+@functools.lru_cache(maxsize=2 * len(_CODECS))
+def _parsed(name: str, data: bytes) -> Any:
+    """The parse of one file's bytes, remembered: every parse is a pure function of the bytes,
+    and most files are the same as last time (the check after an apply re-reads the files it
+    did not write; the sidecar re-reads all of them on every event). Never mutated."""
+    return _CODECS[name](data.decode("utf-8", "surrogateescape"))
+
+
 @paused
 def observe(config_dir: str, cron_path: str) -> Observed:
     """Read every file dms-reconciler manages from the volume and parse it."""
@@ -221,34 +250,36 @@ def observe(config_dir: str, cron_path: str) -> Observed:
     snapshots = read_snapshots(config_dir, cron_path)
     warnings: list[str] = []
 
-    def text(name: str) -> str:
-        return snapshots[name].text or ""
+    def parsed(name: str) -> Any:
+        """The parse of a file; None when it does not exist (an entry file: as if empty)."""
+        data = snapshots[name].data
+        if data is None and name not in ENTRY_FILES:
+            return None
+        return _parsed(name, data or b"")
 
     ownership = state_file.Ownership()
     if snapshots[state_file.FILENAME].exists:
-        ownership, problem = state_file.parse(text(state_file.FILENAME))
+        ownership, problem = parsed(state_file.FILENAME)
         if problem:
             warnings.append(problem)
-    amavis_text = snapshots[amavis.FILENAME].text
-    cron_text = snapshots[CRON].text
     return Observed(
         config_dir=config_dir,
         cron_path=cron_path,
         snapshots=snapshots,
-        accounts=accounts.parse(text(accounts.FILENAME)),
-        virtual=virtual.parse(text(virtual.FILENAME)),
-        local_aliases=aliases.parse(text(aliases.FILENAME)),
-        quotas=quotas.parse(text(quotas.FILENAME)),
-        amavis=None if amavis_text is None else amavis.parse(amavis_text),
-        cron=None if cron_text is None else cron.parse(cron_text),
+        accounts=parsed(accounts.FILENAME),
+        virtual=parsed(virtual.FILENAME),
+        local_aliases=parsed(aliases.FILENAME),
+        quotas=parsed(quotas.FILENAME),
+        amavis=parsed(amavis.FILENAME),
+        cron=parsed(CRON),
         ownership=ownership,
         warnings=tuple(warnings),
-        masters=masters.parse(text(masters.FILENAME)),
-        regexp=regexp.parse(text(regexp.FILENAME)),
-        access={name: access.parse(text(name)) for name in access.FILENAMES},
-        relaymap=relaymap.parse(text(relaymap.FILENAME)),
-        sasl=sasl.parse(text(sasl.FILENAME)),
-        dkim_tables={name: opendkim.parse(text(name)) for name in opendkim.TABLES},
+        masters=parsed(masters.FILENAME),
+        regexp=parsed(regexp.FILENAME),
+        access={name: parsed(name) for name in access.FILENAMES},
+        relaymap=parsed(relaymap.FILENAME),
+        sasl=parsed(sasl.FILENAME),
+        dkim_tables={name: parsed(name) for name in opendkim.TABLES},
     )
 
 

@@ -4,28 +4,29 @@ SHA512-CRYPT salts are random, so hashing an unchanged password again would rewr
 postfix-accounts.cf on every run and make DMS reload each time. So for `password_file` and
 `password_env` the hash already on the volume is kept when it verifies the plaintext; only a new or
 changed password gets a new `{SHA512-CRYPT}` hash with 5000 rounds (what `doveadm pw` and DMS's
-`setup email add` produce). Verification and hashing run on every core for big servers, and the
-sidecar keeps what it verified in memory (never on disk), so a resync does not verify again.
+`setup email add` produce). Verification and hashing run on every core for big servers. A
+`password_file` whose identity and timestamps are those it had when it last verified against the
+same hash is not verified again (`verified`: a record of file metadata, never of content); the
+sidecar also keeps what it verified in memory, so a resync verifies nothing it has seen.
 
 Plaintext only ever lives in a `Secret`, whose repr and str hide it.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
 import secrets
 import stat
+import time
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from enum import Enum
-from typing import TypeVar
-
-with warnings.catch_warnings():  # passlib 1.7.4 imports the deprecated `crypt` module on 3.11+
-    warnings.simplefilter("ignore", DeprecationWarning)
-    from passlib.hash import md5_crypt, sha256_crypt, sha512_crypt
+from typing import Any, NamedTuple, TypeVar
 
 from reconciler.addresses import split_hash
 from reconciler.errors import SecretError
@@ -40,18 +41,52 @@ RELAY_KEY = "relay:"  # only in throw-away volumes built for CI plans
 # milliseconds, a worker from the forkserver (needed once threads run, as in the sidecar) far more.
 FORK_THRESHOLD = 16
 PARALLEL_THRESHOLD = 200
+# A file written this close to the moment it was read may be written again within the same
+# timestamp tick (1-2 s on some file systems) without its mtime or ctime moving.
+RACY_NS = 2_000_000_000
+PROGRESS_FROM = 200  # secrets; fewer take well under a second and show no progress
 _CRYPT_EQUIVALENT = {None, "SHA512-CRYPT", "CRYPT"}  # all verified by libc crypt() in Dovecot
-_HANDLERS = {"$6$": sha512_crypt, "$5$": sha256_crypt, "$1$": md5_crypt}
-_HASHER = sha512_crypt.using(rounds=ROUNDS)
+
+
+@functools.cache
+def _handlers() -> dict[str, Any]:
+    """passlib's handlers by hash prefix. Loaded on first use: a host whose hashes are all given
+    in mailserver.yaml never needs passlib (15 ms of every start)."""
+    with warnings.catch_warnings():  # passlib 1.7.4 imports the deprecated `crypt` module
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from passlib.hash import md5_crypt, sha256_crypt, sha512_crypt
+
+    return {"$6$": sha512_crypt, "$5$": sha256_crypt, "$1$": md5_crypt}
+
+
+@functools.cache
+def _hasher() -> Any:
+    return _handlers()["$6$"].using(rounds=ROUNDS)
+
+
+class FileStamp(NamedTuple):
+    """Which file a secret was read from and how old it was then: says nothing of its content."""
+
+    device: int
+    inode: int
+    mtime_ns: int
+    ctime_ns: int
+    read_ns: int  # the clock when it was read
+
+    @property
+    def settled(self) -> bool:
+        """Old enough that any later write must change mtime or ctime (git's racy-file rule)."""
+        return self.read_ns - max(self.mtime_ns, self.ctime_ns) >= RACY_NS
 
 
 class Secret:
-    """A plaintext password that refuses to be printed."""
+    """A plaintext password that refuses to be printed; `stamp` tells which file it came from."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_value", "stamp")
 
-    def __init__(self, value: str) -> None:
+    def __init__(self, value: str, stamp: FileStamp | None = None) -> None:
         self._value = value
+        self.stamp = stamp
 
     def reveal(self) -> str:
         return self._value
@@ -62,7 +97,10 @@ class Secret:
     __str__ = __repr__
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and hmac.compare_digest(self._value, other._value)
+        if not isinstance(other, Secret):
+            return False
+        mine, theirs = (s._value.encode("utf-8", "surrogatepass") for s in (self, other))
+        return hmac.compare_digest(mine, theirs)  # str only compares ASCII
 
     def __hash__(self) -> int:
         return hash(self._value)
@@ -113,7 +151,7 @@ def same_hash(a: str, b: str) -> bool:
 
 
 def hash_password(secret: Secret) -> str:
-    return "{" + SCHEME + "}" + _HASHER.hash(secret.reveal())
+    return "{" + SCHEME + "}" + _hasher().hash(secret.reveal())
 
 
 def verify(secret: Secret, stored: str) -> bool:
@@ -121,7 +159,7 @@ def verify(secret: Secret, stored: str) -> bool:
     scheme, body = split_hash(stored)
     if scheme not in _CRYPT_EQUIVALENT and scheme not in ("SHA256-CRYPT", "MD5-CRYPT"):
         return False  # BLF-CRYPT, ARGON2 ...: cannot check here, so the password is re-hashed
-    handler = _HANDLERS.get(body[:3])
+    handler = _handlers().get(body[:3])
     if handler is None:
         return False
     try:
@@ -134,7 +172,30 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def _parallel_map(func: Callable[[T], R], items: Sequence[T]) -> list[R]:
+Advance = Callable[[int], None]
+ProgressBar = Callable[[str, int], AbstractContextManager[Advance]]
+_progress_bar: ProgressBar | None = None
+
+
+def show_progress(bar: ProgressBar | None) -> None:
+    """Show long hashing and verifying with `bar(label, total)`, a context manager yielding a
+    function that advances it (the CLI's terminal bar); None: show nothing (the default)."""
+    global _progress_bar
+    _progress_bar = bar
+
+
+@contextmanager
+def _progress(label: str, total: int) -> Iterator[Advance]:
+    if _progress_bar is None or total < PROGRESS_FROM:
+        yield lambda done: None
+        return
+    with _progress_bar(label, total) as advance:
+        yield advance
+
+
+def _parallel_map(
+    func: Callable[[T], R], items: Sequence[T], advance: Advance = lambda done: None
+) -> list[R]:
     """Map over every core for big batches; `crypt()` holds the GIL, so threads would not help.
 
     A process with no other thread (the CLI) forks its helpers: they start in milliseconds with
@@ -144,28 +205,45 @@ def _parallel_map(func: Callable[[T], R], items: Sequence[T]) -> list[R]:
     """
     workers = os.cpu_count() or 1
     if len(items) < FORK_THRESHOLD or workers < 2:
-        return [func(item) for item in items]
+        return _mapped(func, items, advance, 1)
     import threading
 
     if threading.active_count() == 1 and hasattr(os, "fork"):
-        return _forked_map(func, items, workers)
+        return _forked_map(func, items, workers, advance)
     if len(items) < PARALLEL_THRESHOLD:
-        return [func(item) for item in items]
+        return _mapped(func, items, advance, 1)
     import multiprocessing  # imported here: 10 ms that commands without big batches never need
     from concurrent.futures import ProcessPoolExecutor
 
     chunk = max(1, len(items) // (workers * 4))
     context = multiprocessing.get_context("forkserver")
     with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        return list(pool.map(func, items, chunksize=chunk))
+        out = []
+        for result in pool.map(func, items, chunksize=chunk):
+            out.append(result)
+            advance(1)
+        return out
 
 
-def _forked_map(func: Callable[[T], R], items: Sequence[T], workers: int) -> list[R]:
+def _mapped(func: Callable[[T], R], items: Sequence[T], advance: Advance, weight: int) -> list[R]:
+    """`func` over `items` here, advancing the progress by `weight` per item."""
+    out = []
+    for item in items:
+        out.append(func(item))
+        advance(weight)
+    return out
+
+
+def _forked_map(
+    func: Callable[[T], R], items: Sequence[T], workers: int, advance: Advance = lambda done: None
+) -> list[R]:
     """Split `items` between this process and `workers - 1` forked children.
 
     Each child maps its share, writes the answers (JSON: booleans or hash strings, never a
     secret) to a pipe and exits; it never waits for anything, so one cannot outlive a killed
     parent by more than its share of the work. A share whose child fails is done here instead.
+    Progress follows this process's own share, which runs at the children's pace: each item
+    done here stands for one done in every share.
     """
     import json
     import signal
@@ -190,7 +268,7 @@ def _forked_map(func: Callable[[T], R], items: Sequence[T], workers: int) -> lis
                     os._exit(status)
             os.close(write_end)
             live[pid] = read_end
-        answers = [[func(item) for item in shares[0]]]
+        answers = [_mapped(func, shares[0], advance, workers)]
         for share, pid in zip(shares[1:], list(live), strict=True):
             reported = _read_to_end(live[pid])
             os.close(live.pop(pid))
@@ -237,11 +315,19 @@ def _hash_item(plaintext: str) -> str:
 
 def hash_many(secrets_: Sequence[Secret]) -> list[str]:
     """New `{SHA512-CRYPT}` hashes for `secrets_`, in order, on every core when there are many."""
-    return _parallel_map(_hash_item, [s.reveal() for s in secrets_])
+    if not secrets_:
+        return []
+    _hasher()  # loaded before forking, so the helpers share it
+    with _progress("Hashing passwords", len(secrets_)) as advance:
+        return _parallel_map(_hash_item, [s.reveal() for s in secrets_], advance)
 
 
 def verify_many(pairs: Sequence[tuple[Secret, str]]) -> list[bool]:
-    return _parallel_map(_verify_item, [(s.reveal(), h) for s, h in pairs])
+    if not pairs:
+        return []
+    _handlers()
+    with _progress("Verifying passwords", len(pairs)) as advance:
+        return _parallel_map(_verify_item, [(s.reveal(), h) for s, h in pairs], advance)
 
 
 class VerifiedCache:
@@ -281,13 +367,19 @@ class SecretReader:
     environ: Mapping[str, str]
 
     def read(self, source: PasswordSource) -> Secret:
+        stamp = None
         if isinstance(source, PasswordEnv):
             if source.name not in self.environ:
                 raise SecretError(f"environment variable {source.name} is not set")
             value = self.environ[source.name]
         elif isinstance(source, PasswordFile):
             path = os.path.join(self.base_dir, os.path.expanduser(source.path))
-            raw = _read_secret_file(path, source.path, self.environ.get(SECRETS_DIR_ENV) or None)
+            raw, info = _read_secret_file(
+                path, source.path, self.environ.get(SECRETS_DIR_ENV) or None
+            )
+            stamp = FileStamp(
+                info.st_dev, info.st_ino, info.st_mtime_ns, info.st_ctime_ns, time.time_ns()
+            )
             if len(raw) > 4096:
                 raise SecretError(f"password_file {source.path}: longer than 4096 bytes")
             try:
@@ -302,13 +394,15 @@ class SecretReader:
             raise SecretError(f"{source_id(source)}: the password is empty")
         if "\n" in value or "\0" in value:
             raise SecretError(f"{source_id(source)}: the password has a line break or NUL byte")
-        return Secret(value)
+        return Secret(value, stamp)
 
 
 SECRETS_DIR_ENV = "DMS_RECONCILER_SECRETS_DIR"  # --secrets-dir: password_file only from there
 
 
-def _read_secret_file(path: str, shown: str, allowed_dir: str | None = None) -> bytes:
+def _read_secret_file(
+    path: str, shown: str, allowed_dir: str | None = None
+) -> tuple[bytes, os.stat_result]:
     """At most 4097 bytes of a regular file. Symlinks are followed (Kubernetes mounts secrets
     through them), but a FIFO or device is refused: reading one would hang or never end.
 
@@ -328,7 +422,7 @@ def _read_secret_file(path: str, shown: str, allowed_dir: str | None = None) -> 
             raise SecretError(f"password_file {shown}: not a regular file")
         if allowed_dir is not None:
             _require_inside(fd, allowed_dir, shown)
-        return os.read(fd, 4097)
+        return os.read(fd, 4097), info
     except OSError as exc:
         raise SecretError(f"password_file {shown}: {exc.strerror}") from None
     finally:
@@ -352,12 +446,18 @@ def resolve(
     reader: SecretReader,
     offline: bool = False,
     cache: VerifiedCache | None = None,
+    record: frozenset[str] = frozenset(),
 ) -> dict[str, DesiredPassword]:
     """Decide, for every account, which hash the volume should hold.
 
     `stored` maps address -> the hash on the volume now. Raises `SecretError` naming every
     account whose secret cannot be read (unless `offline`, where those stay UNRESOLVED).
+    `record` holds the facts of `verified`: a settled password file they vouch for is kept
+    without verifying it again.
     """
+    if record:
+        from reconciler.verified import fact
+
     out: dict[str, DesiredPassword] = {}
     sources: dict[str, PasswordSource] = {}
     failures: list[str] = []
@@ -383,6 +483,9 @@ def resolve(
             out[key] = DesiredPassword(Status.NEW, source, secret=secret)
             continue
         known = cache.get(key, secret, current) if cache else None
+        stamp = secret.stamp
+        if known is None and record and stamp is not None and stamp.settled:
+            known = fact(key, stamp, current) in record or None
         if known is None:
             to_verify.append((key, secret, current))
         else:

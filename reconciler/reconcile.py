@@ -1,8 +1,9 @@
 """One reconcile cycle, shared by the CLI and the sidecar.
 
 load -> observe -> resolve passwords -> plan -> (apply -> observe -> plan again to prove
-convergence). A concurrent writer that changes a file between our read and our write makes us
-re-plan from fresh state instead of overwriting its change.
+convergence -> record which password files verified, see `verified`). A concurrent writer that
+changes a file between our read and our write makes us re-plan from fresh state instead of
+overwriting its change.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from reconciler import passwords
+from reconciler import passwords, verified
 from reconciler.desired import Loaded, load_desired
-from reconciler.errors import ReconcilerError, Refused
+from reconciler.errors import ReconcilerError, Refused, VolumeError
 from reconciler.executor import (
     ApplyResult,
     VolumeChanged,
@@ -21,9 +22,10 @@ from reconciler.executor import (
     check_safety,
     render_files,
     require_cron_folder,
+    write_record,
 )
 from reconciler.gcpause import paused
-from reconciler.observe import CRON, Observed, observe
+from reconciler.observe import CRON, Observed, observe, read_snapshot
 from reconciler.passwords import VerifiedCache
 from reconciler.plan import Plan
 from reconciler.planner import make_plan
@@ -54,6 +56,7 @@ class Planned:
     observed: Observed
     plan: Plan
     passwords: Mapping[str, passwords.DesiredPassword]
+    record: frozenset[str] = frozenset()  # the `verified` facts found on the volume
 
 
 @dataclass(frozen=True)
@@ -75,12 +78,14 @@ def plan_once(
     loaded = loaded or load_desired(target.desired_path)
     observed = observe(target.config_dir, target.cron_path)
     reader = passwords.SecretReader(target.base_dir, target.environ)
+    record = _read_record(target.config_dir)
     decided = passwords.resolve(
         loaded.state,
         observed.stored_hashes(),
         reader=reader,
         offline=target.offline,
         cache=cache,
+        record=record,
     )
     decided.update(
         passwords.resolve_plaintext(
@@ -90,7 +95,28 @@ def plan_once(
     plan = make_plan(loaded.state, observed, decided, prune=target.prune)
     if any(f.name == CRON and f.write for f in plan.files):
         require_cron_folder(target.cron_path)  # apply would refuse: so does the plan
-    return Planned(loaded, observed, plan, decided)
+    return Planned(loaded, observed, plan, decided, record)
+
+
+def _read_record(config_dir: str) -> frozenset[str]:
+    try:
+        return verified.parse(read_snapshot(os.path.join(config_dir, verified.FILENAME)).data)
+    except VolumeError:  # a symlink or FIFO in its place: never followed, only costs time
+        return frozenset()
+
+
+def _record_verified(target: Target, converged: Planned, result: ApplyResult) -> None:
+    """Remember which password files verified, for the next run; nothing else depends on it.
+
+    Only alongside another write: an apply that changes nothing writes nothing, not even this.
+    """
+    if not (result.written or result.state_written):
+        return
+    facts = verified.facts_for(
+        converged.passwords, passwords.SecretReader(target.base_dir, target.environ)
+    )
+    if facts != converged.record:
+        write_record(target.config_dir, verified.render(facts))
 
 
 def apply_once(
@@ -117,6 +143,7 @@ def apply_once(
             check(planned)
         first = first or planned
         if attempt > 1 and not planned.plan.has_changes and _state_current(planned):
+            _record_verified(target, planned, result)
             return Applied(first, result, attempt, converged=True)
         check_safety(planned.plan, allow_deletions=allow_deletions)
         contents = render_files(planned.plan)
@@ -139,10 +166,12 @@ def apply_once(
             # Nothing but (maybe) the state file was written, and ownership alone never makes a
             # change: planning again would only repeat the plan we just made (half of the time
             # of a no-change apply on a big host).
+            _record_verified(target, planned, result)
             return Applied(first, result, attempt, converged=True)
         _remember_new_hashes(planned, contents, cache)
         again = plan_once(target, loaded=loaded, cache=cache)
         if not again.plan.has_changes:
+            _record_verified(target, again, result)
             return Applied(first, result, attempt, converged=True)
     raise ReconcilerError(
         f"the config volume kept changing while applying ({MAX_ATTEMPTS} attempts); another "

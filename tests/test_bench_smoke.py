@@ -67,7 +67,13 @@ def test_smoke_run_prints_every_measurement(tmp_path: Path) -> None:
     table = result.stdout
     for name in ("floor", "validate", "plan, empty volume", "apply, empty volume",
                  "plan, no changes", "apply, no changes", "plan, 1% of entries changed", "export",
-                 "hashes every secret", "cache cold", "cache warm", "hash_many"):
+                 "apply, one account added", "hashes every secret", "without that record",
+                 "cache cold", "cache warm", "hash_many"):
         assert name in table, f"{name!r} missing from the table:\n{table}"
+    from bench import dms_cli
+
+    # DMS's own CLI is the reference wherever its scripts and doveadm are here (not a skip: the
+    # row is simply absent where the reference cannot run)
+    assert ("DMS's `setup email add`" in table) == (dms_cli.available() is None), table
     assert "1,000 / 2,000" in table
     assert (tmp_path / "samples.json").exists()

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from reconciler.health import Status
+from reconciler.watch.heartbeat import Heartbeat
 from reconciler.watch.loop import Schedule, Step
 
 
@@ -110,3 +112,29 @@ def test_asking_dms_again_comes_before_a_change(schedule: Schedule) -> None:
     assert step(schedule, 5, change_due=6, reconfirm_at=7) == Step("sleep", 6)
     assert step(schedule, 7, change_due=6, reconfirm_at=7).action == "reconfirm"
     assert step(schedule, 6.5, reconfirm_at=7) == Step("sleep", 7)
+
+
+def test_a_change_still_settling_is_looked_at_again_when_its_settle_period_ends(
+        schedule: Schedule) -> None:
+    schedule.settle_at = 10.5
+    assert step(schedule, 10) == Step("sleep", 10.5)
+    assert step(schedule, 10.5).action == "settle"
+    assert step(schedule, 10.5, change_due=10.4).action == "change"  # a new burst comes first
+    assert step(schedule, 10.5, dms_poll_at=11) == Step("sleep", 11)  # not while DMS applies
+
+
+def test_the_heartbeat_fails_liveness_for_a_step_or_a_sleep_that_overruns(clock: Clock) -> None:
+    beat = Heartbeat(5.0, clock=clock)
+    status = Status(stuck=beat.stuck)
+    assert status.live()  # not started yet
+    beat.busy("reconciling (change)")
+    clock.now += 5
+    assert status.live() and beat.step() == "reconciling (change)"
+    clock.now += 0.5
+    assert not status.live()
+    assert "reconciling (change) for 6 s" in (status.not_live() or "")
+    beat.idle(until=clock.now + 60)  # a long sleep is progress
+    clock.now += 64
+    assert status.live() and beat.step() is None
+    clock.now += 2  # but not one that overran its wake-up by the bound
+    assert "sleeping" in (status.not_live() or "")

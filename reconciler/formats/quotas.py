@@ -59,6 +59,8 @@ def parse(text: str) -> ParsedFile[QuotaLine]:
     if not parsed.entries:
         return parsed
     raw = text.split("\n")
+    if _nothing_shadowed(raw):
+        return parsed
     entries = dict(parsed.entries)
     problems = list(parsed.problems)
     hits = first_hits(list(parsed.entries), raw)
@@ -84,6 +86,37 @@ def parse(text: str) -> ParsedFile[QuotaLine]:
         )
     problems.sort(key=lambda p: p.line)
     return ParsedFile(entries, parsed.comments, parsed.invalid, tuple(problems), parsed.duplicates)
+
+
+def _nothing_shadowed(lines: list[str]) -> bool:
+    """True when DMS's grep finds every entry's own (first) line, without looking: the file is
+    ASCII, every line holding an `@` is a plain `address:size` line, and these come in grep-safe
+    order (as `render` writes them).
+
+    Why that is enough: the pattern for `a` ends in `@domain:` and the line's only `:` ends its
+    address, so an earlier line can only match `a` by its whole address or a suffix of it; in
+    grep-safe order an earlier address is not longer, and one of the same length has at least as
+    many dots, while matching would need it to equal `a` wherever `a` has no dot: it is `a`.
+    Lines without an `@` (the header, comments) match no address at all.
+    """
+    previous: tuple[int, int, str] = (0, 0, "")
+    for line in lines:
+        if "@" not in line:
+            continue
+        address, colon, size = line.partition(":")
+        if (
+            not colon
+            or ":" in size
+            or not line.isascii()
+            or address != address.strip()
+            or size != size.strip()
+        ):
+            return False
+        order = grep_safe_order(address.lower())
+        if order < previous:
+            return False
+        previous = order
+    return True
 
 
 def first_hits(addresses: list[str], lines: list[str]) -> dict[str, tuple[int, str]]:

@@ -4,6 +4,10 @@ DMS confirmer. The writing itself is `reconcile.apply_once`, exactly what `apply
 It remembers, between cycles, what makes the timer cheap and a bad file harmless: the last valid
 desired state (kept applied while the file is invalid), the digest of the inputs last seen and
 last applied, and whether the last plan found nothing to do on a byte-identical volume.
+
+A change written in place is applied only once it reads the same twice, a settle period apart
+(`run(settle=True)`), and never while a writer has the file open: a valid first half of a file
+still being written would delete the accounts of the second half.
 """
 
 from __future__ import annotations
@@ -20,13 +24,16 @@ from reconciler.observe import read_fingerprint
 from reconciler.passwords import VerifiedCache
 from reconciler.reconcile import Applied, Target, apply_once, plan_once
 from reconciler.watch.confirm import Confirmer
-from reconciler.watch.inputs import InputReader
+from reconciler.watch.inputs import InputReader, Inputs
 from reconciler.watch.report import Reporter, internal_error
+
+SETTLING = "settling"  # run()'s answer when the content may still change: look again shortly
 
 
 class ReconcileCycle:
     """`run(trigger)` reconciles once and never raises; it returns the result it reported
-    (changed, unchanged, invalid, refused, error) or None when it found nothing to look at."""
+    (changed, unchanged, invalid, refused, error), None when it found nothing to look at, or
+    SETTLING when it did not look because the content may still change."""
 
     def __init__(
         self,
@@ -56,15 +63,22 @@ class ReconcileCycle:
         self._digest_peeked: str | None = None  # input digest last planned while DMS applied
         # (input digest, volume fingerprint) of the last plan that found nothing to do
         self._clean: tuple[str, dict[str, str | None]] | None = None
+        self._settling: str | None = None  # input digest read while waiting for it to settle
+        self._settle_looks = 0  # looks in a row that found the content still changing
 
-    def run(self, trigger: str) -> str | None:
+    def run(self, trigger: str, *, settle: bool = False, writer_open: bool = False) -> str | None:
         """One reconcile: load, plan, apply, report. `trigger` is startup, change or interval.
 
+        Changed inputs are only used when they are stable: with `settle`, when they read the same
+        as at the look before (SETTLING until then); with `writer_open`, not at all (SETTLING).
         Never raises: the sidecar must outlive any single failure, including its own bugs.
         """
         started = self.clock()
         try:
-            return self._reconcile(trigger, started)
+            inputs = self.inputs.read(self.good)
+            if self._unsettled(inputs.digest, settle=settle, writer_open=writer_open):
+                return SETTLING
+            return self._reconcile(trigger, started, inputs)
         except Exception as exc:  # a bug: keep running, say what kind, never print local data
             internal_error(self.log, "reconcile", exc)
             return self._finish(trigger, "error", started, f"internal error ({type(exc).__name__})")
@@ -103,8 +117,24 @@ class ReconcileCycle:
         self.reporter.finish(trigger, result, started, message, success=success)
         return result
 
-    def _reconcile(self, trigger: str, started: float) -> str | None:
-        data, digest, problem = self.inputs.read(self.good)
+    def _unsettled(self, digest: str, *, settle: bool, writer_open: bool) -> bool:
+        """Should a look at these inputs wait? Only a change can be unsettled."""
+        changed = digest != self._digest_seen
+        if changed and (writer_open or (settle and digest != self._settling)):
+            self._settle_looks += 1
+            self._settling = digest
+            if self._settle_looks == 2:  # the first look of a write in place is the usual case
+                self.log.info(
+                    "mailserver.yaml is still being written; it is applied once its content "
+                    "stays the same",
+                    extra={"fields": {"writer_open": writer_open}},
+                )
+            return True
+        self._settling, self._settle_looks = None, 0
+        return False
+
+    def _reconcile(self, trigger: str, started: float, inputs: Inputs) -> str | None:
+        data, digest, problem = inputs
         if trigger == "change" and digest == self._digest_seen:
             self.log.debug("an event, but mailserver.yaml and its password files are unchanged")
             return None

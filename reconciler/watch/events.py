@@ -9,6 +9,11 @@ symlink, and git-sync swaps the symlink of the whole checkout. The parent of eac
 is watched too, for events naming the folder itself: a folder renamed away or removed and made
 again is only seen there. Watches are re-resolved after every event (`refresh`), so a swapped or
 recreated folder is followed.
+
+A file written in place is only worth reading once its writer is done: while the desired file was
+modified and not closed since (inotify's close-after-write), the burst is held open (up to
+`WRITER_HOLD_SECONDS` without a write, in case the close was missed), and a burst with an
+in-place write is marked, so that the loop applies its content only once it reads the same twice.
 """
 
 from __future__ import annotations
@@ -18,10 +23,11 @@ import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 IGNORED_EVENTS = {"opened", "closed_no_write"}  # our own reads must not wake us up
 MAX_SYMLINK_HOPS = 40
+WRITER_HOLD_SECONDS = 30.0  # a writer that keeps the file open this long without writing: go on
 
 
 def guard_dirs(folders: set[str]) -> set[str]:
@@ -76,6 +82,17 @@ class _Burst:
     last: float = 0.0
     count: int = 0
     stale: set[str] = field(default_factory=set)  # watched folders an event named: watch anew
+    in_place: bool = False  # the desired file itself was written (not replaced whole)
+    writing: float | None = None  # last write to the desired file while its writer has it open
+
+
+class Taken(NamedTuple):
+    """The events the loop took: how many, and whether its look must wait for the content to
+    settle (the file was written in place, or events were still arriving when it was taken)."""
+
+    events: int
+    in_place: bool
+    last: float  # when the last one arrived
 
 
 class EventSource:
@@ -101,6 +118,7 @@ class EventSource:
         self._handler: Any = None
         self._watches: dict[str, tuple[Any, int]] = {}  # real dir -> (watch, inode)
         self._folders: frozenset[str] = frozenset()  # watch_dirs now (read by the event thread)
+        self._file = os.path.realpath(path)  # where writes in place land (read by the event thread)
 
     def start(self) -> None:
         from watchdog.events import FileSystemEventHandler
@@ -129,20 +147,31 @@ class EventSource:
 
     def due(self, *, debounce: float, max_delay: float) -> float | None:
         """When the pending burst should be looked at: a quiet period after its last event, but
-        never later than `max_delay` after its first. None: no event is pending."""
+        never later than `max_delay` after its first, unless a writer still has the file open
+        (then a quiet period after its close). None: no event is pending."""
         with self._burst.lock:
             dirty, first, last = self._burst.dirty, self._burst.first, self._burst.last
+            writing = self._burst.writing
         if not dirty:
             return None
+        if writing is not None and self.clock() < writing + WRITER_HOLD_SECONDS:
+            return writing + WRITER_HOLD_SECONDS  # the close is an event: it comes sooner
         return min(last + debounce, first + max_delay)
 
-    def take(self) -> int:
-        """Mark the pending events as seen; how many there were."""
+    def writer_open(self) -> bool:
+        """Has a writer modified the desired file in place and not closed it yet?"""
         with self._burst.lock:
-            count = self._burst.count
+            writing = self._burst.writing
+        return writing is not None and self.clock() < writing + WRITER_HOLD_SECONDS
+
+    def take(self) -> Taken:
+        """Mark the pending events as seen."""
+        with self._burst.lock:
+            taken = Taken(self._burst.count, self._burst.in_place, self._burst.last)
             self._burst.dirty = False
             self._burst.count = 0
-        return count
+            self._burst.in_place = False
+        return taken
 
     def on_event(self, event: Any) -> None:
         """Watchdog thread: note the event; the loop decides what it means."""
@@ -157,9 +186,18 @@ class EventSource:
         if not relevant(paths, folders):
             return
         now = self.clock()
+        kind = getattr(event, "event_type", "")
         with self._burst.lock:
-            if getattr(event, "event_type", "") in ("created", "deleted", "moved"):
+            if kind in ("created", "deleted", "moved"):
                 self._burst.stale.update(p for p in paths if p in folders)
+            if paths[-1] == self._file:  # the file itself, or what was moved onto it
+                if kind in ("modified", "created"):  # opened for writing, written in place
+                    self._burst.in_place = True
+                    self._burst.writing = now
+                elif kind in ("closed", "deleted", "moved"):  # closed, gone or replaced whole
+                    self._burst.writing = None
+            elif kind == "moved" and paths[0] == self._file:  # moved away: no writer of ours
+                self._burst.writing = None
             if not self._burst.dirty:
                 self._burst.first = now
             self._burst.dirty = True
@@ -179,6 +217,7 @@ class EventSource:
             return
         folders = watch_dirs(self.path)
         self._folders = frozenset(folders)
+        self._file = os.path.realpath(self.path)
         with self._burst.lock:
             stale, self._burst.stale = self._burst.stale, set()
         wanted: dict[str, int] = {}

@@ -6,11 +6,15 @@ thread. `Schedule.next_step` decides, from the clock alone, what the loop does n
 - while DMS applies our last write (the confirmer awaits it): poll DMS when a poll is due; a
   debounced change is only planned, to report it (`preview`), and written once DMS confirms;
 - otherwise: ask DMS again about a write it could not be asked about; reconcile a debounced
-  change (or one deferred while DMS applied); re-plan at the `--interval` (drift repair), on
-  SIGHUP, or after a failed reconcile (1 s doubling up to `--interval`);
+  change (or one deferred while DMS applied); look again at a change that was still settling
+  (written in place: applied only once it reads the same twice, `settle` seconds apart);
+  re-plan at the `--interval` (drift repair), on SIGHUP, or after a failed reconcile (1 s
+  doubling up to `--interval`);
 - else sleep until the earliest of those, or until an event or a signal wakes it (self-pipe).
 
-SIGTERM/SIGINT let the step in flight finish, then `run` returns 0.
+Every step beats the heartbeat behind /healthz. SIGTERM/SIGINT let the step in flight finish,
+then `run` returns 0; a step still running `stop_grace` seconds later is interrupted (the
+executor replaces files whole and cleans up as it unwinds), so the process always gets out.
 """
 
 from __future__ import annotations
@@ -32,14 +36,22 @@ from reconciler.health import HealthServer, Metrics, Status
 from reconciler.passwords import VerifiedCache
 from reconciler.reconcile import Target
 from reconciler.watch.confirm import Confirmer
-from reconciler.watch.cycle import ReconcileCycle
-from reconciler.watch.events import EventSource
+from reconciler.watch.cycle import SETTLING, ReconcileCycle
+from reconciler.watch.events import EventSource, Taken
+from reconciler.watch.heartbeat import Heartbeat
 from reconciler.watch.inputs import InputReader
 from reconciler.watch.report import Reporter, internal_error
 
 RETRY_FIRST_SECONDS = 1.0  # after a failed reconcile: 1 s, doubling up to --interval
 
-Action = Literal["poll_dms", "preview", "reconfirm", "change", "resync", "sleep"]
+Action = Literal["poll_dms", "preview", "reconfirm", "change", "settle", "resync", "sleep"]
+
+
+class StopTimedOut(BaseException):
+    """Raised in the main thread when the step in flight outlives the stop grace period.
+
+    A BaseException, so that no `except Exception` on the way swallows it; the lock and the
+    executor release and clean up on the way out, as they do for Ctrl-C."""
 
 
 @dataclass
@@ -50,6 +62,11 @@ class WatchOptions:
     listen: str | None = None  # HOST:PORT for /healthz, /readyz, /metrics
     lock_timeout: float = 120.0
     dms_poll: float = 1.0  # first interval between looks at DMS's checksum file (grows to 5 s)
+    settle: float = 0.5  # a change written in place must read the same again after this long
+    stuck_after: float = 300.0  # a step running longer makes /healthz fail (the loop is wedged)
+    # After SIGTERM the step in flight may run this long, then it is interrupted: under Docker's
+    # 10 s stop timeout, so the sidecar gets out on its own (DMS's lock released) before SIGKILL.
+    stop_grace: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -76,6 +93,8 @@ class Schedule:
         self.deferred = False  # a change seen while DMS was applying: reconcile once it confirms
         self.failures = 0  # reconciles in a row that ended in an error
         self.retry_at: float | None = None  # when to try again after an error
+        self.settle_at: float | None = None  # when to look again at a change still settling
+        self.settle_owed = False  # the deferred change was written in place: let it settle
 
     def retry_delay(self, failures: int) -> float:
         return retry_delay(failures, interval=self.interval)
@@ -126,11 +145,13 @@ class Schedule:
             return Step("reconfirm")
         if self.deferred or (change_due is not None and now >= change_due):
             return Step("change")
+        if self.settle_at is not None and now >= self.settle_at:
+            return Step("settle")
         retry_due = self.retry_at is not None and now >= self.retry_at
         if now >= self.resync_at or self.resync_requested or retry_due:
             return Step("resync")
         wake_at = self.resync_at
-        for due in (self.retry_at, reconfirm_at, change_due):
+        for due in (self.retry_at, reconfirm_at, change_due, self.settle_at):
             if due is not None:
                 wake_at = min(wake_at, due)
         return Step("sleep", wake_at)
@@ -192,10 +213,12 @@ class Watcher:
         self.options = options or WatchOptions()
         self.dms = dms
         self.metrics = metrics or Metrics()
-        self.status = Status(alive=self._alive)
         self.clock = clock
+        self.heartbeat = Heartbeat(self.options.stuck_after, clock=clock)
+        self.status = Status(alive=self._alive, stuck=self.heartbeat.stuck)
         self.log = logs.get("watch")
         self._stop_requested = False
+        self._signals = False  # installed: run() in the main thread
         self._waker = Waker()
         self._server: HealthServer | None = None
         self.events = EventSource(
@@ -265,33 +288,56 @@ class Watcher:
                     }
                 },
             )
+            self.heartbeat.busy("reconciling (startup)")
             self.reconcile("startup")
             self.schedule.resync_done()
             while not self._stop_requested:
                 self._step()
             self.log.info("stopping: asked to stop; the reconcile in flight, if any, finished")
+        except StopTimedOut:
+            self.log.warning(
+                f"stopping: the step in flight ({self.heartbeat.step() or 'unknown'}) did not end "
+                f"within {self.options.stop_grace:g} s of the stop request; interrupted it. "
+                "Files are replaced whole: none is left half-written"
+            )
         finally:
+            self._disarm()
             self._shutdown()
         return 0
 
     def stop(self) -> None:
-        """Ask the loop to stop after the reconcile in flight (safe from a signal handler)."""
+        """Ask the loop to stop after the step in flight (safe from a signal handler). A step
+        still running `stop_grace` seconds later is interrupted."""
+        first = not self._stop_requested
         self._stop_requested = True
         self._waker.wake()
+        if first and self.heartbeat.step() is not None:
+            self._arm(self.options.stop_grace)
 
     def resync(self) -> None:
         """Re-plan now, as the timer would (SIGHUP)."""
         self.schedule.resync_requested = True
         self._waker.wake()
 
-    def reconcile(self, trigger: str = "interval") -> None:
+    def reconcile(self, trigger: str = "interval", *, settle: bool = False) -> None:
         """One reconcile: load, plan, apply, report. `trigger` is startup, change or interval.
+        With `settle`, changed content is applied only once it reads the same after `settle`
+        seconds; never while a writer has the file open.
 
         Never raises: the sidecar must outlive any single failure, including its own bugs.
         """
-        self.schedule.finished(self.cycle.run(trigger))
+        result = self.cycle.run(trigger, settle=settle, writer_open=self.events.writer_open())
+        if result == SETTLING:
+            self.schedule.settle_at = self.clock() + self.options.settle
+            return
+        self.schedule.settle_at = None
+        self.schedule.finished(result)
 
     # --- the loop -------------------------------------------------------------------------------
+
+    def _needs_settle(self, taken: Taken) -> bool:
+        """Written in place, or events still arriving when the burst was taken (the cap)."""
+        return taken.in_place or self.clock() - taken.last < self.options.debounce
 
     def _step(self) -> None:
         awaiting = self.confirmer.awaiting
@@ -303,6 +349,8 @@ class Watcher:
             dms_poll_at=None if awaiting is None else awaiting.next_poll,
             reconfirm_at=self.confirmer.reconfirm_at,
         )
+        if step.action != "sleep":
+            self.heartbeat.busy(_DOING[step.action])
         if step.action == "poll_dms":
             try:
                 self.confirmer.poll()
@@ -311,8 +359,9 @@ class Watcher:
                 internal_error(self.log, "checking DMS's confirmation", exc)
         elif step.action == "preview":
             try:
-                self.events.take()
+                taken = self.events.take()
                 self.schedule.deferred = True  # written once DMS confirms
+                self.schedule.settle_owed |= self._needs_settle(taken)
                 self.events.refresh()
                 self.cycle.preview()
             except Exception as exc:  # only a report: the apply after confirmation decides
@@ -324,16 +373,20 @@ class Watcher:
                 self.confirmer.reconfirm_at = None
                 internal_error(self.log, "asking DMS again", exc)
         elif step.action == "change":
-            self.schedule.deferred = False
-            self.events.take()
+            settle = self._needs_settle(self.events.take()) or self.schedule.settle_owed
+            self.schedule.deferred = self.schedule.settle_owed = False
             self.events.refresh()
-            self.reconcile("change")
+            self.reconcile("change", settle=settle)
+        elif step.action == "settle":
+            self.events.refresh()
+            self.reconcile("change", settle=True)
         elif step.action == "resync":
             self.schedule.resync_started()
             self.events.refresh()
             self.reconcile("interval")
             self.schedule.resync_done()
         else:
+            self.heartbeat.idle(step.wake_at)
             self._waker.sleep(max(0.0, step.wake_at - self.clock()))
 
     def _alive(self) -> bool:
@@ -344,9 +397,25 @@ class Watcher:
     def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return
+        self._signals = True
         signal.signal(signal.SIGTERM, lambda *_: self.stop())
         signal.signal(signal.SIGINT, lambda *_: self.stop())
         signal.signal(signal.SIGHUP, lambda *_: self.resync())
+        signal.signal(signal.SIGALRM, self._stop_timed_out)
+
+    def _arm(self, seconds: float) -> None:
+        """Interrupt the step in flight in `seconds` (SIGALRM: its handler runs in this thread,
+        also while it waits in a system call)."""
+        if self._signals:
+            signal.setitimer(signal.ITIMER_REAL, max(seconds, 0.001))
+
+    def _disarm(self) -> None:
+        if self._signals:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _stop_timed_out(self, *_: object) -> None:
+        if self._stop_requested and self.heartbeat.step() is not None:
+            raise StopTimedOut()
 
     def _shutdown(self) -> None:
         if self.confirmer.awaiting is not None:
@@ -360,3 +429,13 @@ class Watcher:
         if self.dms is not None:
             self.dms.close()
         self._waker.close()
+
+
+_DOING: dict[str, str] = {  # what /healthz says the loop is doing, by step
+    "poll_dms": "checking DMS's confirmation",
+    "preview": "planning a change that waits for DMS",
+    "reconfirm": "asking DMS again",
+    "change": "reconciling (change)",
+    "settle": "reconciling (change)",
+    "resync": "reconciling (interval)",
+}
