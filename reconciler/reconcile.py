@@ -112,9 +112,12 @@ def _record_verified(target: Target, converged: Planned, result: ApplyResult) ->
     """
     if not (result.written or result.state_written):
         return
-    facts = verified.facts_for(
-        converged.passwords, passwords.SecretReader(target.base_dir, target.environ)
-    )
+    hashed = {  # relay passwords are compared as plaintext: nothing to remember for them
+        key: choice
+        for key, choice in converged.passwords.items()
+        if not key.startswith(passwords.RELAY_KEY)
+    }
+    facts = verified.facts_for(hashed, passwords.SecretReader(target.base_dir, target.environ))
     if facts != converged.record:
         write_record(target.config_dir, verified.render(facts))
 
