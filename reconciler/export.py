@@ -406,6 +406,8 @@ def _sa_learn(
     if observed.cron is None or not observed.cron.entries:
         return ()
     groups: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
+    jobs_on_volume = set()
+    old_form = False
     for text in observed.cron.entries:
         line = cron.read_job_line(text)
         if line is None:
@@ -414,6 +416,8 @@ def _sa_learn(
                 "sa_learn is left out and the file stays unmanaged"
             )
             return ()
+        jobs_on_volume.add(line.job)
+        old_form = old_form or line.old_form
         if line.domain == "*" and line.user == "*":
             scope, item = "all", ""
         elif line.user == "*":
@@ -433,9 +437,17 @@ def _sa_learn(
             )
         )
     candidate = DesiredState(1, tuple(sorted(domains)), (), sa_learn=tuple(jobs))
-    if {line.key for line in cron_lines(candidate)} != set(observed.cron.entries):
+    rendered = [cron.read_job_line(line.key) for line in cron_lines(candidate)]
+    if {line.job for line in rendered if line is not None} != jobs_on_volume or len(
+        rendered
+    ) != len(observed.cron.entries):
         warnings.append("the sa-learn cron file cannot be expressed exactly; left unmanaged")
         return ()
+    if old_form:
+        warnings.append(
+            f"the sa-learn cron file learns into {cron.OLD_DBPATH}, which Amavis reads only "
+            f"when /var/mail-state is mounted; the plan rewrites its lines to {cron.DBPATH}"
+        )
     if any(a not in accounts for job in jobs for a in job.accounts or ()) or any(
         d not in domains for job in jobs for d in job.domains or ()
     ):

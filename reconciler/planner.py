@@ -211,6 +211,14 @@ def make_plan(
             "amavis.cf is read when the DMS container starts: the sidecar installs it and "
             "restarts Amavis; by hand run `docker compose up -d --force-recreate`"
         )
+    if amavis_plan.write and desired.quarantine:
+        notes.append(quarantine_note(desired.quarantine.mailbox))
+    if cron_plan.write and desired.sa_learn:
+        notes.append(
+            f"sa-learn jobs learn into {cron.DBPATH}, the Bayes database Amavis reads (DMS "
+            "links it to /var/mail-state/lib-amavis when /var/mail-state is mounted), skip a "
+            "folder that does not exist yet and chown the database back to amavis"
+        )
     if any(c.action is Action.DELETE and c.kind is Kind.ACCOUNT for c in changes):
         notes.append("deleting an account never deletes its maildir under /var/mail")
 
@@ -705,16 +713,32 @@ def _plan_cron(
             FilePlan(CRON, snap.path, write, snap.exists, snap.sha256, emptied, in_place=True),
             False,
         )
+    # Our own lines in the old form (the DMS FAQ's --dbpath) are the same jobs: shown as updates.
+    upgraded = _old_form_cron_lines(have, want)
     for key in want:
-        if key not in have:
+        if key in upgraded:
+            changes.append(
+                Change(
+                    CRON,
+                    Kind.SA_LEARN,
+                    key,
+                    Action.UPDATE,
+                    {"line": upgraded[key]},
+                    {"line": key},
+                    reason=f"learns into {cron.DBPATH}, the Bayes database Amavis reads, "
+                    "skips a folder that does not exist yet and leaves the files to amavis",
+                )
+            )
+        elif key not in have:
             changes.append(Change(CRON, Kind.SA_LEARN, key, Action.CREATE, None, {"line": key}))
     reason = (
         "the sa-learn cron file is owned whole by `sa_learn` in mailserver.yaml"
         if want
         else "sa_learn removed from mailserver.yaml"
     )
+    replaced = set(upgraded.values())
     for key in have:
-        if key not in want:
+        if key not in want and key not in replaced:
             changes.append(
                 Change(CRON, Kind.SA_LEARN, key, Action.DELETE, {"line": key}, None, reason=reason)
             )
@@ -726,6 +750,31 @@ def _plan_cron(
         FilePlan(CRON, snap.path, write, snap.exists, snap.sha256, content, in_place=True),
         bool(want),
     )
+
+
+def quarantine_note(mailbox: str) -> str:
+    """What `quarantine:` gives with DMS's defaults, seen on DMS v15.1.0 (docs/real-dms.md)."""
+    return (
+        "with DMS's defaults (SPAMASSASSIN_SPAM_TO_INBOX=1, MOVE_SPAM_TO_JUNK=1) Amavis delivers "
+        f"spam tagged: the recipient still gets it in .Junk, and {mailbox} gets a copy, which "
+        "DMS's sieve files into its .Junk too (docs/real-dms.md)"
+    )
+
+
+def _old_form_cron_lines(have: Mapping[str, Any], want: Mapping[str, Any]) -> dict[str, str]:
+    """{wanted line: the old-form line on the volume that does the same job}."""
+    wanted_jobs = {}
+    for key in want:
+        if key not in have:
+            line = cron.read_job_line(key)
+            if line is not None:
+                wanted_jobs[line.job] = key
+    out: dict[str, str] = {}
+    for key in have:
+        line = cron.read_job_line(key)
+        if line is not None and line.old_form and line.job in wanted_jobs:
+            out.setdefault(wanted_jobs[line.job], key)
+    return out
 
 
 # --- warnings about what stays ----------------------------------------------------------------

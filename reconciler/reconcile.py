@@ -27,7 +27,7 @@ from reconciler.executor import (
 from reconciler.gcpause import paused
 from reconciler.observe import CRON, Observed, observe, read_snapshot
 from reconciler.passwords import VerifiedCache
-from reconciler.plan import Plan
+from reconciler.plan import Action, Plan
 from reconciler.planner import make_plan
 
 MAX_ATTEMPTS = 5
@@ -190,6 +190,12 @@ def take_ownership(loaded: Loaded, config_dir: str, cron_path: str) -> Applied:
     target = Target(loaded.filename, config_dir, cron_path)
 
     def no_changes(planned: Planned) -> None:
+        changes = planned.plan.changes
+        if changes and all(c.file == CRON and c.action is Action.UPDATE for c in changes):
+            raise Refused(
+                "the sa-learn cron lines are in the DMS FAQ's old form, which the first apply "
+                "rewrites; ownership is recorded then"
+            )
         if planned.plan.has_changes:
             raise Refused(
                 "the config volume changed while exporting; ownership was not recorded "

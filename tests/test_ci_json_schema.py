@@ -72,15 +72,33 @@ def test_plans_against_a_ref_validate(repo: Repo) -> None:
     check(repo.plan_json("--against-ref", "HEAD", env=ENV))
 
 
+# A catch-all domain with an account that is not the catch-all's target: that account gets a
+# self-alias (the bundled example's only catch-all domain account is the target, which needs none).
+SELF_ALIAS_DESIRED = f"""version: 1
+domains: [example.org]
+accounts:
+  jane@example.org: {{password_hash: "{HASH['dave']}"}}
+  bob@example.org: {{password_hash: "{HASH['admin']}"}}
+catch_all: {{example.org: jane@example.org}}
+"""
+
+
 def test_every_kind_and_file_validates(tmp_path: Path) -> None:
-    """The bundled example on an empty volume creates every kind; a volume copy adds unmanaged
-    entries, deletes under prune and the dir baseline."""
+    """The bundled example plus a catch-all domain with a second account, on an empty volume,
+    create every kind; a volume copy adds unmanaged entries, deletes under prune and the dir
+    baseline."""
     volume = make_volume(tmp_path / "dms")
     example = str(REPO / "examples" / "mailserver.yaml")
     plan = cli_json("plan", "-f", example, *volume.args(), "--offline")
-    assert {c["kind"] for c in plan["changes"]} == set(SCHEMA["$defs"]["knownKinds"]["enum"]) - {
-        "unmanaged"}
     check(plan)
+    second = tmp_path / "self-alias.yaml"
+    second.write_text(SELF_ALIAS_DESIRED)
+    self_alias_plan = cli_json("plan", "-f", str(second), *volume.args(), "--offline")
+    check(self_alias_plan)
+    self_aliases = [c for c in self_alias_plan["changes"] if c["kind"] == "self_alias"]
+    assert [c["key"] for c in self_aliases] == ["bob@example.org"]
+    kinds = {c["kind"] for c in plan["changes"]} | {"self_alias"}
+    assert kinds == set(SCHEMA["$defs"]["knownKinds"]["enum"]) - {"unmanaged"}
     volume.write("postfix-accounts.cf", f"legacy@example.com|{HASH['dave']}\n")
     volume.write("postfix-virtual.cf", "@example.org someone@example.net\n")
     check(cli_json("plan", "-f", example, "--against-dir", str(volume.config)))

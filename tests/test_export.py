@@ -1,14 +1,17 @@
 """export through the real CLI: a volume made by DMS's `setup` CLI becomes a mailserver.yaml that
-validates and whose plan against that same volume is empty.
+validates and whose plan against that same volume is empty but for the sa-learn
+lines' current form.
 """
 
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
 
 import yaml
 
+from reconciler.formats import cron
 from tests.util import Volume, run_cli, sha512_hash
 
 ADMIN = sha512_hash("admin-pw", salt="adminSalt0001")
@@ -68,14 +71,21 @@ def test_export_of_a_setup_cli_volume_validates_and_plans_no_change(tmp_path, vo
     result = export(volume, out)
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o600  # it holds password hashes
-    after = volume.snapshot()  # export writes only its ownership record
-    assert set(after) - set(before) == {"config/dms-reconciler.state.json"}
-    assert {k: v for k, v in after.items() if k in before} == before  # bytes, mtime, inode
+    # The FAQ's sa-learn lines are read back as our jobs; the only change is their new form,
+    # which learns into the database Amavis reads (the export says so). That plan is not empty,
+    # so export records no ownership: the first apply does, and says why.
+    assert volume.snapshot() == before  # bytes, mtime, inode
+    assert "the sa-learn cron lines are in the DMS FAQ's old form" in result.stderr
+    assert "ownership was not recorded" in result.stderr
 
     assert run_cli("validate", "-f", str(out)).returncode == 0
-    plan = run_cli("plan", "-f", str(out), *volume.args(), "--detailed-exitcode")
+    plan = run_cli("plan", "-f", str(out), *volume.args(), "--format", "json")
     assert plan.returncode == 0, plan.stdout + plan.stderr
-    assert plan.stdout.endswith("No changes. The config volume matches mailserver.yaml.\n")
+    changes = json.loads(plan.stdout)["changes"]
+    assert [(c["file"], c["actions"]) for c in changes] == [("cron", ["update"])] * 2
+    assert all("lib-amavis" in c["before"]["line"] and "/var/lib/amavis/" in c["after"]["line"]
+               for c in changes)
+    assert "the plan rewrites its lines to /var/lib/amavis/.spamassassin" in result.stderr
 
     doc = yaml.safe_load(out.read_text())
     assert doc["domains"] == ["example.com", "example.org"]
@@ -93,6 +103,9 @@ def test_export_hands_over_ownership(tmp_path, volume):
     """export, remove an account from the file, apply: the account is deleted (its mail kept),
     as it would be after a first apply; the rest is unchanged."""
     build_like_setup_cli(volume)
+    volume.cron.write_text(  # already in the current form: the export's plan is empty
+        cron.job_line("0 2 * * *", "spam", "example.com", "admin", ".Junk") + "\n"
+        + cron.job_line("30 3 * * *", "ham", "example.org", "*", "cur") + "\n")
     out = tmp_path / "mailserver.yaml"
     done = export(volume, out)
     assert done.returncode == 0 and "now manages these entries" in done.stdout
@@ -117,10 +130,12 @@ def test_export_no_adopt_leaves_ownership_to_the_first_apply(tmp_path, volume):
     assert volume.snapshot() == before  # --no-adopt only reads the volume
     applied = run_cli("apply", "-f", str(out), *volume.args())
     assert applied.returncode == 0, applied.stderr
-    assert "No changes" in applied.stdout and "only the record" in applied.stdout
     after = volume.snapshot()
     assert set(after) - set(before) == {"config/dms-reconciler.state.json"}
-    assert {k: v for k, v in after.items() if k in before} == before  # bytes, mtime, inode
+    # the FAQ's sa-learn lines get their new form; nothing else is touched
+    assert "/var/lib/amavis/.spamassassin" in after["cron/sa-learn"][0].decode()
+    assert {k: v for k, v in after.items() if k in before and k != "cron/sa-learn"} == {
+        k: v for k, v in before.items() if k != "cron/sa-learn"}  # bytes, mtime, inode
     owned = yaml.safe_load(volume.read("dms-reconciler.state.json"))["owned"]
     assert "admin@example.com" in owned["postfix-accounts.cf"]
 

@@ -1,9 +1,22 @@
 """The sa-learn cron file (bind-mounted to /etc/cron.d/sa-learn in the DMS container).
 
 The whole file is ours once mailserver.yaml declares `sa_learn`. Lines follow the DMS FAQ ("How can
-I make SpamAssassin better recognize spam?"): system crontab format with the user field, `root`,
-and the Bayes database under /var/mail-state. One line per account for `accounts:` scopes keeps
-every line short (cron truncates long lines); `domains:` and "every account" use shell globs.
+I make SpamAssassin better recognize spam?"): system crontab format with the user field, `root`
+(only root can read every maildir). One line per account for `accounts:` scopes keeps every line
+short (cron truncates long lines); `domains:` and "every account" use shell globs.
+
+Each line learns into `/var/lib/amavis/.spamassassin`, the Bayes database Amavis itself reads
+(the amavis user's home; DMS's mail_state.sh makes /var/lib/amavis a link to
+/var/mail-state/lib-amavis when /var/mail-state is mounted, so the path is right with and without
+that volume). The DMS FAQ's `/var/mail-state/lib-amavis/.spamassassin` is a folder Amavis never
+reads when /var/mail-state is not mounted. Each line
+- runs sa-learn only when its folder exists (`ls -d ... || exit 0`: a new mailbox has no .Junk
+  yet, and cron would mail root sa-learn's error every night), silently and successfully, and
+- gives the database back to amavis (`chown -R`, also after a failed sa-learn, and only when
+  the folder exists, so the database does too): sa-learn as root writes root-owned 0600 files
+  that Amavis then cannot open ("tie failed: Permission denied").
+Lines in the FAQ's old form (`OLD_DBPATH`) are read back as the same jobs, so the plan shows them
+as changes to the new form, never as lines someone else wrote.
 """
 
 from __future__ import annotations
@@ -17,12 +30,20 @@ from reconciler.formats._lines import ParsedFile, parse_lines, render_lines
 HEADER = (
     "# Managed by dms-reconciler from sa_learn in mailserver.yaml. The whole file is overwritten."
 )
-DBPATH = "/var/mail-state/lib-amavis/.spamassassin"
+DBPATH = "/var/lib/amavis/.spamassassin"
+OLD_DBPATH = "/var/mail-state/lib-amavis/.spamassassin"  # written before 0.1.0's DMS proof
+DB_OWNER = "amavis:amavis"
 MAIL_ROOT = "/var/mail"
+_SCHEDULE = r"(?P<schedule>@\w+|\S+ \S+ \S+ \S+ \S+) root "
+_PATH = rf"{MAIL_ROOT}/(?P<domain>[^/\s]+)/(?P<user>[^/\s]+)/(?P<folder>[^/\s]+)"
 _LINE = re.compile(
-    r"(?P<schedule>@\w+|\S+ \S+ \S+ \S+ \S+) root sa-learn --(?P<learn>spam|ham) "
-    rf"{MAIL_ROOT}/(?P<domain>[^/\s]+)/(?P<user>[^/\s]+)/(?P<folder>[^/\s]+) "
-    rf"--dbpath {re.escape(DBPATH)} > /dev/null\Z"
+    _SCHEDULE + rf"ls -d (?P<guard>\S+) > /dev/null 2>&1 \|\| exit 0; "
+    rf"sa-learn --(?P<learn>spam|ham) {_PATH} --dbpath {re.escape(DBPATH)} > /dev/null; "
+    rf"chown -R {DB_OWNER} {re.escape(DBPATH)}\Z"
+)
+_OLD_LINE = re.compile(
+    _SCHEDULE + rf"sa-learn --(?P<learn>spam|ham) {_PATH} "
+    rf"--dbpath {re.escape(OLD_DBPATH)} > /dev/null\Z"
 )
 
 
@@ -44,6 +65,12 @@ class SaLearnLine:
     domain: str  # "*" for every domain
     user: str  # "*" for every user of the domain
     folder: str
+    old_form: bool = False  # the FAQ's --dbpath under /var/mail-state: rewritten by the plan
+
+    @property
+    def job(self) -> tuple[str, str, str, str, str]:
+        """What the line does, whatever its form."""
+        return (self.schedule, self.learn, self.domain, self.user, self.folder)
 
 
 def normalise(line: str) -> str:
@@ -69,14 +96,25 @@ def parse(text: str) -> ParsedFile[CronLine]:
 
 def job_line(schedule: str, learn: str, domain: str, user: str, folder: str) -> str:
     path = f"{MAIL_ROOT}/{domain}/{user}/{folder}"
-    return f"{schedule} root sa-learn --{learn} {path} --dbpath {DBPATH} > /dev/null"
+    return (
+        f"{schedule} root ls -d {path} > /dev/null 2>&1 || exit 0; sa-learn --{learn} {path} "
+        f"--dbpath {DBPATH} > /dev/null; chown -R {DB_OWNER} {DBPATH}"
+    )
 
 
 def read_job_line(text: str) -> SaLearnLine | None:
-    match = _LINE.match(normalise(text))
-    if not match:
+    line = normalise(text)
+    match = _LINE.match(line)
+    old_form = match is None
+    match = match or _OLD_LINE.match(line)
+    if match is None:
         return None
-    return SaLearnLine(**match.groupdict())
+    path = f"{MAIL_ROOT}/{match['domain']}/{match['user']}/{match['folder']}"
+    if not old_form and match["guard"] != path:
+        return None
+    return SaLearnLine(
+        match["schedule"], match["learn"], match["domain"], match["user"], match["folder"], old_form
+    )
 
 
 def render(lines: Iterable[CronLine], *, comments: Iterable[str] = ()) -> str:

@@ -51,10 +51,17 @@ def test_canonical_file_round_trips_byte_for_byte(name):
 
 
 def test_lines_we_write_read_back_as_jobs_and_others_do_not():
+    # the FAQ's form (what dms-reconciler wrote before): the same jobs, marked to be rewritten
     assert cron.read_job_line(FAQ_SPAM) == SaLearnLine("0 2 * * *", "spam", "example.com", "alice",
-                                                       ".Junk")
+                                                       ".Junk", old_form=True)
     assert cron.read_job_line(f"30 3 * * *  root sa-learn --ham /var/mail/example.org/*/cur {DB}") \
-        == SaLearnLine("30 3 * * *", "ham", "example.org", "*", "cur")
+        == SaLearnLine("30 3 * * *", "ham", "example.org", "*", "cur", old_form=True)
+    new = cron.job_line("0 2 * * *", "spam", "example.com", "alice", ".Junk")
+    assert cron.read_job_line(new) == SaLearnLine("0 2 * * *", "spam", "example.com", "alice",
+                                                  ".Junk")
+    # a guard for another folder than the one learnt is not ours
+    assert cron.read_job_line(new.replace("ls -d /var/mail/example.com/alice/.Junk",
+                                          "ls -d /var/mail/example.com/bob/.Junk")) is None
     assert cron.read_job_line("0 2 * * * root /usr/local/bin/other-job") is None
     assert cron.read_job_line(FAQ_SPAM.replace(" root ", " amavis ")) is None
 

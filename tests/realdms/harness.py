@@ -384,6 +384,25 @@ class RealDms:
                     out.append(f"{source}: {line.strip()}")
         return out
 
+    def bayes_nspam(self) -> int:
+        """Spam messages learnt in the Bayes database Amavis reads: `sa-learn --dump magic` run
+        as the amavis user (its home, /var/lib/amavis, holds the database Amavis opens). 0 while
+        there is none, or Amavis cannot open it."""
+        code, out = self.exec(["su", "amavis", "-s", "/bin/sh", "-c", "sa-learn --dump magic"])
+        # "0.000          0          1          0  non-token data: nspam": the third column
+        match = re.search(r"^\S+\s+\d+\s+(\d+)\s+\d+\s+non-token data: nspam$", out, re.M)
+        return int(match.group(1)) if code == 0 and match else 0
+
+    def cron_command(self, fragment: str) -> str:
+        """The command part of the /etc/cron.d/sa-learn line containing `fragment` (what cron
+        hands to /bin/sh)."""
+        for line in self.sh("cat /etc/cron.d/sa-learn").splitlines():
+            if fragment in line and not line.startswith("#"):
+                fields = line.split()
+                skip = 2 if fields[0].startswith("@") else 6  # schedule fields + the user
+                return " ".join(fields[skip:])
+        raise AssertionError(f"no line with {fragment!r} in /etc/cron.d/sa-learn")
+
     def amavis_starts(self) -> int:
         """How often Amavis (re)started: supervisord's spawns plus `amavisd reload`s, both of
         which make amavisd log its 'starting.' line."""

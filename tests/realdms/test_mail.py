@@ -18,8 +18,9 @@ from typing import Any
 
 import pytest
 
+from reconciler import planner
 from tests.realdms import harness
-from tests.realdms.harness import GTUBE, DmsVolume, RealDms
+from tests.realdms.harness import GTUBE, DmsVolume, RealDms, wait_until
 from tests.util import run_cli, sha512_hash
 from tests.watch_process import WatchProcess, save_atomically
 
@@ -199,9 +200,55 @@ def test_gtube_reaches_the_quarantine_mailbox(host: MailHost) -> None:
     assert not any("gtube-1" in m for m in dms.messages("jane@example.org"))  # not the inbox
     assert re.search(r"Passed SPAM .*<bob@example\.org>.*quarantine: jane@example\.org",
                      dms.mail_log())
-    plan = run_cli("plan", "-f", str(host.desired), *host.volume.args(), "--format", "json",
-                   env=ENV)
+    # the plan that writes the quarantine block says what the user gets (what we just saw)
+    fresh = DmsVolume(host.volume.root.parent / "fresh")
+    plan = run_cli("plan", "-f", str(host.desired), *fresh.args(), "--format", "json", env=ENV)
     assert plan.returncode == 0, plan.stderr
+    assert planner.quarantine_note("jane@example.org") in json.loads(plan.stdout)["notes"]
+    host.assert_no_problems()
+
+
+def test_sa_learn_job_learns_into_the_database_amavis_reads(host: MailHost) -> None:
+    """With /var/mail-state mounted. Each line of the cron file DMS loaded is run the way cron
+    runs it (its command through /bin/sh as root) rather than waited for: the count in Amavis's
+    own database rises, its files stay Amavis's, and the job whose folder does not exist yet
+    prints nothing and fails nothing (cron mails root whatever a job prints)."""
+    dms = host.dms
+    assert dms.messages("bob@example.org", ".Junk")  # the GTUBE mail of the test before
+    before = dms.bayes_nspam()
+    dms.mark()
+    host.edit("accounts: [bob@example.org]}",
+              "accounts: [bob@example.org]}\n"
+              '  - {schedule: "0 4 * * *", learn: spam, folder: .NoSuchFolder, '
+              "accounts: [jane@example.org]}")
+    wait_until(lambda: ".NoSuchFolder" in dms.sh("cat /etc/cron.d/sa-learn"), 30,
+               "the new cron file in the DMS container")
+    for fragment in ("bob/.Junk", "jane/.NoSuchFolder"):
+        code, out = dms.exec(["/bin/sh", "-c", dms.cron_command(fragment)])
+        assert (code, out) == (0, ""), f"{fragment}: exit {code}, output {out!r}"
+    assert dms.bayes_nspam() > before
+    owners = dms.sh("stat -c '%U:%G %n' /var/lib/amavis/.spamassassin/*").splitlines()
+    assert owners and all(o.startswith("amavis:amavis ") for o in owners), owners
+    assert dms.sh("readlink -f /var/lib/amavis").strip() == "/var/mail-state/lib-amavis"
+    host.assert_no_problems()
+
+
+def test_a_virtual_change_restarts_amavis_once(host: MailHost) -> None:
+    """DMS's change detector reloads Amavis itself after postfix-virtual.cf changes
+    (check-for-changes.sh: `amavisd reload` when the vhost file is regenerated); the sidecar,
+    which restarts Amavis only for a new amavis.cf, must not add a second restart."""
+    dms = host.dms
+    dms.mark()
+    starts, spawns = dms.amavis_starts(), dms.supervisor_restarts("amavis")
+    before = host.watcher.count()
+    host.edit("  sales@example.org: bob@example.org\n",
+              "  sales@example.org: bob@example.org\n  info@example.org: jane@example.org\n")
+    host.wait_confirmed(before)
+    wait_until(lambda: dms.amavis_starts() > starts, 60, "DMS's own `amavisd reload`")
+    time.sleep(10)  # a second restart (the sidecar's) would come within seconds of the first
+    assert (dms.amavis_starts() - starts, dms.supervisor_restarts("amavis") - spawns) == (1, 0)
+    dms.send("info@example.org", "after-virtual-change")
+    dms.wait_for_mail("jane@example.org", "after-virtual-change")
     host.assert_no_problems()
 
 
