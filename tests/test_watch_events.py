@@ -91,3 +91,25 @@ def test_a_sibling_being_written_does_not_hold_the_file(tmp_path: Path) -> None:
     events.on_event(FileModifiedEvent(str(tmp_path / "mailserver.yaml")))
     events.on_event(FileMovedEvent(str(tmp_path / ".new"), str(tmp_path / "mailserver.yaml")))
     assert not events.writer_open()  # replaced whole: the in-place writer's file is gone
+
+
+def test_a_rename_onto_the_file_is_due_after_the_short_quiet_period_only_as_the_last_event(
+        tmp_path: Path) -> None:
+    clock = Clock()
+    events, _ = source(tmp_path, clock)
+    path = str(tmp_path / "mailserver.yaml")
+    events.on_event(FileMovedEvent(str(tmp_path / ".swp"), path))  # written whole, then renamed
+    assert events.due(debounce=0.25, max_delay=2, quick=0.05) == 100.05
+    clock.now += 0.01  # a password file of the same pull lands after it: the full debounce
+    events.on_event(FileModifiedEvent(str(tmp_path / "secret.txt")))
+    assert events.due(debounce=0.25, max_delay=2, quick=0.05) == 100.26
+    events.on_event(FileMovedEvent(str(tmp_path / ".swp"), path))
+    taken = events.take()
+    assert taken.renamed and not taken.in_place
+    events.on_event(FileModifiedEvent(path))  # written in place: never quick, and it settles
+    events.on_event(FileClosedEvent(path))
+    assert events.due(debounce=0.25, max_delay=2, quick=0.05) == 100.26
+    taken = events.take()
+    assert not taken.renamed and taken.in_place
+    events.on_event(FileMovedEvent(path, str(tmp_path / "old.yaml")))  # moved away: not written
+    assert events.due(debounce=0.25, max_delay=2, quick=0.05) == 100.26

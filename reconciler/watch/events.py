@@ -14,6 +14,9 @@ A file written in place is only worth reading once its writer is done: while the
 modified and not closed since (inotify's close-after-write), the burst is held open (up to
 `WRITER_HOLD_SECONDS` without a write, in case the close was missed), and a burst with an
 in-place write is marked, so that the loop applies its content only once it reads the same twice.
+A burst whose last event renamed a file onto the desired one (what git, editors and `mv` do)
+proves that write complete: it is due after a shorter quiet period (`quick`), which still
+gathers the renames of one pull.
 """
 
 from __future__ import annotations
@@ -84,6 +87,7 @@ class _Burst:
     stale: set[str] = field(default_factory=set)  # watched folders an event named: watch anew
     in_place: bool = False  # the desired file itself was written (not replaced whole)
     writing: float | None = None  # last write to the desired file while its writer has it open
+    renamed: bool = False  # the last event renamed a file onto the desired one: written whole
 
 
 class Taken(NamedTuple):
@@ -93,6 +97,7 @@ class Taken(NamedTuple):
     events: int
     in_place: bool
     last: float  # when the last one arrived
+    renamed: bool = False  # the last one renamed a complete file onto the desired one
 
 
 class EventSource:
@@ -145,18 +150,20 @@ class EventSource:
         observer = self._observer
         return observer is None or bool(observer.is_alive())
 
-    def due(self, *, debounce: float, max_delay: float) -> float | None:
-        """When the pending burst should be looked at: a quiet period after its last event, but
-        never later than `max_delay` after its first, unless a writer still has the file open
-        (then a quiet period after its close). None: no event is pending."""
+    def due(self, *, debounce: float, max_delay: float, quick: float | None = None) -> float | None:
+        """When the pending burst should be looked at: a quiet period after its last event
+        (`quick` when that event renamed a complete file onto the desired one), but never later
+        than `max_delay` after its first, unless a writer still has the file open (then a quiet
+        period after its close). None: no event is pending."""
         with self._burst.lock:
             dirty, first, last = self._burst.dirty, self._burst.first, self._burst.last
-            writing = self._burst.writing
+            writing, renamed = self._burst.writing, self._burst.renamed
         if not dirty:
             return None
         if writing is not None and self.clock() < writing + WRITER_HOLD_SECONDS:
             return writing + WRITER_HOLD_SECONDS  # the close is an event: it comes sooner
-        return min(last + debounce, first + max_delay)
+        quiet = quick if renamed and quick is not None else debounce
+        return min(last + quiet, first + max_delay)
 
     def writer_open(self) -> bool:
         """Has a writer modified the desired file in place and not closed it yet?"""
@@ -167,10 +174,12 @@ class EventSource:
     def take(self) -> Taken:
         """Mark the pending events as seen."""
         with self._burst.lock:
-            taken = Taken(self._burst.count, self._burst.in_place, self._burst.last)
-            self._burst.dirty = False
-            self._burst.count = 0
-            self._burst.in_place = False
+            burst = self._burst
+            taken = Taken(burst.count, burst.in_place, burst.last, burst.renamed)
+            burst.dirty = False
+            burst.count = 0
+            burst.in_place = False
+            burst.renamed = False
         return taken
 
     def on_event(self, event: Any) -> None:
@@ -198,6 +207,7 @@ class EventSource:
                     self._burst.writing = None
             elif kind == "moved" and paths[0] == self._file:  # moved away: no writer of ours
                 self._burst.writing = None
+            self._burst.renamed = kind == "moved" and paths[-1] == self._file
             if not self._burst.dirty:
                 self._burst.first = now
             self._burst.dirty = True

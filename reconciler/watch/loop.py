@@ -58,6 +58,7 @@ class StopTimedOut(BaseException):
 class WatchOptions:
     interval: float = 60.0  # seconds between drift checks
     debounce: float = 0.25  # quiet period after the last event
+    quick: float = 0.05  # quiet period after a rename onto the file (written whole)
     max_delay: float = 2.0  # but never wait longer than this after the first event of a burst
     listen: str | None = None  # HOST:PORT for /healthz, /readyz, /metrics
     lock_timeout: float = 120.0
@@ -337,14 +338,17 @@ class Watcher:
 
     def _needs_settle(self, taken: Taken) -> bool:
         """Written in place, or events still arriving when the burst was taken (the cap)."""
-        return taken.in_place or self.clock() - taken.last < self.options.debounce
+        quiet = self.options.quick if taken.renamed else self.options.debounce
+        return taken.in_place or self.clock() - taken.last < quiet
 
     def _step(self) -> None:
         awaiting = self.confirmer.awaiting
         step = self.schedule.next_step(
             self.clock(),
             change_due=self.events.due(
-                debounce=self.options.debounce, max_delay=self.options.max_delay
+                debounce=self.options.debounce,
+                max_delay=self.options.max_delay,
+                quick=self.options.quick,
             ),
             dms_poll_at=None if awaiting is None else awaiting.next_poll,
             reconfirm_at=self.confirmer.reconfirm_at,
