@@ -200,16 +200,26 @@ def render_base(state: DesiredState | None, config_dir: str, cron_path: str) -> 
         return
     empty = observe(config_dir, cron_path)
     decided = passwords.resolve(state, {}, reader=_NoSecrets(), offline=True)
+    decided.update(passwords.resolve_plaintext(state, {}, reader=_NoSecrets(), offline=True))
     plan = make_plan(state, empty, decided)
-    sources = {account.address: account.password for account in state.accounts}
+    sources = _password_sources(state)
 
-    def placeholder(address: str) -> str:
-        source = sources[address]
-        assert source is not None
-        return passwords.placeholder_hash(source)
+    def placeholder(key: str) -> str:
+        if key.startswith(passwords.RELAY_KEY):
+            return passwords.placeholder_secret(sources[key])
+        return passwords.placeholder_hash(sources[key])
 
     contents = render_files(plan, unresolved_hash=placeholder)
     apply_plan(plan, empty, contents, lock_timeout=5.0)
+
+
+def _password_sources(state: DesiredState) -> dict[str, PasswordSource]:
+    """Every secret's source by its password key: accounts, master users and relays."""
+    sources = dict(passwords.password_sources(state))
+    for relay in state.relay:
+        if relay.password is not None:
+            sources[passwords.RELAY_KEY + relay.domain] = relay.password
+    return sources
 
 
 def _resolve_against_base(
@@ -217,13 +227,13 @@ def _resolve_against_base(
     target: Target,
     stored: Mapping[str, str],
     base_sources: Mapping[str, PasswordSource],
+    plaintext: Mapping[str, str],
 ) -> dict[str, passwords.DesiredPassword]:
     """Passwords of the working file; a source that differs from the base's is marked changed."""
-    decided = passwords.resolve(
-        loaded.state,
-        stored,
-        reader=passwords.SecretReader(target.base_dir, target.environ),
-        offline=True,
+    reader = passwords.SecretReader(target.base_dir, target.environ)
+    decided = passwords.resolve(loaded.state, stored, reader=reader, offline=True)
+    decided.update(
+        passwords.resolve_plaintext(loaded.state, plaintext, reader=reader, offline=True)
     )
     for address, choice in decided.items():
         before = base_sources.get(address)
@@ -239,8 +249,9 @@ def _plan_working(
     loaded: Loaded, target: Target, base_sources: Mapping[str, PasswordSource]
 ) -> Planned:
     observed = observe(target.config_dir, target.cron_path)
-    stored = {a: e.password_hash for a, e in observed.accounts.entries.items()}
-    decided = _resolve_against_base(loaded, target, stored, base_sources)
+    decided = _resolve_against_base(
+        loaded, target, observed.stored_hashes(), base_sources, observed.stored_plaintext()
+    )
     plan = make_plan(loaded.state, observed, decided, prune=target.prune)
     return Planned(loaded, observed, plan, decided)
 
@@ -269,9 +280,7 @@ def plan_against_ref(
             raise InvalidAtRef(exc.diagnostics, base.where) from None
     base_sources: dict[str, PasswordSource] = {}
     if base_state is not None:
-        base_sources = {
-            a.address: a.password for a in base_state.accounts if a.password is not None
-        }
+        base_sources = _password_sources(base_state)
     with tempfile.TemporaryDirectory(prefix="dms-reconciler-base-") as root:
         config_dir = os.path.join(root, "config")
         cron_path = os.path.join(root, CRON_NAME)

@@ -601,6 +601,29 @@ def watch(
     return Watcher(target, options, dms=Dms(container=container, label=container_label)).run()
 
 
+@cli.command()
+@_file_option
+@_common
+@click.option(
+    "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
+)
+def dns(file: str, config_dir: str, cron_file: str, fmt: str) -> int:
+    """Show the DNS records to publish: each `dkim:` domain's TXT record from the key on the
+    volume, with MX, SPF and DMARC suggestions. Reads no secret; shows no private key."""
+    from reconciler import dnsrecords
+    from reconciler.desired import load_desired
+    from reconciler.observe import observe
+
+    loaded = load_desired(file)
+    found, problems = dnsrecords.records(loaded.state, observe(config_dir, cron_file))
+    if fmt == "json":
+        data = {"records": [r.to_dict() for r in found], "problems": problems}
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(dnsrecords.text(found, problems), nl=False)
+    return 1 if problems else 0
+
+
 @cli.command(name="export")
 @_no_colour_option
 @_common

@@ -25,13 +25,18 @@ from reconciler.model import (
     Alias,
     CatchAll,
     DesiredState,
+    Dkim,
     Learn,
+    Master,
     PasswordEnv,
     PasswordFile,
     PasswordHash,
     PasswordSource,
     Policy,
     Quarantine,
+    RegexpAlias,
+    Relay,
+    Restrict,
     SaLearnJob,
     normalise_targets,
 )
@@ -270,7 +275,7 @@ def _translate(doc: Document, error: jsonschema.ValidationError) -> list[Diagnos
         return []  # addresses and domains: `rules` explains exactly what is wrong
     if kind == "pattern" and field in ("password_hash", "folder"):
         return []  # `rules` checks these with friendlier messages
-    if kind == "oneOf" and title == "account":
+    if kind == "oneOf" and title in ("account", "master"):
         return []  # password source count: `rules._check_passwords`
     if kind == "oneOf":  # targets: one address or a list of them
         if isinstance(instance, str) or (
@@ -434,7 +439,49 @@ def build_state(doc: dict[str, Any]) -> DesiredState:
             prune=bool(policy_doc.get("prune", False)),
             max_deletions=policy_doc.get("max_deletions"),
         ),
+        **_extras(doc),
     )
+
+
+def _extras(doc: dict[str, Any]) -> dict[str, Any]:
+    """masters, regexp_aliases, restrict, relay and dkim of a validated document."""
+    restrict = doc.get("restrict") or {}
+    relays = []
+    for domain, spec in sorted((doc.get("relay") or {}).items()):
+        password = _password(spec) if "username" in spec else None
+        relays.append(
+            Relay(
+                domain=domain,
+                host=spec.get("host"),
+                port=spec.get("port", 25),
+                exclude=bool(spec.get("exclude", False)),
+                username=spec.get("username"),
+                password=password,  # type: ignore[arg-type]  # rules refuse password_hash here
+            )
+        )
+    return {
+        "masters": tuple(
+            Master(name, _password(spec))
+            for name, spec in sorted((doc.get("masters") or {}).items())
+        ),
+        "regexp_aliases": tuple(
+            RegexpAlias(
+                item["pattern"],
+                tuple(dict.fromkeys([item["to"]] if isinstance(item["to"], str) else item["to"])),
+                item.get("flags", ""),
+            )
+            for item in doc.get("regexp_aliases") or []
+        ),
+        "restrict": Restrict(
+            send=tuple(sorted(set(restrict.get("send") or []))),
+            receive=tuple(sorted(set(restrict.get("receive") or []))),
+        ),
+        "relay": tuple(relays),
+        "dkim": tuple(
+            Dkim(domain, (spec or {}).get("selector", "mail"), (spec or {}).get("key_size", 2048))
+            for domain, spec in sorted((doc.get("dkim") or {}).items())
+        ),
+    }
 
 
 def _password(spec: dict[str, Any]) -> PasswordSource:

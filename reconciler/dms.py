@@ -25,7 +25,19 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler.formats import accounts, aliases, amavis, quotas, virtual
+from reconciler.formats import (
+    access,
+    accounts,
+    aliases,
+    amavis,
+    masters,
+    opendkim,
+    quotas,
+    regexp,
+    relaymap,
+    sasl,
+    virtual,
+)
 
 CHKSUM_FILE = "/tmp/docker-mailserver-config-chksum"
 DMS_DIR = "/tmp/docker-mailserver"  # fixed in DMS (`local DMS_DIR=/tmp/docker-mailserver`)
@@ -33,7 +45,24 @@ AMAVIS_USER_CONF = "/etc/amavis/conf.d/50-user"
 DEFAULT_LABEL = "com.docker.compose.service=mailserver"
 DEFAULT_SOCKET = "/var/run/docker.sock"
 # The files we write that DMS's change detector hashes (it also hashes others we never touch).
-MONITORED = (accounts.FILENAME, virtual.FILENAME, aliases.FILENAME, quotas.FILENAME)
+MONITORED = (
+    accounts.FILENAME,
+    virtual.FILENAME,
+    aliases.FILENAME,
+    quotas.FILENAME,
+    masters.FILENAME,
+    regexp.FILENAME,
+    relaymap.FILENAME,
+    sasl.FILENAME,
+)
+MAIN_CF = "/etc/postfix/main.cf"
+# What DMS's start-up puts in front of Postfix's restrictions for each access file that exists
+# (setup.d/postfix.sh:_setup_postfix_late): (file, restriction list, check).
+ACCESS_WIRING = (
+    (access.SEND, "dms_smtpd_sender_restrictions", "check_sender_access"),
+    (access.RECEIVE, "smtpd_recipient_restrictions", "check_recipient_access"),
+)
+OPENDKIM_DIR = "/etc/opendkim"
 CONFIRM_BASE_SECONDS = 60.0
 CONFIRM_SECONDS_PER_ACCOUNT = 0.08  # about twice DMS's measured worst case (41 ms per account)
 # A hung engine must not hold the sidecar's loop (and its SIGTERM) for long: queries (list,
@@ -339,6 +368,95 @@ class Dms:
         except DmsCommandFailed as exc:
             return Report("failed", f"amavis.cf changed but Amavis could not be restarted: {exc}")
         return Report("ok", f"installed amavis.cf as {AMAVIS_USER_CONF} and restarted Amavis")
+
+    def reload_restrictions(self) -> Report:
+        """Put each access file in Postfix's restrictions as DMS's start-up does (once), then
+        `postfix reload`, which `setup email restrict` runs: texthash tables are read when a
+        Postfix process starts."""
+        try:
+            container = self.find()
+            wired = []
+            for name, parameter, check in ACCESS_WIRING:
+                path = f"{DMS_DIR}/{name}"
+                if self.run(container, ["test", "-f", path])[0] != 0:
+                    continue
+                entry = f"{check} texthash:{path}"
+                if self.run(container, ["grep", "-q", "-F", entry, MAIN_CF])[0] == 0:
+                    continue
+                # the same sed as setup.d/postfix.sh, so the result is what a restart would give
+                script = f"s|^({parameter} =)|\\1 {entry},|"
+                code, output = self.run(container, ["sed", "-i", "-E", script, MAIN_CF])
+                if code != 0:
+                    return Report(
+                        "failed",
+                        f"adding {name} to {parameter} in {MAIN_CF} failed (exit {code}: "
+                        f"{_first_line(output)})",
+                    )
+                wired.append(name)
+            code, output = self.run(container, ["postfix", "reload"], timeout=self.command_timeout)
+            if code != 0:
+                return Report(
+                    "failed",
+                    f"`postfix reload` failed in the DMS container (exit {code}: "
+                    f"{_first_line(output) or 'no output'})",
+                )
+        except DmsUnavailable as exc:
+            return Report(
+                "unconfirmed", f"restrictions changed but Postfix was not reloaded: {exc}"
+            )
+        except DmsCommandFailed as exc:
+            return Report("failed", f"restrictions changed but Postfix was not reloaded: {exc}")
+        added = f"added {', '.join(wired)} to Postfix's restrictions and " if wired else ""
+        return Report("ok", f"{added}reloaded Postfix for the new restrictions")
+
+    def reload_opendkim(self) -> Report:
+        """Install opendkim/ as DMS's start-up does (setup.d/dmarc_dkim_spf.sh: copy to
+        /etc/opendkim, owner opendkim, keys 0700) and restart OpenDKIM."""
+        try:
+            container = self.find()
+            if _env(container, "ENABLE_OPENDKIM") == "0":
+                return Report(
+                    "skipped",
+                    "OpenDKIM is disabled in the DMS container (ENABLE_OPENDKIM=0); "
+                    "opendkim/ is not used",
+                )
+            source = f"{DMS_DIR}/{opendkim.DIRECTORY}"
+            steps = [
+                ["mkdir", "-p", f"{OPENDKIM_DIR}/keys"],
+                ["cp", "-a", f"{source}/KeyTable", f"{source}/SigningTable", f"{OPENDKIM_DIR}/"],
+                ["cp", "-a", f"{source}/keys/.", f"{OPENDKIM_DIR}/keys/"],
+            ]
+            # DMS appends PERMIT_DOCKER's networks to the container's TrustedHosts after copying
+            # it at start-up: a copy of ours now would drop them, so it is only put in place
+            # when the container has none
+            if self.run(container, ["test", "-s", f"{OPENDKIM_DIR}/TrustedHosts"])[0] != 0:
+                steps.append(["cp", "-a", f"{source}/TrustedHosts", f"{OPENDKIM_DIR}/"])
+            steps += [
+                ["chown", "-R", "opendkim:opendkim", OPENDKIM_DIR],
+                ["chmod", "-R", "0700", f"{OPENDKIM_DIR}/keys"],
+            ]
+            for argv in steps:
+                code, output = self.run(container, list(argv))
+                if code != 0:
+                    return Report(
+                        "failed",
+                        f"`{' '.join(argv[:2])}` failed in the DMS container (exit {code}: "
+                        f"{_first_line(output)})",
+                    )
+            code, output = self.run(
+                container, ["supervisorctl", "restart", "opendkim"], timeout=self.command_timeout
+            )
+            if code != 0:
+                return Report(
+                    "failed",
+                    "`supervisorctl restart opendkim` failed in the DMS container "
+                    f"(exit {code}: {_first_line(output) or 'no output'})",
+                )
+        except DmsUnavailable as exc:
+            return Report("unconfirmed", f"opendkim/ changed but OpenDKIM was not restarted: {exc}")
+        except DmsCommandFailed as exc:
+            return Report("failed", f"opendkim/ changed but OpenDKIM was not restarted: {exc}")
+        return Report("ok", f"installed opendkim/ in {OPENDKIM_DIR} and restarted OpenDKIM")
 
     def close(self) -> None:
         self._forget_client()

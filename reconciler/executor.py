@@ -29,12 +29,12 @@ import os
 import shlex
 import stat
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from reconciler import dkimkeys, verified
 from reconciler import state as state_file
-from reconciler import verified
 from reconciler.errors import (
     LockBusy,
     ReconcilerError,
@@ -43,14 +43,34 @@ from reconciler.errors import (
     VolumeError,
     os_error_text,
 )
-from reconciler.formats import accounts, aliases, amavis, cron, quotas, virtual
+from reconciler.formats import (
+    access,
+    accounts,
+    aliases,
+    amavis,
+    cron,
+    masters,
+    opendkim,
+    quotas,
+    regexp,
+    relaymap,
+    sasl,
+    virtual,
+)
 from reconciler.lock import LOCK_NAME, DmsLock, lock_token, owner_is_dead, wait_for_peers
 from reconciler.observe import CRON, FileSnapshot, Observed, read_snapshot
 from reconciler.passwords import Secret, hash_many
-from reconciler.plan import FilePlan, PendingHash, Plan
+from reconciler.plan import FilePlan, PendingHash, PendingKey, Plan
 
 TEMP_MARK = ".dms-reconciler-"
-NEW_FILE_MODES = {accounts.FILENAME: 0o640, state_file.FILENAME: 0o600, verified.FILENAME: 0o600}
+NEW_FILE_MODES = {
+    accounts.FILENAME: 0o640,
+    state_file.FILENAME: 0o600,
+    verified.FILENAME: 0o600,
+    masters.FILENAME: 0o640,  # password hashes, like postfix-accounts.cf
+    sasl.FILENAME: 0o600,  # plaintext relay passwords (DMS's own copy is 0600 too)
+}
+PRIVATE_SUFFIXES = (".private", ".txt")  # opendkim-genkey runs under umask 077
 WRITE_ORDER = (
     accounts.FILENAME,
     quotas.FILENAME,
@@ -58,7 +78,35 @@ WRITE_ORDER = (
     aliases.FILENAME,
     amavis.FILENAME,
     CRON,
+    masters.FILENAME,
+    regexp.FILENAME,
+    access.SEND,
+    access.RECEIVE,
+    relaymap.FILENAME,
+    sasl.FILENAME,
+    # keys (and their DNS record files) before the tables that name them: OpenDKIM never reads
+    # a table entry whose key file is missing
+    opendkim.TRUSTED_HOSTS,
+    opendkim.KEY_TABLE,
+    opendkim.SIGNING_TABLE,
 )
+_TABLE_CODECS: dict[str, Any] = {
+    quotas.FILENAME: quotas,
+    virtual.FILENAME: virtual,
+    aliases.FILENAME: aliases,
+    regexp.FILENAME: regexp,
+    access.SEND: access,
+    access.RECEIVE: access,
+    relaymap.FILENAME: relaymap,
+    opendkim.KEY_TABLE: opendkim,
+    opendkim.SIGNING_TABLE: opendkim,
+}
+
+
+def write_order(names: Iterable[str]) -> list[str]:
+    """`names` in the order files are put in place: DKIM keys first, then WRITE_ORDER."""
+    rank = {name: i for i, name in enumerate(WRITE_ORDER)}
+    return sorted(names, key=lambda n: (n in rank, rank.get(n, 0), n))
 
 
 class VolumeChanged(ReconcilerError):
@@ -136,9 +184,23 @@ def render_files(
         )
 
     out: dict[str, bytes] = {}
+    keys: dict[tuple[str, str], dkimkeys.KeyPair] = {}
     for fp in plan.files_to_write():
+        if isinstance(fp.content, PendingKey):
+            out[fp.name] = _key_file(fp.content, keys)
+            continue
         out[fp.name] = render_file(fp, hash_for).encode("utf-8", "surrogateescape")
     return out
+
+
+def _key_file(pending: PendingKey, made: dict[tuple[str, str], dkimkeys.KeyPair]) -> bytes:
+    """The private key or DNS record file of a key pair made once per (domain, selector)."""
+    pair = made.get((pending.domain, pending.selector))
+    if pair is None:
+        pair = made[(pending.domain, pending.selector)] = dkimkeys.generate(pending.bits)
+    if pending.part == "private":
+        return pair.private_pem
+    return opendkim.render_txt(pending.domain, pending.selector, pair.public_b64).encode()
 
 
 def render_file(fp: FilePlan, hash_for: Callable[[Any], str]) -> str:
@@ -147,14 +209,21 @@ def render_file(fp: FilePlan, hash_for: Callable[[Any], str]) -> str:
     if fp.name == CRON:
         lines, comments = fp.content
         return cron.render(lines, comments=comments)
+    if isinstance(fp.content, str):  # a whole file decided by the planner (TrustedHosts, .txt)
+        return fp.content
     entries, comments, invalid = fp.content
     if fp.name == accounts.FILENAME:
         entries = [
             accounts.AccountLine(e.address, hash_for(e.password_hash), e.extra) for e in entries
         ]
         return accounts.render(entries, comments=comments, invalid=invalid)
-    codec = {quotas.FILENAME: quotas, virtual.FILENAME: virtual, aliases.FILENAME: aliases}[fp.name]
-    rendered: str = codec.render(entries, comments=comments, invalid=invalid)
+    if fp.name == masters.FILENAME:
+        entries = [masters.MasterLine(e.name, hash_for(e.password_hash)) for e in entries]
+        return masters.render(entries, comments=comments, invalid=invalid)
+    if fp.name == sasl.FILENAME:
+        entries = [sasl.SaslLine(e.key, e.username, hash_for(e.password)) for e in entries]
+        return sasl.render(entries, comments=comments, invalid=invalid)
+    rendered: str = _TABLE_CODECS[fp.name].render(entries, comments=comments, invalid=invalid)
     return rendered
 
 
@@ -169,11 +238,8 @@ def apply_plan(
     """Write `contents` (from `render_files`) under DMS's lock; see the module docstring."""
     config_dir = observed.config_dir
     by_name = {fp.name: fp for fp in plan.files}
-    todo = [
-        name
-        for name in WRITE_ORDER
-        if name in contents and contents[name] != observed.snapshots[name].data
-    ]
+    snaps = {name: _snapshot(observed, name, by_name) for name in contents}
+    todo = [name for name in write_order(contents) if contents[name] != snaps[name].data]
     new_state = plan.ownership
     if not new_state.plan_key:
         new_state = state_file.Ownership(
@@ -199,8 +265,9 @@ def apply_plan(
         staged: dict[str, str] = {}
         late: dict[str, int] = {}  # name -> how much of the old inode was carried so far
         try:
+            _make_folders(config_dir, todo)
             for name in todo:
-                snap = observed.snapshots[name]
+                snap = snaps[name]
                 held[name] = _open_and_check(snap, by_name[name].sha256_before)
             _check_unchanged(observed, skip=set(todo))
             if todo:
@@ -209,9 +276,9 @@ def apply_plan(
                     _atomic_write(os.path.join(config_dir, state_file.FILENAME), intent, state_snap)
             for name in todo:
                 if not by_name[name].in_place:
-                    staged[name] = _stage(observed.snapshots[name], contents[name])
+                    staged[name] = _stage(snaps[name], contents[name])
             for name in todo:
-                snap = observed.snapshots[name]
+                snap = snaps[name]
                 if by_name[name].in_place:
                     _write_in_place(snap.path, contents[name])
                 else:
@@ -224,9 +291,9 @@ def apply_plan(
                         late[name] = upto
                 written.append(name)
             for name, upto in late.items():  # appends that reached the old inode even later
-                carried += _carry_tail(observed.snapshots[name].path, held[name], upto)
+                carried += _carry_tail(snaps[name].path, held[name], upto)
             for name in written:
-                data = read_snapshot(observed.snapshots[name].path).data or b""
+                data = read_snapshot(snaps[name].path).data or b""
                 sha512[name] = hashlib.sha512(data).hexdigest()
             state_now = read_snapshot(os.path.join(config_dir, state_file.FILENAME))
             if state_now.data != state_text:
@@ -247,8 +314,35 @@ def apply_plan(
                     os.close(fd)
             for tmp in staged.values():
                 _unlink_quietly(tmp)
-    paths = {name: observed.snapshots[name].path for name in written}
+    paths = {name: snaps[name].path for name in written}
     return ApplyResult(tuple(written), paths, sha512, carried, state_written)
+
+
+def _make_folders(config_dir: str, names: Iterable[str]) -> None:
+    """The folders of files in subfolders of the volume (opendkim/keys/<domain>/), as
+    `mkdir -p` in open-dkim makes them; a symlink on the way is refused."""
+    for name in names:
+        folder = os.path.dirname(name)
+        if not folder or name == CRON:
+            continue
+        path = config_dir
+        for part in folder.split("/"):
+            path = os.path.join(path, part)
+            try:
+                os.mkdir(path, 0o755)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    raise VolumeError(
+                        f"{path} is not a folder; refusing to write into it"
+                    ) from None
+            except OSError as exc:
+                raise VolumeError(_why(exc, path)) from None
+
+
+def _snapshot(observed: Observed, name: str, by_name: Mapping[str, FilePlan]) -> FileSnapshot:
+    """The file as observed; a file the volume did not have (a new DKIM key) is missing."""
+    snap = observed.snapshots.get(name)
+    return snap if snap is not None else FileSnapshot(by_name[name].path, None)
 
 
 def write_record(config_dir: str, data: bytes) -> None:
@@ -482,7 +576,7 @@ def _stage(snap: FileSnapshot, data: bytes) -> str:
     """Write `data` to a temp file beside `snap.path`, with the old file's mode and owner."""
     directory, base = os.path.split(snap.path)
     tmp = os.path.join(directory, f".{base}{TEMP_MARK}{uuid.uuid4().hex[:12]}.tmp")
-    mode = snap.mode if snap.mode is not None else NEW_FILE_MODES.get(base, 0o644)
+    mode = snap.mode if snap.mode is not None else _new_file_mode(snap.path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     except OSError as exc:
@@ -504,6 +598,13 @@ def _stage(snap: FileSnapshot, data: bytes) -> str:
         raise VolumeError(_why(exc, snap.path)) from None
     os.close(fd)
     return tmp
+
+
+def _new_file_mode(path: str) -> int:
+    base = os.path.basename(path)
+    if base.endswith(PRIVATE_SUFFIXES) and os.sep + "keys" + os.sep in path:
+        return 0o600  # a DKIM private key and its record file, as opendkim-genkey makes them
+    return NEW_FILE_MODES.get(base, 0o644)
 
 
 def _refuse_symlink(path: str) -> None:

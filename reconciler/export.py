@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from reconciler import dkimkeys
 from reconciler.addresses import (
     check_address,
     check_domain,
@@ -25,7 +26,8 @@ from reconciler.addresses import (
     split_hash,
 )
 from reconciler.desired import plain_ascii, schema
-from reconciler.formats import cron
+from reconciler.formats import access, cron, opendkim
+from reconciler.formats._lines import ParsedFile
 from reconciler.gcpause import paused
 from reconciler.model import (
     QUARANTINE_KINDS,
@@ -33,14 +35,26 @@ from reconciler.model import (
     Alias,
     CatchAll,
     DesiredState,
+    Dkim,
     Learn,
+    Master,
     PasswordHash,
     Quarantine,
+    RegexpAlias,
+    Relay,
+    Restrict,
     SaLearnJob,
     to_document,
 )
 from reconciler.observe import Observed
 from reconciler.planner import DEVNULL_TARGET, cron_lines
+from reconciler.setup_rules import (
+    DKIM_KEY_SIZES,
+    check_master_name,
+    check_relay_host,
+    pcre_problem,
+    regexp_target_problem,
+)
 
 _C_DUMPER: Any = getattr(yaml, "CSafeDumper", None)
 # The schema's own `$id`: schema/mailserver.schema.json as served from the repository's main
@@ -134,6 +148,9 @@ def export_state(observed: Observed, *, hostname: str | None = None) -> Exported
                 f"domain {hostname} equals the hostname; hostname left out of the export"
             )
             hostname = None
+    extras = _setup_exports(
+        observed, set(domains), account_set, set(aliases) | set(devnull), set(catch_all), warnings
+    )
     state = DesiredState(
         version=1,
         hostname=hostname,
@@ -144,8 +161,149 @@ def export_state(observed: Observed, *, hostname: str | None = None) -> Exported
         devnull=tuple(sorted(devnull)),
         quarantine=_quarantine(observed, account_set | set(aliases)),
         sa_learn=_sa_learn(observed, account_set, set(domains), warnings),
+        **extras,
     )
     return Exported(state, tuple(warnings))
+
+
+def _setup_exports(
+    observed: Observed,
+    domains: set[str],
+    accounts: set[str],
+    others: set[str],
+    catch_domains: set[str],
+    warnings: list[str],
+) -> dict[str, Any]:
+    """masters, regexp_aliases, restrict, relay and dkim that adopt what the volume holds."""
+    return {
+        "masters": _masters(observed, accounts | others, warnings),
+        "regexp_aliases": _regexp_aliases(
+            observed, domains, accounts | others, catch_domains, warnings
+        ),
+        "restrict": _restrict(observed, domains, warnings),
+        "relay": _relays(observed, domains, warnings),
+        "dkim": _dkim(observed, domains, warnings),
+    }
+
+
+def _masters(observed: Observed, addresses: set[str], warnings: list[str]) -> tuple[Master, ...]:
+    out = []
+    for key, entry in observed.masters.entries.items():
+        value = _hash_for_yaml(entry.password_hash) if entry.password_hash else ""
+        problem = (
+            check_master_name(entry.name)
+            or ("its name is also an account or alias" if key in addresses else None)
+            or (value and check_password_hash(value) and "its hash is in a form not accepted")
+            or (not value and "it has an empty password hash")
+        )
+        if problem:
+            warnings.append(f"dovecot-masters.cf: master user left unmanaged: {problem}")
+            continue
+        out.append(Master(key, PasswordHash(value)))
+    return tuple(sorted(out, key=lambda m: m.name))
+
+
+def _regexp_aliases(
+    observed: Observed,
+    domains: set[str],
+    known: set[str],
+    catch_domains: set[str],
+    warnings: list[str],
+) -> tuple[RegexpAlias, ...]:
+    out = []
+    for key, entry in observed.regexp.entries.items():
+        problem = None
+        if entry.delimiter != "/":
+            problem = "it is not written between '/' delimiters"
+        else:
+            problem, groups = pcre_problem(entry.pattern, entry.flags)
+            for target in entry.targets:
+                problem = problem or regexp_target_problem(target, groups)
+                if problem is None and "$" not in target:
+                    domain = domain_of(target)
+                    if domain in domains and target not in known and domain not in catch_domains:
+                        problem = f"target {target} is no account or alias here"
+        if problem:
+            warnings.append(f"postfix-regexp.cf: {key} left unmanaged: {problem}")
+            continue
+        out.append(RegexpAlias(entry.pattern, tuple(dict.fromkeys(entry.targets)), entry.flags))
+    return tuple(out)
+
+
+def _restrict(observed: Observed, domains: set[str], warnings: list[str]) -> Restrict:
+    found: dict[str, list[str]] = {"send": [], "receive": []}
+    for direction, name in (("send", access.SEND), ("receive", access.RECEIVE)):
+        for key, entry in (observed.access.get(name) or ParsedFile({})).entries.items():
+            if entry.key != key or check_address(key) or domain_of(key) not in domains:
+                warnings.append(f"{name}: '{entry.key}' left unmanaged: not a hosted address")
+            elif entry.normalised()[1] != access.REJECT:
+                warnings.append(f"{name}: '{key}' left unmanaged: its action is not REJECT")
+            else:
+                found[direction].append(key)
+    return Restrict(tuple(sorted(found["send"])), tuple(sorted(found["receive"])))
+
+
+def _relays(observed: Observed, domains: set[str], warnings: list[str]) -> tuple[Relay, ...]:
+    out = []
+    for key, entry in observed.relaymap.entries.items():
+        domain = key[1:]
+        hostport = entry.host_port()
+        if entry.key != key or not key.startswith("@") or domain not in domains:
+            warnings.append(
+                f"postfix-relaymap.cf: '{entry.key}' left unmanaged: not @<hosted domain>"
+            )
+        elif entry.excluded:
+            out.append(Relay(domain, exclude=True))
+        elif hostport is None or check_relay_host(hostport[0]) or not 0 < hostport[1] < 65536:
+            warnings.append(f"postfix-relaymap.cf: '{key}' left unmanaged: not [host]:port")
+        else:
+            out.append(Relay(domain, host=hostport[0], port=hostport[1]))
+    if observed.sasl.entries:
+        warnings.append(
+            "postfix-sasl-password.cf: relay credentials are left unmanaged (their passwords "
+            "cannot go into mailserver.yaml); declare username and password_file or password_env "
+            "under relay to manage them"
+        )
+    return tuple(sorted(out, key=lambda r: r.domain))
+
+
+def _dkim(observed: Observed, domains: set[str], warnings: list[str]) -> tuple[Dkim, ...]:
+    """Domains whose KeyTable and SigningTable lines are exactly what open-dkim writes and
+    whose private key is on the volume."""
+    keys = observed.dkim_tables.get(opendkim.KEY_TABLE) or ParsedFile({})
+    signing = observed.dkim_tables.get(opendkim.SIGNING_TABLE) or ParsedFile({})
+    out = []
+    for entry in keys.entries.values():
+        selector, _, domain = entry.key.partition("._domainkey.")
+        if not domain or domain not in domains:
+            warnings.append(f"opendkim/KeyTable: '{entry.key}' left unmanaged: not a hosted domain")
+            continue
+        expected = opendkim.key_table_line(domain, selector)
+        sign = signing.entries.get(f"*@{domain}")
+        snap = observed.snapshots.get(opendkim.private_key_path(domain, selector))
+        read = dkimkeys.read(snap.data) if snap is not None and snap.data is not None else None
+        problem = (
+            (entry.normalised() != expected.normalised() and "not the line open-dkim writes")
+            or (
+                (
+                    sign is None
+                    or sign.normalised()
+                    != opendkim.signing_table_line(domain, selector).normalised()
+                )
+                and "its SigningTable line is missing or different"
+            )
+            or (read is None and "its private key file is missing or unreadable")
+            or (read is not None and read[0] not in DKIM_KEY_SIZES and "its key size")
+            or (
+                not observed.snapshots[opendkim.TRUSTED_HOSTS].exists
+                and "opendkim/TrustedHosts is missing"
+            )
+        )
+        if problem or read is None:
+            warnings.append(f"opendkim: DKIM for {domain} left unmanaged: {problem}")
+            continue
+        out.append(Dkim(domain, selector, read[0]))
+    return tuple(sorted(out, key=lambda d: d.domain))
 
 
 def _accounts(observed: Observed, warnings: list[str]) -> list[Account]:

@@ -82,6 +82,52 @@ class SaLearnJob:
 
 
 @dataclass(frozen=True)
+class Master:
+    """A Dovecot master user (dovecot-masters.cf): logs in as `user@domain*name`."""
+
+    name: str
+    password: PasswordSource | None
+
+
+@dataclass(frozen=True)
+class RegexpAlias:
+    """A postfix-regexp.cf entry; the list order is the lookup order (first match wins)."""
+
+    pattern: str  # PCRE, as written in mailserver.yaml (a `/` is escaped when written)
+    targets: tuple[str, ...]  # in the order given: `$1` substitutions make order visible
+    flags: str = ""
+
+
+@dataclass(frozen=True)
+class Restrict:
+    """Addresses refused as senders / as recipients (postfix-send/receive-access.cf)."""
+
+    send: tuple[str, ...] = ()
+    receive: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Relay:
+    """Relaying for one sender domain: a relay host, or an opt-out from RELAY_HOST."""
+
+    domain: str
+    host: str | None = None
+    port: int = 25
+    exclude: bool = False
+    username: str | None = None
+    password: PasswordFile | PasswordEnv | None = None
+
+
+@dataclass(frozen=True)
+class Dkim:
+    """An OpenDKIM signing key for one domain, made once by apply."""
+
+    domain: str
+    selector: str = "mail"
+    key_size: int = 2048
+
+
+@dataclass(frozen=True)
 class Policy:
     prune: bool = False
     max_deletions: int | None = None
@@ -99,6 +145,11 @@ class DesiredState:
     sa_learn: tuple[SaLearnJob, ...] = ()
     policy: Policy = field(default_factory=Policy)
     hostname: str | None = None
+    masters: tuple[Master, ...] = ()
+    regexp_aliases: tuple[RegexpAlias, ...] = ()
+    restrict: Restrict = field(default_factory=Restrict)
+    relay: tuple[Relay, ...] = ()
+    dkim: tuple[Dkim, ...] = ()
 
     def account_map(self) -> dict[str, Account]:
         return {a.address: a for a in self.accounts}
@@ -114,6 +165,14 @@ class DesiredState:
         ]
         if self.quarantine:
             parts.append("quarantine to " + self.quarantine.mailbox)
+        extra: list[tuple[int, str, str | None]] = [
+            (len(self.masters), "master user", None),
+            (len(self.regexp_aliases), "regexp alias", "regexp aliases"),
+            (len(self.restrict.send) + len(self.restrict.receive), "restriction", None),
+            (len(self.relay), "relay domain", None),
+            (len(self.dkim), "DKIM domain", None),
+        ]
+        parts += [_count(n, one, many) for n, one, many in extra if n]
         return ", ".join(parts)
 
 
@@ -136,14 +195,7 @@ def to_document(state: DesiredState) -> dict[str, Any]:
     doc["domains"] = list(state.domains)
     accounts: dict[str, Any] = {}
     for account in state.accounts:
-        entry: dict[str, Any] = {}
-        pw = account.password
-        if isinstance(pw, PasswordHash):
-            entry["password_hash"] = pw.value
-        elif isinstance(pw, PasswordFile):
-            entry["password_file"] = pw.path
-        elif isinstance(pw, PasswordEnv):
-            entry["password_env"] = pw.name
+        entry: dict[str, Any] = _password_entry(account.password)
         if account.quota is not None:
             entry["quota"] = account.quota
         accounts[account.address] = entry
@@ -173,6 +225,7 @@ def to_document(state: DesiredState) -> dict[str, Any]:
                 j["domains"] = list(job.domains)
             jobs.append(j)
         doc["sa_learn"] = jobs
+    _extras_to_document(state, doc)
     if state.policy != Policy():
         p: dict[str, Any] = {}
         if state.policy.prune:
@@ -181,6 +234,60 @@ def to_document(state: DesiredState) -> dict[str, Any]:
             p["max_deletions"] = state.policy.max_deletions
         doc["policy"] = p
     return doc
+
+
+def _password_entry(pw: PasswordSource | None) -> dict[str, str]:
+    if isinstance(pw, PasswordHash):
+        return {"password_hash": pw.value}
+    if isinstance(pw, PasswordFile):
+        return {"password_file": pw.path}
+    if isinstance(pw, PasswordEnv):
+        return {"password_env": pw.name}
+    return {}
+
+
+def _extras_to_document(state: DesiredState, doc: dict[str, Any]) -> None:
+    """masters, regexp_aliases, restrict, relay and dkim, in that order."""
+    if state.masters:
+        doc["masters"] = {m.name: _password_entry(m.password) for m in state.masters}
+    if state.regexp_aliases:
+        doc["regexp_aliases"] = [
+            {
+                "pattern": r.pattern,
+                **({"flags": r.flags} if r.flags else {}),
+                "to": _one_or_list(r.targets),
+            }
+            for r in state.regexp_aliases
+        ]
+    if state.restrict != Restrict():
+        doc["restrict"] = {
+            name: list(values)
+            for name, values in (("send", state.restrict.send), ("receive", state.restrict.receive))
+            if values
+        }
+    if state.relay:
+        relay: dict[str, Any] = {}
+        for r in state.relay:
+            entry: dict[str, Any] = {}
+            if r.exclude:
+                entry["exclude"] = True
+            if r.host is not None:
+                entry["host"] = r.host
+                if r.port != 25:
+                    entry["port"] = r.port
+            if r.username is not None:
+                entry["username"] = r.username
+                entry.update(_password_entry(r.password))
+            relay[r.domain] = entry
+        doc["relay"] = relay
+    if state.dkim:
+        doc["dkim"] = {
+            d.domain: {
+                **({"selector": d.selector} if d.selector != "mail" else {}),
+                **({"key_size": d.key_size} if d.key_size != 2048 else {}),
+            }
+            for d in state.dkim
+        }
 
 
 def _one_or_list(targets: tuple[str, ...]) -> str | list[str]:

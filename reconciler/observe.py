@@ -11,20 +11,56 @@ import errno
 import functools
 import hashlib
 import os
+import re
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler import state as state_file
 from reconciler.errors import VolumeError
-from reconciler.formats import accounts, aliases, amavis, cron, quotas, virtual
+from reconciler.formats import (
+    access,
+    accounts,
+    aliases,
+    amavis,
+    cron,
+    masters,
+    opendkim,
+    quotas,
+    regexp,
+    relaymap,
+    sasl,
+    virtual,
+)
 from reconciler.formats._lines import ParsedFile
 from reconciler.gcpause import paused
 
+MASTER_KEY = "master:"  # password keys of master users; an account's key is its address
+RELAY_KEY = "relay:"  # plaintext relay passwords, by sender domain
 CRON = "cron"  # logical name of the sa-learn cron file, which lives outside the config dir
 MAX_FILE_BYTES = 256 * 1024 * 1024
-ENTRY_FILES = (accounts.FILENAME, virtual.FILENAME, aliases.FILENAME, quotas.FILENAME)
+# The files of `setup dovecot-master`, `email restrict`, `relay`, `config dkim`; regexp aliases
+SETUP_FILES = (
+    masters.FILENAME,
+    regexp.FILENAME,
+    access.SEND,
+    access.RECEIVE,
+    relaymap.FILENAME,
+    sasl.FILENAME,
+    opendkim.KEY_TABLE,
+    opendkim.SIGNING_TABLE,
+    opendkim.TRUSTED_HOSTS,
+)
+ENTRY_FILES = (
+    accounts.FILENAME,
+    virtual.FILENAME,
+    aliases.FILENAME,
+    quotas.FILENAME,
+    *SETUP_FILES,
+)
+KEYS_PREFIX = opendkim.DIRECTORY + "/keys/"
+_EMPTY: ParsedFile[Any] = ParsedFile({})
 
 
 @dataclass(frozen=True)
@@ -70,10 +106,80 @@ class Observed:
     cron: ParsedFile[cron.CronLine] | None
     ownership: state_file.Ownership
     warnings: tuple[str, ...] = ()
+    masters: ParsedFile[masters.MasterLine] = _EMPTY
+    regexp: ParsedFile[regexp.RegexpLine] = _EMPTY
+    access: dict[str, ParsedFile[access.AccessLine]] = field(default_factory=dict)
+    relaymap: ParsedFile[relaymap.RelayLine] = _EMPTY
+    sasl: ParsedFile[sasl.SaslLine] = _EMPTY
+    dkim_tables: dict[str, ParsedFile[opendkim.TableLine]] = field(default_factory=dict)
+
+    def stored_hashes(self) -> dict[str, str]:
+        """Password key -> the hash on the volume: accounts by address, masters as
+        `master:<name>` (see `passwords.password_sources`)."""
+        out = {address: entry.password_hash for address, entry in self.accounts.entries.items()}
+        for name, master in self.masters.entries.items():
+            out[MASTER_KEY + name] = master.password_hash
+        return out
+
+    def stored_plaintext(self) -> dict[str, str]:
+        """`relay:<domain>` -> the relay password on the volume (postfix-sasl-password.cf)."""
+        return {
+            RELAY_KEY + key[1:]: entry.password
+            for key, entry in self.sasl.entries.items()
+            if key.startswith("@")
+        }
 
     def fingerprint(self) -> dict[str, str | None]:
-        """sha256 of every file the plan depends on; a saved plan is stale when this moves."""
-        return {name: snap.sha256 for name, snap in sorted(self.snapshots.items())}
+        """sha256 of every file the plan depends on; a saved plan is stale when this moves.
+
+        postfix-sasl-password.cf holds plaintext passwords, and a plain digest of a short file
+        could be searched offline for a weak one: its digest is keyed with the volume's plan key
+        (or, before the first apply, taken with the passwords masked)."""
+        return fingerprint_of(self.snapshots, self.ownership.plan_key)
+
+
+def read_snapshots(config_dir: str, cron_path: str) -> dict[str, FileSnapshot]:
+    """Every file a plan depends on, by logical name (the bytes only, nothing parsed)."""
+    snapshots = {
+        name: read_snapshot(os.path.join(config_dir, name))
+        for name in (*ENTRY_FILES, amavis.FILENAME, state_file.FILENAME)
+    }
+    snapshots.update(_dkim_key_snapshots(config_dir))
+    snapshots[CRON] = read_snapshot(cron_path)
+    return snapshots
+
+
+def fingerprint_of(snapshots: dict[str, FileSnapshot], plan_key: str) -> dict[str, str | None]:
+    """sha256 by logical name. A missing file of the newer features counts as absent (plans made
+    before them stay comparable; a file that appears still moves the fingerprint), and
+    postfix-sasl-password.cf, which holds plaintext passwords, gets `secret_file_digest`."""
+    out = {
+        name: snap.sha256
+        for name, snap in sorted(snapshots.items())
+        if snap.data is not None or not (name in SETUP_FILES or name.startswith(KEYS_PREFIX))
+    }
+    snap = snapshots.get(sasl.FILENAME)
+    if snap is not None and snap.data is not None:
+        out[sasl.FILENAME] = secret_file_digest(snap.data, plan_key)
+    return out
+
+
+def read_fingerprint(config_dir: str, cron_path: str) -> dict[str, str | None]:
+    """`Observed.fingerprint()` of the volume as it is now, without parsing the entry files."""
+    snapshots = read_snapshots(config_dir, cron_path)
+    state = snapshots[state_file.FILENAME]
+    key = state_file.parse(state.text or "")[0].plan_key if state.exists else ""
+    return fingerprint_of(snapshots, key)
+
+
+def secret_file_digest(data: bytes, key: str) -> str:
+    """A digest of a file holding plaintext secrets that reveals nothing testable offline."""
+    import hmac
+
+    if key:
+        return "hmac-" + hmac.new(bytes.fromhex(key), data, "sha256").hexdigest()
+    masked = re.sub(rb"(?m)^(\s*\S+\s+[^:\s]*:).*$", rb"\1*", data)
+    return "masked-" + hashlib.sha256(masked).hexdigest()
 
 
 def read_snapshot(path: str) -> FileSnapshot:
@@ -114,6 +220,14 @@ _CODECS: dict[str, Callable[[str], Any]] = {
     amavis.FILENAME: amavis.parse,
     CRON: cron.parse,
     state_file.FILENAME: state_file.parse,
+    masters.FILENAME: masters.parse,
+    regexp.FILENAME: regexp.parse,
+    access.SEND: access.parse,
+    access.RECEIVE: access.parse,
+    relaymap.FILENAME: relaymap.parse,
+    sasl.FILENAME: sasl.parse,
+    opendkim.KEY_TABLE: opendkim.parse,
+    opendkim.SIGNING_TABLE: opendkim.parse,
 }
 
 
@@ -133,11 +247,7 @@ def observe(config_dir: str, cron_path: str) -> Observed:
             f"config dir {config_dir} does not exist or is not a directory "
             "(give the DMS config volume with --config-dir, usually docker-data/dms/config)"
         )
-    snapshots = {
-        name: read_snapshot(os.path.join(config_dir, name))
-        for name in (*ENTRY_FILES, amavis.FILENAME, state_file.FILENAME)
-    }
-    snapshots[CRON] = read_snapshot(cron_path)
+    snapshots = read_snapshots(config_dir, cron_path)
     warnings: list[str] = []
 
     def parsed(name: str) -> Any:
@@ -164,4 +274,33 @@ def observe(config_dir: str, cron_path: str) -> Observed:
         cron=parsed(CRON),
         ownership=ownership,
         warnings=tuple(warnings),
+        masters=parsed(masters.FILENAME),
+        regexp=parsed(regexp.FILENAME),
+        access={name: parsed(name) for name in access.FILENAMES},
+        relaymap=parsed(relaymap.FILENAME),
+        sasl=parsed(sasl.FILENAME),
+        dkim_tables={name: parsed(name) for name in opendkim.TABLES},
     )
+
+
+def _dkim_key_snapshots(config_dir: str) -> dict[str, FileSnapshot]:
+    """Every `opendkim/keys/<domain>/<selector>.private` and `.txt`, symlinks refused (a
+    symlinked folder is not entered, so nothing outside the volume is read)."""
+    out: dict[str, FileSnapshot] = {}
+    keys = os.path.join(config_dir, opendkim.DIRECTORY, "keys")
+    try:
+        domains = [e for e in os.scandir(keys) if e.is_dir(follow_symlinks=False)]
+    except (FileNotFoundError, NotADirectoryError):
+        return out
+    except OSError as exc:
+        raise VolumeError(f"cannot read {keys}: {exc.strerror}") from None
+    for domain in sorted(domains, key=lambda e: e.name):
+        try:
+            files = sorted(os.scandir(domain.path), key=lambda e: e.name)
+        except OSError as exc:
+            raise VolumeError(f"cannot read {domain.path}: {exc.strerror}") from None
+        for entry in files:
+            if entry.name.endswith((".private", ".txt")):
+                name = f"{opendkim.DIRECTORY}/keys/{domain.name}/{entry.name}"
+                out[name] = read_snapshot(entry.path)
+    return out

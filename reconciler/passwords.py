@@ -34,7 +34,9 @@ from reconciler.model import DesiredState, PasswordEnv, PasswordFile, PasswordHa
 
 SCHEME = "SHA512-CRYPT"
 ROUNDS = 5000  # DMS's `doveadm pw -s SHA512-CRYPT`; passlib's default (656000) makes logins slow
-PLACEHOLDER_SCHEME = "DMS-RECONCILER-UNRESOLVED"  # only in throw-away volumes built for CI plans
+PLACEHOLDER_SCHEME = "DMS-RECONCILER-UNRESOLVED"
+MASTER_KEY = "master:"  # see `password_sources`
+RELAY_KEY = "relay:"  # only in throw-away volumes built for CI plans
 # Below this many hashes one core is faster than starting helpers: a forked one costs a few
 # milliseconds, a worker from the forkserver (needed once threads run, as in the sidecar) far more.
 FORK_THRESHOLD = 16
@@ -460,36 +462,34 @@ def resolve(
     sources: dict[str, PasswordSource] = {}
     failures: list[str] = []
     to_verify: list[tuple[str, Secret, str]] = []
-    for account in state.accounts:
-        source = account.password
-        assert source is not None
-        sources[account.address] = source
-        current = stored.get(account.address)
+    for key, source in password_sources(state):
+        sources[key] = source
+        current = stored.get(key)
         if isinstance(source, PasswordHash):
-            out[account.address] = DesiredPassword(Status.GIVEN, source, hash=source.value)
+            out[key] = DesiredPassword(Status.GIVEN, source, hash=source.value)
             continue
         if current is not None and current == placeholder_hash(source) and offline:
-            out[account.address] = DesiredPassword(Status.KEPT, source, hash=current)
+            out[key] = DesiredPassword(Status.KEPT, source, hash=current)
             continue
         try:
             secret = reader.read(source)
         except SecretError as exc:
             if offline:
-                out[account.address] = DesiredPassword(Status.UNRESOLVED, source)
+                out[key] = DesiredPassword(Status.UNRESOLVED, source)
                 continue
-            failures.append(f"{account.address}: {exc}")
+            failures.append(f"{key}: {exc}")
             continue
         if current is None or not current:
-            out[account.address] = DesiredPassword(Status.NEW, source, secret=secret)
+            out[key] = DesiredPassword(Status.NEW, source, secret=secret)
             continue
-        known = cache.get(account.address, secret, current) if cache else None
+        known = cache.get(key, secret, current) if cache else None
         stamp = secret.stamp
         if known is None and record and stamp is not None and stamp.settled:
-            known = fact(account.address, stamp, current) in record or None
+            known = fact(key, stamp, current) in record or None
         if known is None:
-            to_verify.append((account.address, secret, current))
+            to_verify.append((key, secret, current))
         else:
-            out[account.address] = _decided(known, source, current, secret)
+            out[key] = _decided(known, source, current, secret)
     if failures:
         raise SecretError(
             f"{len(failures)} password(s) could not be read: "
@@ -502,6 +502,71 @@ def resolve(
             cache.put(address, secret, current, ok)
         out[address] = _decided(ok, sources[address], current, secret)
     return out
+
+
+def password_sources(state: DesiredState) -> list[tuple[str, PasswordSource]]:
+    """(key, source) of every password that becomes a hash: accounts by address, Dovecot master
+    users as `master:<name>` (no address has a ':', so the keys never meet)."""
+    out: list[tuple[str, PasswordSource]] = []
+    for account in state.accounts:
+        assert account.password is not None
+        out.append((account.address, account.password))
+    for master in state.masters:
+        assert master.password is not None
+        out.append((MASTER_KEY + master.name, master.password))
+    return out
+
+
+def resolve_plaintext(
+    state: DesiredState,
+    stored: Mapping[str, str],
+    *,
+    reader: SecretReader,
+    offline: bool = False,
+) -> dict[str, DesiredPassword]:
+    """Relay passwords, which DMS needs in plaintext (postfix-sasl-password.cf), keyed
+    `relay:<domain>`: KEPT when the volume already holds the secret, NEW otherwise. Nothing is
+    hashed, so an unchanged secret never rewrites the file."""
+    out: dict[str, DesiredPassword] = {}
+    failures: list[str] = []
+    for relay in state.relay:
+        if relay.password is None:
+            continue
+        key = RELAY_KEY + relay.domain
+        current = stored.get(key)
+        if offline and current is not None and current == placeholder_secret(relay.password):
+            out[key] = DesiredPassword(Status.KEPT, relay.password, hash=current)
+            continue
+        try:
+            secret = reader.read(relay.password)
+        except SecretError as exc:
+            if offline:
+                out[key] = DesiredPassword(Status.UNRESOLVED, relay.password)
+                continue
+            failures.append(f"relay {relay.domain}: {exc}")
+            continue
+        value = secret.reveal()
+        if value != value.strip() or any(not c.isprintable() for c in value):
+            failures.append(
+                f"relay {relay.domain}: {source_id(relay.password)}: the password starts or "
+                "ends with whitespace or has a control character, which postfix-sasl-password.cf "
+                "cannot hold"
+            )
+            continue
+        same = current is not None and hmac.compare_digest(current.encode(), value.encode())
+        out[key] = DesiredPassword(
+            Status.KEPT if same else Status.NEW, relay.password, secret=secret
+        )
+    if failures:
+        raise SecretError(
+            f"{len(failures)} relay password(s) could not be read: " + "; ".join(failures[:20])
+        )
+    return out
+
+
+def placeholder_secret(source: PasswordSource) -> str:
+    """A stand-in relay password for a throw-away CI volume, derived from the source only."""
+    return PLACEHOLDER_SCHEME + "-" + hashlib.sha256(source_id(source).encode()).hexdigest()
 
 
 def _decided(ok: bool, source: PasswordSource, current: str, secret: Secret) -> DesiredPassword:

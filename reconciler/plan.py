@@ -39,6 +39,13 @@ class Kind(str, Enum):
     LOCAL_ALIAS = "local_alias"
     QUARANTINE = "quarantine"
     SA_LEARN = "sa_learn"
+    MASTER = "master"
+    REGEXP_ALIAS = "regexp_alias"
+    RESTRICT = "restrict"
+    RELAY = "relay"
+    RELAY_AUTH = "relay_auth"
+    DKIM = "dkim"
+    DKIM_KEY = "dkim_key"
 
 
 @dataclass(frozen=True)
@@ -83,11 +90,21 @@ class Unmanaged:
 class PendingHash:
     """Stands for the `{SHA512-CRYPT}` hash apply will make for a new or changed secret."""
 
-    address: str
+    address: str  # the password key: an address, `master:<name>` or `relay:<domain>`
     unresolved: bool = False  # --offline: the secret could not be read, apply decides
 
     def __str__(self) -> str:
         return RESOLVED_AT_APPLY if self.unresolved else SENSITIVE
+
+
+@dataclass(frozen=True)
+class PendingKey:
+    """Stands for the DKIM key pair apply makes (a private key file and its DNS record file)."""
+
+    domain: str
+    selector: str
+    bits: int
+    part: str  # "private" or "txt"
 
 
 @dataclass(frozen=True)

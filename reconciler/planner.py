@@ -19,7 +19,7 @@ from reconciler.formats import accounts, aliases, amavis, cron, quotas, virtual
 from reconciler.formats._lines import ParsedFile
 from reconciler.gcpause import paused
 from reconciler.model import DesiredState
-from reconciler.observe import CRON, Observed
+from reconciler.observe import CRON, RELAY_KEY, Observed
 from reconciler.passwords import DesiredPassword, Secret, Status, same_hash, source_id
 from reconciler.plan import (
     SENSITIVE,
@@ -191,6 +191,16 @@ def make_plan(
     unmanaged += cron_unmanaged
     files.append(cron_plan)
 
+    from reconciler.setup_planner import plan_setup  # it uses this module's keyed diff
+
+    setup = plan_setup(desired, observed, passwords, prune=prune)
+    changes += setup.changes
+    unmanaged += setup.unmanaged
+    files += setup.files
+    owned_after.update(setup.owned)
+    warnings += setup.warnings
+    notes += setup.notes
+
     warnings += _shadow_warnings(desired, observed, virtual_diff, account_diff)
     self_aliases = self_alias_warning(desired)
     if self_aliases:
@@ -223,7 +233,7 @@ def make_plan(
     secrets: dict[str, Secret] = {
         address: p.secret
         for address, p in passwords.items()
-        if p.status is Status.NEW and p.secret is not None
+        if p.status is Status.NEW and p.secret is not None and not address.startswith(RELAY_KEY)
     }
     return Plan(
         changes=tuple(changes),

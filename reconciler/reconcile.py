@@ -77,15 +77,20 @@ def plan_once(
     """Read everything and compute the plan; writes nothing."""
     loaded = loaded or load_desired(target.desired_path)
     observed = observe(target.config_dir, target.cron_path)
-    stored = {address: entry.password_hash for address, entry in observed.accounts.entries.items()}
+    reader = passwords.SecretReader(target.base_dir, target.environ)
     record = _read_record(target.config_dir)
     decided = passwords.resolve(
         loaded.state,
-        stored,
-        reader=passwords.SecretReader(target.base_dir, target.environ),
+        observed.stored_hashes(),
+        reader=reader,
         offline=target.offline,
         cache=cache,
         record=record,
+    )
+    decided.update(
+        passwords.resolve_plaintext(
+            loaded.state, observed.stored_plaintext(), reader=reader, offline=target.offline
+        )
     )
     plan = make_plan(loaded.state, observed, decided, prune=target.prune)
     if any(f.name == CRON and f.write for f in plan.files):
@@ -107,9 +112,12 @@ def _record_verified(target: Target, converged: Planned, result: ApplyResult) ->
     """
     if not (result.written or result.state_written):
         return
-    facts = verified.facts_for(
-        converged.passwords, passwords.SecretReader(target.base_dir, target.environ)
-    )
+    hashed = {  # relay passwords are compared as plaintext: nothing to remember for them
+        key: choice
+        for key, choice in converged.passwords.items()
+        if not key.startswith(passwords.RELAY_KEY)
+    }
+    facts = verified.facts_for(hashed, passwords.SecretReader(target.base_dir, target.environ))
     if facts != converged.record:
         write_record(target.config_dir, verified.render(facts))
 

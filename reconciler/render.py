@@ -24,6 +24,16 @@ FILE_ORDER = (
     "postfix-aliases.cf",
     "amavis.cf",
     "cron",
+    "dovecot-masters.cf",
+    "postfix-regexp.cf",
+    "postfix-send-access.cf",
+    "postfix-receive-access.cf",
+    "postfix-relaymap.cf",
+    "postfix-sasl-password.cf",
+    "opendkim/keys",
+    "opendkim/TrustedHosts",
+    "opendkim/KeyTable",
+    "opendkim/SigningTable",
 )
 MAX_LISTED = 25  # unmanaged entries listed by name before "... and N more"
 
@@ -59,6 +69,27 @@ def _entry_text(change: dict[str, Any]) -> str:
         return f"quarantine ${key} = {value.get('mailbox')}"
     if kind == "sa_learn":
         return key
+    return _setup_entry_text(kind, key, value)
+
+
+def _setup_entry_text(kind: str, key: str, value: dict[str, Any]) -> str:
+    """Entries of dovecot-masters.cf, postfix-regexp.cf, the access, relay and OpenDKIM files."""
+    if kind == "master":
+        return f"master user {key}  password = {value.get('password')}"
+    if kind == "regexp_alias" and key == "(order)":
+        return "regexp alias order: " + " , ".join(value.get("order", []))
+    if kind == "regexp_alias":
+        return f"regexp alias {key} -> {', '.join(value.get('targets', []))}"
+    if kind == "restrict":
+        return f"restrict {key}: {value.get('action')}"
+    if kind == "relay":
+        return f"relay {key} via {value.get('relay')}"
+    if kind == "relay_auth":
+        return f"relay credentials {key}: {value.get('username')}:{value.get('password')}"
+    if kind == "dkim_key":
+        return f"DKIM key {key}: {value.get('key')}"
+    if kind == "dkim":
+        return f"DKIM {key} {value.get('value')}"
     return f"{kind} {key}"
 
 
@@ -76,7 +107,7 @@ def text(plan: dict[str, Any], *, colour: bool = False) -> str:
         out.append(
             "  " + "   ".join(style(f"{SYMBOLS[a]} {LEGEND[a]}", fg=COLOURS[a]) for a in used)
         )
-        for name in FILE_ORDER:
+        for name in _file_order(changes):
             group = [c for c in changes if c["file"] == name]
             if not group:
                 continue
@@ -146,6 +177,11 @@ def text(plan: dict[str, Any], *, colour: bool = False) -> str:
 RESOLVED = "resolved at apply"
 
 
+def _file_order(changes: list[dict[str, Any]]) -> list[str]:
+    """FILE_ORDER, then any other file the plan names (a newer plan format's), as they come."""
+    return [*FILE_ORDER, *dict.fromkeys(c["file"] for c in changes if c["file"] not in FILE_ORDER)]
+
+
 def summary_line(plan: dict[str, Any]) -> str:
     s = plan["summary"]
     if not plan["changes"]:
@@ -173,6 +209,13 @@ KIND_ORDER = (
     "local_alias",
     "quarantine",
     "sa_learn",
+    "master",
+    "regexp_alias",
+    "restrict",
+    "relay",
+    "relay_auth",
+    "dkim",
+    "dkim_key",
 )
 MAX_NAMED = 10  # accounts named in a call-out before "and N more"
 MAX_SHOWN_CHARS = 300  # one value in a comment; longer ones are cut
@@ -256,6 +299,11 @@ def _kind_label(kind: str) -> str:
         "local_alias": "local alias",
         "sa_learn": "sa-learn job",
         "devnull": "devnull address",
+        "master": "master user",
+        "regexp_alias": "regexp alias",
+        "relay_auth": "relay credential",
+        "dkim": "DKIM table entry",
+        "dkim_key": "DKIM key",
     }.get(kind, kind)
 
 
@@ -325,7 +373,7 @@ def _callouts(plan: dict[str, Any]) -> list[str]:
 
 def _table(plan: dict[str, Any]) -> list[str]:
     rows = ["| file | to add | to change | to destroy |", "|---|--:|--:|--:|"]
-    for name in FILE_ORDER:
+    for name in _file_order(plan["changes"]):
         group = [c for c in plan["changes"] if c["file"] == name]
         if not group:
             continue
@@ -379,7 +427,7 @@ def markdown(plan: dict[str, Any], *, max_chars: int = MARKDOWN_MAX_CHARS) -> st
     def fits(lines: list[str]) -> bool:
         return len("\n".join(body + lines)) < budget
 
-    for name in FILE_ORDER:
+    for name in _file_order(changes):
         group = [c for c in changes if c["file"] == name]
         if not group or cut:
             continue

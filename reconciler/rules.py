@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from reconciler import setup_rules
 from reconciler.addresses import (
     check_address,
     check_domain,
@@ -118,6 +119,7 @@ def check(doc: Document) -> list[Diagnostic]:
     _check_hostname(report, view)
     _check_sa_learn(report, view)
     _check_unused_domains(report, view)
+    setup_rules.check(report, view)
     return report.diagnostics
 
 

@@ -34,17 +34,19 @@ import json
 import os
 import re
 import shutil
+import stat
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from reconciler import dkimkeys
 from reconciler.cli import main
 from reconciler.desired import load_desired
-from reconciler.formats import accounts
+from reconciler.formats import accounts, masters, opendkim
 from reconciler.model import PasswordEnv, PasswordFile
-from reconciler.passwords import SecretReader
+from reconciler.passwords import MASTER_KEY, SecretReader, password_sources
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -55,7 +57,9 @@ UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 NEW_HASH = "<new SHA512-CRYPT hash of the secret, verified with passlib>"
 RANDOM = "<random>"
 STATE = "config/dms-reconciler.state.json"
+DKIM_KEYS = "config/opendkim/keys/"
 ACCOUNTS = "config/postfix-accounts.cf"
+MASTERS = "config/dovecot-masters.cf"
 VOLUME_ARGS = ["-f", "mailserver.yaml", "--config-dir", "config", "--cron-file", "cron/sa-learn"]
 NO_CHANGES = "No changes. The config volume matches mailserver.yaml."
 _NEW_SHA512 = re.compile(r"\{SHA512-CRYPT\}\$6\$[./0-9A-Za-z]{1,16}\$[./0-9A-Za-z]{86}")
@@ -115,8 +119,8 @@ def secrets_of(work: Path, env: dict[str, str]) -> dict[str, str]:
     """address -> plaintext for every password_file / password_env account of the case."""
     state = load_desired(str(work / "mailserver.yaml")).state
     reader = SecretReader(str(work), env)
-    return {a.address: reader.read(a.password).reveal() for a in state.accounts
-            if isinstance(a.password, (PasswordFile, PasswordEnv))}
+    return {key: reader.read(source).reveal() for key, source in password_sources(state)
+            if isinstance(source, (PasswordFile, PasswordEnv))}
 
 
 def mask_new_hashes(text: str, golden: str | None, secrets: dict[str, str],
@@ -156,6 +160,21 @@ def mask_plan_key(text: str, before: bytes | None) -> str:
         assert match.group(1) == old.group(1), "apply changed an existing plan_key"
         return text
     return text[:match.start(1)] + RANDOM + text[match.end(1):]
+
+
+def mask_new_dkim_file(rel: str, data: bytes, files: dict[str, Path]) -> bytes:
+    """A DKIM key apply made is random: check it is an RSA key of the declared size (the case's
+    mailserver.yaml) in opendkim-genkey's form, and that its record file matches it; mask both."""
+    domain, name = rel.removeprefix(DKIM_KEYS).split("/")
+    selector = name.rsplit(".", 1)[0]
+    private = files[f"{DKIM_KEYS}{domain}/{selector}.private"].read_bytes()
+    read = dkimkeys.read(private)
+    assert read is not None and private.startswith(b"-----BEGIN PRIVATE KEY-----\n"), rel
+    assert stat.S_IMODE(files[rel].stat().st_mode) == 0o600, f"{rel} is readable by others"
+    if name.endswith(".private"):
+        return f"<new {read[0]}-bit DKIM private key, checked>\n".encode()
+    assert data.decode() == opendkim.render_txt(domain, selector, read[1]), rel
+    return b"<DNS record of the new key, checked against it>\n"
 
 
 def mask_plan_json(data: dict) -> dict:
@@ -215,15 +234,21 @@ def test_case(name, tmp_path, env):
     secrets = secrets_of(work, dict(os.environ))
     known_hashes = {e.password_hash for e in accounts.parse(
         before.get(ACCOUNTS, (b"",))[0].decode()).entries.values()}
+    known_hashes |= {e.password_hash for e in masters.parse(
+        before.get(MASTERS, (b"",))[0].decode()).entries.values()}
     actual = {}
     for rel, path in volume_files(work).items():
         data = path.read_bytes()
-        if rel == ACCOUNTS:
+        if rel in (ACCOUNTS, MASTERS):
             golden = case / "after" / rel
+            keyed = secrets if rel == ACCOUNTS else {
+                k.removeprefix(MASTER_KEY): v for k, v in secrets.items() if k.startswith(MASTER_KEY)}
             data = mask_new_hashes(data.decode(), golden.read_text() if golden.exists() and
-                                   not UPDATE else None, secrets, known_hashes).encode()
+                                   not UPDATE else None, keyed, known_hashes).encode()
         if rel == STATE:
             data = mask_plan_key(data.decode(), before.get(STATE, (None,))[0]).encode()
+        if rel.startswith(DKIM_KEYS) and rel not in before:
+            data = mask_new_dkim_file(rel, data, volume_files(work))
         actual[rel] = data
     if UPDATE:
         shutil.rmtree(case / "after", ignore_errors=True)

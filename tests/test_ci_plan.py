@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.formats import cron
 from tests.ci_util import Repo, actions, git, make_repo
 from tests.util import make_volume, run_cli, sha512_hash
 
@@ -75,8 +76,10 @@ sa_learn:
   - {{schedule: "0 3 * * *", learn: spam, folder: .Junk, accounts: [admin@example.com]}}
 """
 
-SA_LEARN = ("0 {hour} * * * root sa-learn --spam /var/mail/example.com/admin/.Junk "
-            "--dbpath /var/mail-state/lib-amavis/.spamassassin > /dev/null")
+def sa_learn_line(hour: int) -> str:
+    return cron.job_line(f"0 {hour} * * *", "spam", "example.com", "admin", ".Junk")
+
+
 EXPECTED = {
     ("update", "quota", "admin@example.com"),
     ("delete", "account", "dave@example.org"),
@@ -90,8 +93,8 @@ EXPECTED = {
     ("create", "alias", "orders@example.com"),  # the renamed alias ...
     ("delete", "alias", "sales@example.com"),  # ... is a create and a delete
     ("update", "alias", "team@example.org"),
-    ("create", "sa_learn", SA_LEARN.format(hour=3)),
-    ("delete", "sa_learn", SA_LEARN.format(hour=2)),
+    ("create", "sa_learn", sa_learn_line(3)),
+    ("delete", "sa_learn", sa_learn_line(2)),
 }
 ENV = {"BOB_PASSWORD": PLAIN["bob"]}  # bob's secret is readable; carol's, erin's ... are not
 
@@ -302,8 +305,7 @@ accounts:
 sa_learn:
   - {{schedule: "0 2 * * *", learn: spam, folder: .Junk}}
 """
-CRON_LINE = ("0 2 * * * root sa-learn --spam /var/mail/*/*/.Junk --dbpath "
-             "/var/mail-state/lib-amavis/.spamassassin > /dev/null")
+CRON_LINE = cron.job_line("0 2 * * *", "spam", "*", "*", ".Junk")
 
 
 def _copy_of_volume(root: Path, with_cron: bool) -> Path:

@@ -26,7 +26,20 @@ from hypothesis import strategies as st
 from reconciler import state as state_file
 from reconciler.desired import load_desired_bytes
 from reconciler.errors import InvalidDesiredState, VolumeError
-from reconciler.formats import accounts, aliases, amavis, cron, quotas, virtual
+from reconciler.formats import (
+    access,
+    accounts,
+    aliases,
+    amavis,
+    cron,
+    masters,
+    opendkim,
+    quotas,
+    regexp,
+    relaymap,
+    sasl,
+    virtual,
+)
 from reconciler.yamlload import YamlLoadError, load_yaml_bytes
 
 EXAMPLES = int(os.environ.get("DMS_RECONCILER_FUZZ_EXAMPLES", "300"))
@@ -49,12 +62,15 @@ TOKENS = ["|", ":", "@", ",", " ", "\t", "\r", "\n", "\r\n", "#", "\\", "\0", "d
           "\u2028", "\x85", "\udcff", "é", "9" * 4400, "!!python/name:os.system", "&a", "*a",
           "<<: ", "- ", "? ", "{", "}", "[", "]", "---\n", "!!float", "'", "~", "!!bool", "!!int",
           "!!binary", "!!timestamp", "!!map", "!!seq", "!!str", "!!null", '""', "!", "%YAML 1.1\n",
-          "%TAG ! tag:x,2000:\n"]
+          "%TAG ! tag:x,2000:\n", "/^a\\/b$/i", "if /x/", "endif", "REJECT", "\t\t", "[h]:25",
+          "u:p", "mail._domainkey.example.com", "*@example.com"]
 configish = st.lists(st.one_of(st.sampled_from(TOKENS), st.text(max_size=8)),
                      max_size=60).map("".join)
 any_text = st.one_of(configish, st.text(max_size=400))
 
-ENTRY_CODECS = {"accounts": accounts, "virtual": virtual, "aliases": aliases, "quotas": quotas}
+ENTRY_CODECS = {"accounts": accounts, "virtual": virtual, "aliases": aliases, "quotas": quotas,
+                "masters": masters, "access": access, "relaymap": relaymap, "sasl": sasl,
+                "regexp": regexp, "opendkim": opendkim}
 
 
 def _as_written(name: str, entries: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +96,7 @@ def test_entry_codecs_parse_anything_and_round_trip(name: str, text: str) -> Non
     codec = ENTRY_CODECS[name]
     first = codec.parse(text)
     rendered = _render_parsed(name, first)
-    assert rendered.endswith("\n")
+    assert rendered.endswith("\n") or (rendered == "" and name == "opendkim")  # no header there
     second = codec.parse(rendered)
     assert second.entries == _as_written(name, first.entries), (
         "a rendered file parses to other entries"
@@ -205,6 +221,22 @@ document = st.fixed_dictionaries(
                       "domains": st.lists(hostile, max_size=2)}), max_size=2),
         "policy": st.fixed_dictionaries({}, optional={"prune": hostile, "max_deletions": hostile}),
         "unknown": hostile,
+        "masters": st.dictionaries(st.one_of(hostile.filter(lambda v: isinstance(v, str)),
+                                             st.just("admin")), account, max_size=2),
+        "regexp_aliases": st.lists(st.fixed_dictionaries(
+            {"pattern": st.one_of(hostile, st.sampled_from(["^a(b@example\\.com", "(?<x", "^x$"])),
+             "to": st.one_of(addresses, st.lists(hostile, max_size=2))},
+            optional={"flags": hostile}), max_size=2),
+        "restrict": st.fixed_dictionaries({}, optional={"send": st.lists(addresses, max_size=2),
+                                                        "receive": st.lists(hostile, max_size=2)}),
+        "relay": st.dictionaries(st.one_of(st.sampled_from(["example.com"]), hostile),
+                                 st.fixed_dictionaries({}, optional={
+                                     "host": hostile, "port": hostile, "exclude": hostile,
+                                     "username": hostile, "password_env": hostile}), max_size=2),
+        "dkim": st.dictionaries(st.one_of(st.sampled_from(["example.com"]), hostile),
+                                st.fixed_dictionaries({}, optional={"selector": hostile,
+                                                                    "key_size": hostile}),
+                                max_size=2),
     })
 
 
@@ -258,7 +290,44 @@ def valid_document(draw: st.DrawFn) -> dict[str, Any]:
         elif scope == "domains":
             job["domains"] = sorted(used_domains)[:1]
         doc["sa_learn"] = [job]
+    _setup_sections(draw, doc, accounts_, sorted(used_domains))
     return doc
+
+
+MASTER_NAMES = st.from_regex(r"[a-z0-9_-]{1,8}(\.[a-z0-9_-]{1,4})?", fullmatch=True)
+PATTERNS = ["^test[0-9]+@example\\.com$", "^(a|b)@x\\.org$", "a/b", "^(.+)@(.+)$", "[/]", "\\/x",
+            "^\\w+\\s?$", "x{2,3}"]
+HOSTS = ["smtp.example.net", "127.0.0.1", "::1", "relay", "mx-1.example.org"]
+
+
+def _setup_sections(draw: st.DrawFn, doc: dict[str, Any], accounts_: list[str],
+                    domains: list[str]) -> None:
+    """masters, regexp_aliases, restrict and relay, with values anywhere the rules allow."""
+    if draw(st.booleans()):
+        doc["masters"] = {name: {"password_hash": "{SHA512-CRYPT}$6$salt$" + "c" * 86}
+                          for name in draw(st.lists(MASTER_NAMES, min_size=1, max_size=3,
+                                                    unique=True)) if name not in doc["accounts"]}
+    if draw(st.booleans()):
+        doc["regexp_aliases"] = [
+            {"pattern": pattern, "flags": draw(st.sampled_from(["", "i", "mx", "iU"])),
+             "to": draw(st.lists(st.sampled_from(accounts_ + ["x@elsewhere.test"]), min_size=1,
+                                 max_size=2, unique=True))}
+            for pattern in draw(st.lists(st.sampled_from(PATTERNS), min_size=1, max_size=3,
+                                         unique=True))]
+    if draw(st.booleans()):
+        doc["restrict"] = {"send": accounts_[:1], "receive": accounts_[-1:]}
+    if draw(st.booleans()):
+        relay: dict[str, Any] = {}
+        for domain in draw(st.lists(st.sampled_from(domains), min_size=1, unique=True)):
+            if draw(st.booleans()):
+                relay[domain] = {"exclude": True}
+            else:
+                relay[domain] = {"host": draw(st.sampled_from(HOSTS)),
+                                 "port": draw(st.integers(1, 65535)),
+                                 "username": draw(st.from_regex(r"[A-Za-z0-9@._-]{1,12}",
+                                                                fullmatch=True)),
+                                 "password_env": "RELAY_PW"}
+        doc["relay"] = relay
 
 
 def _places(doc: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
@@ -318,15 +387,25 @@ def _assert_rendered_files_hold_exactly(state: Any) -> None:
 
     from reconciler.executor import render_files
     from reconciler.observe import observe
-    from reconciler.passwords import DesiredPassword, Status
+    from reconciler.passwords import (
+        RELAY_KEY,
+        DesiredPassword,
+        Secret,
+        Status,
+        password_sources,
+    )
     from reconciler.planner import make_plan
 
     with tempfile.TemporaryDirectory() as tmp:
         observed = observe(tmp, os.path.join(tmp, "sa-learn"))
-        decided = {a.address: DesiredPassword(Status.GIVEN, a.password, hash=a.password.value)
-                   if hasattr(a.password, "value") else
-                   DesiredPassword(Status.GIVEN, a.password, hash="{SHA512-CRYPT}$6$x$" + "b" * 86)
-                   for a in state.accounts}
+        decided = {key: DesiredPassword(Status.GIVEN, source, hash=source.value)
+                   if hasattr(source, "value") else
+                   DesiredPassword(Status.GIVEN, source, hash="{SHA512-CRYPT}$6$x$" + "b" * 86)
+                   for key, source in password_sources(state)}
+        for relay in state.relay:
+            if relay.password is not None:
+                decided[RELAY_KEY + relay.domain] = DesiredPassword(
+                    Status.NEW, relay.password, secret=Secret("p@ss:w rd#1"))
         plan = make_plan(state, observed, decided)
         files = render_files(plan)
     declared_accounts = {a.address for a in state.accounts}
@@ -352,6 +431,37 @@ def _assert_rendered_files_hold_exactly(state: Any) -> None:
     if "amavis.cf" in files:
         block = amavis.parse(files["amavis.cf"].decode()).block
         assert block is not None and set(block.values()) == {state.quarantine.mailbox}
+    _assert_setup_files_hold_exactly(state, files)
+
+
+def _assert_setup_files_hold_exactly(state: Any, files: dict[str, bytes]) -> None:
+    from reconciler.setup_planner import regexp_line
+
+    if state.masters:
+        m = masters.parse(files["dovecot-masters.cf"].decode())
+        assert set(m.entries) == {x.name for x in state.masters} and not m.invalid
+    if state.regexp_aliases:
+        r = regexp.parse(files["postfix-regexp.cf"].decode())
+        want = [regexp_line(a.pattern, a.flags, a.targets) for a in state.regexp_aliases]
+        assert list(r.entries.values()) == want and not r.invalid, "regexp entries changed"
+    for name, declared in ((access.SEND, state.restrict.send),
+                           (access.RECEIVE, state.restrict.receive)):
+        if declared:
+            a = access.parse(files[name].decode())
+            assert set(a.entries) == set(declared) and not a.invalid
+            assert all(e.action == access.REJECT for e in a.entries.values())
+    if state.relay:
+        rm = relaymap.parse(files["postfix-relaymap.cf"].decode())
+        assert set(rm.entries) == {"@" + r.domain for r in state.relay} and not rm.invalid
+        for relay in state.relay:
+            entry = rm.entries["@" + relay.domain]
+            assert entry.excluded if relay.exclude else entry.host_port() == (relay.host,
+                                                                              relay.port)
+        with_auth = {"@" + r.domain: r.username for r in state.relay if r.username}
+        if with_auth:
+            sa = sasl.parse(files["postfix-sasl-password.cf"].decode())
+            assert {k: e.username for k, e in sa.entries.items()} == with_auth
+            assert all(e.password == "p@ss:w rd#1" for e in sa.entries.values())
 
 
 def _saved_plan_sample(tmp: str) -> dict[str, Any]:

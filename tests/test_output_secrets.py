@@ -8,6 +8,7 @@ every hash and every hash's digest part, including the hashes apply made itself.
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from tests.util import run_cli, sha512_hash, write_desired
@@ -15,6 +16,8 @@ from tests.util import run_cli, sha512_hash, write_desired
 JANE_SECRET = "Jane-Plain-Secret-1"
 BOB_SECRET = "Bob-Plain-Secret-1"
 BOB_NEW_SECRET = "Bob-Plain-Secret-2"
+MASTER_SECRET = "Master-Plain-Secret-3"
+RELAY_SECRET = "Relay-Plain-Secret-4"
 ADMIN = sha512_hash("admin-pw", salt="adminSalt0001")
 BOB_OLD = sha512_hash("bob-old", salt="bobSalt000002")
 LEGACY = sha512_hash("legacy-pw", salt="legacySalt003")
@@ -23,7 +26,8 @@ JUNK = sha512_hash("junk-pw", salt="junkSalt00004")
 
 def forbidden(*hashes: str) -> list[str]:
     """The plaintexts, each hash, and each hash without its `{SCHEME}$6$salt$` prefix."""
-    out = [JANE_SECRET, BOB_SECRET, BOB_NEW_SECRET, "admin-pw", "bob-old", "legacy-pw"]
+    out = [JANE_SECRET, BOB_SECRET, BOB_NEW_SECRET, "admin-pw", "bob-old", "legacy-pw",
+           MASTER_SECRET, RELAY_SECRET]
     for h in hashes:
         out += [h, h.rsplit("$", 1)[1]]
     return out
@@ -31,6 +35,7 @@ def forbidden(*hashes: str) -> list[str]:
 
 def test_no_output_of_any_command_holds_a_password_or_hash(tmp_path, volume):
     (tmp_path / "jane.txt").write_text(JANE_SECRET + "\n")
+    (tmp_path / "boss.txt").write_text(MASTER_SECRET + "\n")
     desired = write_desired(tmp_path / "mailserver.yaml", f"""
         version: 1
         domains: [example.com, example.org]
@@ -43,11 +48,22 @@ def test_no_output_of_any_command_holds_a_password_or_hash(tmp_path, volume):
             password_env: BOB_PASSWORD
         aliases:
           team@example.org: [jane@example.org, bob@example.org]
+        masters:
+          boss:
+            password_file: boss.txt
+        relay:
+          example.com:
+            host: smtp.relay.example.net
+            username: relay-user
+            password_env: RELAY_PASSWORD
+        dkim:
+          example.com:
+            key_size: 1024
         """)
     volume.write("postfix-accounts.cf", (
         f"admin@example.com|{ADMIN}\nbob@example.org|{BOB_OLD}\nlegacy@example.com|{LEGACY}\n"
         f"  junk@example.com|{JUNK}\nempty@example.com|\n"))
-    env = {"BOB_PASSWORD": BOB_SECRET}
+    env = {"BOB_PASSWORD": BOB_SECRET, "RELAY_PASSWORD": RELAY_SECRET}
     outputs: dict[str, str] = {}
 
     def run(name: str, *args: str, expect: int = 0, env_: dict[str, str] | None = None) -> None:
@@ -85,12 +101,19 @@ def test_no_output_of_any_command_holds_a_password_or_hash(tmp_path, volume):
 
     made += [line.split("|")[1] for line in volume.read("postfix-accounts.cf").splitlines()
              if line.startswith(("jane@", "bob@"))]
-    assert len(set(made)) == 4  # both secrets changed, so both got a second new hash
+    made += [line.split("|")[1] for line in volume.read("dovecot-masters.cf").splitlines()
+             if line.startswith("boss|")]
+    private = volume.config / "opendkim" / "keys" / "example.com" / "mail.private"
+    key_lines = [line for line in private.read_text().splitlines() if "-----" not in line]
+    sasl_file = (volume.config / "postfix-sasl-password.cf").read_bytes()
+    assert RELAY_SECRET.encode() in sasl_file and len(key_lines) > 5
+    assert len(set(made)) == 5  # both secrets changed, so both got a second new hash; + boss
 
     assert "(sensitive)" in outputs["plan text"] and "(sensitive)" in outputs["plan markdown"]
     assert json.loads(outputs["plan json"])["summary"]["has_changes"]
-    leaks = [(name, word) for name, text in outputs.items()
-             for word in forbidden(ADMIN, BOB_OLD, LEGACY, JUNK, *made) if word in text]
+    words = forbidden(ADMIN, BOB_OLD, LEGACY, JUNK, *made) + key_lines
+    words += [hashlib.sha256(sasl_file).hexdigest(), "PRIVATE KEY"]
+    leaks = [(name, word) for name, text in outputs.items() for word in words if word in text]
     assert leaks == []
 
 

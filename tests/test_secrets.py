@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 FILE_PASSWORD = "file-Secret-Alpha-7q"
 ENV_PASSWORD = "env-Secret-Bravo-8w"
 ENV_PASSWORD_2 = "env-Secret-Charlie-9e"
+RELAY_PASSWORD = "relay-Secret-Hotel-3u"
 GIVEN_PLAINTEXT = "given-Secret-Delta-0r"
 GIVEN_HASH = sha512_hash(GIVEN_PLAINTEXT, salt="givensalt")
 LEGACY_HASH = sha512_hash("legacy-Secret-Echo-1t", salt="legacysalt")
@@ -41,11 +42,13 @@ class Secrets:
     """The known secrets; grows as apply makes new hashes."""
 
     def __init__(self) -> None:
-        self.values = [FILE_PASSWORD, ENV_PASSWORD, ENV_PASSWORD_2, GIVEN_PLAINTEXT,
+        self.values = [FILE_PASSWORD, ENV_PASSWORD, ENV_PASSWORD_2, GIVEN_PLAINTEXT, RELAY_PASSWORD,
                        "legacy-Secret-Echo-1t", *_hash_parts(GIVEN_HASH), *_hash_parts(LEGACY_HASH)]
 
     def learn_hashes(self, volume: Volume) -> None:
-        for line in (volume.config / "postfix-accounts.cf").read_text().splitlines():
+        masters = volume.config / "dovecot-masters.cf"
+        lines = masters.read_text().splitlines() if masters.exists() else []
+        for line in (volume.config / "postfix-accounts.cf").read_text().splitlines() + lines:
             if "|" in line and not line.startswith("#"):
                 for part in _hash_parts(line.split("|")[1]):
                     if part not in self.values:
@@ -77,10 +80,19 @@ accounts:
     password_env: CAROL_PASSWORD
 aliases:
   postmaster@example.com: admin@example.com
+masters:
+  boss:
+    password_env: CAROL_PASSWORD
+relay:
+  example.com:
+    host: smtp.relay.example.net
+    username: relay-user
+    password_env: RELAY_PASSWORD
 policy:
   max_deletions: 0
 """)
-    yield desired, volume, Secrets(), {"BOB_PASSWORD": ENV_PASSWORD, "CAROL_PASSWORD": ENV_PASSWORD_2}
+    yield desired, volume, Secrets(), {"BOB_PASSWORD": ENV_PASSWORD, "CAROL_PASSWORD": ENV_PASSWORD_2,
+                                       "RELAY_PASSWORD": RELAY_PASSWORD}
 
 
 def _run(secrets: Secrets, where: str, *args: str, env: dict[str, str],

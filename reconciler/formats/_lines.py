@@ -149,7 +149,9 @@ def render_lines(
     indented = [line for line in invalid if continuation and line[:1].isspace()]
     rest = [line for line in invalid if not (continuation and line[:1].isspace())]
     out = [header, *comments, *indented, *(line_of(e) for e in entries), *rest]
-    return "\n".join(out) + "\n"
+    if not header:  # a file whose reader might not skip comments (OpenDKIM's tables)
+        out.pop(0)
+    return "\n".join(out) + "\n" if out else ""
 
 
 def grep_safe_order(address: str) -> tuple[int, int, str]:

@@ -22,11 +22,21 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from reconciler import dms as dms_mod
-from reconciler.formats import amavis
+from reconciler.formats import access, amavis, opendkim
 from reconciler.health import Metrics, Status
 
 UNCONFIRMED_GIVE_UP = 3
 RECONFIRM_MAX_SECONDS = 15.0  # DMS could not be asked: look again, 1 s doubling up to this
+
+
+def services_to_reload(written: Collection[str]) -> set[str]:
+    """Services whose files DMS reads only at start-up, among the files just written."""
+    owed = set()
+    if any(name in access.FILENAMES for name in written):
+        owed.add("postfix")
+    if any(name.startswith(opendkim.DIRECTORY + "/") for name in written):
+        owed.add("opendkim")
+    return owed
 
 
 class DmsClient(Protocol):
@@ -39,6 +49,10 @@ class DmsClient(Protocol):
     ) -> dms_mod.Report: ...
 
     def reload_amavis(self) -> dms_mod.Report: ...
+
+    def reload_restrictions(self) -> dms_mod.Report: ...
+
+    def reload_opendkim(self) -> dms_mod.Report: ...
 
 
 @dataclass
@@ -86,6 +100,9 @@ class Confirmer:
         self.unconfirmed: dict[str, str] = {}
         self.unconfirmed_accounts = 0
         self.reload_owed = False
+        # Other reloads DMS's change detector does not run: "postfix" for the access files,
+        # "opendkim" for opendkim/ (both read at DMS's start-up only)
+        self.reloads_owed: set[str] = set()
         self.reconfirm_at: float | None = None
         self._reconfirm_tries = 0
         self._note: str | None = None  # the last problem logged as a warning
@@ -103,6 +120,10 @@ class Confirmer:
             self.reload_owed = True
             if not out_of_reach:
                 self._reload_amavis(retry=False)
+        owed = services_to_reload(written)
+        self.reloads_owed |= owed
+        if owed and not out_of_reach:
+            self._reload_services(retry=False)
         # what DMS could not be asked about earlier is asked about together with this write
         expected = {**self.unconfirmed, **dms_mod.monitored_checksums(sha512)}
         self.unconfirmed = {}
@@ -173,6 +194,8 @@ class Confirmer:
         self.reconfirm_at = None
         if self.reload_owed:
             self._reload_amavis(retry=True)
+        if self.reloads_owed:
+            self._reload_services(retry=True)
         if self.unconfirmed:
             report = self.dms.check_applied(self.unconfirmed, self._current_sha512)
             if report.state == "confirmed":
@@ -216,6 +239,24 @@ class Confirmer:
         level = self.log.info if report.ok else self.log.warning
         level(report.message, extra={"fields": {"service": "amavis", "result": report.state}})
 
+    def _reload_services(self, *, retry: bool) -> None:
+        """The reloads `setup` would run for the access files and opendkim/; like Amavis's, one
+        that cannot be done now stays owed until DMS can be asked."""
+        assert self.dms is not None
+        for service in sorted(self.reloads_owed):
+            reload = (
+                self.dms.reload_restrictions if service == "postfix" else self.dms.reload_opendkim
+            )
+            report = reload()
+            if report.state == "unconfirmed" and retry:
+                self.log.debug(report.message, extra={"fields": {"service": service}})
+                continue
+            if report.state != "unconfirmed":
+                self.reloads_owed.discard(service)
+            self.metrics.dms_reloads.labels(service=service, result=report.state).inc()
+            level = self.log.info if report.ok else self.log.warning
+            level(report.message, extra={"fields": {"service": service, "result": report.state}})
+
     def _await(self, expected: dict[str, str], accounts: int) -> None:
         timeout = dms_mod.confirm_timeout(accounts, self.environ)
         now = self.clock()
@@ -234,7 +275,7 @@ class Confirmer:
         self.publish("unconfirmed", message)
 
     def _schedule_reconfirm(self, *, first: bool = False) -> None:
-        if not (self.unconfirmed or self.reload_owed):
+        if not (self.unconfirmed or self.reload_owed or self.reloads_owed):
             self.reconfirm_at, self._reconfirm_tries = None, 0
             return
         self._reconfirm_tries = 0 if first else self._reconfirm_tries + 1

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections.abc import Callable
 
 from reconciler import state as state_file
 from reconciler.desired import Loaded, load_desired_bytes
 from reconciler.errors import InvalidDesiredState, ReconcilerError, Refused
 from reconciler.executor import ApplyResult
-from reconciler.formats import amavis
-from reconciler.observe import CRON, ENTRY_FILES, read_snapshot
+from reconciler.observe import read_fingerprint
 from reconciler.passwords import VerifiedCache
 from reconciler.reconcile import Applied, Target, apply_once, plan_once
 from reconciler.watch.confirm import Confirmer
@@ -207,13 +205,8 @@ class ReconcileCycle:
         do: the plan would be the same, so skip it (a plan takes about a second at 10k accounts)."""
         if self._clean is None or self._clean[0] != digest:
             return False
-        names = {
-            name: os.path.join(self.target.config_dir, name)
-            for name in (*ENTRY_FILES, amavis.FILENAME, state_file.FILENAME)
-        }
-        names[CRON] = self.target.cron_path
         try:
-            now = {name: read_snapshot(path).sha256 for name, path in sorted(names.items())}
+            now = read_fingerprint(self.target.config_dir, self.target.cron_path)
         except ReconcilerError:
             return False
         return now == self._clean[1]

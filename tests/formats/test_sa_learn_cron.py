@@ -19,10 +19,10 @@ EXPECTED = {
     "dms-faq.cf": ([FAQ_SPAM, FAQ_HAM], ("# From the DMS FAQ",)),
     # cron keeps a CR as part of the command: such a line is not the clean line (its key shows \\r)
     "crlf-no-final-newline.cf": ([FAQ_SPAM + "\\r", FAQ_HAM], ("# From the DMS FAQ",)),
-    "canonical.cf": ([
-        f"0 2 * * * root sa-learn --spam /var/mail/example.com/alice/.Junk {DB}",
-        f"30 3 * * * root sa-learn --ham /var/mail/example.org/*/cur {DB}",
-        f"@daily root sa-learn --spam /var/mail/*/*/.Junk {DB}",
+    "canonical.cf": ([  # what dms-reconciler writes
+        cron.job_line("0 2 * * *", "spam", "example.com", "alice", ".Junk"),
+        cron.job_line("30 3 * * *", "ham", "example.org", "*", "cur"),
+        cron.job_line("@daily", "spam", "*", "*", ".Junk"),
     ], ()),
     "canonical-emptied.cf": ([], ()),
 }

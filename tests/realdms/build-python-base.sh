@@ -29,6 +29,11 @@ chroot "$ROOT" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEN
   /bin/sh -ec 'apt-get -qq update
     apt-get -qq install -y --no-install-recommends python3 python3-venv python-is-python3 ca-certificates >/dev/null
     apt-get clean; rm -rf /var/lib/apt/lists/*'
+# The sidecar's `pip install .` reaches the package index from the machine that builds it: where
+# that goes through a TLS-inspecting proxy, the proxy's CA is only in the host's bundle. Give the
+# base image the host's bundle and point pip at it (set-up of this machine, not of the product).
+cp /etc/ssl/certs/ca-certificates.crt "$ROOT/etc/ssl/certs/ca-certificates.crt"
+printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$ROOT/etc/pip.conf"
 : > "$ROOT/etc/resolv.conf"
 for ((i=${#MOUNTED[@]}-1; i>=0; i--)); do umount -l "${MOUNTED[i]}"; done; MOUNTED=()
 tar -C "$ROOT" --numeric-owner -c . | docker import \

@@ -1,0 +1,125 @@
+"""The DNS records a mail domain needs: the DKIM TXT record of the key on the volume (what
+`setup config dkim` leaves in `<selector>.txt`), and MX, SPF and DMARC suggestions in the form
+DMS's docs give (docs/content/config/best-practices/dkim_dmarc_spf.md: `v=spf1 mx ~all`, a
+DMARC policy of `p=none` with reports to start with). Pure: the volume's key files are read by
+`observe`; only public keys are shown, never a private one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from reconciler import dkimkeys
+from reconciler.formats import opendkim
+from reconciler.model import DesiredState
+from reconciler.observe import Observed
+
+TXT_STRING_MAX = 255  # one character-string in a TXT record (RFC 1035)
+
+
+@dataclass(frozen=True)
+class Record:
+    domain: str
+    kind: str  # dkim | mx | spf | dmarc
+    name: str  # the owner name, fully qualified with a final dot
+    type: str  # MX | TXT
+    value: str  # the record data (a TXT record's text joined)
+    suggestion: bool  # True: a starting point to adapt; False: must be published as it is
+    note: str = ""
+
+    def zone_line(self) -> str:
+        data = txt_strings(self.value) if self.type == "TXT" else self.value
+        return f"{self.name}\tIN\t{self.type}\t{data}"
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def txt_strings(text: str) -> str:
+    """A TXT value as zone-file strings of at most 255 characters, in parentheses when split."""
+    parts = [text[i : i + TXT_STRING_MAX] for i in range(0, len(text), TXT_STRING_MAX)] or [""]
+    quoted = [f'"{part}"' for part in parts]
+    return quoted[0] if len(quoted) == 1 else "( " + "\n\t\t".join(quoted) + " )"
+
+
+def records(desired: DesiredState, observed: Observed) -> tuple[list[Record], list[str]]:
+    """(records, problems): a problem is a DKIM key that is not on the volume (yet)."""
+    out: list[Record] = []
+    problems: list[str] = []
+    dkim = {d.domain: d for d in desired.dkim}
+    mx_host = desired.hostname
+    for domain in desired.domains:
+        out.append(
+            Record(
+                domain,
+                "mx",
+                f"{domain}.",
+                "MX",
+                f"10 {mx_host}." if mx_host else "10 <the DMS hostname>.",
+                True,
+                "" if mx_host else "give `hostname:` in mailserver.yaml to fill in the MX host",
+            )
+        )
+        out.append(
+            Record(
+                domain,
+                "spf",
+                f"{domain}.",
+                "TXT",
+                "v=spf1 mx ~all",
+                True,
+                "tighten to -all once all mail for the domain leaves through DMS",
+            )
+        )
+        out.append(
+            Record(
+                domain,
+                "dmarc",
+                f"_dmarc.{domain}.",
+                "TXT",
+                f"v=DMARC1; p=none; rua=mailto:postmaster@{domain}",
+                True,
+                "start with p=none and read the reports, then p=quarantine",
+            )
+        )
+        if domain not in dkim:
+            continue
+        selector = dkim[domain].selector
+        name = opendkim.private_key_path(domain, selector)
+        snap = observed.snapshots.get(name)
+        read = dkimkeys.read(snap.data) if snap is not None and snap.data is not None else None
+        if read is None:
+            why = (
+                "not made yet: run `dms-reconciler apply`"
+                if snap is None or snap.data is None
+                else "not a readable RSA private key"
+            )
+            problems.append(f"{domain}: the DKIM key {name} is {why}")
+            continue
+        out.append(
+            Record(
+                domain,
+                "dkim",
+                f"{opendkim.record_name(domain, selector)}.",
+                "TXT",
+                opendkim.txt_value(read[1]),
+                False,
+                f"RSA {read[0]} bits, from {name}",
+            )
+        )
+    return out, problems
+
+
+def text(found: list[Record], problems: list[str]) -> str:
+    lines: list[str] = []
+    for domain in dict.fromkeys(r.domain for r in found):
+        lines.append(f"; {domain}")
+        for record in (r for r in found if r.domain == domain):
+            label = "publish as it is" if not record.suggestion else "suggestion"
+            note = f": {record.note}" if record.note else ""
+            lines.append(f"; {record.kind} ({label}{note})")
+            lines.append(record.zone_line())
+        lines.append("")
+    for problem in problems:
+        lines.append(f"; warning: {problem}")
+    return "\n".join(lines).rstrip("\n") + "\n"

@@ -1,0 +1,145 @@
+"""postfix-regexp.cf: regular-expression aliases, a Postfix pcre table: `/pattern/flags targets`.
+
+DMS copies the file to /etc/postfix/regexp and appends `pcre:/etc/postfix/regexp` to
+`virtual_alias_maps`, after `texthash:/etc/postfix/virtual` (postfix-virtual.cf); its change
+detector watches it. The table is read top to bottom and the first matching pattern wins, so the
+order of the entries is part of their meaning. A pattern is enclosed by a delimiter (we write
+`/`; a `\\` escapes the next character, so a `/` inside the pattern is written `\\/`), followed by
+optional flags (`i` makes the match case-sensitive, the default being case-insensitive). Lines
+starting with whitespace continue the previous line. `if /pattern/` ... `endif` blocks and lines
+we cannot read are kept as they are, after the entries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from reconciler.formats._lines import HEADER, ParsedFile, Problem, is_comment, logical_lines
+
+FILENAME = "postfix-regexp.cf"
+FLAGS = "imsxAEUX"  # what Postfix's dict_pcre reads after the closing delimiter
+
+
+@dataclass(frozen=True)
+class RegexpLine:
+    pattern: str  # between the delimiters, as written (escapes kept)
+    flags: str
+    targets: tuple[str, ...]
+    delimiter: str = "/"
+
+    @property
+    def key(self) -> str:
+        """What identifies the entry: the pattern and its flags, as Postfix compiles them."""
+        return f"/{self.pattern}/{self.flags}" if self.delimiter == "/" else self.written_key
+
+    @property
+    def written_key(self) -> str:
+        return f"{self.delimiter}{self.pattern}{self.delimiter}{self.flags}"
+
+
+def delimit(pattern: str) -> str:
+    """`pattern` as written between `/` delimiters: each unescaped `/` becomes `\\/`."""
+    out: list[str] = []
+    escaped = False
+    for char in pattern:
+        if char == "/" and not escaped:
+            out.append("\\/")
+        else:
+            out.append(char)
+        escaped = char == "\\" and not escaped
+    return "".join(out)
+
+
+def split_pattern(line: str) -> tuple[str, str, str, str] | str:
+    """(delimiter, pattern, flags, rest) of a table line, as dict_pcre reads it."""
+    delimiter = line[0]
+    if delimiter.isalnum() or delimiter.isspace() or delimiter == "\\":
+        return "not `/pattern/ target`; Postfix cannot read this line"
+    position = 1
+    while position < len(line):
+        char = line[position]
+        if char == "\\":
+            position += 2
+            continue
+        if char == delimiter:
+            break
+        position += 1
+    else:
+        return "the pattern has no closing delimiter; Postfix cannot read this line"
+    pattern = line[1:position]
+    rest = line[position + 1 :]
+    flags = ""
+    while rest and not rest[0].isspace():
+        flags += rest[0]
+        rest = rest[1:]
+    if any(f not in FLAGS for f in flags):
+        return f"unknown pattern flag in '{flags}'; Postfix cannot read this line"
+    return delimiter, pattern, flags, rest.strip()
+
+
+def _targets(rest: str) -> tuple[str, ...]:
+    return tuple(t for t in rest.replace(",", " ").split() if t)
+
+
+def parse(text: str) -> ParsedFile[RegexpLine]:
+    """Entries by key in file order (the first of duplicates wins, as in Postfix), comments, and
+    the lines kept verbatim: `if`/`endif` blocks and lines Postfix cannot read."""
+    entries: dict[str, RegexpLine] = {}
+    comments: list[str] = []
+    kept: list[str] = []
+    problems: list[Problem] = []
+    depth = 0
+    for number, line in logical_lines(text, continuation=True):
+        if is_comment(line):
+            if line.strip() != HEADER:
+                comments.append(line.rstrip())
+            continue
+        word = line.split(None, 1)[0]
+        if word == "if" or word == "!if" or depth:
+            depth += word in ("if", "!if")
+            depth -= word == "endif"
+            depth = max(depth, 0)
+            kept.append(line)
+            continue
+        if word == "endif":
+            kept.append(line)
+            problems.append(Problem(number, "'endif' without 'if'; Postfix ignores it"))
+            continue
+        if line[:1].isspace():
+            kept.append(line)
+            problems.append(Problem(number, "line starts with whitespace but continues nothing"))
+            continue
+        split = split_pattern(line)
+        if isinstance(split, str):
+            kept.append(line)
+            problems.append(Problem(number, split))
+            continue
+        delimiter, pattern, flags, rest = split
+        targets = _targets(rest)
+        if not targets:
+            kept.append(line)
+            problems.append(Problem(number, "regexp alias has a pattern but no target"))
+            continue
+        entry = RegexpLine(pattern, flags, targets, delimiter)
+        if entry.key in entries:
+            problems.append(
+                Problem(number, f"duplicate pattern {entry.key}; only the first one is used")
+            )
+            continue
+        entries[entry.key] = entry
+    return ParsedFile(entries, tuple(comments), tuple(kept), tuple(problems))
+
+
+def line_of(entry: RegexpLine) -> str:
+    return f"{entry.written_key} {','.join(entry.targets)}"
+
+
+def render(
+    entries: Iterable[RegexpLine], *, comments: Iterable[str] = (), invalid: Iterable[str] = ()
+) -> str:
+    """Entries in the order given (first match wins), then the kept lines in their order."""
+    indented = [line for line in invalid if line[:1].isspace()]  # they must continue nothing
+    rest = [line for line in invalid if not line[:1].isspace()]
+    out = [HEADER, *comments, *indented, *(line_of(e) for e in entries), *rest]
+    return "\n".join(out) + "\n"

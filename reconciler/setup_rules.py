@@ -1,0 +1,296 @@
+"""Mail-aware checks for what DMS's `setup` CLI manages: masters, regexp_aliases, restrict, relay
+and dkim. Called from `rules.check`, with the same report and the same defensive reading: a part
+with the wrong type was already reported by the schema and is skipped here.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import TYPE_CHECKING, Any
+
+from reconciler.addresses import LABEL_RE, LOCAL_RE, check_address, check_password_hash, domain_of
+
+if TYPE_CHECKING:
+    from reconciler.rules import Report, _View
+
+DKIM_KEY_SIZES = (1024, 2048, 3072, 4096)
+_SUBSTITUTION = re.compile(r"\$(?:\{(\d+)\}|(\d))")
+_SELECTOR = re.compile(
+    r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\Z"
+)
+PASSWORD_KEYS = ("password_hash", "password_file", "password_env")
+
+
+def check(report: Report, view: _View) -> None:
+    doc = report.doc.value
+    declared = {d for _, d in view.domains}
+    _check_masters(report, view, _mapping(doc, "masters"))
+    _check_regexp(report, view, doc.get("regexp_aliases"), declared)
+    _check_restrict(report, view, _mapping(doc, "restrict"), declared)
+    _check_relay(report, _mapping(doc, "relay"), declared)
+    _check_dkim(report, _mapping(doc, "dkim"), declared)
+
+
+def _mapping(doc: dict[str, Any], name: str) -> dict[str, Any]:
+    value = doc.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _not_declared(domain: str, what: str) -> str:
+    if what.startswith("the "):
+        return f"{what} '{domain}' is not listed in `domains`; add it there or fix the spelling"
+    return (
+        f"{what} is in domain '{domain}', which is not listed in `domains`; add it there or "
+        "fix the spelling"
+    )
+
+
+def check_master_name(name: str) -> str | None:
+    """A master user name: what DMS's masterdb and Dovecot's `user*master` login can carry."""
+    if not name:
+        return "a master user name must not be empty"
+    if "@" in name:
+        return check_address(name)
+    bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "._-"))})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad[:5])
+        return (
+            f"master user name '{name}' has {shown}; use lowercase letters, digits, '.', '_' and "
+            "'-' ('*' separates the user from the master at login, '|' and ':' split DMS's lines)"
+        )
+    if name != name.lower():
+        return f"master user name '{name}' has uppercase letters; write '{name.lower()}'"
+    if not LOCAL_RE.match(name):
+        return f"master user name '{name}' has a dot at its start or end, or two in a row"
+    return None
+
+
+def _check_masters(report: Report, view: _View, masters: dict[str, Any]) -> None:
+    for name, spec in masters.items():
+        if problem := check_master_name(name):
+            report.error(("masters", name), problem, key=True)
+        elif name in view.accounts or name in view.aliases:
+            what = "an account" if name in view.accounts else "an alias"
+            report.error(
+                ("masters", name),
+                f"master user '{name}' clashes with {what} of the same name; Dovecot would "
+                "check logins as that name against two passwords: rename the master",
+                key=True,
+            )
+        if not isinstance(spec, dict):
+            continue
+        given = [k for k in PASSWORD_KEYS if k in spec]
+        if len(given) != 1:
+            report.error(
+                ("masters", name),
+                f"master user '{name}' "
+                + (f"has {' and '.join(given)}" if given else "has no password")
+                + ": give exactly one of password_hash, password_file or password_env",
+                key=True,
+            )
+        value = spec.get("password_hash")
+        if isinstance(value, str) and (problem := check_password_hash(value)):
+            report.error(("masters", name, "password_hash"), problem)
+
+
+def pcre_problem(pattern: str, flags: str) -> tuple[str | None, int]:
+    """(why PCRE2 refuses `pattern`, or None; its number of capture groups), as Postfix compiles
+    it: case-insensitive unless `i`, the other flags as in pcre_table(5)."""
+    import pcre2  # imported here: validate needs it only for files that declare regexp_aliases
+
+    options = 0 if "i" in flags else pcre2.I
+    for flag, option in (("m", pcre2.M), ("s", pcre2.S), ("x", pcre2.X)):
+        if flag in flags:
+            options |= option
+    try:
+        compiled = pcre2.compile(pattern, flags=options)
+    except pcre2.PatternError as exc:
+        return f"pattern is not a valid PCRE: {exc}", 0
+    except Exception as exc:  # noqa: BLE001  - the binding raises a few types for odd input
+        return f"pattern is not a valid PCRE: {exc}", 0
+    return None, int(compiled.groups)
+
+
+def _check_regexp(report: Report, view: _View, items: Any, declared: set[str]) -> None:
+    if not isinstance(items, list):
+        return
+    seen: dict[tuple[str, str], int] = {}
+    devnull = {a for _, a in view.devnull}
+    known = set(view.accounts) | set(view.aliases) | devnull
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        pattern, flags = item.get("pattern"), item.get("flags", "")
+        groups = 9
+        if isinstance(pattern, str) and isinstance(flags, str):
+            if any(c in pattern for c in "\n\r\0"):
+                report.error(("regexp_aliases", i, "pattern"), "pattern must be one line")
+                continue
+            problem, groups = pcre_problem(pattern, flags)
+            if problem:
+                report.error(("regexp_aliases", i, "pattern"), problem)
+            first = seen.setdefault((pattern, flags), i)
+            if first != i:
+                report.error(
+                    ("regexp_aliases", i, "pattern"),
+                    f"the same pattern is item {first} already; Postfix only uses the first",
+                )
+        targets = item.get("to")
+        paths = (
+            [(("regexp_aliases", i, "to"), targets)]
+            if isinstance(targets, str)
+            else [(("regexp_aliases", i, "to", j), t) for j, t in enumerate(targets)]
+            if isinstance(targets, list)
+            else []
+        )
+        for path, target in paths:
+            if isinstance(target, str) and (problem := regexp_target_problem(target, groups)):
+                report.error(path, problem)
+            elif isinstance(target, str) and "$" not in target:
+                domain = domain_of(target)
+                if domain in declared and target not in known and domain not in view.catch_all:
+                    report.error(
+                        path,
+                        f"target '{target}' is in hosted domain '{domain}' but is no account, "
+                        "alias or devnull address, so mail to it would bounce",
+                    )
+
+
+def regexp_target_problem(target: str, groups: int) -> str | None:
+    """A target address, where `$1`/`${1}` stand for what a group matched."""
+    used = [int(a or b) for a, b in _SUBSTITUTION.findall(target)]
+    for number in used:
+        if number > groups or number == 0:
+            return (
+                f"target '{target}' uses ${number}, but the pattern has "
+                f"{groups} group{'s' if groups != 1 else ''}"
+            )
+    plain = _SUBSTITUTION.sub("x", target)
+    if "$" in plain:
+        return f"target '{target}' has a '$' that is not $1 ... $9 or ${{n}}"
+    problem = check_address(plain)
+    if problem and used:
+        return f"target '{target}' does not make an address: {problem}"
+    return problem and (f"target {problem}" if problem.startswith("address") else problem)
+
+
+def _check_restrict(
+    report: Report, view: _View, restrict: dict[str, Any], declared: set[str]
+) -> None:
+    for direction in ("send", "receive"):
+        values = restrict.get(direction)
+        if not isinstance(values, list):
+            continue
+        for j, address in enumerate(values):
+            if not isinstance(address, str):
+                continue
+            path = ("restrict", direction, j)
+            if problem := view.address_problem(address):
+                report.error(path, problem)
+            elif domain_of(address) not in declared:
+                report.error(path, _not_declared(domain_of(address), f"'{address}'"))
+
+
+def check_relay_host(host: str) -> str | None:
+    """A host name or an IP address, as `[host]` in postfix-relaymap.cf."""
+    shown = host.encode("unicode_escape").decode("ascii")[:80]
+    if host.startswith("[") or host.endswith("]") or ":" in host and not _is_ip(host):
+        return (
+            f"relay host '{shown}' must be a host name or IP address without brackets or port "
+            "(give the port as `port:`); it is written `[host]:port` for you"
+        )
+    if _is_ip(host):
+        return None
+    if host != host.lower():
+        return f"relay host '{host}' has uppercase letters; write '{host.lower()}'"
+    labels = host.split(".")
+    if len(host) > 253 or not all(LABEL_RE.match(label) for label in labels):
+        return (
+            f"relay host '{shown}' is not a valid host name (letters, digits and '-' in "
+            "dot-separated labels) or IP address"
+        )
+    return None
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _check_relay(report: Report, relay: dict[str, Any], declared: set[str]) -> None:
+    for domain, spec in relay.items():
+        if domain not in declared:
+            report.error(("relay", domain), _not_declared(domain, "the relay domain"), key=True)
+        if not isinstance(spec, dict):
+            continue
+        host, exclude = spec.get("host"), spec.get("exclude") is True
+        if isinstance(host, str) and (problem := check_relay_host(host)):
+            report.error(("relay", domain, "host"), problem)
+        if exclude and "host" in spec:
+            report.error(
+                ("relay", domain, "exclude"),
+                f"relay for '{domain}' has both a host and exclude: true; keep one "
+                "(exclude opts the domain out of the RELAY_HOST default)",
+            )
+        if "port" in spec and "host" not in spec:
+            report.error(("relay", domain, "port"), "a relay port needs a host")
+        if "host" not in spec and not exclude and "username" not in spec:
+            report.error(
+                ("relay", domain),
+                f"relay for '{domain}' has nothing to do: give host (and port), username and a "
+                "password source, or exclude: true",
+                key=True,
+            )
+        sources = [k for k in ("password_file", "password_env") if k in spec]
+        if "username" in spec:
+            username = spec["username"]
+            if exclude:
+                report.error(
+                    ("relay", domain, "username"),
+                    "credentials for an excluded domain are never used; remove them",
+                )
+            if isinstance(username, str) and (
+                ":" in username or any(c.isspace() or c in "#\0" for c in username)
+            ):
+                report.error(
+                    ("relay", domain, "username"),
+                    "the relay user name must not contain ':', '#' or whitespace "
+                    "(postfix-sasl-password.cf holds `user:password`)",
+                )
+            if len(sources) != 1:
+                report.error(
+                    ("relay", domain, "username"),
+                    "relay credentials need exactly one of password_file or password_env",
+                )
+        elif sources:
+            report.error(
+                ("relay", domain, sources[0]), "a relay password needs a `username` beside it"
+            )
+
+
+def _check_dkim(report: Report, dkim: dict[str, Any], declared: set[str]) -> None:
+    for domain, spec in dkim.items():
+        if domain not in declared:
+            report.error(("dkim", domain), _not_declared(domain, "the DKIM domain"), key=True)
+        if not isinstance(spec, dict):
+            continue
+        selector = spec.get("selector")
+        if isinstance(selector, str) and not _SELECTOR.match(selector):
+            report.error(
+                ("dkim", domain, "selector"),
+                f"selector '{selector.encode('unicode_escape').decode()[:60]}' must be lowercase "
+                "letters, digits and '-' (dot-separated labels): it becomes a DNS name and a "
+                "file name",
+            )
+        size = spec.get("key_size")
+        if isinstance(size, int) and not isinstance(size, bool) and size not in DKIM_KEY_SIZES:
+            report.error(
+                ("dkim", domain, "key_size"),
+                f"key_size {size} is out of range: use 1024, 2048, 3072 or 4096 bits (2048 is "
+                "DMS's default; below 1024 verifiers reject the key, above 4096 many DNS "
+                "servers cannot serve the record)",
+            )
