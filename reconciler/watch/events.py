@@ -207,7 +207,9 @@ class EventSource:
                     self._burst.writing = None
             elif kind == "moved" and paths[0] == self._file:  # moved away: no writer of ours
                 self._burst.writing = None
-            self._burst.renamed = kind == "moved" and paths[-1] == self._file
+            if not (kind == "modified" and getattr(event, "is_directory", False)):
+                # a folder's own "modified" follows every rename in it: not a new write
+                self._burst.renamed = kind == "moved" and paths[-1] == self._file
             if not self._burst.dirty:
                 self._burst.first = now
             self._burst.dirty = True
