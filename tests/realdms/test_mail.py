@@ -252,6 +252,30 @@ def test_a_virtual_change_restarts_amavis_once(host: MailHost) -> None:
     host.assert_no_problems()
 
 
+def test_amavis_cf_and_virtual_changed_together_restart_amavis_once(host: MailHost) -> None:
+    """A new quarantine mailbox (amavis.cf) and a new alias (postfix-virtual.cf) in one change:
+    the sidecar installs amavis.cf and leaves the restart to DMS's own `amavisd reload`, which
+    reads it; the next spam's copy goes to the new quarantine mailbox."""
+    dms = host.dms
+    dms.mark()
+    starts = dms.amavis_starts()
+    before = host.watcher.count()
+    text = host.desired.read_text()
+    assert "quarantine: {mailbox: jane@example.org}" in text
+    save_atomically(host.desired, text.replace(
+        "quarantine: {mailbox: jane@example.org}", "quarantine: {mailbox: admin@example.test}"
+    ).replace("  sales@example.org: bob@example.org\n",
+              "  sales@example.org: bob@example.org\n  info2@example.org: jane@example.org\n"))
+    host.wait_confirmed(before)
+    wait_until(lambda: dms.amavis_starts() > starts, 60, "DMS's own `amavisd reload`")
+    time.sleep(10)  # a second restart (the sidecar's) would come within seconds of the first
+    assert dms.amavis_starts() - starts == 1
+    dms.wait_amavis()
+    dms.send("bob@example.org", "gtube-2", GTUBE)
+    dms.wait_for_mail("admin@example.test", "gtube-2", folder=".Junk")
+    host.assert_no_problems()
+
+
 def test_sidecar_health_reports_dms_confirmed(host: MailHost) -> None:
     code, body = host.watcher.get("/healthz")
     assert code == 200, body
