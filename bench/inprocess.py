@@ -7,6 +7,11 @@ against its hash on the volume (on every core), the second finds them all in the
 `hashing`: `passwords.hash_many` on N secrets against the single-core rate measured on a sample,
 to show how many cores the first apply keeps busy.
 
+`one_add`: where the time of "apply, one account added" goes, in one process: reading the file,
+the YAML load (libyaml events into values, with positions), the schema and mail rules, the model,
+then `apply_once` (plan, write, plan again to prove convergence), and one more `plan_once` alone.
+The interpreter start and imports are the `--version` row.
+
 Each prints one JSON object on stdout.
 """
 
@@ -54,13 +59,49 @@ def hashing(count: int) -> dict[str, object]:
             "speedup": one_core * count / wall, "cpus": os.cpu_count()}
 
 
+def one_add(desired: str, config_dir: str, cron_file: str, env_file: str) -> dict[str, object]:
+    from reconciler.desired import Loaded, build_state, check_document, read_desired_bytes
+    from reconciler.reconcile import apply_once
+    from reconciler.yamlload import load_yaml_bytes
+
+    with open(env_file, encoding="utf-8") as handle:
+        environ = {**os.environ, **json.load(handle)}
+    target = Target(desired, config_dir, cron_file, environ=environ)
+    times = {}
+    start = time.perf_counter()
+    data = read_desired_bytes(desired)
+    times["read_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    doc = load_yaml_bytes(data, desired)
+    times["yaml_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    diagnostics = check_document(doc)
+    times["rules_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    state = build_state(doc.value)
+    times["model_s"] = time.perf_counter() - start
+    loaded = Loaded(state=state, warnings=tuple(diagnostics), sha256="", filename=desired)
+    start = time.perf_counter()
+    applied = apply_once(target, loaded=loaded)
+    times["apply_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    again = plan_once(target, loaded=loaded)
+    times["plan_s"] = time.perf_counter() - start
+    counts = applied.planned.plan.counts
+    if (counts["add"], counts["change"], counts["destroy"]) != (1, 0, 0) or again.plan.has_changes:
+        raise SystemExit(f"expected one added account and a converged volume, got {counts}")
+    return times
+
+
 def main(argv: list[str]) -> None:
     if argv[0] == "cache":
         result = cache(*argv[1:5])
     elif argv[0] == "hashing":
         result = hashing(int(argv[1]))
+    elif argv[0] == "one_add":
+        result = one_add(*argv[1:5])
     else:
-        raise SystemExit(f"unknown probe {argv[0]!r}; use cache or hashing")
+        raise SystemExit(f"unknown probe {argv[0]!r}; use cache, hashing or one_add")
     print(json.dumps(result))
 
 

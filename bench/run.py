@@ -193,6 +193,17 @@ def bench_size(runner: Runner, accounts: int, *, repeat: int, seed: int,
     for r in rows.values():
         r.floor = floor
         r.baseline = startup
+    # Where "apply, one account added" goes (bench/inprocess.py one_add), after the interpreter
+    # start and imports (the `--version` row).
+    parts = {key: Row(size, f"one account added, in-process: {what}", entries, per_entry=False)
+             for key, what in [("read_s", "read mailserver.yaml"),
+                               ("yaml_s", "YAML load (libyaml events into values, positions)"),
+                               ("rules_s", "schema and mail rules"),
+                               ("model_s", "model"),
+                               ("apply_s", "apply_once: plan, write, plan again (convergence)"),
+                               ("plan_s", "of which one plan_once")]}
+    env_file = data / "env.json"
+    env_file.write_text(json.dumps(spec.env))
     empty_config, empty_cron = new_volume(data / "empty")
     vol = data / "vol"
     config, cron = vol / "config", vol / "cron" / CRON_NAME
@@ -256,6 +267,16 @@ def bench_size(runner: Runner, accounts: int, *, repeat: int, seed: int,
                                       copy / "config")
             rows["dms_one"].walls.append(dms_cli.email_add(bin_dir, added, "bench-password"))
             rows["dms_one"].rss.append(0.0)
+        shutil.rmtree(copy)
+        shutil.copytree(vol, copy)
+        sample = runner.run(["-m", "bench.inprocess", "one_add", "mailserver-plus-one.yaml",
+                             str(copy / "config"), str(copy / "cron" / CRON_NAME),
+                             str(env_file)], cwd=data)
+        if sample.returncode != 0:
+            raise BenchFailure(f"the one_add probe failed; see {sample.stderr}")
+        for key, value in json.loads(sample.text()).items():
+            parts[key].walls.append(value)
+            parts[key].rss.append(sample.rss_mb)
     if not rows["dms_one"].walls:
         del rows["dms_one"]
     else:
@@ -264,7 +285,7 @@ def bench_size(runner: Runner, accounts: int, *, repeat: int, seed: int,
         rows["dms_one"].floor = None
         rows["dms_one"].per_entry = False
         rows["apply_one"].note = f"{rows['apply_one'].median / rows['dms_one'].median:.1f}x DMS's"
-    return [floor, *rows.values()]
+    return [floor, *rows.values(), *parts.values()]
 
 
 def bench_plaintext(runner: Runner, accounts: int, *, repeat: int, seed: int,
