@@ -276,6 +276,35 @@ def test_amavis_cf_and_virtual_changed_together_restart_amavis_once(host: MailHo
     host.assert_no_problems()
 
 
+def test_config_folder_briefly_missing_is_reported_and_converges(host: MailHost) -> None:
+    """The config folder renamed away on the host (a restore, a botched move) while a change
+    arrives: the sidecar reports it, keeps retrying and never makes the folder up; once the
+    folder is back it applies the change and DMS confirms it. (DMS's bind mount follows the
+    folder's inode, so DMS itself keeps its view.)"""
+    dms = host.dms
+    dms.mark()
+    config = host.volume.config
+    away = config.with_name("config.away")
+    config.rename(away)
+    try:
+        before = host.watcher.count()
+        host.edit("  sales@example.org: bob@example.org\n",
+                  "  sales@example.org: bob@example.org\n  back@example.org: jane@example.org\n")
+        record = host.watcher.wait_for_log(
+            lambda r: r["message"].startswith("reconcile failed"), after=before, timeout=30,
+            what="the report of the missing folder")
+        assert "does not exist" in record["message"] and record["level"] == "error", record
+        time.sleep(3)  # it keeps retrying meanwhile
+        assert not config.exists()  # it never makes the volume up itself
+    finally:
+        away.rename(config)
+    host.wait_confirmed(before)
+    assert "back@example.org" in (config / "postfix-virtual.cf").read_text()
+    dms.send("back@example.org", "after-missing-folder")
+    dms.wait_for_mail("jane@example.org", "after-missing-folder")
+    host.assert_no_problems()
+
+
 def test_sidecar_health_reports_dms_confirmed(host: MailHost) -> None:
     code, body = host.watcher.get("/healthz")
     assert code == 200, body
