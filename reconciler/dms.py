@@ -38,6 +38,7 @@ from reconciler.formats import (
     sasl,
     virtual,
 )
+from reconciler.lock import LOCK_NAME
 
 CHKSUM_FILE = "/tmp/docker-mailserver-config-chksum"
 DMS_DIR = "/tmp/docker-mailserver"  # fixed in DMS (`local DMS_DIR=/tmp/docker-mailserver`)
@@ -55,6 +56,8 @@ MONITORED = (
     relaymap.FILENAME,
     sasl.FILENAME,
 )
+# Their changes make DMS's change detector regenerate /etc/postfix/vhost and `amavisd reload`.
+AMAVIS_RELOADED_BY_DMS = (accounts.FILENAME, virtual.FILENAME)
 MAIN_CF = "/etc/postfix/main.cf"
 # What DMS's start-up puts in front of Postfix's restrictions for each access file that exists
 # (setup.d/postfix.sh:_setup_postfix_late): (file, restriction list, check).
@@ -334,8 +337,13 @@ class Dms:
             return Report("confirmed", "DMS applied the change")
         return Report("waiting", "DMS has not applied the change yet")
 
-    def reload_amavis(self) -> Report:
-        """Install the new amavis.cf as DMS does at start-up and restart Amavis."""
+    def reload_amavis(self, dms_will_reload: Mapping[str, str] | None = None) -> Report:
+        """Install the new amavis.cf as DMS does at start-up and restart Amavis.
+
+        `dms_will_reload`: the sha512 of the postfix-accounts.cf/postfix-virtual.cf we wrote with
+        it. DMS's change detector runs `amavisd reload` when it applies those
+        (check-for-changes.sh, `_reload_amavis`), which reads the new 50-user too: when it has not
+        started on them yet (no lock, not recorded), that reload is the only restart."""
         try:
             container = self.find()
             if _env(container, "ENABLE_AMAVIS") == "0":
@@ -351,6 +359,12 @@ class Dms:
                     "failed",
                     f"copying amavis.cf to {AMAVIS_USER_CONF} in the DMS "
                     f"container failed (exit {code}: {_first_line(output)})",
+                )
+            if dms_will_reload and self._not_yet_handled(container, dms_will_reload):
+                return Report(
+                    "ok",
+                    f"installed amavis.cf as {AMAVIS_USER_CONF}; DMS's change detector reloads "
+                    f"Amavis when it applies {', '.join(sorted(dms_will_reload))}",
                 )
             code, output = self.run(
                 container, ["supervisorctl", "restart", "amavis"], timeout=self.command_timeout
@@ -368,6 +382,18 @@ class Dms:
         except DmsCommandFailed as exc:
             return Report("failed", f"amavis.cf changed but Amavis could not be restarted: {exc}")
         return Report("ok", f"installed amavis.cf as {AMAVIS_USER_CONF} and restarted Amavis")
+
+    def _not_yet_handled(self, container: Any, written: Mapping[str, str]) -> bool:
+        """DMS's change detector has neither started on (its lock) nor recorded any of `written`:
+        its `amavisd reload` for them comes after the amavis.cf copy just made."""
+        code, output = self.run(
+            container,
+            ["sh", "-c", f"test ! -e {DMS_DIR}/{LOCK_NAME} && cat {CHKSUM_FILE}"],
+        )
+        if code != 0:  # DMS is handling a change, or has no checksum file yet: restart
+            return False
+        recorded = parse_chksum(output)
+        return all(recorded.get(name) != digest for name, digest in written.items())
 
     def reload_restrictions(self) -> Report:
         """Put each access file in Postfix's restrictions as DMS's start-up does (once), then

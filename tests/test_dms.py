@@ -119,6 +119,37 @@ def test_amavis_cf_is_installed_and_amavis_restarted(
     assert exec_text(container, "cat", "/var/log/supervisorctl.calls") == "restart amavis\n"
 
 
+@pytest.mark.parametrize("dms_state", ["not yet handled", "handling", "handled"])
+def test_amavis_restart_is_left_to_dms_only_while_dms_has_not_started_on_the_virtual_change(
+        docker_engine: DockerEngine, docker_client: Any, fake_dms_images: dict[str, str],
+        config_dir: Path, containers: list[Any], dms_state: str) -> None:
+    """amavis.cf written with postfix-virtual.cf: DMS's change detector will `amavisd reload`,
+    which reads the new 50-user, only if it has not started on that change when the copy is made.
+    Handling it (its lock) or done with it (recorded): the sidecar restarts Amavis itself."""
+    poll = {"not yet handled": "60", "handling": "1", "handled": "1"}[dms_state]
+    containers.append(container := run_fake_dms(
+        docker_client, fake_dms_images["ok"], config_dir,
+        environment={"DMS_CONFIG_POLL": poll, "FAKE_DMS_APPLY_SECONDS": "10"
+                     if dms_state == "handling" else "0"}))
+    (config_dir / "postfix-virtual.cf").write_text("info@example.com admin@example.com\n")
+    (config_dir / "amavis.cf").write_text("1;\n")
+    sha = hashlib.sha512((config_dir / "postfix-virtual.cf").read_bytes()).hexdigest()
+    link = dms_for(docker_engine)
+    if dms_state == "handling":
+        wait_until(lambda: (config_dir / dms_mod.LOCK_NAME).exists(), 10, "DMS applying")
+    if dms_state == "handled":
+        wait_until(lambda: link.check_applied({"postfix-virtual.cf": sha}, lambda _: None).state
+                   == "confirmed", 10, "DMS's record")
+    report = link.reload_amavis({"postfix-virtual.cf": sha})
+    assert report.state == "ok", report.message
+    assert exec_text(container, "cat", "/etc/amavis/conf.d/50-user") == "1;\n"
+    code, calls = container.exec_run(["cat", "/var/log/supervisorctl.calls"])
+    if dms_state == "not yet handled":
+        assert code != 0 and "DMS's change detector reloads Amavis" in report.message
+    else:
+        assert calls == b"restart amavis\n" and "restarted Amavis" in report.message
+
+
 @pytest.mark.parametrize("flavour,code,words", [
     ("missing", 126, "cannot be run"),
     ("127", 127, "was not found"),

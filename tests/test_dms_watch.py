@@ -69,15 +69,19 @@ def test_each_write_is_confirmed_and_amavis_is_reloaded(
         assert watcher.metric("dms_reconciler_dms_confirmed") == 1
         reloads = watcher.metric("dms_reconciler_dms_reloads_total", service="amavis", result="ok")
         assert reloads == 1
+        # written with postfix-virtual.cf: the restart is left to DMS's `amavisd reload` (which
+        # this stand-in does not do) unless DMS had already started on the change
+        calls_code, first_calls = container.exec_run(["cat", "/var/log/supervisorctl.calls"])
+        assert calls_code != 0 or first_calls == b"restart amavis\n", first_calls
 
         mark = watcher.count()
         save_atomically(tmp_path / "mailserver.yaml", desired("new@elsewhere.net"))
         watcher.wait_for_log(lambda r: r.get("dms") == "confirmed", after=mark,
                              what="the second confirmation")
         assert postmaster_target(volume) == "new@elsewhere.net"
-        # amavis.cf did not change this time: no second restart
+        # amavis.cf did not change this time: no restart
         code, calls = container.exec_run(["cat", "/var/log/supervisorctl.calls"])
-        assert calls.decode() == "restart amavis\n"
+        assert calls == first_calls
         # what DMS recorded is exactly what was written
         code, chksum = container.exec_run(["cat", "/tmp/docker-mailserver-config-chksum"])
         assert code == 0

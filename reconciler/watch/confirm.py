@@ -48,7 +48,7 @@ class DmsClient(Protocol):
         self, expected: Mapping[str, str], current: Callable[[str], str | None]
     ) -> dms_mod.Report: ...
 
-    def reload_amavis(self) -> dms_mod.Report: ...
+    def reload_amavis(self, dms_will_reload: Mapping[str, str] | None = None) -> dms_mod.Report: ...
 
     def reload_restrictions(self) -> dms_mod.Report: ...
 
@@ -119,7 +119,13 @@ class Confirmer:
         if amavis.FILENAME in written:
             self.reload_owed = True
             if not out_of_reach:
-                self._reload_amavis(retry=False)
+                # DMS reloads Amavis itself for these: one restart, not two
+                vhost = {
+                    n: sha512[n]
+                    for n in dms_mod.AMAVIS_RELOADED_BY_DMS
+                    if n in written and n in sha512
+                }
+                self._reload_amavis(retry=False, dms_will_reload=vhost)
         owed = services_to_reload(written)
         self.reloads_owed |= owed
         if owed and not out_of_reach:
@@ -226,11 +232,15 @@ class Confirmer:
 
     # --- inside ---------------------------------------------------------------------------------
 
-    def _reload_amavis(self, *, retry: bool) -> None:
+    def _reload_amavis(
+        self, *, retry: bool, dms_will_reload: Mapping[str, str] | None = None
+    ) -> None:
         """Restart Amavis for a new amavis.cf. When DMS cannot be asked it stays owed, and is
         done by `reconfirm` once it can (counted and logged then, not on every try)."""
         assert self.dms is not None
-        report = self.dms.reload_amavis()
+        report = (
+            self.dms.reload_amavis(dms_will_reload) if dms_will_reload else self.dms.reload_amavis()
+        )
         if report.state == "unconfirmed" and retry:
             self.log.debug(report.message, extra={"fields": {"service": "amavis"}})
             return

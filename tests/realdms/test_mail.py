@@ -252,6 +252,59 @@ def test_a_virtual_change_restarts_amavis_once(host: MailHost) -> None:
     host.assert_no_problems()
 
 
+def test_amavis_cf_and_virtual_changed_together_restart_amavis_once(host: MailHost) -> None:
+    """A new quarantine mailbox (amavis.cf) and a new alias (postfix-virtual.cf) in one change:
+    the sidecar installs amavis.cf and leaves the restart to DMS's own `amavisd reload`, which
+    reads it; the next spam's copy goes to the new quarantine mailbox."""
+    dms = host.dms
+    dms.mark()
+    starts = dms.amavis_starts()
+    before = host.watcher.count()
+    text = host.desired.read_text()
+    assert "quarantine: {mailbox: jane@example.org}" in text
+    save_atomically(host.desired, text.replace(
+        "quarantine: {mailbox: jane@example.org}", "quarantine: {mailbox: admin@example.test}"
+    ).replace("  sales@example.org: bob@example.org\n",
+              "  sales@example.org: bob@example.org\n  info2@example.org: jane@example.org\n"))
+    host.wait_confirmed(before)
+    wait_until(lambda: dms.amavis_starts() > starts, 60, "DMS's own `amavisd reload`")
+    time.sleep(10)  # a second restart (the sidecar's) would come within seconds of the first
+    assert dms.amavis_starts() - starts == 1
+    dms.wait_amavis()
+    dms.send("bob@example.org", "gtube-2", GTUBE)
+    dms.wait_for_mail("admin@example.test", "gtube-2", folder=".Junk")
+    host.assert_no_problems()
+
+
+def test_config_folder_briefly_missing_is_reported_and_converges(host: MailHost) -> None:
+    """The config folder renamed away on the host (a restore, a botched move) while a change
+    arrives: the sidecar reports it, keeps retrying and never makes the folder up; once the
+    folder is back it applies the change and DMS confirms it. (DMS's bind mount follows the
+    folder's inode, so DMS itself keeps its view.)"""
+    dms = host.dms
+    dms.mark()
+    config = host.volume.config
+    away = config.with_name("config.away")
+    config.rename(away)
+    try:
+        before = host.watcher.count()
+        host.edit("  sales@example.org: bob@example.org\n",
+                  "  sales@example.org: bob@example.org\n  back@example.org: jane@example.org\n")
+        record = host.watcher.wait_for_log(
+            lambda r: r["message"].startswith("reconcile failed"), after=before, timeout=30,
+            what="the report of the missing folder")
+        assert "does not exist" in record["message"] and record["level"] == "error", record
+        time.sleep(3)  # it keeps retrying meanwhile
+        assert not config.exists()  # it never makes the volume up itself
+    finally:
+        away.rename(config)
+    host.wait_confirmed(before)
+    assert "back@example.org" in (config / "postfix-virtual.cf").read_text()
+    dms.send("back@example.org", "after-missing-folder")
+    dms.wait_for_mail("jane@example.org", "after-missing-folder")
+    host.assert_no_problems()
+
+
 def test_sidecar_health_reports_dms_confirmed(host: MailHost) -> None:
     code, body = host.watcher.get("/healthz")
     assert code == 200, body
