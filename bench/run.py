@@ -17,7 +17,8 @@ Per size: `validate`; `plan` and `apply` against an empty volume; `plan` and `ap
 changes (the runner checks that this apply wrote nothing: every file keeps its bytes, inode and
 modification time); `plan` after about 1% of the entries changed; `export`; `apply` of one added
 account (on a copy of the volume), next to DMS's own `setup email add` of the same account on
-another copy (bench/dms_cli.py; skipped where DMS's scripts or doveadm are missing). Then, for a
+another copy (bench/dms_cli.py; skipped where DMS's scripts or doveadm are missing), and where that
+apply's time goes, in one process on a third copy (bench/inprocess.py one_add). Then, for a
 host whose accounts all have their plaintext secret in a `password_file`: the first `apply`
 (hashing on every core), `plan` with no changes from the command line with the record of verified
 files (`reconciler/verified.py`) and without it (verifying every secret, on every core, as a
