@@ -54,7 +54,7 @@ class FakeDms:
             return dms.Report("confirmed", "DMS applied the change")
         return dms.Report("waiting", "DMS has not applied the change yet")
 
-    def reload_amavis(self) -> dms.Report:
+    def reload_amavis(self, dms_will_reload: Mapping[str, str] | None = None) -> dms.Report:
         self.calls.append("reload")
         state = self.reload_state if self.reachable else "unconfirmed"
         return dms.Report(state, f"amavis: {state}")

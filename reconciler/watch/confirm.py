@@ -238,9 +238,7 @@ class Confirmer:
         """Restart Amavis for a new amavis.cf. When DMS cannot be asked it stays owed, and is
         done by `reconfirm` once it can (counted and logged then, not on every try)."""
         assert self.dms is not None
-        report = (
-            self.dms.reload_amavis(dms_will_reload) if dms_will_reload else self.dms.reload_amavis()
-        )
+        report = self.dms.reload_amavis(dms_will_reload)
         if report.state == "unconfirmed" and retry:
             self.log.debug(report.message, extra={"fields": {"service": "amavis"}})
             return
