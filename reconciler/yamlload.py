@@ -116,6 +116,14 @@ def format_path(path: Path) -> str:
 
 def load_yaml_bytes(data: bytes, filename: str) -> Document:
     """Parse `data` into a `Document`, or raise `YamlLoadError` naming the place."""
+    text = decode_text(data, filename)
+    doc = _Builder(filename, record_marks=False).build(text)
+    doc._unread_text = text  # positions are read again from it when first asked for
+    return doc
+
+
+def decode_text(data: bytes, filename: str) -> str:
+    """The checks before any parsing (size, BOM, UTF-8, NUL, empty): the text, or the error."""
 
     def fail(message: str, line: int | None = None, column: int | None = None) -> YamlLoadError:
         return YamlLoadError([Diagnostic(filename, line, column, "", message)])
@@ -142,9 +150,7 @@ def load_yaml_bytes(data: bytes, filename: str) -> Document:
         raise fail("the file contains a NUL byte: it is binary, not YAML", line, column)
     if not text.strip():
         raise fail("the file is empty; it needs at least `version`, `domains` and `accounts`", 1, 1)
-    doc = _Builder(filename, record_marks=False).build(text)
-    doc._unread_text = text  # positions are read again from it when first asked for
-    return doc
+    return text
 
 
 def _line_col(buf: bytes | str, offset: int) -> tuple[int, int]:
