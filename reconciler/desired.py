@@ -53,6 +53,8 @@ from reconciler.yamlload import (
 if TYPE_CHECKING:
     import jsonschema
 
+    from reconciler.yamlchunks import IncrementalLoader
+
 try:  # a compiled validator (Rust): the fast "is it valid?" check, see `_fast_says_valid`
     import jsonschema_rs
 except ImportError:  # pragma: no cover - without it every file takes the python-jsonschema path
@@ -167,11 +169,14 @@ def load_desired(path: str) -> Loaded:
 
 
 @paused
-def load_desired_bytes(data: bytes, filename: str) -> Loaded:
+def load_desired_bytes(
+    data: bytes, filename: str, *, loader: IncrementalLoader | None = None
+) -> Loaded:
+    """`loader`: the sidecar's, which parses again only what changed since its last load."""
     import hashlib
 
     try:
-        doc = load_yaml_bytes(data, filename)
+        doc = load_yaml_bytes(data, filename) if loader is None else loader.load(data, filename)
     except YamlLoadError as exc:
         raise InvalidDesiredState(exc.diagnostics) from None
     diagnostics = check_document(doc)

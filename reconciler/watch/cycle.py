@@ -26,6 +26,7 @@ from reconciler.reconcile import Applied, Target, apply_once, plan_once
 from reconciler.watch.confirm import Confirmer
 from reconciler.watch.inputs import InputReader, Inputs
 from reconciler.watch.report import Reporter, internal_error
+from reconciler.yamlchunks import IncrementalLoader
 
 SETTLING = "settling"  # run()'s answer when the content may still change: look again shortly
 
@@ -58,6 +59,7 @@ class ReconcileCycle:
         self.lock_timeout = lock_timeout
         self.retry_in = retry_in  # seconds until the next try should this one fail
         self.good: Loaded | None = None  # the last valid desired state
+        self.yaml = IncrementalLoader()  # parses again only the entries an edit changed
         self._digest_seen: str | None = None  # input digest at the last reconcile attempt
         self._digest_applied: str | None = None  # input digest at the last successful reconcile
         self._digest_peeked: str | None = None  # input digest last planned while DMS applied
@@ -93,7 +95,7 @@ class ReconcileCycle:
         try:
             if problem is not None or data is None:
                 raise problem or InvalidDesiredState([])
-            loaded = load_desired_bytes(data, self.target.desired_path)
+            loaded = load_desired_bytes(data, self.target.desired_path, loader=self.yaml)
             planned = plan_once(self.target, loaded=loaded, cache=self.cache)
         except InvalidDesiredState as exc:
             self.reporter.invalid(exc, digest)
@@ -154,7 +156,7 @@ class ReconcileCycle:
                 loaded, reused = self.good, True
             else:
                 try:
-                    loaded = load_desired_bytes(data, self.target.desired_path)
+                    loaded = load_desired_bytes(data, self.target.desired_path, loader=self.yaml)
                 except InvalidDesiredState as exc:
                     problem = exc
         if problem is not None:
