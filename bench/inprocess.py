@@ -12,6 +12,10 @@ the YAML load (libyaml events into values, with positions), the schema and mail 
 then `apply_once` (plan, write, plan again to prove convergence), and one more `plan_once` alone.
 The interpreter start and imports are the `--version` row.
 
+`reload`: the sidecar's YAML load after one added account: the full load (`load_yaml_bytes`)
+against `yamlchunks.IncrementalLoader`, which parses again only the chunks not in its last load.
+Also its first (cold) load, which parses every chunk alone. Medians of `repeat` runs.
+
 Each prints one JSON object on stdout.
 """
 
@@ -93,6 +97,35 @@ def one_add(desired: str, config_dir: str, cron_file: str, env_file: str) -> dic
     return times
 
 
+def reload(desired: str, repeat: int = 5) -> dict[str, object]:
+    import statistics
+
+    from reconciler.yamlchunks import IncrementalLoader
+    from reconciler.yamlload import load_yaml_bytes
+
+    with open(desired, "rb") as handle:
+        data = handle.read()
+    added = data.replace(b"\naccounts:\n", b"\naccounts:\n  bench-new@example.com:\n"
+                         b"    password_env: BENCH_NEW\n", 1)
+    assert added != data
+    full, cold, warm = [], [], []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        expected = load_yaml_bytes(added, desired).value
+        full.append(time.perf_counter() - start)
+        loader = IncrementalLoader()
+        start = time.perf_counter()
+        loader.load(data, desired)
+        cold.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        got = loader.load(added, desired).value
+        warm.append(time.perf_counter() - start)
+        if got != expected or loader.fell_back or loader.parsed != 1:
+            raise SystemExit(f"the reload did not take the incremental path ({loader.parsed})")
+    return {"full_s": statistics.median(full), "incremental_s": statistics.median(warm),
+            "cold_s": statistics.median(cold), "reused": loader.reused, "bytes": len(data)}
+
+
 def main(argv: list[str]) -> None:
     if argv[0] == "cache":
         result = cache(*argv[1:5])
@@ -100,8 +133,10 @@ def main(argv: list[str]) -> None:
         result = hashing(int(argv[1]))
     elif argv[0] == "one_add":
         result = one_add(*argv[1:5])
+    elif argv[0] == "reload":
+        result = reload(argv[1], *map(int, argv[2:3]))
     else:
-        raise SystemExit(f"unknown probe {argv[0]!r}; use cache, hashing or one_add")
+        raise SystemExit(f"unknown probe {argv[0]!r}; use cache, hashing, one_add or reload")
     print(json.dumps(result))
 
 
