@@ -99,6 +99,8 @@ class IncrementalLoader:
             starts.insert(0, 0)
         if not starts or _LEADING_CONTENT.search(text, 0, starts[0]):
             raise _Doubt  # only comments, or content indented before the first section
+        if _DOUBT.search(text, 0, starts[0]):
+            raise _Doubt  # e.g. a lone \r in a comment, which YAML reads as a line break
         ends = starts[1:] + [len(text)]
         document: dict[str, Any] = {}
         nodes = 0
@@ -107,6 +109,8 @@ class IncrementalLoader:
                 raise _Doubt  # a quoted or complex key, `---`, a list at the top ...
             header = _SPLITTABLE_HEADER.match(text, start)
             entries = self._entries(text, header.end(), end) if header else None
+            if entries is not None and _DOUBT.search(text, start, entries[0][0]):
+                raise _Doubt  # the header and its comments are in no chunk: checked here
             if entries is None:
                 section, size = self._chunk(text[start:end], filename, fresh)
             else:

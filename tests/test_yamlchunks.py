@@ -49,6 +49,15 @@ def test_the_corpus_loads_the_same_through_one_loader() -> None:
     assert chunked > 30  # most files went the chunked way, not only the fallback
 
 
+def test_nesting_near_the_depth_limit_loads_like_the_full_loader() -> None:
+    loader = IncrementalLoader()
+    for depth in range(58, 68):
+        nested = "[" * depth + "]" * depth
+        for text in (f"version: 1\naccounts:\n  a@b.c: {nested}\n", f"deep: {nested}\n"):
+            assert outcome(loader.load, text.encode()) == outcome(load_yaml_bytes, text.encode())
+            assert loader.fell_back
+
+
 def test_positions_are_the_full_texts() -> None:
     data = (REPO / "examples" / "mailserver.yaml").read_bytes()
     full, chunked = load_yaml_bytes(data, "m"), IncrementalLoader().load(data, "m")
@@ -153,6 +162,8 @@ FRAGMENTS = [
     "  weird{n}@example.com: x\r",
     "  crlf{n}@example.com: x\r\n",
     "  nel{n}@example.com: x\x85",
+    "  # a comment\r  hidden{n}@example.com: x\n",  # \r alone breaks the line for YAML
+    "# a comment\x85hidden{n}: x\n",
     "\ufeffbom{n}: x\n",
     "  [flow, key]: x\n",
     "  {n}: number key\n",
