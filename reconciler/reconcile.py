@@ -1,9 +1,15 @@
 """One reconcile cycle, shared by the CLI and the sidecar.
 
-load -> observe -> resolve passwords -> plan -> (apply -> observe -> plan again to prove
-convergence -> record which password files verified, see `verified`). A concurrent writer that
-changes a file between our read and our write makes us re-plan from fresh state instead of
-overwriting its change.
+load -> observe -> resolve passwords -> plan -> (apply -> prove convergence -> record which
+password files verified, see `verified`). A concurrent writer that changes a file between our read
+and our write makes us re-plan from fresh state instead of overwriting its change.
+
+Convergence is proven by reading the volume back: when every file holds the bytes we planned (the
+rendered ones where we wrote, the observed ones elsewhere), planning again could only find nothing,
+since a plan of its own rendering is empty (the planner's fixpoint, which the golden cases and the
+fuzzer check). Only when the bytes differ (another writer, lines carried over, a new file) or new
+secrets were hashed is the whole plan made again. `FULL_PROOF_ENV` makes every apply plan again
+anyway and fail if the two proofs disagree: the test suite sets it.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from reconciler import passwords, verified
 from reconciler.desired import Loaded, load_desired
@@ -25,12 +32,16 @@ from reconciler.executor import (
     write_record,
 )
 from reconciler.gcpause import paused
-from reconciler.observe import CRON, Observed, observe, read_snapshot
+from reconciler.observe import CRON, FileSnapshot, Observed, observe, read_snapshot, read_snapshots
 from reconciler.passwords import VerifiedCache
 from reconciler.plan import Action, Plan
 from reconciler.planner import make_plan
 
+if TYPE_CHECKING:
+    from reconciler.state import Ownership
+
 MAX_ATTEMPTS = 5
+FULL_PROOF_ENV = "RECONCILER_FULL_CONVERGENCE_PROOF"  # not DMS_*: tests pass it to the CLI
 
 
 @dataclass
@@ -171,6 +182,11 @@ def apply_once(
             # of a no-change apply on a big host).
             _record_verified(target, planned, result)
             return Applied(first, result, attempt, converged=True)
+        if _holds_planned_bytes(planned, contents):
+            if os.environ.get(FULL_PROOF_ENV):
+                _check_fixpoint(target, loaded, cache)
+            _record_verified(target, planned, result)
+            return Applied(first, result, attempt, converged=True)
         _remember_new_hashes(planned, contents, cache)
         again = plan_once(target, loaded=loaded, cache=cache)
         if not again.plan.has_changes:
@@ -205,12 +221,63 @@ def take_ownership(loaded: Loaded, config_dir: str, cron_path: str) -> Applied:
     return apply_once(target, loaded=loaded, check=no_changes, lock_timeout=30.0)
 
 
+def _holds_planned_bytes(planned: Planned, contents: Mapping[str, bytes]) -> bool:
+    """True when the volume now is exactly what `planned` meant it to be: the written files hold
+    the bytes we rendered, every other file the bytes we planned from, with the same mode and
+    owner, and the state file records the planned ownership. Then planning again is planning
+    from our own rendering, which finds nothing; see the module docstring.
+
+    False (make the whole plan again) when new secrets were hashed (their hashes must verify),
+    a secret waits for apply, or a file appeared, vanished or is new.
+    """
+    from reconciler import state as state_file
+
+    plan = planned.plan
+    if plan.secrets or plan.unresolved:
+        return False
+    before = planned.observed.snapshots
+    now = read_snapshots(planned.observed.config_dir, planned.observed.cron_path)
+    if now.keys() != before.keys():
+        return False
+    for name, snap in now.items():
+        if name == state_file.FILENAME:
+            continue
+        old = before[name]
+        if old.data is None and name in contents:
+            return False  # a new file: its mode and owner are the writer's, not the planner's
+        if snap.data != contents.get(name, old.data) or (snap.mode, snap.uid, snap.gid) != (
+            old.mode,
+            old.uid,
+            old.gid,
+        ):
+            return False
+    return _records_ownership(now[state_file.FILENAME], plan.ownership)
+
+
+def _check_fixpoint(target: Target, loaded: Loaded, cache: VerifiedCache) -> None:
+    """The whole plan again, which the byte proof stands for; they must agree (tests only)."""
+    again = plan_once(target, loaded=loaded, cache=cache)
+    if again.plan.has_changes:
+        left = ", ".join(f"{c.file}:{c.key}" for c in again.plan.changes[:5])
+        raise ReconcilerError(f"the volume holds the planned bytes, yet a plan finds {left}")
+
+
 def _state_current(planned: Planned) -> bool:
     from reconciler import state as state_file
 
-    snap = planned.observed.snapshots[state_file.FILENAME]
-    own = planned.plan.ownership
-    return snap.exists and state_file.parse(snap.text or "")[0].entries == own.entries
+    return _records_ownership(
+        planned.observed.snapshots[state_file.FILENAME], planned.plan.ownership
+    )
+
+
+def _records_ownership(snap: FileSnapshot, ownership: Ownership) -> bool:
+    """The state file on the volume records `ownership` (files owning nothing are not written)."""
+    from reconciler import state as state_file
+
+    if not snap.exists:
+        return False
+    recorded = state_file.parse(snap.text or "")[0].entries
+    return recorded == {name: keys for name, keys in ownership.entries.items() if keys}
 
 
 def _merge(a: ApplyResult, b: ApplyResult) -> ApplyResult:

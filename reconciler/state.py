@@ -76,12 +76,25 @@ def parse(text: str) -> tuple[Ownership, str | None]:
 
 
 def render(ownership: Ownership) -> str:
-    data = {
-        "format": FORMAT,
-        "comment": "Written by dms-reconciler: the entries it manages. Deleting this file makes "
-        "them unmanaged; it never deletes mail configuration.",
-        "plan_key": ownership.plan_key,
-        "owns_cron": ownership.owns_cron,
-        "owned": {name: sorted(keys) for name, keys in sorted(ownership.entries.items()) if keys},
-    }
-    return json.dumps(data, indent=1, sort_keys=False) + "\n"
+    """The file's text: exactly `json.dumps(..., indent=1)` of the record (tests compare the two),
+    with the long lists of owned keys joined here by json's C string encoder, because json's
+    indenting encoder is pure Python (40,000 owned entries: 50 ms, twice in every apply)."""
+    head = json.dumps(
+        {
+            "format": FORMAT,
+            "comment": "Written by dms-reconciler: the entries it manages. Deleting this file "
+            "makes them unmanaged; it never deletes mail configuration.",
+            "plan_key": ownership.plan_key,
+            "owns_cron": ownership.owns_cron,
+        },
+        indent=1,
+    )
+    owned = [(name, sorted(keys)) for name, keys in sorted(ownership.entries.items()) if keys]
+    if not owned:
+        return head[:-2] + ',\n "owned": {}\n}\n'
+    quote = json.encoder.encode_basestring_ascii  # what json.dumps uses with ensure_ascii
+    files = ",\n".join(
+        f"  {quote(name)}: [\n   " + ",\n   ".join(map(quote, keys)) + "\n  ]"
+        for name, keys in owned
+    )
+    return head[:-2] + ',\n "owned": {\n' + files + "\n }\n}\n"

@@ -1,10 +1,16 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
+from reconciler.reconcile import FULL_PROOF_ENV
 from tests.util import Volume, make_volume
+
+# Every apply in the suite (in-process and in the CLI processes it starts) also makes the whole
+# convergence plan and fails when the byte proof disagrees with it: see reconciler/reconcile.py.
+os.environ[FULL_PROOF_ENV] = "1"
 
 
 @pytest.fixture
