@@ -25,7 +25,7 @@ from reconciler.addresses import (
     quota_bytes,
     split_hash,
 )
-from reconciler.desired import plain_ascii, schema
+from reconciler.desired import schema
 from reconciler.formats import access, cron, opendkim
 from reconciler.formats._lines import ParsedFile
 from reconciler.gcpause import paused
@@ -55,6 +55,7 @@ from reconciler.setup_rules import (
     pcre_problem,
     regexp_target_problem,
 )
+from reconciler.yamlload import plain_ascii
 
 _C_DUMPER: Any = getattr(yaml, "CSafeDumper", None)
 # The schema's own `$id`: schema/mailserver.schema.json as served from the repository's main

@@ -3,8 +3,9 @@
 The sidecar loads the whole file after every save; at 10,000 accounts the YAML load alone is most
 of a second's budget, for one edited line. `IncrementalLoader` cuts the text into top-level
 sections and, inside a plain `key:` section holding a block mapping (accounts, aliases ...), into
-one chunk per entry. A chunk whose exact text was seen in the last load keeps its value; only new
-chunks go through `yamlload`'s builder.
+one chunk per entry. A chunk whose exact text was seen in the last load keeps its value (and what
+was learnt of it: its node count, whether it is plain ASCII); only new chunks go through
+`yamlload`'s builder.
 
 The result is always what `yamlload.load_yaml_bytes` returns for the same bytes: the same value or
 the same error. Where chunks could mean something else alone than in the whole file (anchors and
@@ -27,6 +28,7 @@ from reconciler.yamlload import (
     _Builder,
     decode_text,
     load_yaml_bytes,
+    plain_ascii,
 )
 
 # A key that means the same alone as in context: a plain word, address or domain, then `: ` or
@@ -44,6 +46,10 @@ _LEADING_CONTENT = re.compile(r"(?:\A|\n)[ ]*[^ #\r\n]")  # text before the firs
 _DOUBT = re.compile(r"[\t\ufeff\x85\u2028\u2029]|\r(?!\n)|\n(?:---|\.\.\.)")
 _DEPTH_LIMIT = MAX_DEPTH // 2  # mailserver.yaml nests four levels; deeper goes the full way
 _NODE_LIMIT = MAX_EXPANDED_NODES // 2
+
+
+# What a chunk's text gives: its value (a one-key mapping), node count and `plain_ascii(value)`.
+_Chunk = tuple[dict[str, Any], int, bool]
 
 
 class _Doubt(Exception):
@@ -69,7 +75,7 @@ class IncrementalLoader:
     """
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[dict[str, Any], int]] = {}
+        self._cache: dict[str, _Chunk] = {}
         self.parsed = 0  # chunks parsed by the last load (the rest came from the cache)
         self.reused = 0  # chunks taken from the cache by the last load
         self.fell_back = False  # the last load was the full load
@@ -77,23 +83,23 @@ class IncrementalLoader:
     def load(self, data: bytes, filename: str) -> Document:
         """Parse `data` into a `Document`, or raise `YamlLoadError` naming the place."""
         text = decode_text(data, filename)
-        fresh: dict[str, tuple[dict[str, Any], int]] = {}
+        fresh: dict[str, _Chunk] = {}
         self.parsed = self.reused = 0
         try:
-            value = self._assemble(text, filename, fresh)
+            value, plain = self._assemble(text, filename, fresh)
         except _Doubt:
             self.fell_back = True
             self._cache = fresh  # what parsed fine still saves work next time
             return load_yaml_bytes(data, filename)
         self.fell_back = False
         self._cache = fresh
-        doc = Document(value=value, filename=filename)
+        doc = Document(value=value, filename=filename, plain=plain)
         doc._unread_text = text  # positions are read from the full text when first asked for
         return doc
 
     def _assemble(
-        self, text: str, filename: str, fresh: dict[str, tuple[dict[str, Any], int]]
-    ) -> dict[str, Any]:
+        self, text: str, filename: str, fresh: dict[str, _Chunk]
+    ) -> tuple[dict[str, Any], bool]:
         starts = [m.end() for m in _SECTION_START.finditer(text)]
         if not text.startswith((" ", "#", "\r", "\n")):
             starts.insert(0, 0)
@@ -104,6 +110,7 @@ class IncrementalLoader:
         ends = starts[1:] + [len(text)]
         document: dict[str, Any] = {}
         nodes = 0
+        plain = True  # the section keys are plain words: _SECTION_KEY
         for start, end in zip(starts, ends, strict=True):
             if not _SECTION_KEY.match(text, start):
                 raise _Doubt  # a quoted or complex key, `---`, a list at the top ...
@@ -112,19 +119,20 @@ class IncrementalLoader:
             if entries is not None and _DOUBT.search(text, start, entries[0][0]):
                 raise _Doubt  # the header and its comments are in no chunk: checked here
             if entries is None:
-                section, size = self._chunk(text[start:end], filename, fresh)
+                section, size, plain_section = self._chunk(text[start:end], filename, fresh)
             else:
-                section, size = self._mapping(text, entries, filename, fresh)
+                section, size, plain_section = self._mapping(text, entries, filename, fresh)
                 key = text[start : text.index(":", start)]
                 section = {key: section}
             nodes += size
+            plain = plain and plain_section
             for key, item in section.items():
                 if key in document:
                     raise _Doubt  # a duplicate key: the full load names both lines
                 document[key] = item
         if nodes > _NODE_LIMIT:
             raise _Doubt
-        return document
+        return document, plain
 
     @staticmethod
     def _entries(text: str, body: int, end: int) -> list[tuple[int, int]] | None:
@@ -148,11 +156,12 @@ class IncrementalLoader:
         text: str,
         entries: list[tuple[int, int]],
         filename: str,
-        fresh: dict[str, tuple[dict[str, Any], int]],
-    ) -> tuple[dict[str, Any], int]:
+        fresh: dict[str, _Chunk],
+    ) -> _Chunk:
         # Runs once per account and alias: the cache hit is inlined.
         mapping: dict[str, Any] = {}
         nodes = 1
+        plain = True
         known_before = self._cache.get
         for start, end in entries:
             chunk = text[start:end]
@@ -162,19 +171,18 @@ class IncrementalLoader:
             else:
                 fresh[chunk] = known
                 self.reused += 1
-            entry, size = known
+            entry, size, plain_entry = known
             nodes += size
+            plain = plain and plain_entry
             count = len(mapping)
             mapping.update(entry)  # one key: parsed alone, each chunk is a one-key mapping
             if len(mapping) == count:
                 raise _Doubt  # a duplicate key
-        return mapping, nodes
+        return mapping, nodes, plain
 
-    def _chunk(
-        self, chunk: str, filename: str, fresh: dict[str, tuple[dict[str, Any], int]]
-    ) -> tuple[dict[str, Any], int]:
-        """The value of one chunk (a one-key mapping) and its node count, from the cache when
-        the same text was in the last load."""
+    def _chunk(self, chunk: str, filename: str, fresh: dict[str, _Chunk]) -> _Chunk:
+        """The value of one chunk (a one-key mapping), its node count and whether it is plain
+        ASCII, from the cache when the same text was in the last load."""
         known = self._cache.get(chunk) or fresh.get(chunk)
         if known is not None:
             self.reused += 1
@@ -190,8 +198,8 @@ class IncrementalLoader:
         if builder.anchors or len(value) != 1 or _depth(value) > _DEPTH_LIMIT:
             raise _Doubt
         self.parsed += 1
-        fresh[chunk] = (value, builder.nodes)
-        return value, builder.nodes
+        known = fresh[chunk] = (value, builder.nodes, plain_ascii(value))
+        return known
 
 
 def _depth(value: Any) -> int:

@@ -10,6 +10,7 @@ one document and a document that is not a mapping.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,6 +70,9 @@ class Document:
     key_marks: dict[Path, tuple[int, int]] = field(default_factory=dict)
     problems: list[Diagnostic] = field(default_factory=list)
     _unread_text: str | None = field(default=None, repr=False, compare=False)
+    plain: bool | None = field(
+        default=None, repr=False, compare=False
+    )  # plain_ascii(value), if known
 
     def __getattribute__(self, name: str) -> Any:
         if name in _POSITION_TABLES and object.__getattribute__(self, "_unread_text") is not None:
@@ -112,6 +116,40 @@ def format_path(path: Path) -> str:
                 text = text.encode("unicode_escape").decode("ascii")
             out += ("." if out else "") + text
     return out
+
+
+_SAFE_INT = 2**53
+
+
+def plain_ascii(value: Any) -> bool:
+    """JSON-like data whose strings are printable ASCII (iterative: deep input is safe).
+
+    Where this holds, the compiled tools (jsonschema-rs, libyaml's emitter) give the same answer
+    as the pure-Python ones; `export.dump_yaml` relies on it too.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is str:
+            if not (item.isascii() and item.isprintable()):
+                return False
+        elif kind is dict:
+            for key in item:
+                if type(key) is not str or not (key.isascii() and key.isprintable()):
+                    return False
+            stack.extend(item.values())
+        elif kind is list:
+            stack.extend(item)
+        elif kind is int:
+            if not -_SAFE_INT < item < _SAFE_INT:
+                return False
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+        elif item is not None and kind is not bool:
+            return False
+    return True
 
 
 def load_yaml_bytes(data: bytes, filename: str) -> Document:

@@ -11,23 +11,26 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench import generate
-from reconciler.desired import load_desired_bytes
+from reconciler.desired import EntryModels, load_desired_bytes
+from reconciler.model import DesiredState
 from reconciler.reconcile import Target
 from reconciler.watch import Watcher, WatchOptions
 from reconciler.yamlchunks import IncrementalLoader
-from reconciler.yamlload import YamlLoadError, load_yaml_bytes
+from reconciler.yamlload import YamlLoadError, load_yaml_bytes, plain_ascii
 from tests.util import Volume, sha512_hash
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def outcome(load: Any, data: bytes) -> tuple[Any, ...]:
-    """What a load says: the value (repr too: same types, same key order) or the diagnostics."""
+    """What a load says: the value (repr too: same types, same key order) or the diagnostics,
+    and whether the value is plain ASCII, as the loader knows it or as computed from the value."""
     try:
         doc = load(data, "mailserver.yaml")
     except YamlLoadError as exc:
         return ("error", [d.format() for d in exc.diagnostics])
-    return ("value", doc.value, repr(doc.value))
+    plain = plain_ascii(doc.value) if doc.plain is None else doc.plain
+    return ("value", doc.value, repr(doc.value), plain)
 
 
 def corpus() -> list[Path]:
@@ -78,6 +81,33 @@ def test_a_generated_server_reloads_only_the_changed_entry() -> None:
     changed = generate.to_yaml(generate.mutate(spec)).encode()
     assert outcome(loader.load, changed) == outcome(load_yaml_bytes, changed)
     assert not loader.fell_back and 0 < loader.parsed < 200
+
+
+def test_the_sidecar_models_again_only_the_changed_entries() -> None:
+    """`EntryModels` gives the model a fresh load gives, reusing the unchanged entries' objects."""
+    loader, models = IncrementalLoader(), EntryModels()
+
+    def reload(spec: generate.Spec) -> DesiredState:
+        data = generate.to_yaml(spec).encode()
+        state = load_desired_bytes(data, "m", loader=loader, models=models).state
+        assert state == load_desired_bytes(data, "m").state
+        return state
+
+    spec = generate.build(300)
+    first = reload(spec)
+    generate.add_account(spec)
+    added = reload(spec)
+    assert len(added.accounts) == len(first.accounts) + 1
+    kept = {id(a) for a in first.accounts} & {id(a) for a in added.accounts}
+    assert len(kept) == len(first.accounts)
+    assert {id(a) for a in first.aliases} == {id(a) for a in added.aliases}
+    changed = reload(generate.mutate(spec))
+    before = {a.address: a for a in added.accounts}
+    assert any(before.get(a.address) not in (None, a) for a in changed.accounts)
+    for account in changed.accounts:  # an equal entry is the same object, a changed one is new
+        old = before.get(account.address)
+        assert (old is account) == (old == account), account.address
+    assert reload(spec) == added  # and back
 
 
 def test_the_cache_keeps_only_the_last_load() -> None:
@@ -169,6 +199,12 @@ FRAGMENTS = [
     "  {n}: number key\n",
     "  k{n}@example.com: x # trailing comment\n",
     "  k{n}@example.com:\n",
+    # values that are not plain ASCII (the loader's `plain` must say so): non-ASCII, an escaped
+    # control character, a huge integer, an infinite float
+    "  accent{n}@example.com: caf\u00e9\n",
+    '  ctl{n}@example.com: "a\\x01b"\n',
+    "  big{n}@example.com: {{quota: 123456789012345678901234567890}}\n",
+    "  inf{n}@example.com: {{quota: .inf}}\n",
     "",
 ]
 
@@ -227,3 +263,16 @@ def test_the_sidecar_reloads_through_one_incremental_loader(tmp_path: Path, volu
     assert watcher.cycle.yaml is loader
     assert (loader.parsed, loader.reused, loader.fell_back) == (1, 22, False)
     assert "new@example.com|" in (volume.read("postfix-accounts.cf") or "")
+
+
+def test_the_loader_knows_which_values_are_plain_ascii() -> None:
+    """Each fragment above that is not plain ASCII, appended to the accounts, is seen as such by
+    the chunked path (without the full load) and changes nothing for the other entries."""
+    loader = IncrementalLoader()
+    assert loader.load(BASE.encode(), "m").plain is True
+    for fragment in FRAGMENTS[-5:-1]:
+        text = BASE.replace("aliases:\n", fragment.format(n=1) + "aliases:\n")
+        doc = loader.load(text.encode(), "m")
+        assert not loader.fell_back and loader.parsed == 1, fragment
+        assert doc.plain is False and plain_ascii(doc.value) is False, fragment
+    assert loader.load(BASE.encode(), "m").plain is True

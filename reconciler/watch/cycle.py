@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable
 
 from reconciler import state as state_file
-from reconciler.desired import Loaded, load_desired_bytes
+from reconciler.desired import EntryModels, Loaded, load_desired_bytes
 from reconciler.errors import InvalidDesiredState, ReconcilerError, Refused
 from reconciler.executor import ApplyResult
 from reconciler.observe import read_fingerprint
@@ -60,6 +60,7 @@ class ReconcileCycle:
         self.retry_in = retry_in  # seconds until the next try should this one fail
         self.good: Loaded | None = None  # the last valid desired state
         self.yaml = IncrementalLoader()  # parses again only the entries an edit changed
+        self.models = EntryModels()  # and models again only those
         self._digest_seen: str | None = None  # input digest at the last reconcile attempt
         self._digest_applied: str | None = None  # input digest at the last successful reconcile
         self._digest_peeked: str | None = None  # input digest last planned while DMS applied
@@ -95,7 +96,9 @@ class ReconcileCycle:
         try:
             if problem is not None or data is None:
                 raise problem or InvalidDesiredState([])
-            loaded = load_desired_bytes(data, self.target.desired_path, loader=self.yaml)
+            loaded = load_desired_bytes(
+                data, self.target.desired_path, loader=self.yaml, models=self.models
+            )
             planned = plan_once(self.target, loaded=loaded, cache=self.cache)
         except InvalidDesiredState as exc:
             self.reporter.invalid(exc, digest)
@@ -156,7 +159,9 @@ class ReconcileCycle:
                 loaded, reused = self.good, True
             else:
                 try:
-                    loaded = load_desired_bytes(data, self.target.desired_path, loader=self.yaml)
+                    loaded = load_desired_bytes(
+                        data, self.target.desired_path, loader=self.yaml, models=self.models
+                    )
                 except InvalidDesiredState as exc:
                     problem = exc
         if problem is not None:
