@@ -324,10 +324,13 @@ def test_two_applies_never_interleave(applied: tuple[Volume, Path, Path], tmp_pa
                        for stamp in timeline["renames"])
         assert max(one["renames"]) < min(two["renames"]), "the two applies' writes interleaved"
         if two["reads"][0] < max(one["renames"]):
-            # It planned from the volume before the first one's last write: it must have noticed.
+            # It planned from the volume before the first one's last write: it must have noticed
+            # and planned again. Whether it also said "waiting for" depends on timing: strace
+            # stamps a rename when the call enters, 400 ms before it happens, and a slow plan can
+            # reach the lock after the first one released it; then the check under the lock is
+            # what notices (the busy message has its own test below).
             # (Reading after that write but before the lock's release sees the finished volume.)
-            assert "waiting for" in err2
-            assert json.loads(out2)["applied"]["attempts"] >= 2
+            assert json.loads(out2)["applied"]["attempts"] >= 2, err2
             replanned += 1
         again = _apply(second, volume)
         assert again.stdout.startswith("No changes"), again.stdout  # the second one's state won
