@@ -8,7 +8,6 @@ are refused, never followed: a symlink in the volume could point the writer outs
 from __future__ import annotations
 
 import errno
-import functools
 import hashlib
 import os
 import re
@@ -231,12 +230,32 @@ _CODECS: dict[str, Callable[[str], Any]] = {
 }
 
 
-@functools.lru_cache(maxsize=2 * len(_CODECS))
+# file name -> (bytes, their parse) of the last parse of that file
+_last_parse: dict[str, tuple[bytes, Any]] = {}
+
+
 def _parsed(name: str, data: bytes) -> Any:
     """The parse of one file's bytes, remembered: every parse is a pure function of the bytes,
     and most files are the same as last time (the check after an apply re-reads the files it
-    did not write; the sidecar re-reads all of them on every event). Never mutated."""
-    return _CODECS[name](data.decode("utf-8", "surrogateescape"))
+    did not write; the sidecar re-reads all of them on every event, see `prepare_next_read`).
+    Only the last parse of each file is kept: the sidecar's memory stays one parse per file,
+    however many versions of postfix-virtual.cf it has seen. Never mutated."""
+    last = _last_parse.get(name)
+    if last is not None and last[0] == data:
+        return last[1]
+    parsed = _CODECS[name](data.decode("utf-8", "surrogateescape"))
+    _last_parse[name] = (data, parsed)
+    return parsed
+
+
+def prepare_next_read(config_dir: str, cron_path: str) -> None:
+    """Parse the volume as it is now, so the next `observe` finds the files already parsed.
+
+    The sidecar calls this right after it wrote, when nothing waits for it: otherwise the next
+    change to mailserver.yaml would start by parsing the files this write produced (at 10,000
+    accounts, 50 ms for postfix-virtual.cf) before it could plan.
+    """
+    observe(config_dir, cron_path)
 
 
 @paused

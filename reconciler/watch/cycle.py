@@ -20,7 +20,7 @@ from reconciler import state as state_file
 from reconciler.desired import EntryModels, Loaded, load_desired_bytes
 from reconciler.errors import InvalidDesiredState, ReconcilerError, Refused
 from reconciler.executor import ApplyResult
-from reconciler.observe import read_fingerprint
+from reconciler.observe import prepare_next_read, read_fingerprint
 from reconciler.passwords import VerifiedCache
 from reconciler.reconcile import Applied, Target, apply_once, plan_once
 from reconciler.watch.confirm import Confirmer
@@ -288,7 +288,16 @@ class ReconcileCycle:
                 self.confirmer.after_write(written, applied.result.sha512, accounts)
             except Exception as exc:  # the files are written; only the DMS follow-up failed
                 internal_error(self.log, "talking to DMS", exc)
+            self._prepare_next_read()
         return result
+
+    def _prepare_next_read(self) -> None:
+        """Parse what was just written now, while nothing waits, instead of at the start of the
+        next change. A volume that cannot be read now is reported by that change's own read."""
+        try:
+            prepare_next_read(self.target.config_dir, self.target.cron_path)
+        except ReconcilerError:
+            pass
 
     def _count_pending(self, loaded: Loaded) -> None:
         """How many entry changes wait (a refused plan): plan again, read-only."""
