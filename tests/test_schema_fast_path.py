@@ -3,7 +3,8 @@
 `desired._fast_says_valid` lets a valid file skip python-jsonschema (2.6 s at 10,000 accounts). It
 must never call a document valid that python-jsonschema rejects, or a schema error would go
 unreported. These tests compare the two on many generated documents, near-valid ones included,
-and check that the fast path is really taken for ordinary files.
+and check that the fast path is really taken for ordinary files. The sidecar's check of only the
+entries that changed since the last valid document must answer exactly as the whole check.
 """
 
 from __future__ import annotations
@@ -122,6 +123,59 @@ def _at(doc: Any, path: list[Any]) -> Any:
     for part in path:
         doc = doc[part]
     return doc
+
+
+@st.composite
+def edits_of_valid_documents(draw: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(A, B): a valid document and an edit of it, sharing the value objects of the accounts and
+    aliases the edit left alone, as the sidecar's incremental loader hands them back."""
+    before = draw(valid_documents())
+    after = copy.deepcopy(before)
+    for _ in range(draw(st.integers(0, 2))):
+        place = draw(st.sampled_from(_places(after)[1:]))
+        replacement = draw(st.one_of(st.sampled_from(TEXTS), scalars, values))
+        if place[0] == "key":
+            *parents, key = place[1]
+            parent = _at(after, parents)
+            if isinstance(parent, dict) and isinstance(replacement, str) and key in parent:
+                parent[replacement] = parent.pop(key)
+            continue
+        *parents, last = place
+        _at(after, parents)[last] = replacement
+    for section in desired.EntryModels.SECTIONS:
+        old, new = before.get(section), after.get(section)
+        if isinstance(old, dict) and isinstance(new, dict):
+            for key, value in new.items():
+                if key in old and old[key] == value:
+                    new[key] = old[key]  # the same object, as for an unchanged chunk
+    return before, after
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(edits_of_valid_documents())
+def test_checking_only_changed_entries_answers_like_the_whole_check(
+        pair: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    before, after = pair
+    known = desired.EntryModels()
+    desired.build_state(before, known)
+    assert desired._fast_says_valid(after, known=known) == desired._fast_says_valid(after), after
+
+
+def test_after_one_edit_only_that_entry_is_checked_alone() -> None:
+    doc = load_yaml_bytes(generate.to_yaml(generate.build(300)).encode(), "generated").value
+    known = desired.EntryModels()
+    desired.build_state(doc, known)
+    edited = {**doc, "accounts": dict(doc["accounts"]), "aliases": dict(doc["aliases"])}
+    address = next(iter(edited["aliases"]))
+    edited["aliases"][address] = ["a@elsewhere.net"]
+    edited["accounts"]["new.one@" + doc["domains"][0]] = {"password_env": "NEW_ONE"}
+    skeleton, fresh = desired._without_known_entries(edited, known)
+    assert fresh == {"accounts": {"new.one@" + doc["domains"][0]: {"password_env": "NEW_ONE"}},
+                     "aliases": {address: ["a@elsewhere.net"]}}
+    assert len(skeleton["accounts"]) == 1 and skeleton["aliases"] == {}  # minProperties: 1
+    assert desired._fast_says_valid(edited, known=known)
+    edited["accounts"]["new.one@" + doc["domains"][0]] = {"password_env": "1BAD"}
+    assert not desired._fast_says_valid(edited, known=known)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
