@@ -8,7 +8,7 @@ the message lands on the right line. All rules run; every problem is reported at
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -66,6 +66,8 @@ class _View:
     # outlives one check, so the sidecar's next load (one entry edited) checks only what is new;
     # it is bounded, so a long-running sidecar does not grow with every address ever seen.
     address_problem = staticmethod(lru_cache(maxsize=1 << 17)(check_address))
+    # The same for password hashes, which the sidecar holds anyway as its last good state.
+    hash_problem = staticmethod(lru_cache(maxsize=1 << 16)(check_password_hash))
 
     @classmethod
     def of(cls, doc: dict[str, Any]) -> _View:
@@ -81,7 +83,9 @@ class _View:
         def targets(value: Any) -> list[str]:
             if isinstance(value, str):
                 return [value]
-            return [v for _, v in strings(value)]
+            if not isinstance(value, list):
+                return []
+            return [v for v in value if isinstance(v, str)]
 
         hostname = doc.get("hostname")
         quarantine = doc.get("quarantine")
@@ -143,9 +147,9 @@ def _check_syntax(report: Report, view: _View) -> None:
     for domain in view.catch_all:
         if problem := check_domain(domain):
             report.error(("catch_all", domain), problem, key=True)
-    for path, target in _all_target_paths(report.doc.value):
-        if problem := view.address_problem(target):
-            report.error(path, f"target {problem}" if problem.startswith("address") else problem)
+    for path, target in _failing_targets(report.doc.value, view.address_problem):
+        problem = view.address_problem(target) or ""
+        report.error(path, f"target {problem}" if problem.startswith("address") else problem)
     for i, address in view.devnull:
         if problem := view.address_problem(address):
             report.error(("devnull", i), problem)
@@ -161,18 +165,22 @@ def _check_syntax(report: Report, view: _View) -> None:
                 report.error(("sa_learn", i, "domains", j), problem)
 
 
-def _all_target_paths(doc: dict[str, Any]) -> Iterator[tuple[Path, str]]:
-    """(path, target) for every alias and catch-all target, with list indexes where written."""
+def _failing_targets(
+    doc: dict[str, Any], fails: Callable[[str], Any]
+) -> Iterator[tuple[Path, str]]:
+    """(path, target) for every alias and catch-all target that `fails`, with list indexes where
+    written. Paths are made only for those: there are 80,000 targets at 10,000 accounts."""
     for section in ("aliases", "catch_all"):
         block = doc.get(section)
         if not isinstance(block, dict):
             continue
         for key, value in block.items():
             if isinstance(value, str):
-                yield (section, key), value
+                if fails(value):
+                    yield (section, key), value
             elif isinstance(value, list):
                 for i, target in enumerate(value):
-                    if isinstance(target, str):
+                    if isinstance(target, str) and fails(target):
                         yield (section, key, i), target
 
 
@@ -202,7 +210,7 @@ def _check_passwords(report: Report, view: _View) -> None:
                 key=True,
             )
         value = account.get("password_hash")
-        if isinstance(value, str) and (problem := check_password_hash(value)):
+        if isinstance(value, str) and (problem := view.hash_problem(value)):
             report.error(("accounts", address, "password_hash"), problem)
         path = account.get("password_file")
         if isinstance(path, str) and ("\n" in path or "\0" in path):
@@ -337,17 +345,19 @@ def _check_targets_resolve(report: Report, view: _View) -> None:
     declared = {d for _, d in view.domains}
     devnull = {a for _, a in view.devnull}
     known = set(view.accounts) | set(view.aliases) | devnull
-    for path, target in _all_target_paths(report.doc.value):
+
+    def dangling(target: str) -> bool:
         if target in known or view.address_problem(target) is not None:
-            continue  # most targets are accounts or aliases here
+            return False  # most targets are accounts or aliases here
         domain = domain_of(target)
-        if domain in declared and target not in known and domain not in view.catch_all:
-            hint = _suggest(target, known)
-            report.error(
-                path,
-                f"target '{target}' is in hosted domain '{domain}' but is no account, alias or "
-                f"devnull address, so mail to it would bounce{hint or ''}",
-            )
+        return domain in declared and domain not in view.catch_all
+
+    for path, target in _failing_targets(report.doc.value, dangling):
+        report.error(
+            path,
+            f"target '{target}' is in hosted domain '{domain_of(target)}' but is no account, "
+            f"alias or devnull address, so mail to it would bounce{_suggest(target, known) or ''}",
+        )
     mailbox = view.quarantine.get("mailbox")
     if isinstance(mailbox, str) and view.address_problem(mailbox) is None:
         if mailbox not in view.accounts and mailbox not in view.aliases:
