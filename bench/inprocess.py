@@ -9,7 +9,8 @@ to show how many cores the first apply keeps busy.
 
 `one_add`: where the time of "apply, one account added" goes, in one process: reading the file,
 the YAML load (libyaml events into values, with positions), the schema and mail rules, the model,
-then `apply_once` (plan, write, plan again to prove convergence), and one more `plan_once` alone.
+then `apply_once` (plan, write, read the bytes back to prove convergence), and one more
+`plan_once` alone.
 The interpreter start and imports are the `--version` row.
 
 `reload`: the sidecar's YAML load after one added account: the full load (`load_yaml_bytes`)

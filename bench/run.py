@@ -201,7 +201,7 @@ def bench_size(runner: Runner, accounts: int, *, repeat: int, seed: int,
                                ("yaml_s", "YAML load (libyaml events into values, positions)"),
                                ("rules_s", "schema and mail rules"),
                                ("model_s", "model"),
-                               ("apply_s", "apply_once: plan, write, plan again (convergence)"),
+                               ("apply_s", "apply_once: plan, write, read back (convergence)"),
                                ("plan_s", "of which one plan_once")]}
     env_file = data / "env.json"
     env_file.write_text(json.dumps(spec.env))
