@@ -99,13 +99,10 @@ def _places(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     return out
 
 
-@st.composite
-def documents(draw: Any) -> dict[str, Any]:
-    """A valid document with zero to two values or keys replaced by something else."""
-    doc = draw(valid_documents())
+def _replace_some(draw: Any, doc: dict[str, Any]) -> None:
+    """Replace zero to two values or keys of `doc`, in place, by something else."""
     for _ in range(draw(st.integers(0, 2))):
-        places = _places(doc)
-        place = draw(st.sampled_from(places[1:]))
+        place = draw(st.sampled_from(_places(doc)[1:]))
         replacement = draw(st.one_of(st.sampled_from(TEXTS), scalars, values))
         if place[0] == "key":
             *parents, key = place[1]
@@ -114,8 +111,14 @@ def documents(draw: Any) -> dict[str, Any]:
                 parent[replacement] = parent.pop(key)
             continue
         *parents, last = place
-        parent = _at(doc, parents)
-        parent[last] = replacement
+        _at(doc, parents)[last] = replacement
+
+
+@st.composite
+def documents(draw: Any) -> dict[str, Any]:
+    """A valid document with zero to two values or keys replaced by something else."""
+    doc = draw(valid_documents())
+    _replace_some(draw, doc)
     return doc
 
 
@@ -131,17 +134,7 @@ def edits_of_valid_documents(draw: Any) -> tuple[dict[str, Any], dict[str, Any]]
     aliases the edit left alone, as the sidecar's incremental loader hands them back."""
     before = draw(valid_documents())
     after = copy.deepcopy(before)
-    for _ in range(draw(st.integers(0, 2))):
-        place = draw(st.sampled_from(_places(after)[1:]))
-        replacement = draw(st.one_of(st.sampled_from(TEXTS), scalars, values))
-        if place[0] == "key":
-            *parents, key = place[1]
-            parent = _at(after, parents)
-            if isinstance(parent, dict) and isinstance(replacement, str) and key in parent:
-                parent[replacement] = parent.pop(key)
-            continue
-        *parents, last = place
-        _at(after, parents)[last] = replacement
+    _replace_some(draw, after)
     for section in desired.EntryModels.SECTIONS:
         old, new = before.get(section), after.get(section)
         if isinstance(old, dict) and isinstance(new, dict):
