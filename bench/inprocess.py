@@ -27,7 +27,7 @@ import os
 import sys
 import time
 
-from reconciler import passwords
+from reconciler.passwords import sources as passwords
 from reconciler.reconcile import Target, plan_once
 
 
@@ -65,9 +65,9 @@ def hashing(count: int) -> dict[str, object]:
 
 
 def one_add(desired: str, config_dir: str, cron_file: str, env_file: str) -> dict[str, object]:
-    from reconciler.desired import Loaded, build_state, check_document, read_desired_bytes
+    from reconciler.load.desired import Loaded, build_state, check_document, read_desired_bytes
+    from reconciler.load.yamlload import load_yaml_bytes
     from reconciler.reconcile import apply_once
-    from reconciler.yamlload import load_yaml_bytes
 
     with open(env_file, encoding="utf-8") as handle:
         environ = {**os.environ, **json.load(handle)}
@@ -101,8 +101,8 @@ def one_add(desired: str, config_dir: str, cron_file: str, env_file: str) -> dic
 def reload(desired: str, repeat: int = 5) -> dict[str, object]:
     import statistics
 
-    from reconciler.yamlchunks import IncrementalLoader
-    from reconciler.yamlload import load_yaml_bytes
+    from reconciler.load.yamlchunks import IncrementalLoader
+    from reconciler.load.yamlload import load_yaml_bytes
 
     with open(desired, "rb") as handle:
         data = handle.read()

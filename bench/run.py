@@ -21,7 +21,7 @@ another copy (bench/dms_cli.py; skipped where DMS's scripts or doveadm are missi
 apply's time goes, in one process on a third copy (bench/inprocess.py one_add). Then, for a
 host whose accounts all have their plaintext secret in a `password_file`: the first `apply`
 (hashing on every core), `plan` with no changes from the command line with the record of verified
-files (`reconciler/verified.py`) and without it (verifying every secret, on every core, as a
+files (`reconciler/passwords/verified.py`) and without it (verifying every secret, on every core, as a
 `password_env` secret is on every run), and the sidecar's path, two in-process `plan_once` calls
 sharing one VerifiedCache.
 
@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import dms_cli, generate
-from reconciler import passwords
+from reconciler.passwords import sources as passwords
 
 REPO = Path(__file__).resolve().parent.parent
 LAUNCHER = Path(__file__).resolve().parent / "launch.py"

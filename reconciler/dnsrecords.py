@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from reconciler import dkimkeys
 from reconciler.formats import opendkim
 from reconciler.model import DesiredState
-from reconciler.observe import Observed
+from reconciler.volume.observe import Observed
 
 TXT_STRING_MAX = 255  # one character-string in a TXT record (RFC 1035)
 

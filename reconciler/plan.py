@@ -15,7 +15,7 @@ from typing import Any
 
 from reconciler import __version__
 from reconciler.errors import redact_data
-from reconciler.passwords import Secret
+from reconciler.passwords.sources import Secret
 from reconciler.state import Ownership
 
 FORMAT_VERSION = "1.0"

@@ -19,10 +19,15 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from reconciler import passwords, verified
-from reconciler.desired import Loaded, load_desired
 from reconciler.errors import ReconcilerError, Refused, VolumeError
-from reconciler.executor import (
+from reconciler.gcpause import paused
+from reconciler.load.desired import Loaded, load_desired
+from reconciler.passwords import sources as passwords
+from reconciler.passwords import verified
+from reconciler.passwords.sources import VerifiedCache
+from reconciler.plan import Action, Plan
+from reconciler.planner.make import make_plan
+from reconciler.volume.executor import (
     ApplyResult,
     VolumeChanged,
     apply_plan,
@@ -31,11 +36,14 @@ from reconciler.executor import (
     require_cron_folder,
     write_record,
 )
-from reconciler.gcpause import paused
-from reconciler.observe import CRON, FileSnapshot, Observed, observe, read_snapshot, read_snapshots
-from reconciler.passwords import VerifiedCache
-from reconciler.plan import Action, Plan
-from reconciler.planner import make_plan
+from reconciler.volume.observe import (
+    CRON,
+    FileSnapshot,
+    Observed,
+    observe,
+    read_snapshot,
+    read_snapshots,
+)
 
 if TYPE_CHECKING:
     from reconciler.state import Ownership

@@ -151,7 +151,7 @@ class Scenario:
 
 def dead_lock_token() -> str:
     """A lock token of a dms-reconciler on this host that has exited (killed mid-apply)."""
-    from reconciler.lock import _process_identity, make_token
+    from reconciler.volume.lock import _process_identity, make_token
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(0.05)"])
     _namespace, started = _process_identity(child.pid)

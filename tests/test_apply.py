@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.desired import load_desired
 from reconciler.errors import Refused
-from reconciler.executor import check_safety
+from reconciler.load.desired import load_desired
 from reconciler.model import DesiredState
-from reconciler.observe import observe
-from reconciler.planner import make_plan
+from reconciler.planner.make import make_plan
+from reconciler.volume.executor import check_safety
+from reconciler.volume.observe import observe
 from tests.util import Volume, run_cli, sha512_hash, write_desired
 
 DOMAINS = "domains: [example.com, example.org]"

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from bench import generate, run
-from reconciler.desired import load_desired_bytes
+from reconciler.load.desired import load_desired_bytes
 from tests.util import REPO
 
 

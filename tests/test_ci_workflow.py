@@ -22,7 +22,7 @@ import jsonschema
 import pytest
 import yaml
 
-from reconciler.cli import cli
+from reconciler.cli.commands import cli
 from tests.ci_util import Repo, git, load_plan_schema, make_repo
 from tests.test_ci_plan import BASE, HEAD
 from tests.util import REPO

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.lock import LOCK_NAME, DmsLock, make_token
+from reconciler.volume.lock import LOCK_NAME, DmsLock, make_token
 from tests.faultkit import (
     add_crash_debris,
     cli_command,
@@ -173,7 +173,7 @@ def test_lock_of_a_live_dms_reconciler_is_respected(applied: tuple[Volume, Path,
 
 
 def test_dead_owner_check_needs_same_host_and_live_pid() -> None:
-    from reconciler.lock import _process_identity, owner_is_dead
+    from reconciler.volume.lock import _process_identity, owner_is_dead
 
     dead = dead_lock_token()
     assert owner_is_dead(dead) == int(dead.split()[3])
@@ -517,7 +517,7 @@ def test_sed_and_append_between_check_and_replace(applied: tuple[Volume, Path, P
 
 def test_held_lock_is_refreshed_so_dms_never_finds_it_stale(tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    import reconciler.lock as lock_module
+    import reconciler.volume.lock as lock_module
 
     monkeypatch.setattr(lock_module, "HEARTBEAT_SECONDS", 0.05)
     lock = DmsLock(str(tmp_path), timeout=1)

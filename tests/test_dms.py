@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from reconciler import dms as dms_mod
-from reconciler.dms import Dms, DmsUnavailable
+from reconciler.watch import dms as dms_mod
+from reconciler.watch.dms import Dms, DmsUnavailable
 from tests.dockerengine import (  # noqa: F401 - pytest fixtures
     DockerEngine,
     containers,

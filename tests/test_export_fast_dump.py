@@ -8,9 +8,9 @@ import string
 import yaml
 
 from bench import generate
-from reconciler import export
-from reconciler.desired import load_desired_bytes
+from reconciler.load.desired import load_desired_bytes
 from reconciler.model import to_document
+from reconciler.planner import export
 
 OPTIONS = {"sort_keys": False, "default_flow_style": False, "allow_unicode": True, "width": 1000}
 

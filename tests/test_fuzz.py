@@ -24,7 +24,6 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from reconciler import state as state_file
-from reconciler.desired import load_desired_bytes
 from reconciler.errors import InvalidDesiredState, VolumeError
 from reconciler.formats import (
     access,
@@ -40,7 +39,8 @@ from reconciler.formats import (
     sasl,
     virtual,
 )
-from reconciler.yamlload import YamlLoadError, load_yaml_bytes
+from reconciler.load.desired import load_desired_bytes
+from reconciler.load.yamlload import YamlLoadError, load_yaml_bytes
 
 EXAMPLES = int(os.environ.get("DMS_RECONCILER_FUZZ_EXAMPLES", "300"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=timedelta(seconds=10),
@@ -385,16 +385,16 @@ def _assert_rendered_files_hold_exactly(state: Any) -> None:
     exactly the declared entries: no value can add a line or a field."""
     import tempfile
 
-    from reconciler.executor import render_files
-    from reconciler.observe import observe
-    from reconciler.passwords import (
+    from reconciler.passwords.sources import (
         RELAY_KEY,
         DesiredPassword,
         Secret,
         Status,
         password_sources,
     )
-    from reconciler.planner import make_plan
+    from reconciler.planner.make import make_plan
+    from reconciler.volume.executor import render_files
+    from reconciler.volume.observe import observe
 
     with tempfile.TemporaryDirectory() as tmp:
         observed = observe(tmp, os.path.join(tmp, "sa-learn"))
@@ -435,7 +435,7 @@ def _assert_rendered_files_hold_exactly(state: Any) -> None:
 
 
 def _assert_setup_files_hold_exactly(state: Any, files: dict[str, bytes]) -> None:
-    from reconciler.setup_planner import regexp_line
+    from reconciler.planner.setup import regexp_line
 
     if state.masters:
         m = masters.parse(files["dovecot-masters.cf"].decode())
@@ -466,7 +466,7 @@ def _assert_setup_files_hold_exactly(state: Any, files: dict[str, bytes]) -> Non
 
 def _saved_plan_sample(tmp: str) -> dict[str, Any]:
     """A real saved plan, made by `plan --out` logic in-process on a tiny volume."""
-    from reconciler import saved_plan
+    from reconciler.cli import saved_plan
     from reconciler.reconcile import Target, plan_once
 
     config, desired = os.path.join(tmp, "config"), os.path.join(tmp, "m.yaml")
@@ -499,7 +499,7 @@ def damaged(draw: st.DrawFn, sample: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_saved_plan_loader_refuses_damaged_files(tmp_path: Any) -> None:
-    from reconciler import saved_plan
+    from reconciler.cli import saved_plan
     from reconciler.errors import ReconcilerError
 
     sample = _saved_plan_sample(str(tmp_path))

@@ -5,8 +5,7 @@ from __future__ import annotations
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from reconciler.desired import load_desired_bytes
-from reconciler.export import dump_yaml
+from reconciler.load.desired import load_desired_bytes
 from reconciler.model import (
     QUARANTINE_KINDS,
     Account,
@@ -22,6 +21,7 @@ from reconciler.model import (
     SaLearnJob,
     to_document,
 )
+from reconciler.planner.export import dump_yaml
 
 HASHES = [
     "{SHA512-CRYPT}$6$examplesalt1234$djhYHgU4lT6iwsWWt9hVLtZNfxKcN54iEfNMSvAIZ7tPExHhbnAMirMd6T"

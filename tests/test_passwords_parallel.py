@@ -16,8 +16,8 @@ import pytest
 
 SCRIPT = r"""
 import json, os, sys, threading, concurrent.futures as futures
-from reconciler import passwords
-from reconciler.passwords import Secret
+from reconciler.passwords import sources as passwords
+from reconciler.passwords.sources import Secret
 
 count, with_thread = int(sys.argv[1]), sys.argv[2] == "thread"
 methods = []
@@ -90,6 +90,6 @@ def _fails_in_a_child(item: int, parent: int = os.getpid()) -> int:
 
 
 def test_a_failed_helper_s_share_is_done_by_the_parent() -> None:
-    from reconciler.passwords import _forked_map
+    from reconciler.passwords.sources import _forked_map
 
     assert _forked_map(_fails_in_a_child, list(range(30)), 3) == [i * 2 for i in range(30)]

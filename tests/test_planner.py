@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from reconciler import passwords
-from reconciler.desired import load_desired_bytes
-from reconciler.observe import Observed, observe
-from reconciler.passwords import SecretReader, VerifiedCache
+from reconciler.load.desired import load_desired_bytes
+from reconciler.passwords import sources as passwords
+from reconciler.passwords.sources import SecretReader, VerifiedCache
 from reconciler.plan import Action, Kind, Plan
-from reconciler.planner import make_plan
+from reconciler.planner.make import make_plan
 from reconciler.state import Ownership
+from reconciler.volume.observe import Observed, observe
 from tests.util import make_volume, sha512_hash
 
 HASH_A = sha512_hash("alpha", "saltA")

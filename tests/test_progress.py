@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.passwords import PROGRESS_FROM
+from reconciler.passwords.sources import PROGRESS_FROM
 from tests.util import REPO, Volume
 
 ACCOUNTS = PROGRESS_FROM + 20

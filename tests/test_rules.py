@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.desired import load_desired_bytes
 from reconciler.errors import InvalidDesiredState, Severity
+from reconciler.load.desired import load_desired_bytes
 
 HEAD = """\
 version: 1
@@ -62,8 +62,8 @@ def test_address_rule(address: str, words: str) -> None:
 def test_length_limits_hold_on_the_fast_path_and_the_schema() -> None:
     """The one-regex fast path of check_address and the schema pattern (checked by jsonschema-rs
     for valid-looking files) enforce the same limits as the slow path: 64 before the @."""
-    from reconciler import desired
     from reconciler.addresses import check_address
+    from reconciler.load import desired
 
     assert check_address("a" * 64 + "@example.com") is None
     assert "longer than 64" in (check_address("a" * 65 + "@example.com") or "")

@@ -7,7 +7,7 @@ import json
 import jsonschema
 import yaml
 
-from reconciler.desired import schema
+from reconciler.load.desired import schema
 from tests.util import REPO
 
 

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench import generate
-from reconciler import desired
-from reconciler.yamlload import load_yaml_bytes
+from reconciler.load import desired
+from reconciler.load.yamlload import load_yaml_bytes
 from tests.util import REPO
 
 HASH = "{SHA512-CRYPT}" + "$6$saltsalt$" + "a" * 86

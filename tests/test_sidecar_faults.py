@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from reconciler.formats import accounts, aliases, quotas, virtual
-from reconciler.lock import LOCK_NAME
+from reconciler.volume.lock import LOCK_NAME
 from tests.dockerengine import (  # noqa: F401 - pytest fixtures
     DockerEngine,
     containers,

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.load.yamlload import MAX_BYTES
 from reconciler.readfile import NotReadable, read_regular
-from reconciler.yamlload import MAX_BYTES
 from tests.util import Volume, make_volume, run_cli, sha512_hash
 from tests.watch_process import WatchProcess
 

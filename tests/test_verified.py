@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import passwords, verified
 from reconciler.model import PasswordFile
+from reconciler.passwords import sources as passwords
+from reconciler.passwords import verified
 from reconciler.reconcile import Target, apply_once, plan_once
 from tests.util import Volume, sha512_hash
 

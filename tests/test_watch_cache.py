@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import observe, passwords
 from reconciler.formats import virtual
+from reconciler.passwords import sources as passwords
 from reconciler.reconcile import FULL_PROOF_ENV, Target
-from reconciler.watch import Watcher, WatchOptions
+from reconciler.volume import observe
+from reconciler.watch.loop import Watcher, WatchOptions
 from tests.util import Volume, sha512_hash
 
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from reconciler import dms
-from reconciler.health import Metrics, Status
+from reconciler.watch import dms
 from reconciler.watch.confirm import RECONFIRM_MAX_SECONDS, Confirmer
+from reconciler.watch.health import Metrics, Status
 
 ACCOUNTS = "postfix-accounts.cf"
 WRITTEN = {ACCOUNTS: "a" * 128, "cron": "c" * 128}  # cron is not DMS's to confirm

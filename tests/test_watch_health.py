@@ -13,7 +13,7 @@ import textwrap
 import time
 from pathlib import Path
 
-from reconciler.lock import LOCK_NAME
+from reconciler.volume.lock import LOCK_NAME
 from tests.util import Volume
 from tests.watch_process import ADMIN_HASH, WatchProcess, wait_until
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.health import Status
+from reconciler.watch.health import Status
 from reconciler.watch.heartbeat import Heartbeat
 from reconciler.watch.loop import Schedule, Step
 

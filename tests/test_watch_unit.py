@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from reconciler import dms
-from reconciler.health import parse_listen
 from reconciler.reconcile import Target
-from reconciler.watch import Watcher, WatchOptions, cycle, events
+from reconciler.watch import cycle, dms, events
 from reconciler.watch.events import watch_dirs
+from reconciler.watch.health import parse_listen
+from reconciler.watch.loop import Watcher, WatchOptions
 from tests.util import Volume, sha512_hash
 
 

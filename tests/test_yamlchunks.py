@@ -11,12 +11,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bench import generate
-from reconciler.desired import EntryModels, load_desired_bytes
+from reconciler.load.desired import EntryModels, load_desired_bytes
+from reconciler.load.yamlchunks import IncrementalLoader
+from reconciler.load.yamlload import YamlLoadError, load_yaml_bytes, plain_ascii
 from reconciler.model import DesiredState
 from reconciler.reconcile import Target
-from reconciler.watch import Watcher, WatchOptions
-from reconciler.yamlchunks import IncrementalLoader
-from reconciler.yamlload import YamlLoadError, load_yaml_bytes, plain_ascii
+from reconciler.watch.loop import Watcher, WatchOptions
 from tests.util import Volume, sha512_hash
 
 REPO = Path(__file__).resolve().parent.parent

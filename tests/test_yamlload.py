@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from reconciler.yamlload import MAX_BYTES, YamlLoadError, load_yaml_bytes
+from reconciler.load.yamlload import MAX_BYTES, YamlLoadError, load_yaml_bytes
 
 
 def messages(data: bytes) -> list[str]:

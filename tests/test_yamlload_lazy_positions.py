@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from reconciler import yamlload
+from reconciler.load import yamlload
 
 TEXT = """\
 version: 1

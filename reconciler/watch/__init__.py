@@ -23,7 +23,3 @@ The parts, each usable alone with an injected clock:
 - `heartbeat`: is the loop making progress? (what /healthz says when it is not);
 - `loop`: `Watcher`, the serial loop, and `Schedule`, when it does what.
 """
-
-from reconciler.watch.loop import Watcher, WatchOptions
-
-__all__ = ["Watcher", "WatchOptions"]

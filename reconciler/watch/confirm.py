@@ -21,9 +21,9 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from reconciler import dms as dms_mod
 from reconciler.formats import access, amavis, opendkim
-from reconciler.health import Metrics, Status
+from reconciler.watch import dms as dms_mod
+from reconciler.watch.health import Metrics, Status
 
 UNCONFIRMED_GIVE_UP = 3
 RECONFIRM_MAX_SECONDS = 15.0  # DMS could not be asked: look again, 1 s doubling up to this

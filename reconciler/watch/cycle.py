@@ -17,16 +17,16 @@ import logging
 from collections.abc import Callable
 
 from reconciler import state as state_file
-from reconciler.desired import EntryModels, Loaded, load_desired_bytes
 from reconciler.errors import InvalidDesiredState, ReconcilerError, Refused
-from reconciler.executor import ApplyResult
-from reconciler.observe import prepare_next_read, read_fingerprint
-from reconciler.passwords import VerifiedCache
+from reconciler.load.desired import EntryModels, Loaded, load_desired_bytes
+from reconciler.load.yamlchunks import IncrementalLoader
+from reconciler.passwords.sources import VerifiedCache
 from reconciler.reconcile import Applied, Target, apply_once, plan_once
+from reconciler.volume.executor import ApplyResult
+from reconciler.volume.observe import prepare_next_read, read_fingerprint
 from reconciler.watch.confirm import Confirmer
 from reconciler.watch.inputs import InputReader, Inputs
 from reconciler.watch.report import Reporter, internal_error
-from reconciler.yamlchunks import IncrementalLoader
 
 SETTLING = "settling"  # run()'s answer when the content may still change: look again shortly
 

@@ -13,8 +13,8 @@ import secrets
 import stat
 from typing import NamedTuple
 
-from reconciler.desired import Loaded, read_desired_bytes
 from reconciler.errors import InvalidDesiredState
+from reconciler.load.desired import Loaded, read_desired_bytes
 from reconciler.model import PasswordEnv, PasswordFile
 from reconciler.reconcile import Target
 

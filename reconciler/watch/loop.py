@@ -29,15 +29,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from reconciler import dms as dms_mod
 from reconciler import log as logs
 from reconciler.errors import ReconcilerError
-from reconciler.health import HealthServer, Metrics, Status
-from reconciler.passwords import VerifiedCache
+from reconciler.passwords.sources import VerifiedCache
 from reconciler.reconcile import Target
+from reconciler.watch import dms as dms_mod
 from reconciler.watch.confirm import Confirmer
 from reconciler.watch.cycle import SETTLING, ReconcileCycle
 from reconciler.watch.events import EventSource, Taken
+from reconciler.watch.health import HealthServer, Metrics, Status
 from reconciler.watch.heartbeat import Heartbeat
 from reconciler.watch.inputs import InputReader
 from reconciler.watch.report import Reporter, internal_error

@@ -11,8 +11,8 @@ from typing import Any
 
 from reconciler import log as logs
 from reconciler.errors import InvalidDesiredState
-from reconciler.health import Metrics, Status
 from reconciler.plan import Plan
+from reconciler.watch.health import Metrics, Status
 
 
 def internal_error(log: logging.Logger, where: str, exc: BaseException) -> None:

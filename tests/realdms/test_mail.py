@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from reconciler import planner
+from reconciler.planner import make as planner
 from tests.realdms import harness
 from tests.realdms.harness import GTUBE, DmsVolume, RealDms, wait_until
 from tests.util import run_cli, sha512_hash

@@ -29,7 +29,7 @@ from reconciler.errors import (
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
-    from reconciler.baseline import BasePlanned
+    from reconciler.cli.baseline import BasePlanned
     from reconciler.reconcile import Target
 
 # Each command imports what it needs (the loader, the planner, the executor, passlib ...) in its
@@ -135,7 +135,7 @@ def _secrets_dir_option(func: Any) -> Any:
     """--secrets-dir: password_file only from this folder (the sidecar's secret mount)."""
 
     def confine(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-        from reconciler.passwords import SECRETS_DIR_ENV
+        from reconciler.passwords.sources import SECRETS_DIR_ENV
 
         if value:
             os.environ[SECRETS_DIR_ENV] = os.path.abspath(value)
@@ -218,7 +218,7 @@ def validate(file: str, fmt: str, files: tuple[str, ...]) -> int:
 def _validate_one(file: str, fmt: str) -> tuple[int, dict[str, Any]]:
     """Validate one file: print the text form, return the exit status and the JSON report."""
     try:
-        from reconciler.desired import load_desired
+        from reconciler.load.desired import load_desired
 
         loaded = load_desired(file)
     except InvalidDesiredState as exc:
@@ -319,7 +319,8 @@ def plan(
     against_dir: str | None,
 ) -> int:
     """Show what apply would change in the config volume. Writes nothing."""
-    from reconciler import render, saved_plan
+    from reconciler import render
+    from reconciler.cli import saved_plan
     from reconciler.reconcile import Target, plan_once
 
     _progress_on_terminal(fmt)
@@ -371,7 +372,7 @@ def _plan_against(
     """`plan --against-ref` / `--against-dir`: check the options, then plan against the base."""
     from click.core import ParameterSource
 
-    from reconciler import baseline
+    from reconciler.cli import baseline
 
     def given(name: str) -> bool:
         return ctx.get_parameter_source(name) in (
@@ -469,7 +470,8 @@ def apply(
                 "as planned (file, volume and prune were fixed by `plan --out`); make a new plan "
                 "with those options instead"
             )
-    from reconciler import render, saved_plan
+    from reconciler import render
+    from reconciler.cli import saved_plan
     from reconciler.reconcile import Target, apply_once
 
     _progress_on_terminal(fmt)
@@ -590,9 +592,9 @@ def watch(
     import prometheus_client
 
     from reconciler import log
-    from reconciler.dms import Dms
     from reconciler.reconcile import Target
-    from reconciler.watch import Watcher, WatchOptions
+    from reconciler.watch.dms import Dms
+    from reconciler.watch.loop import Watcher, WatchOptions
 
     log.setup()
     prometheus_client.disable_created_metrics()  # `*_created` series only add noise here
@@ -611,8 +613,8 @@ def dns(file: str, config_dir: str, cron_file: str, fmt: str) -> int:
     """Show the DNS records to publish: each `dkim:` domain's TXT record from the key on the
     volume, with MX, SPF and DMARC suggestions. Reads no secret; shows no private key."""
     from reconciler import dnsrecords
-    from reconciler.desired import load_desired
-    from reconciler.observe import observe
+    from reconciler.load.desired import load_desired
+    from reconciler.volume.observe import observe
 
     loaded = load_desired(file)
     found, problems = dnsrecords.records(loaded.state, observe(config_dir, cron_file))
@@ -650,10 +652,10 @@ def export_cmd(
     config_dir: str, cron_file: str, output: str, force: bool, hostname: str | None, adopt: bool
 ) -> int:
     """Write a mailserver.yaml that adopts an existing config volume (hashes kept)."""
-    from reconciler.desired import load_desired_bytes
-    from reconciler.export import dump_yaml, export_state
-    from reconciler.observe import observe
+    from reconciler.load.desired import load_desired_bytes
+    from reconciler.planner.export import dump_yaml, export_state
     from reconciler.reconcile import take_ownership
+    from reconciler.volume.observe import observe
 
     observed = observe(config_dir, cron_file)
     exported = export_state(observed, hostname=hostname)
@@ -736,7 +738,7 @@ def _progress_on_terminal(fmt: str) -> None:
         return
     from contextlib import contextmanager
 
-    from reconciler import passwords
+    from reconciler.passwords import sources as passwords
 
     @contextmanager
     def bar(label: str, total: int) -> Iterator[Callable[[int], None]]:

@@ -20,7 +20,7 @@ import re
 from functools import lru_cache
 from typing import Any
 
-from reconciler.yamlload import (
+from reconciler.load.yamlload import (
     MAX_DEPTH,
     MAX_EXPANDED_NODES,
     Document,

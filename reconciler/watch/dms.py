@@ -38,7 +38,7 @@ from reconciler.formats import (
     sasl,
     virtual,
 )
-from reconciler.lock import LOCK_NAME
+from reconciler.volume.lock import LOCK_NAME
 
 CHKSUM_FILE = "/tmp/docker-mailserver-config-chksum"
 DMS_DIR = "/tmp/docker-mailserver"  # fixed in DMS (`local DMS_DIR=/tmp/docker-mailserver`)

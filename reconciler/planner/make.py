@@ -19,8 +19,7 @@ from reconciler.formats import accounts, aliases, amavis, cron, quotas, virtual
 from reconciler.formats._lines import ParsedFile
 from reconciler.gcpause import paused
 from reconciler.model import DesiredState
-from reconciler.observe import CRON, RELAY_KEY, Observed
-from reconciler.passwords import DesiredPassword, Secret, Status, same_hash, source_id
+from reconciler.passwords.sources import DesiredPassword, Secret, Status, same_hash, source_id
 from reconciler.plan import (
     SENSITIVE,
     Action,
@@ -32,6 +31,7 @@ from reconciler.plan import (
     Unmanaged,
 )
 from reconciler.state import Ownership
+from reconciler.volume.observe import CRON, RELAY_KEY, Observed
 
 DEVNULL_TARGET = "devnull"
 BLOCK_KEY = "block"  # the key of an amavis.cf change about the marked block as a whole
@@ -191,7 +191,7 @@ def make_plan(
     unmanaged += cron_unmanaged
     files.append(cron_plan)
 
-    from reconciler.setup_planner import plan_setup  # it uses this module's keyed diff
+    from reconciler.planner.setup import plan_setup  # it uses this module's keyed diff
 
     setup = plan_setup(desired, observed, passwords, prune=prune)
     changes += setup.changes

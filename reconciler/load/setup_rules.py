@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from reconciler.addresses import LABEL_RE, LOCAL_RE, check_address, check_password_hash, domain_of
 
 if TYPE_CHECKING:
-    from reconciler.rules import Report, _View
+    from reconciler.load.rules import Report, _View
 
 DKIM_KEY_SIZES = (1024, 2048, 3072, 4096)
 _SUBSTITUTION = re.compile(r"\$(?:\{(\d+)\}|(\d))")

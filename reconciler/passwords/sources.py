@@ -456,7 +456,7 @@ def resolve(
     without verifying it again.
     """
     if record:
-        from reconciler.verified import fact
+        from reconciler.passwords.verified import fact
 
     out: dict[str, DesiredPassword] = {}
     sources: dict[str, PasswordSource] = {}

@@ -25,15 +25,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler import passwords
-from reconciler.desired import Loaded, load_desired, load_desired_bytes
 from reconciler.errors import Diagnostic, InvalidDesiredState, ReconcilerError, SecretError
-from reconciler.executor import apply_plan, render_files
+from reconciler.load.desired import Loaded, load_desired, load_desired_bytes
+from reconciler.load.yamlload import MAX_BYTES
 from reconciler.model import DesiredState, PasswordSource
-from reconciler.observe import CRON, observe
-from reconciler.planner import make_plan
+from reconciler.passwords import sources as passwords
+from reconciler.planner.make import make_plan
 from reconciler.reconcile import Planned, Target
-from reconciler.yamlload import MAX_BYTES
+from reconciler.volume.executor import apply_plan, render_files
+from reconciler.volume.observe import CRON, observe
 
 GIT_TIMEOUT = 60.0
 CRON_NAME = os.path.join("cron", "sa-learn")  # beside `config` in DMS's compose layout

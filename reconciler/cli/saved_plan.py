@@ -14,8 +14,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from reconciler import passwords
 from reconciler.errors import ReconcilerError, StalePlan
+from reconciler.passwords import sources as passwords
 from reconciler.readfile import NotReadable, read_regular
 from reconciler.reconcile import Applied, Planned, Target, apply_once
 

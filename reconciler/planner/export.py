@@ -25,10 +25,18 @@ from reconciler.addresses import (
     quota_bytes,
     split_hash,
 )
-from reconciler.desired import schema
 from reconciler.formats import access, cron, opendkim
 from reconciler.formats._lines import ParsedFile
 from reconciler.gcpause import paused
+from reconciler.load.desired import schema
+from reconciler.load.setup_rules import (
+    DKIM_KEY_SIZES,
+    check_master_name,
+    check_relay_host,
+    pcre_problem,
+    regexp_target_problem,
+)
+from reconciler.load.yamlload import plain_ascii
 from reconciler.model import (
     QUARANTINE_KINDS,
     Account,
@@ -46,16 +54,8 @@ from reconciler.model import (
     SaLearnJob,
     to_document,
 )
-from reconciler.observe import Observed
-from reconciler.planner import DEVNULL_TARGET, cron_lines
-from reconciler.setup_rules import (
-    DKIM_KEY_SIZES,
-    check_master_name,
-    check_relay_host,
-    pcre_problem,
-    regexp_target_problem,
-)
-from reconciler.yamlload import plain_ascii
+from reconciler.planner.make import DEVNULL_TARGET, cron_lines
+from reconciler.volume.observe import Observed
 
 _C_DUMPER: Any = getattr(yaml, "CSafeDumper", None)
 # The schema's own `$id`: schema/mailserver.schema.json as served from the repository's main

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from reconciler.errors import SecretError
-from reconciler.passwords import DesiredPassword, FileStamp, SecretReader, Status
+from reconciler.passwords.sources import DesiredPassword, FileStamp, SecretReader, Status
 
 FILENAME = "dms-reconciler.verified.json"
 FORMAT = 1

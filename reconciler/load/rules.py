@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from reconciler import setup_rules
 from reconciler.addresses import (
     check_address,
     check_domain,
@@ -22,7 +21,8 @@ from reconciler.addresses import (
     domain_of,
 )
 from reconciler.errors import Diagnostic, Severity
-from reconciler.yamlload import Document, Path, format_path
+from reconciler.load import setup_rules
+from reconciler.load.yamlload import Document, Path, format_path
 
 CRON_MACROS = frozenset(
     {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly", "@reboot"}

@@ -14,8 +14,7 @@ from reconciler import dkimkeys
 from reconciler.formats import access, masters, opendkim, regexp, relaymap, sasl
 from reconciler.formats._lines import ParsedFile
 from reconciler.model import DesiredState
-from reconciler.observe import MASTER_KEY, RELAY_KEY, Observed
-from reconciler.passwords import DesiredPassword, Status, same_hash
+from reconciler.passwords.sources import DesiredPassword, Status, same_hash
 from reconciler.plan import (
     SENSITIVE,
     Action,
@@ -26,7 +25,8 @@ from reconciler.plan import (
     PendingKey,
     Unmanaged,
 )
-from reconciler.planner import _diff, _explain, _FileDiff, _Want
+from reconciler.planner.make import _diff, _explain, _FileDiff, _Want
+from reconciler.volume.observe import MASTER_KEY, RELAY_KEY, Observed
 
 KEYS_FILE = "opendkim/keys"  # the logical file of key changes: one folder per domain
 MASTERS_NOTE = (

@@ -16,9 +16,18 @@ from importlib import resources
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
-from reconciler import rules
 from reconciler.errors import Diagnostic, InvalidDesiredState, Severity
 from reconciler.gcpause import paused
+from reconciler.load import rules
+from reconciler.load.yamlload import (
+    MAX_BYTES,
+    Document,
+    Path,
+    YamlLoadError,
+    format_path,
+    load_yaml_bytes,
+    plain_ascii,
+)
 from reconciler.model import (
     QUARANTINE_KINDS,
     Account,
@@ -41,20 +50,11 @@ from reconciler.model import (
     normalise_targets,
 )
 from reconciler.readfile import NotReadable, read_regular
-from reconciler.yamlload import (
-    MAX_BYTES,
-    Document,
-    Path,
-    YamlLoadError,
-    format_path,
-    load_yaml_bytes,
-    plain_ascii,
-)
 
 if TYPE_CHECKING:
     import jsonschema
 
-    from reconciler.yamlchunks import IncrementalLoader
+    from reconciler.load.yamlchunks import IncrementalLoader
 
 try:  # a compiled validator (Rust): the fast "is it valid?" check, see `_fast_says_valid`
     import jsonschema_rs

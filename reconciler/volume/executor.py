@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler import dkimkeys, verified
+from reconciler import dkimkeys
 from reconciler import state as state_file
 from reconciler.errors import (
     LockBusy,
@@ -57,10 +57,11 @@ from reconciler.formats import (
     sasl,
     virtual,
 )
-from reconciler.lock import LOCK_NAME, DmsLock, lock_token, owner_is_dead, wait_for_peers
-from reconciler.observe import CRON, FileSnapshot, Observed, read_snapshot
-from reconciler.passwords import Secret, hash_many
+from reconciler.passwords import verified
+from reconciler.passwords.sources import Secret, hash_many
 from reconciler.plan import FilePlan, PendingHash, PendingKey, Plan
+from reconciler.volume.lock import LOCK_NAME, DmsLock, lock_token, owner_is_dead, wait_for_peers
+from reconciler.volume.observe import CRON, FileSnapshot, Observed, read_snapshot
 
 TEMP_MARK = ".dms-reconciler-"
 NEW_FILE_MODES = {
