@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.reconcile import FULL_PROOF_ENV
-from tests.util import Volume, make_volume
+from tests.support.util import Volume, make_volume
 
 # Every apply in the suite (in-process and in the CLI processes it starts) also makes the whole
 # convergence plan and fails when the byte proof disagrees with it: see reconciler/reconcile.py.

@@ -59,7 +59,7 @@ from reconciler.volume.observe import Observed
 
 _C_DUMPER: Any = getattr(yaml, "CSafeDumper", None)
 # The schema's own `$id`: schema/mailserver.schema.json as served from the repository's main
-# branch (one source for the URL; tests/test_export.py checks it names the real file).
+# branch (one source for the URL; tests/kinds/test_export.py checks it names the real file).
 SCHEMA_COMMENT = f"# yaml-language-server: $schema={schema()['$id']}"
 
 

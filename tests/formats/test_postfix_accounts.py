@@ -17,7 +17,7 @@ from tests.formats._corpus import (
     read,
     sha512_hashes,
 )
-from tests.util import sha512_hash
+from tests.support.util import sha512_hash
 
 DIR = accounts.FILENAME
 # the hashes in the corpus files (fixed salts, so the corpus is stable)

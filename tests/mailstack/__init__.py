@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.util import Volume, make_volume
+from tests.support.util import Volume, make_volume
 
 VMAIL_UID = VMAIL_GID = 5000  # DMS_VMAIL_UID / DMS_VMAIL_GID
 MYHOSTNAME = "mail.test.example"

@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 
 from tests.dockerengine import COMPOSE_LABEL, DockerEngine
-from tests.util import REPO
+from tests.support.util import REPO
 
 WORK = Path(os.environ.get("DMS_IMAGE_WORK", "/var/tmp/dms-image"))
 DMS_IMAGE = "dms-local:15.1.0"

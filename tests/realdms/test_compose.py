@@ -27,8 +27,8 @@ import yaml
 
 from tests.realdms import harness
 from tests.realdms.harness import DmsVolume, RealDms, RealEngine, wait_until
-from tests.util import REPO, sha512_hash
-from tests.watch_process import save_atomically
+from tests.support.util import REPO, sha512_hash
+from tests.support.watch_process import save_atomically
 
 pytestmark = pytest.mark.realdms
 

@@ -21,8 +21,8 @@ import pytest
 from reconciler.planner import make as planner
 from tests.realdms import harness
 from tests.realdms.harness import GTUBE, DmsVolume, RealDms, wait_until
-from tests.util import run_cli, sha512_hash
-from tests.watch_process import WatchProcess, save_atomically
+from tests.support.util import run_cli, sha512_hash
+from tests.support.watch_process import WatchProcess, save_atomically
 
 pytestmark = pytest.mark.realdms
 

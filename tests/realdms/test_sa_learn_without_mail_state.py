@@ -13,7 +13,7 @@ import pytest
 
 from tests.realdms import harness
 from tests.realdms.harness import GTUBE, DmsVolume
-from tests.util import run_cli, sha512_hash
+from tests.support.util import run_cli, sha512_hash
 
 pytestmark = pytest.mark.realdms
 
