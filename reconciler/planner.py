@@ -202,7 +202,7 @@ def make_plan(
     notes += setup.notes
 
     warnings += _shadow_warnings(desired, observed, virtual_diff, account_diff)
-    self_aliases = self_alias_warning(desired)
+    self_aliases = self_alias_warning(desired, virtual_diff.changes)
     if self_aliases:
         warnings.append(self_aliases)
     unresolved = tuple(sorted(a for a, p in passwords.items() if p.status is Status.UNRESOLVED))
@@ -522,16 +522,23 @@ def _sole_catch_all_targets(desired: DesiredState) -> set[str]:
     }
 
 
-def self_alias_warning(desired: DesiredState) -> str | None:
+def self_alias_warning(desired: DesiredState, changes: Iterable[Change]) -> str | None:
     """DMS v15.1.0 (ENABLE_QUOTAS=1, its default) logs a WARN at every start and change for each
     self-alias (`_create_dovecot_alias_dummy_accounts` finds the account's own userdb line). The
-    line is still needed: without it the catch-all takes the account's mail."""
+    line is still needed: without it the catch-all takes the account's mail. Said once, by the
+    plan that writes a self-alias or its domain's catch-all (`changes`: postfix-virtual.cf's),
+    not by every later plan of the same setup."""
+    written = [c for c in changes if c.action is not Action.DELETE]
+    new_self = {c.key.lower() for c in written if c.kind is Kind.SELF_ALIAS}
+    new_catch = {c.key[1:].lower() for c in written if c.kind is Kind.CATCH_ALL}
     catch_domains = {catch.domain for catch in desired.catch_all}
     sole_targets = _sole_catch_all_targets(desired)
     names = sorted(
         a.address
         for a in desired.accounts
-        if domain_of(a.address) in catch_domains and a.address.lower() not in sole_targets
+        if domain_of(a.address) in catch_domains
+        and a.address.lower() not in sole_targets
+        and (a.address.lower() in new_self or domain_of(a.address) in new_catch)
     )
     if not names:
         return None

@@ -270,7 +270,14 @@ def _md_words(text: str) -> str:
     for token in text.split(" "):
         bare = token.removesuffix(":")  # "changed:" links nothing; "https://" does
         if any(mark in bare for mark in _SUSPECT) or "`" in token:
-            out.append(md_code(token))
+            # prose parentheses around a path or address stay outside its code span:
+            # "(see docs/real-dms.md)" -> \(see `docs/real-dms.md`\)
+            opened = len(token) - len(token.lstrip("("))
+            closed = len(token) - len(token.rstrip(")"))
+            lead = min(opened, max(0, token.count("(") - token.count(")")))
+            tail = min(closed, max(0, token.count(")") - token.count("(")))
+            core = token[lead : len(token) - tail]
+            out.append("\\(" * lead + md_code(core) + "\\)" * tail if core else md_code(token))
         else:
             escaped = "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in token)
             out.append(escaped.replace("&", "&amp;").replace("<", "&lt;"))
