@@ -80,3 +80,43 @@ def test_the_self_alias_warning_in_markdown_has_well_formed_code_spans(tmp_path:
     line = next(line for line in markdown.splitlines() if "self" in line and "alias" in line
                 and "WARN" in line)
     assert "`docs/real-dms.md`\\)" in line, line
+
+
+# --- validate: indentation, cron fields, did you mean ---------------------------------------------
+# (the CLI cases are in tests/bad/: indentation-*, cron-bad-hour, cron-extension-debian-refuses,
+# target-typo-other-domain, target-typo-short-name)
+
+
+def _messages(text: str) -> list[str]:
+    from reconciler.desired import load_desired_bytes
+    from reconciler.errors import InvalidDesiredState
+    from reconciler.yamlload import YamlLoadError
+
+    try:
+        load_desired_bytes(text.encode(), "m.yaml")
+    except (InvalidDesiredState, YamlLoadError) as exc:
+        return [d.format() for d in exc.diagnostics]
+    return []
+
+
+def test_a_line_with_two_colons_is_no_indentation_mistake():
+    found = _messages("version: 1\ndomains: [example.org]\naccounts:\n"
+                      "  a@example.org: {password_env: A}\naliases:\n  b@example.org: a@x: c\n")
+    assert len(found) == 1 and "mapping values are not allowed" in found[0], found
+    assert "indented" not in found[0]
+
+
+def test_an_empty_value_before_a_dedented_line_gets_no_indentation_hint():
+    found = _messages("version: 1\ndomains: [example.org]\naccounts:\n"
+                      "  a@example.org:\n    password_env: A\n    quota:\n"
+                      "  b@example.org: {password_env: B}\n")
+    assert found and not any("indented" in m for m in found), found
+
+
+def test_the_indentation_hint_points_at_the_line_and_column():
+    found = _messages("version: 1\ndomains: [example.org]\naccounts:\n"
+                      "  a@example.org:\n    quota: 5G\n      password_env: A\n")
+    assert found == ["m.yaml:6:7: error: YAML syntax error: line 6 is indented further than the "
+                     "`key: value` line above it, so YAML reads it as part of that value: is this "
+                     "line indented like its siblings?"]
+
