@@ -120,3 +120,24 @@ def test_the_indentation_hint_points_at_the_line_and_column():
                      "`key: value` line above it, so YAML reads it as part of that value: is this "
                      "line indented like its siblings?"]
 
+
+def test_every_cron_field_is_named_when_wrong():
+    from reconciler.rules import check_schedule
+
+    for schedule, field, value in [
+        ("60 2 * * *", "minute", "60"), ("0 24 * * *", "hour", "24"),
+        ("0 2 0 * *", "day of month", "0"), ("0 2 * 13 *", "month", "13"),
+        ("0 2 * * 8", "day of week", "8"), ("0 2 * * 1#2", "day of week", "1#2"),
+        ("0 2 15W * *", "day of month", "15W"), ("*/0 2 * * *", "minute", "*/0"),
+        ("0 2 * foo *", "month", "foo"), ("0 2 * * mon-xyz", "day of week", "mon-xyz"),
+        ("0 2 * jan *", None, None),
+    ]:
+        problem = check_schedule(schedule)
+        if field is None:
+            assert problem is None, (schedule, problem)
+            continue
+        assert problem is not None and f"the {field} field '{value}' is wrong" in problem, (
+            schedule, problem)
+    for good in ("*/15 * * * *", "0 2 * * mon-fri", "0 0 1 jan,jul *", "30 3 * * 7",
+                 "0 0 1-15/2 * *", "5,35 */2 * * SUN", "@daily"):
+        assert check_schedule(good) is None, good
