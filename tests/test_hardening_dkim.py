@@ -127,6 +127,79 @@ def test_apply_names_a_key_folder_that_became_a_symlink(tmp_path: Path) -> None:
     assert os.listdir(tmp_path / "elsewhere") == []
 
 
+# --- 2. selectors and key sizes that apply can write; a refused apply leaves nothing --------
+
+
+def _label_chain(length: int) -> str:
+    """A selector of `length` characters in labels of at most 63."""
+    labels, left = [], length
+    while left > 0:
+        take = min(63, left if left <= 63 else 63)
+        if 0 < left - take < 2:  # never leave a label of 0 characters after a dot
+            take -= 2
+        labels.append("a" * take)
+        left -= take + 1
+    selector = ".".join(labels)
+    assert len(selector) == length, (length, len(selector))
+    return selector
+
+
+@pytest.mark.parametrize(("dkim", "expected"), [
+    (f"{{selector: {_label_chain(255)}}}", "has 255 characters, more than 214"),
+    (f"{{selector: {_label_chain(220)}}}", "has 220 characters, more than 214"),
+    (f"{{selector: {_label_chain(215)}}}", "has 215 characters, more than 214"),
+    ("{selector: " + "a" * 64 + "}", "labels of at most 63 characters"),
+    ("{key_size: 2048.0}", "whole number of bits: 1024, 2048, 3072 or 4096, not 2048.0"),
+    ("{key_size: true}", "whole number of bits: 1024, 2048, 3072 or 4096, not true"),
+    ("{key_size: '2048'}", "not the string '2048'"),
+])
+def test_validate_refuses_what_apply_cannot_write(tmp_path: Path, dkim: str,
+                                                  expected: str) -> None:
+    volume = make_volume(tmp_path / "dms")
+    path = desired(tmp_path, dkim)
+    for command in ("validate", "plan", "apply"):
+        args = ["-f", str(path)] + ([] if command == "validate" else volume.args())
+        result = run_cli(command, *args)
+        assert result.returncode == 1, result.stdout
+        output = result.stdout + result.stderr
+        assert f"{path}:8:27: error: dkim.example.org." in output, output
+        assert expected in output and "Traceback" not in output
+        assert output.count(": error: dkim") == 1, output  # the schema's words do not repeat it
+    assert os.listdir(volume.config) == []
+
+
+def test_a_selector_too_long_for_its_domains_dns_name_is_refused(tmp_path: Path) -> None:
+    long_domain = ".".join(["d" * 63, "e" * 63, "f" * 63]) + ".example"
+    room = 253 - len("._domainkey.") - len(long_domain)  # 42
+    path = desired(tmp_path, "{selector: " + "s" * (room + 1) + "}", domain=long_domain)
+    result = run_cli("validate", "-f", str(path))
+    assert result.returncode == 1
+    assert f"too long for {long_domain}: the DKIM record name" in result.stdout + result.stderr
+    assert "would have 254 characters, more than the 253" in result.stdout + result.stderr
+    fits = desired(tmp_path, "{selector: " + "s" * room + "}", domain=long_domain)
+    result = run_cli("validate", "-f", str(fits))
+    assert ": error:" not in result.stdout + result.stderr
+
+
+def test_the_longest_selector_validate_takes_is_written_by_apply(tmp_path: Path) -> None:
+    """SELECTOR_MAX is what the executor's temp-file name leaves room for: at exactly that
+    length, apply writes the key (its temp name is 255 bytes) and dns shows the record."""
+    from reconciler import setup_rules
+
+    assert setup_rules.SELECTOR_MAX == SELECTOR_MAX
+    volume = make_volume(tmp_path / "dms")
+    selector = _label_chain(SELECTOR_MAX)
+    path = desired(tmp_path, f"{{selector: {selector}, key_size: 1024}}")
+    result = run_cli("apply", "-f", str(path), *volume.args())
+    assert result.returncode == 0, result.stderr
+    private = volume.config / "opendkim/keys/example.org" / f"{selector}.private"
+    assert dkimkeys.read(private.read_bytes()) is not None
+    dns = run_cli("dns", "-f", str(path), *volume.args(), "--format", "json")
+    assert dns.returncode == 0, dns.stdout
+    names = [r["name"] for r in json.loads(dns.stdout)["records"]]
+    assert f"{selector}._domainkey.example.org." in names
+
+
 @pytest.fixture
 def planned(tmp_path: Path) -> tuple[Volume, Path]:
     volume = make_volume(tmp_path / "dms")
@@ -166,5 +239,52 @@ def test_a_volume_change_refuses_apply_before_any_folder_is_made(
         apply_plan(plan, observed, contents, lock_timeout=5)
     assert tree(volume.root) == before
     assert not (volume.config / "opendkim").exists()
+
+
+# --- 3. what DMS accepts: `setup config dkim selector mail_2024` --------------------------------
+
+
+def test_an_underscore_selector_is_accepted_signs_and_verifies(tmp_path: Path) -> None:
+    """`mail_2024` validates, apply makes the files opendkim-genkey would make for it, dkimpy
+    signs with the key and verifies against the record `dns` shows, and export takes it back."""
+    dkim = pytest.importorskip("dkim")
+    volume = make_volume(tmp_path / "dms")
+    path = desired(tmp_path, "{selector: mail_2024, key_size: 1024}")
+    assert run_cli("validate", "-f", str(path)).returncode == 0
+    result = run_cli("apply", "-f", str(path), *volume.args())
+    assert result.returncode == 0, result.stderr
+    folder = volume.config / "opendkim/keys/example.org"
+    private = (folder / "mail_2024.private").read_bytes()
+    assert "mail_2024._domainkey.example.org example.org:mail_2024:" in (
+        volume.config / "opendkim/KeyTable").read_text()
+
+    genkey = shutil.which("opendkim-genkey") or "/usr/sbin/opendkim-genkey"
+    if Path(genkey).exists():  # DMS's own tool takes the selector and names its files alike
+        out = tmp_path / "genkey"
+        out.mkdir()
+        subprocess.run([genkey, "--bits=1024", "--subdomains", "--domain=example.org",
+                        "--selector=mail_2024", f"--directory={out}"], check=True)
+        _size, public = dkimkeys.read((out / "mail_2024.private").read_bytes()) or (0, "")
+        assert (out / "mail_2024.txt").read_text() == opendkim.render_txt(
+            "example.org", "mail_2024", public)
+
+    dns = run_cli("dns", "-f", str(path), *volume.args(), "--format", "json")
+    assert dns.returncode == 0, dns.stdout
+    record = next(r for r in json.loads(dns.stdout)["records"] if r["kind"] == "dkim")
+    assert record["name"] == "mail_2024._domainkey.example.org."
+    message = (b"From: admin@example.org\r\nTo: x@example.net\r\nSubject: hi\r\n\r\nbody\r\n")
+    signed = dkim.sign(message, b"mail_2024", b"example.org", private) + message
+
+    def dnsfunc(name: bytes, timeout: int = 5) -> bytes:
+        assert name == b"mail_2024._domainkey.example.org."
+        return record["value"].encode()
+
+    assert dkim.verify(signed, dnsfunc=dnsfunc)
+
+    exported = tmp_path / "exported.yaml"
+    result = run_cli("export", *volume.args(), "-o", str(exported))
+    assert result.returncode == 0, result.stderr
+    assert "selector: mail_2024" in exported.read_text()
+    assert run_cli("validate", "-f", str(exported)).returncode == 0
 
 
