@@ -288,3 +288,109 @@ def test_an_underscore_selector_is_accepted_signs_and_verifies(tmp_path: Path) -
     assert run_cli("validate", "-f", str(exported)).returncode == 0
 
 
+# --- 4. names longer than DNS allows -----------------------------------------------------------
+
+
+def test_dns_names_a_record_name_longer_than_253_characters(tmp_path: Path) -> None:
+    """A valid 250-character domain leaves no room for `_dmarc.`: dns says so, naming the
+    domain, and prints no such record."""
+    volume = make_volume(tmp_path / "dms")
+    domain = ".".join(["d" * 63, "e" * 63, "f" * 63, "g" * 54]) + ".org"
+    assert len(domain) == 250
+    path = write_desired(tmp_path / "mailserver.yaml", f"""
+        version: 1
+        domains: [example.org, {domain}]
+        accounts:
+          admin@example.org:
+            password_hash: "{ADMIN}"
+        """)
+    assert run_cli("validate", "-f", str(path)).returncode == 0
+    result = run_cli("dns", "-f", str(path), *volume.args())
+    assert result.returncode == 1
+    assert f"; warning: {domain}: the dmarc record name _dmarc.ddd" in result.stdout
+    assert "has 257 characters, more than the 253 a DNS name may have" in result.stdout
+    assert f"_dmarc.{domain}." not in result.stdout
+    assert f"{domain}.\tIN\tMX" in result.stdout  # the rest is still shown
+    data = json.loads(run_cli("dns", "-f", str(path), *volume.args(), "--format",
+                              "json").stdout)
+    assert all(len(r["name"]) <= 254 for r in data["records"])
+    assert any(domain in p for p in data["problems"])
+
+
+# --- 5. --no-color everywhere -----------------------------------------------------------------
+
+
+def test_every_command_takes_no_color(tmp_path: Path) -> None:
+    for name, command in cli.commands.items():
+        flags = {opt for param in command.params for opt in param.opts}
+        assert "--no-color" in flags, name
+    volume = make_volume(tmp_path / "dms")
+    path = desired(tmp_path)
+    assert run_cli("apply", "-f", str(path), *volume.args()).returncode == 0
+    result = run_cli("dns", "--no-color", "-f", str(path), *volume.args(),
+                     env={"FORCE_COLOR": "1"})
+    assert result.returncode == 0, result.stderr
+    assert "\x1b[" not in result.stdout + result.stderr
+
+
+# --- 6. the DMARC report address exists -------------------------------------------------------
+
+
+def _dmarc(tmp_path: Path, extra: str) -> dict[str, object]:
+    volume = make_volume(tmp_path / "dms")
+    path = write_desired(tmp_path / "mailserver.yaml", f"""
+        version: 1
+        domains: [example.org]
+        accounts:
+          admin@example.org:
+            password_hash: "{ADMIN}"
+        """)
+    path.write_text(path.read_text() + extra)
+    result = run_cli("dns", "-f", str(path), *volume.args(), "--format", "json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return next(r for r in json.loads(result.stdout)["records"] if r["kind"] == "dmarc")
+
+
+@pytest.mark.parametrize(("extra", "rua"), [
+    ("", None),
+    ("aliases:\n  postmaster@example.org: admin@example.org\n", "postmaster@example.org"),
+    ("catch_all:\n  example.org: admin@example.org\n", "postmaster@example.org"),
+    ("aliases:\n  dmarc.report@example.org: admin@example.org\n", "dmarc.report@example.org"),
+    ("devnull: [postmaster@example.org]\n", None),
+])
+def test_dns_suggests_only_a_report_address_that_receives_mail(tmp_path: Path, extra: str,
+                                                               rua: str | None) -> None:
+    record = _dmarc(tmp_path, extra)
+    if rua is None:
+        assert record["value"] == "v=DMARC1; p=none"
+        assert "rua= (where reports go) left out: none of postmaster@example.org" in str(
+            record["note"])
+    else:
+        assert record["value"] == f"v=DMARC1; p=none; rua=mailto:{rua}"
+
+
+# --- 7. key file modes ------------------------------------------------------------------------
+
+
+def test_keys_are_written_0600_and_a_readable_key_is_warned(tmp_path: Path) -> None:
+    volume = make_volume(tmp_path / "dms")
+    path = desired(tmp_path)
+    assert run_cli("apply", "-f", str(path), *volume.args()).returncode == 0
+    folder = volume.config / "opendkim/keys/example.org"
+    for name in ("mail.private", "mail.txt"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600, name
+    assert "readable by group or others" not in run_cli("plan", "-f", str(path),
+                                                        *volume.args()).stdout
+
+    (folder / "mail.private").chmod(0o644)
+    warning = ("the DKIM private key opendkim/keys/example.org/mail.private is readable by "
+               "group or others (mode 0644)")
+    plan = run_cli("plan", "-f", str(path), *volume.args())
+    assert plan.returncode == 0 and warning in plan.stdout, plan.stdout
+    assert "No changes" in plan.stdout
+    dns = run_cli("dns", "-f", str(path), *volume.args(), "--format", "json")
+    assert dns.returncode == 0
+    assert any(warning in w for w in json.loads(dns.stdout)["warnings"])
+    assert warning in run_cli("dns", "-f", str(path), *volume.args()).stdout
+    assert run_cli("apply", "-f", str(path), *volume.args()).returncode == 0
+    assert stat.S_IMODE((folder / "mail.private").stat().st_mode) == 0o644  # never changed
