@@ -602,6 +602,7 @@ def watch(
 
 
 @cli.command()
+@_no_colour_option
 @_file_option
 @_common
 @click.option(
@@ -615,12 +616,12 @@ def dns(file: str, config_dir: str, cron_file: str, fmt: str) -> int:
     from reconciler.observe import observe
 
     loaded = load_desired(file)
-    found, problems = dnsrecords.records(loaded.state, observe(config_dir, cron_file))
+    found, problems, warnings = dnsrecords.records(loaded.state, observe(config_dir, cron_file))
     if fmt == "json":
         data = {"records": [r.to_dict() for r in found], "problems": problems}
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps({**data, "warnings": warnings}, indent=2))
     else:
-        click.echo(dnsrecords.text(found, problems), nl=False)
+        click.echo(dnsrecords.text(found, problems, warnings), nl=False)
     return 1 if problems else 0
 
 

@@ -424,6 +424,8 @@ def _plan_key(domain: str, selector: str, bits: int, observed: Observed, out: Se
             )
         return True
     out.files.append(FilePlan(private_name, private.path, False, True, private.sha256))
+    if exposed := dkimkeys.unsafe_mode_warning(private_name, domain, private.mode):
+        out.warnings.append(exposed)
     read = dkimkeys.read(private.data)
     if read is None:
         out.warnings.append(
