@@ -124,9 +124,16 @@ def export_state(observed: Observed, *, hostname: str | None = None) -> Exported
             continue
         aliases[key] = targets
 
-    # A catch-all whose domain has accounts without a self-alias swallows their mail today.
+    # A catch-all whose domain has accounts without a self-alias swallows their mail today. Its
+    # own single target is not swallowed (its mail goes to it either way), and the planner wants
+    # no self-alias for it (`planner._sole_catch_all_targets`): adopting changes nothing.
     for domain in sorted(catch_all):
-        trapped = sorted(a for a in account_set if domain_of(a) == domain and a not in self_aliases)
+        sole = catch_all[domain][0] if len(catch_all[domain]) == 1 else None
+        trapped = sorted(
+            a
+            for a in account_set
+            if domain_of(a) == domain and a not in self_aliases and a != sole
+        )
         if trapped:
             warnings.append(
                 f"catch-all @{domain} takes the mail of account(s) {', '.join(trapped[:5])}"
