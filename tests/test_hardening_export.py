@@ -7,7 +7,9 @@ unmanaged instead of failing, caps its warnings; regexp patterns mean in Postfix
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,73 @@ def test_a_volume_with_every_kind_round_trips(tmp_path: Path) -> None:
     for name in ("dovecot-masters.cf", "postfix-regexp.cf", "postfix-send-access.cf",
                  "postfix-relaymap.cf", "opendkim/KeyTable"):
         assert owned.get(name), name
+
+
+# --- item 1: `/` inside and outside \Q...\E means in Postfix what the pattern declares ----------
+
+PCRE_SO = [Path("/usr/lib/postfix/postfix-pcre.so"),  # Debian's postfix-pcre, as in DMS
+           Path(os.environ.get("DMS_IMAGE_WORK", "/var/tmp/dms-image"))
+           / "root/usr/lib/postfix/postfix-pcre.so"]  # the DMS image's own (shared/dms-image)
+
+
+@pytest.fixture(scope="module")
+def postmap(tmp_path_factory: pytest.TempPathFactory):
+    """`postmap -q KEY pcre:FILE` with the real Postfix and its pcre map (postfix-pcre, which
+    DMS installs): a private config folder whose dynamicmaps.cf names the module."""
+    so = next((p for p in PCRE_SO if p.is_file()), None)
+    if shutil.which("postmap") is None or so is None:
+        pytest.fail("real Postfix with its pcre map is needed: install postfix and postfix-pcre "
+                    f"(looked for {', '.join(map(str, PCRE_SO))})", pytrace=False)
+    conf = tmp_path_factory.mktemp("postfix")
+    (conf / "main.cf").write_text(f"meta_directory = {conf}\n")
+    (conf / "dynamicmaps.cf").write_text(f"pcre\t{so}\tdict_pcre_open\n")
+
+    def query(table: Path, key: str) -> str | None:
+        done = subprocess.run(["postmap", "-c", str(conf), "-q", key, f"pcre:{table}"],
+                              capture_output=True, text=True, timeout=30)
+        assert done.returncode in (0, 1) and "warning" not in done.stderr, done.stderr
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    return query
+
+
+# pattern (as declared in mailserver.yaml), target, keys it must match, keys it must not match
+SLASH_PATTERNS = [
+    (r"^a\Q/\E b@example\.com$", "quoted@elsewhere.net",
+     ["a/ b@example.com"], ["a\\/ b@example.com"]),
+    (r"^a/b@example\.com$", "bare@elsewhere.net", ["a/b@example.com"], ["a\\/b@example.com"]),
+    (r"^c\/d@example\.com$", "escaped@elsewhere.net", ["c/d@example.com"], ["c\\/d@example.com"]),
+    (r"^\Qx\/y\E@example\.com$", "backslash@elsewhere.net",
+     ["x\\/y@example.com"], ["x/y@example.com"]),
+    (r"^\Qs\\/t\E@example\.com$", "two@elsewhere.net",
+     ["s\\\\/t@example.com"], ["s\\/t@example.com", "s/t@example.com"]),
+    (r"^[\Q/\E]k@example\.com$", "class@elsewhere.net", ["/k@example.com"], ["\\k@example.com"]),
+    (r"^\Qopen/to@example.com", "open@elsewhere.net",
+     ["open/to@example.com"], ["open/to@exampleXcom", "open\\/to@example.com"]),
+    ("^\\Qz\\", "trailing@elsewhere.net", ["z\\@example.com"], ["z@example.com"]),
+]
+
+
+def test_slashes_in_patterns_mean_in_postfix_what_they_declare(tmp_path: Path, postmap) -> None:
+    """apply writes postfix-regexp.cf; the real `postmap -q` matches exactly what each declared
+    pattern means to PCRE, `/` inside and outside \\Q...\\E; export reads the same patterns
+    back, and its file plans no change."""
+    items = "".join(f"  - {{pattern: '{p}', to: {t}}}\n" for p, t, _, _ in SLASH_PATTERNS)
+    path = tmp_path / "mailserver.yaml"
+    path.write_text("version: 1\ndomains: [example.com]\naccounts:\n"
+                    f"  admin@example.com: {{password_hash: \"{ADMIN}\"}}\n"
+                    f"regexp_aliases:\n{items}")
+    volume = make_volume(tmp_path / "dms")
+    applied = run_cli("apply", "-f", str(path), *volume.args())
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    table = volume.file("postfix-regexp.cf")
+    for pattern, target, hits, misses in SLASH_PATTERNS:
+        for key in hits:
+            assert postmap(table, key) == target, (pattern, key, table.read_text())
+        for key in misses:
+            assert postmap(table, key) != target, (pattern, key, table.read_text())
+    again = run_cli("plan", "-f", str(path), *volume.args())
+    assert "No changes." in again.stdout, again.stdout
+    out = tmp_path / "exported.yaml"
+    assert export(volume, out).returncode == 0
+    assert plan_json(out, volume)["changes"] == []
