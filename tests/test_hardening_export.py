@@ -142,6 +142,7 @@ def postmap(tmp_path_factory: pytest.TempPathFactory):
         assert done.returncode in (0, 1) and "warning" not in done.stderr, done.stderr
         return done.stdout.strip() if done.returncode == 0 else None
 
+    query.conf = conf  # type: ignore[attr-defined]
     return query
 
 
@@ -184,4 +185,79 @@ def test_slashes_in_patterns_mean_in_postfix_what_they_declare(tmp_path: Path, p
     assert "No changes." in again.stdout, again.stdout
     out = tmp_path / "exported.yaml"
     assert export(volume, out).returncode == 0
+    assert plan_json(out, volume)["changes"] == []
+
+
+# --- item 2 (decided): nested unbounded quantifiers are refused ------------------------------
+
+HEAD = ("version: 1\ndomains: [example.com]\naccounts:\n"
+        f"  admin@example.com: {{password_hash: \"{ADMIN}\"}}\n")
+
+
+@pytest.mark.parametrize(("pattern", "group"), [
+    (r"^(a+)+@example\.com$", "(a+)+"),
+    (r"^(?:[a-z.]*)*@example\.com$", "(?:[a-z.]*)*"),
+    (r"^(x(a+)b)*@example\.com$", "(x(a+)b)*"),
+    (r"^([a-z0-9.-]+\.)+example\.com$", r"([a-z0-9.-]+\.)+"),
+    (r"^(\w+\s?){2,}$", r"(\w+\s?){2,}"),
+])
+def test_a_pattern_nesting_unbounded_quantifiers_is_refused(tmp_path: Path, pattern: str,
+                                                            group: str) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(HEAD + f"regexp_aliases:\n  - {{pattern: '{pattern}', to: x@elsewhere.net}}\n")
+    result = run_cli("validate", "-f", str(path))
+    assert result.returncode == 1, result.stdout
+    out = result.stdout + result.stderr
+    assert f"m.yaml:6:" in out and f"pattern repeats the group '{group}'" in out, out
+    assert "possessive" in out and "atomic" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize("pattern", [
+    r"^(?>a+)+@example\.com$", r"^(a++)+@example\.com$", r"^(a+)++@example\.com$",
+    r"^(a+){2}@example\.com$", r"^(sales|info)+@example\.com$", r"^[(a+)+]@example\.com$",
+    r"^\Q(a+)+\E@example\.com$", r"^(?#(a+)(b)+@example\.com$", r"^\(a+\)+@example\.com$",
+    r"^(.*)\.(.+)@example\.com$",
+])
+def test_patterns_that_do_not_backtrack_exponentially_stay_valid(tmp_path: Path,
+                                                                 pattern: str) -> None:
+    path = tmp_path / "m.yaml"
+    path.write_text(HEAD + f"regexp_aliases:\n  - {{pattern: '{pattern}', to: x@elsewhere.net}}\n")
+    result = run_cli("validate", "-f", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_postfix_gives_up_on_the_refused_shape_and_not_on_the_suggested_one(
+    tmp_path: Path, postmap
+) -> None:
+    """Why it is refused: the real Postfix hits PCRE's match limit on a near miss (the alias
+    silently does not match); the atomic group the message suggests matches the same addresses
+    without it."""
+    table = tmp_path / "t.pcre"
+    for pattern, near_miss, gives_up, hit in (
+        (r"^(a+)+@example\.com$", "a" * 60 + "@example.comx", True, None),
+        (r"^(?>a+)+@example\.com$", "a" * 60 + "@example.comx", False, "aaa@example.com"),
+        (r"^([a-z0-9.-]+\.)+example\.com$", "a." * 40 + "example.comx", True, None),
+        (r"^(?>[a-z0-9-]+\.)+example\.com$", "a." * 40 + "example.comx", False,
+         "foo.bar.example.com"),
+    ):
+        table.write_text(f"/{pattern}/ hit@elsewhere.net\n")
+        done = subprocess.run(["postmap", "-c", str(postmap.conf), "-q", near_miss,
+                               f"pcre:{table}"], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 1
+        assert ("match limit exceeded" in done.stderr) is gives_up, (pattern, done.stderr)
+        if hit:
+            assert postmap(table, hit) == "hit@elsewhere.net", pattern
+
+
+def test_export_leaves_such_a_pattern_unmanaged(tmp_path: Path) -> None:
+    volume = make_volume(tmp_path / "dms")
+    volume.write("postfix-accounts.cf", f"admin@example.com|{ADMIN}\n")
+    volume.write("postfix-regexp.cf", "/^(a+)+@example\\.com$/ admin@example.com\n"
+                                      "/^b@example\\.com$/ admin@example.com\n")
+    out = tmp_path / "mailserver.yaml"
+    done = export(volume, out)
+    assert done.returncode == 0, done.stderr
+    assert "postfix-regexp.cf: /^(a+)+@example\\.com$/ left unmanaged: pattern repeats" \
+        in done.stderr
+    assert "^b@example" in out.read_text() and "(a+)+" not in out.read_text()
     assert plan_json(out, volume)["changes"] == []
