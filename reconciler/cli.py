@@ -650,21 +650,20 @@ def export_cmd(
     config_dir: str, cron_file: str, output: str, force: bool, hostname: str | None, adopt: bool
 ) -> int:
     """Write a mailserver.yaml that adopts an existing config volume (hashes kept)."""
-    from reconciler.desired import load_desired_bytes
-    from reconciler.export import dump_yaml, export_state
+    from reconciler.export import checked_yaml, export_state
     from reconciler.observe import observe
     from reconciler.reconcile import take_ownership
 
     observed = observe(config_dir, cron_file)
     exported = export_state(observed, hostname=hostname)
+    if exported.state.accounts:  # what we write must validate: the rest is left unmanaged
+        exported, text, loaded = checked_yaml(exported, observed, output)
     for warning in exported.warnings:
         _warn(warning)
     if not exported.state.accounts:
         raise ReconcilerError(
             f"{config_dir} has no account that can be adopted; DMS needs at least one"
         )
-    text = dump_yaml(exported.state)
-    loaded = load_desired_bytes(text.encode(), output)  # what we write must validate
     if output == "-":  # stdout, like most tools; the summary goes to stderr
         if sys.stdout.isatty():
             raise ReconcilerError(

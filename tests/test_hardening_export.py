@@ -261,3 +261,50 @@ def test_export_leaves_such_a_pattern_unmanaged(tmp_path: Path) -> None:
         in done.stderr
     assert "^b@example" in out.read_text() and "(a+)+" not in out.read_text()
     assert plan_json(out, volume)["changes"] == []
+
+
+# --- item 3: what mailserver.yaml cannot say stays unmanaged; the rest is exported ------------
+
+
+def test_export_leaves_what_it_cannot_express_unmanaged_and_exports_the_rest(
+    tmp_path: Path,
+) -> None:
+    """A DKIM selector `mail_2024` (`setup config dkim selector mail_2024` makes it), a NUL and a
+    CR inside regexp patterns: each is left unmanaged with a warning naming the file and line;
+    everything else is exported, and the exported file plans no change."""
+    from reconciler import dkimkeys
+    from reconciler.formats import opendkim
+
+    volume = make_volume(tmp_path / "dms")
+    volume.write("postfix-accounts.cf", f"admin@example.com|{ADMIN}\n")
+    keys = volume.config / "opendkim" / "keys" / "example.com"
+    keys.mkdir(parents=True)
+    (keys / "mail_2024.private").write_bytes(dkimkeys.generate(1024).private_pem)
+    volume.write(opendkim.KEY_TABLE, opendkim.render([opendkim.key_table_line(
+        "example.com", "mail_2024")]))
+    volume.write(opendkim.SIGNING_TABLE, opendkim.render([opendkim.signing_table_line(
+        "example.com", "mail_2024")]))
+    volume.write(opendkim.TRUSTED_HOSTS, "127.0.0.1\nlocalhost\n")
+    volume.file("postfix-regexp.cf").write_bytes(
+        b"/^a\0b@example\\.com$/ admin@example.com\n"
+        b"/^c\rd@example\\.com$/ admin@example.com\n"
+        b"/^ok@example\\.com$/ admin@example.com\n")
+    before = volume.snapshot()
+    out = tmp_path / "mailserver.yaml"
+    done = export(volume, out)
+    assert done.returncode == 0, done.stderr
+    err = done.stderr
+    assert "Traceback" not in err
+    assert "postfix-regexp.cf line 1: '/^a\\x00b@example\\.com$/' left unmanaged" in err, err
+    assert "postfix-regexp.cf line 2: '/^c\\x0dd@example\\.com$/' left unmanaged" in err, err
+    dkim_line = next(i for i, line in enumerate(
+        volume.read(opendkim.KEY_TABLE).splitlines(), start=1) if "mail_2024" in line)
+    if "dkim:" in out.read_text():  # the schema accepts underscores in selectors (issue 20)
+        assert "selector: mail_2024" in out.read_text()
+    else:
+        assert f"opendkim/KeyTable line {dkim_line}: 'example.com' left unmanaged" in err, err
+    assert "^ok@example" in out.read_text()
+    data = plan_json(out, volume)
+    assert data["changes"] == []
+    after = volume.snapshot()
+    assert {k: v for k, v in after.items() if "state" not in k} == before  # nothing touched
