@@ -308,3 +308,28 @@ def test_export_leaves_what_it_cannot_express_unmanaged_and_exports_the_rest(
     assert data["changes"] == []
     after = volume.snapshot()
     assert {k: v for k, v in after.items() if "state" not in k} == before  # nothing touched
+
+
+# --- item 4 (decided): export's warnings are capped as plan's lists are ------------------------
+
+
+def test_export_warnings_are_capped_like_the_plans_lists(tmp_path: Path) -> None:
+    from reconciler.render import MAX_LISTED
+
+    volume = make_volume(tmp_path / "dms")
+    bad = "".join(f"User{i}@example.com|{ADMIN}\n" for i in range(2000))
+    volume.write("postfix-accounts.cf", f"admin@example.com|{ADMIN}\n{bad}")
+    volume.write("postfix-virtual.cf", "".join(f"Al{i}@example.com admin@example.com\n"
+                                                for i in range(10)))
+    done = export(volume, tmp_path / "mailserver.yaml")
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stderr.splitlines()
+    assert len(lines) == MAX_LISTED + 1, len(lines)
+    assert lines[-1] == ("warning: ... and 1,985 more warnings (postfix-accounts.cf 1,975, "
+                         "postfix-virtual.cf 10); each entry they name is left unmanaged: "
+                         "`dms-reconciler plan -f FILE --format json` lists them all")
+    few = make_volume(tmp_path / "few")
+    few.write("postfix-accounts.cf", f"admin@example.com|{ADMIN}\n" + "".join(
+        f"User{i}@example.com|{ADMIN}\n" for i in range(MAX_LISTED)))
+    done = export(few, tmp_path / "few.yaml")
+    assert len(done.stderr.splitlines()) == MAX_LISTED and "more warnings" not in done.stderr
