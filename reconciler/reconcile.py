@@ -163,9 +163,7 @@ def apply_once(
     first: Planned | None = None
     result = ApplyResult((), {}, {})
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        planned = plan_once(
-            target, loaded=loaded, cache=cache, forget_ownership=forget_ownership
-        )
+        planned = plan_once(target, loaded=loaded, cache=cache, forget_ownership=forget_ownership)
         if check is not None:
             check(planned)
         first = first or planned
