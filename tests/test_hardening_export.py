@@ -208,7 +208,7 @@ def test_a_pattern_nesting_unbounded_quantifiers_is_refused(tmp_path: Path, patt
     result = run_cli("validate", "-f", str(path))
     assert result.returncode == 1, result.stdout
     out = result.stdout + result.stderr
-    assert f"m.yaml:6:" in out and f"pattern repeats the group '{group}'" in out, out
+    assert "m.yaml:6:" in out and f"pattern repeats the group '{group}'" in out, out
     assert "possessive" in out and "atomic" in out and "Traceback" not in out
 
 
