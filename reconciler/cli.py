@@ -651,21 +651,21 @@ def export_cmd(
     config_dir: str, cron_file: str, output: str, force: bool, hostname: str | None, adopt: bool
 ) -> int:
     """Write a mailserver.yaml that adopts an existing config volume (hashes kept)."""
-    from reconciler.desired import load_desired_bytes
-    from reconciler.export import dump_yaml, export_state
+    from reconciler.export import checked_yaml, export_state, shown_warnings
     from reconciler.observe import observe
     from reconciler.reconcile import take_ownership
+    from reconciler.render import MAX_LISTED
 
     observed = observe(config_dir, cron_file)
     exported = export_state(observed, hostname=hostname)
-    for warning in exported.warnings:
+    if exported.state.accounts:  # what we write must validate: the rest is left unmanaged
+        exported, text, loaded = checked_yaml(exported, observed, output)
+    for warning in shown_warnings(exported.warnings, MAX_LISTED):
         _warn(warning)
     if not exported.state.accounts:
         raise ReconcilerError(
             f"{config_dir} has no account that can be adopted; DMS needs at least one"
         )
-    text = dump_yaml(exported.state)
-    loaded = load_desired_bytes(text.encode(), output)  # what we write must validate
     if output == "-":  # stdout, like most tools; the summary goes to stderr
         if sys.stdout.isatty():
             raise ReconcilerError(

@@ -117,7 +117,116 @@ def pcre_problem(pattern: str, flags: str) -> tuple[str | None, int]:
         return f"pattern is not a valid PCRE: {exc}", 0
     except Exception as exc:  # noqa: BLE001  - the binding raises a few types for odd input
         return f"pattern is not a valid PCRE: {exc}", 0
+    nested = nested_quantifier(pattern, extended="x" in flags)
+    if nested is not None:
+        return (
+            f"pattern repeats the group '{nested}', which itself holds an unbounded quantifier: "
+            "on an address that almost matches, PCRE tries exponentially many ways and Postfix "
+            "gives up at its match limit, after 0.1 s or more of CPU for each such recipient "
+            "(the alias then silently does not match). Write it so each part can match in one "
+            "way only: drop the outer quantifier, or make the group atomic ((?>...)) or the inner "
+            "quantifier possessive (a++) where what follows cannot be matched by it"
+        ), int(compiled.groups)
     return None, int(compiled.groups)
+
+
+_QUANTIFIER = re.compile(r"[*+?]|\{(\d*),?(\d*)\}")
+
+
+def nested_quantifier(pattern: str, *, extended: bool = False) -> str | None:
+    """The first group (as written) that repeats without bound (`*`, `+`, `{n,}`; not possessive)
+    while holding a quantifier that backtracks without bound, as in `(a+)+`: the shape that makes
+    PCRE's backtracking exponential. Possessive quantifiers and atomic groups `(?>...)` do not
+    backtrack, so they do not count. Alternations of overlapping branches (`(a|aa)+`) are not
+    found. `pattern` is a valid PCRE (compiled before)."""
+    open_groups: list[list[Any]] = []  # [start, atomic, holds an unbounded quantifier]
+    closed: tuple[int, bool] | None = None  # (start, counts) of a group that just closed
+    position, length = 0, len(pattern)
+    while position < length:
+        char = pattern[position]
+        just_closed, closed = closed, None
+        if extended and char.isspace():
+            closed, position = just_closed, position + 1  # `x`: space between atom and quantifier
+            continue
+        if extended and char == "#":
+            end = pattern.find("\n", position)
+            closed, position = just_closed, length if end < 0 else end + 1
+            continue
+        if char == "\\":
+            if pattern.startswith("\\Q", position):
+                end = pattern.find("\\E", position + 2)
+                position = length if end < 0 else end + 2
+            else:
+                position += 2
+            continue
+        if char == "[":
+            position = _class_end(pattern, position)
+            continue
+        if char == "(":
+            if pattern.startswith(("(?#", "(*"), position):  # a comment, a verb or option
+                end = pattern.find(")", position)
+                position = length if end < 0 else end + 1
+                continue
+            open_groups.append([position, pattern.startswith("(?>", position), False])
+            position += 1
+            continue
+        if char == ")":
+            if open_groups:
+                start, atomic, holds = open_groups.pop()
+                closed = (start, holds and not atomic)
+                if closed[1] and open_groups:
+                    open_groups[-1][2] = True
+            position += 1
+            continue
+        match = _QUANTIFIER.match(pattern, position)
+        if match is None or (match.group(0).startswith("{") and not _counted(match)):
+            position += 1
+            continue
+        end = match.end()
+        possessive = pattern.startswith("+", end)
+        unbounded = match.group(0) in "*+" or (match.group(1) is not None and _open_ended(match))
+        if unbounded and not possessive:
+            if just_closed is not None and just_closed[1]:
+                return pattern[just_closed[0] : end]
+            if open_groups:
+                open_groups[-1][2] = True
+        position = end + (1 if possessive or pattern.startswith("?", end) else 0)
+    return None
+
+
+def _counted(match: re.Match[str]) -> bool:
+    """`{n}`, `{n,}`, `{n,m}`: a quantifier; anything else in braces is literal text."""
+    return bool(match.group(1))
+
+
+def _open_ended(match: re.Match[str]) -> bool:
+    return "," in match.group(0) and not match.group(2)
+
+
+def _class_end(pattern: str, position: int) -> int:
+    """The position after the character class opening at `position`."""
+    position += 1
+    if pattern.startswith("^", position):
+        position += 1
+    if pattern.startswith("]", position):
+        position += 1  # a `]` first is a literal
+    while position < len(pattern):
+        if pattern.startswith("[:", position):
+            end = pattern.find(":]", position + 2)
+            if end >= 0:
+                position = end + 2
+                continue
+        if pattern.startswith("\\Q", position):
+            end = pattern.find("\\E", position + 2)
+            position = len(pattern) if end < 0 else end + 2
+            continue
+        if pattern[position] == "\\":
+            position += 2
+            continue
+        if pattern[position] == "]":
+            return position + 1
+        position += 1
+    return position
 
 
 def _check_regexp(report: Report, view: _View, items: Any, declared: set[str]) -> None:
