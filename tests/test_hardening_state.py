@@ -12,7 +12,7 @@ import pytest
 
 from reconciler import passwords, state
 from reconciler.reconcile import Target, apply_once, plan_once
-from tests.util import Volume, make_volume, run_cli, write_desired
+from tests.util import Volume, make_volume, run_cli, sha512_hash, write_desired
 from tests.watch_process import ADMIN_HASH, WatchProcess, wait_until
 
 STATE = "dms-reconciler.state.json"
@@ -193,3 +193,83 @@ def test_the_sidecar_converges_through_a_deep_state_file(tmp_path: Path) -> None
         assert watcher.terminate() == 0
     assert not any(r["level"] == "error" for r in watcher.records()), watcher.raw_log()
 
+
+
+# --- a tampered state file may not delete hand-made entries of any kind ---------------------------
+
+MASTER_HASH = sha512_hash("master-pw", salt="mastersalt")
+# file -> (a hand-made line, the key the state file claims): what DMS's setup CLI writes
+HAND_MADE = {
+    "dovecot-masters.cf": (f"boss|{MASTER_HASH}\n", "boss"),
+    "postfix-regexp.cf": ("/^test[0-9]+@example\\.com$/ admin@example.com\n",
+                          "/^test[0-9]+@example\\.com$/"),
+    "postfix-send-access.cf": ("jane@example.com \t\t REJECT\n", "jane@example.com"),
+    "postfix-receive-access.cf": ("jane@example.com \t\t REJECT\n", "jane@example.com"),
+    "postfix-relaymap.cf": ("@example.com [smtp.relay.example.net]:587\n", "@example.com"),
+    "postfix-sasl-password.cf": ("@example.com relay-user:relay-secret\n", "@example.com"),
+    "opendkim/KeyTable": ("mail._domainkey.example.com "
+                          "example.com:mail:/etc/opendkim/keys/example.com/mail.private\n",
+                          "mail._domainkey.example.com"),
+    "opendkim/SigningTable": ("*@example.com mail._domainkey.example.com\n", "*@example.com"),
+}
+
+
+def tampered(root: Path, name: str) -> Volume:
+    """A volume whose `name` holds one hand-made entry, and a state file claiming we wrote it."""
+    volume = make_volume(root)
+    line, key = HAND_MADE[name]
+    (volume.config / name).parent.mkdir(parents=True, exist_ok=True)
+    volume.write(name, line)
+    claim = {"format": 1, "plan_key": "", "owns_cron": False, "owned": {name: [key]}}
+    volume.write(STATE, json.dumps(claim))
+    return volume
+
+
+@pytest.mark.parametrize("name", sorted(HAND_MADE))
+def test_a_state_file_claiming_a_hand_made_entry_deletes_nothing(tmp_path: Path,
+                                                                  name: str) -> None:
+    """Accounts have always been guarded so (a plan deleting more than half of what the state
+    file says we manage is refused); every other kind of entry now is too."""
+    path = write_desired(tmp_path / "mailserver.yaml", desired_text())
+    volume = tampered(tmp_path / "dms", name)
+    before = volume.snapshot()
+
+    result = run_cli("plan", "-f", str(path), *volume.args(), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["deletions"]["over_limit"] is True
+    assert data["deletions"]["files"] == [{
+        "file": name, "deletions": 1, "limit": 0,
+        "limit_source": f"half of the entries of {name} this tool manages"}]
+    text = run_cli("plan", "-f", str(path), *volume.args())
+    assert (f"Refused at apply: 1 deletion(s) in {name} exceed the limit of 0 "
+            f"(half of the entries of {name} this tool manages); apply needs "
+            "--allow-deletions 1") in text.stdout
+    markdown = run_cli("plan", "-f", str(path), *volume.args(), "--format", "markdown")
+    assert "Apply will refuse this plan" in markdown.stdout and name in markdown.stdout
+
+    refused = run_cli("apply", "-f", str(path), *volume.args())
+    assert refused.returncode == 1
+    assert "Traceback" not in refused.stderr
+    assert f"deletes 1 entry(ies) of {name}, more than 0" in refused.stderr, refused.stderr
+    assert "--allow-deletions 1" in refused.stderr
+    assert volume.snapshot() == before
+
+    # as for accounts: a reviewed deletion goes through with --allow-deletions
+    allowed = run_cli("apply", "-f", str(path), *volume.args(), "--allow-deletions", "1")
+    assert allowed.returncode == 0, allowed.stderr
+    assert HAND_MADE[name][0] not in (volume.read(name) or "")
+
+
+def test_the_sidecar_refuses_the_deletion_a_tampered_state_file_asks_for(tmp_path: Path) -> None:
+    volume = tampered(tmp_path / "dms", "postfix-relaymap.cf")
+    path = tmp_path / "desired" / "mailserver.yaml"
+    path.parent.mkdir()
+    path.write_text(desired_text())
+    with WatchProcess(["-f", str(path), *volume.args(), "--interval", "3600"],
+                      cwd=tmp_path) as watcher:
+        record = watcher.wait_for_log(lambda r: r["message"].startswith("refused:"),
+                                      what="the refusal")
+        assert "postfix-relaymap.cf" in record["message"]
+        assert volume.read("postfix-relaymap.cf") == HAND_MADE["postfix-relaymap.cf"][0]
+        assert watcher.terminate() == 0
