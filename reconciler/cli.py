@@ -419,7 +419,8 @@ def _plan_against(
     "--allow-deletions",
     type=click.IntRange(min=0),
     default=None,
-    help="Allow a plan that deletes up to N accounts (overrides policy.max_deletions).",
+    help="Allow a plan that deletes up to N accounts, and up to N entries of each other file "
+    "(masters, relay, regexp, restrict, DKIM tables); overrides policy.max_deletions.",
 )
 @click.option(
     "--prune",

@@ -60,7 +60,7 @@ from reconciler.formats import (
 from reconciler.lock import LOCK_NAME, DmsLock, lock_token, owner_is_dead, wait_for_peers
 from reconciler.observe import CRON, FileSnapshot, Observed, read_snapshot, symlink_refusal
 from reconciler.passwords import Secret, hash_many
-from reconciler.plan import FilePlan, PendingHash, PendingKey, Plan
+from reconciler.plan import DeletionGuard, FilePlan, PendingHash, PendingKey, Plan
 
 TEMP_MARK = ".dms-reconciler-"
 NEW_FILE_MODES = {
@@ -144,14 +144,25 @@ def require_cron_folder(cron_path: str) -> None:
 
 
 def check_safety(plan: Plan, *, allow_deletions: int | None) -> None:
-    """Refuse plans that delete too many accounts or would leave none (DMS would shut down)."""
-    limit = plan.deletion_limit if allow_deletions is None else allow_deletions
-    if plan.account_deletions > limit:
-        source = "--allow-deletions" if allow_deletions is not None else plan.deletion_limit_source
+    """Refuse plans that delete too many entries of a file (accounts, masters, relay, ...: each
+    file has its guard) or would leave no account (DMS would shut down)."""
+    account = DeletionGuard(
+        accounts.FILENAME, plan.account_deletions, plan.deletion_limit, plan.deletion_limit_source
+    )
+    over: list[tuple[int, str]] = []
+    for g in (account, *plan.guards):
+        limit, source = (
+            (g.limit, g.limit_source)
+            if allow_deletions is None
+            else (allow_deletions, "--allow-deletions")
+        )
+        if g.deletions > limit:
+            what = "account(s)" if g is account else f"entry(ies) of {g.file}"
+            over.append((g.deletions, f"{g.deletions} {what}, more than {limit} ({source})"))
+    if over:
         raise Refused(
-            f"the plan deletes {plan.account_deletions} account(s), more than {limit} "
-            f"({source}); nothing was written. Check the plan, then run apply with "
-            f"--allow-deletions {plan.account_deletions}"
+            f"the plan deletes {' and '.join(text for _, text in over)}; nothing was written. "
+            f"Check the plan, then run apply with --allow-deletions {max(n for n, _ in over)}"
         )
     final_accounts = next(f for f in plan.files if f.name == accounts.FILENAME)
     if final_accounts.write and not final_accounts.content[0]:

@@ -25,6 +25,7 @@ from reconciler.plan import (
     SENSITIVE,
     Action,
     Change,
+    DeletionGuard,
     FilePlan,
     Kind,
     PendingHash,
@@ -224,11 +225,19 @@ def make_plan(
 
     managed_accounts = len(own.owned(accounts.FILENAME) & set(observed.accounts.entries))
     deletions = sum(c.action is Action.DELETE and c.kind is Kind.ACCOUNT for c in changes)
-    deletions -= duplicate_accounts
-    if desired.policy.max_deletions is not None:
-        limit, limit_source = desired.policy.max_deletions, "policy.max_deletions"
-    else:
-        limit, limit_source = managed_accounts // 2, "half of the accounts this tool manages"
+    account_guard = _deletion_guard(
+        accounts.FILENAME, deletions - duplicate_accounts, managed_accounts, desired, "accounts"
+    )
+    guards = tuple(  # every other kind the state file can claim: masters, relay, regexp, ...
+        _deletion_guard(
+            name,
+            sum(c.action is Action.DELETE and c.file == name for c in setup.changes),
+            managed,
+            desired,
+            f"entries of {name}",
+        )
+        for name, managed in setup.managed.items()
+    )
 
     secrets: dict[str, Secret] = {
         address: p.secret
@@ -244,12 +253,24 @@ def make_plan(
         warnings=tuple(warnings),
         notes=tuple(notes),
         unresolved=unresolved,
-        account_deletions=deletions,
-        deletion_limit=limit,
-        deletion_limit_source=limit_source,
+        account_deletions=account_guard.deletions,
+        deletion_limit=account_guard.limit,
+        deletion_limit_source=account_guard.limit_source,
         secrets=secrets,
         managed_accounts=managed_accounts,
+        guards=guards,
     )
+
+
+def _deletion_guard(
+    name: str, deletions: int, managed: int, desired: DesiredState, what: str
+) -> DeletionGuard:
+    """The same rule for every file: at most policy.max_deletions deletions, by default at most
+    half of the entries the state file says we manage there (so a state file claiming entries
+    made by hand cannot have them all deleted)."""
+    if desired.policy.max_deletions is not None:
+        return DeletionGuard(name, deletions, desired.policy.max_deletions, "policy.max_deletions")
+    return DeletionGuard(name, deletions, managed // 2, f"half of the {what} this tool manages")
 
 
 def _entry_files(observed: Observed) -> Iterable[tuple[str, ParsedFile[Any]]]:
