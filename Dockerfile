@@ -3,10 +3,11 @@
 #   docker build -t dms-reconciler .
 #
 # Base image: pinned by tag here. In production pin it by digest too (Renovate or Dependabot keep
-# it current):  docker buildx imagetools inspect python:3.11.11-slim-bookworm
-#   --build-arg PYTHON_IMAGE=python:3.11.11-slim-bookworm@sha256:<digest>
-# Python 3.11 on purpose: passlib uses the stdlib `crypt` module, which Python 3.13 removed.
-ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+# it current):  docker buildx imagetools inspect python:3.13-slim-trixie
+#   --build-arg PYTHON_IMAGE=python:3.13-slim-trixie@sha256:<digest>
+# Any Python from 3.11 to 3.13 works (README, "Supported Python versions"): passwords are hashed
+# with libpass, which needs no stdlib `crypt`. Debian 13 (trixie) is what DMS v16 is built on.
+ARG PYTHON_IMAGE=python:3.13-slim-trixie
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1

@@ -13,6 +13,7 @@ import base64
 from dataclasses import dataclass
 
 PUBLIC_EXPONENT = 65537
+SAFE_MODE_MASK = 0o077  # no permission for group or others, as opendkim-genkey's umask 077 leaves
 
 
 @dataclass(frozen=True)
@@ -58,3 +59,18 @@ def _public_b64(public: object) -> str:
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     return base64.b64encode(der).decode("ascii")
+
+
+def unsafe_mode_warning(name: str, domain: str, mode: int | None) -> str | None:
+    """A warning when the private key file `name` can be read by group or others (None: fine).
+
+    Anyone who can read it can sign mail as `domain`. DMS copies the keys into the container
+    and makes them 0700 there (setup.d/dmarc_dkim_spf.sh), so OpenDKIM itself still starts;
+    the copy on the host is what is exposed. apply never changes an existing key file."""
+    if mode is None or not mode & SAFE_MODE_MASK:
+        return None
+    return (
+        f"the DKIM private key {name} is readable by group or others (mode {mode:04o}): "
+        f"whoever can read the config volume can sign mail as {domain}; "
+        f"run chmod 600 on it (opendkim-genkey and apply make keys 0600)"
+    )

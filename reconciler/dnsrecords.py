@@ -15,6 +15,10 @@ from reconciler.model import DesiredState
 from reconciler.volume.observe import Observed
 
 TXT_STRING_MAX = 255  # one character-string in a TXT record (RFC 1035)
+NAME_MAX = 253  # a domain name in text form, without the final dot (RFC 1035)
+# Where DMARC aggregate reports could go, first that receives mail wins: RFC 5321's postmaster,
+# then the address DMS's docs use (docs/content/config/best-practices/dkim_dmarc_spf.md).
+REPORT_LOCALS = ("postmaster", "dmarc.report", "dmarc")
 
 
 @dataclass(frozen=True)
@@ -42,10 +46,12 @@ def txt_strings(text: str) -> str:
     return quoted[0] if len(quoted) == 1 else "( " + "\n\t\t".join(quoted) + " )"
 
 
-def records(desired: DesiredState, observed: Observed) -> tuple[list[Record], list[str]]:
-    """(records, problems): a problem is a DKIM key that is not on the volume (yet)."""
+def records(desired: DesiredState, observed: Observed) -> tuple[list[Record], list[str], list[str]]:
+    """(records, problems, warnings): a problem is a record that cannot be shown (a DKIM key
+    not on the volume yet, a name too long for DNS); a warning, a key others can read."""
     out: list[Record] = []
     problems: list[str] = []
+    warnings: list[str] = []
     dkim = {d.domain: d for d in desired.dkim}
     mx_host = desired.hostname
     for domain in desired.domains:
@@ -71,23 +77,15 @@ def records(desired: DesiredState, observed: Observed) -> tuple[list[Record], li
                 "tighten to -all once all mail for the domain leaves through DMS",
             )
         )
-        out.append(
-            Record(
-                domain,
-                "dmarc",
-                f"_dmarc.{domain}.",
-                "TXT",
-                f"v=DMARC1; p=none; rua=mailto:postmaster@{domain}",
-                True,
-                "start with p=none and read the reports, then p=quarantine",
-            )
-        )
+        out.append(_dmarc(desired, domain))
         if domain not in dkim:
             continue
         selector = dkim[domain].selector
         name = opendkim.private_key_path(domain, selector)
         snap = observed.snapshots.get(name)
         read = dkimkeys.read(snap.data) if snap is not None and snap.data is not None else None
+        if snap is not None and (exposed := dkimkeys.unsafe_mode_warning(name, domain, snap.mode)):
+            warnings.append(exposed)
         if read is None:
             why = (
                 "not made yet: run `dms-reconciler apply`"
@@ -107,10 +105,67 @@ def records(desired: DesiredState, observed: Observed) -> tuple[list[Record], li
                 f"RSA {read[0]} bits, from {name}",
             )
         )
-    return out, problems
+    return (*_refuse_long_names(out, problems), warnings)
 
 
-def text(found: list[Record], problems: list[str]) -> str:
+def _dmarc(desired: DesiredState, domain: str) -> Record:
+    """The DMARC suggestion; its `rua=` names only an address mailserver.yaml makes receive mail
+    (reports sent to an address that does not exist bounce back to every reporter)."""
+    receiving = {a.address for a in desired.accounts} | {a.address for a in desired.aliases}
+    caught = any(c.domain == domain for c in desired.catch_all)
+    report_to = next(
+        (
+            f"{local}@{domain}"
+            for local in REPORT_LOCALS
+            if caught or f"{local}@{domain}" in receiving
+        ),
+        None,
+    )
+    advice = "start with p=none and read the reports, then p=quarantine"
+    if report_to is None:
+        return Record(
+            domain,
+            "dmarc",
+            f"_dmarc.{domain}.",
+            "TXT",
+            "v=DMARC1; p=none",
+            True,
+            f"{advice}; rua= (where reports go) left out: none of "
+            + ", ".join(f"{local}@{domain}" for local in REPORT_LOCALS)
+            + " is an account, alias or catch-all in mailserver.yaml. Declare "
+            f"postmaster@{domain} (RFC 5321 wants one) and add rua=mailto:postmaster@{domain}",
+        )
+    return Record(
+        domain,
+        "dmarc",
+        f"_dmarc.{domain}.",
+        "TXT",
+        f"v=DMARC1; p=none; rua=mailto:{report_to}",
+        True,
+        advice,
+    )
+
+
+def _refuse_long_names(found: list[Record], problems: list[str]) -> tuple[list[Record], list[str]]:
+    """A record whose owner name is longer than a DNS name may be cannot be published: it is
+    left out and named as a problem (validate refuses such a DKIM selector already; a domain of
+    more than 246 characters still leaves no room for `_dmarc.`)."""
+    kept = []
+    for record in found:
+        name = record.name.rstrip(".")
+        if len(name) > NAME_MAX:
+            problems.append(
+                f"{record.domain}: the {record.kind} record name {name[:40]}... has {len(name)} "
+                f"characters, more than the {NAME_MAX} a DNS name may have: it cannot be "
+                "published (use a shorter domain"
+                + (" or selector)" if record.kind == "dkim" else ")")
+            )
+            continue
+        kept.append(record)
+    return kept, problems
+
+
+def text(found: list[Record], problems: list[str], warnings: list[str] | None = None) -> str:
     lines: list[str] = []
     for domain in dict.fromkeys(r.domain for r in found):
         lines.append(f"; {domain}")
@@ -120,6 +175,6 @@ def text(found: list[Record], problems: list[str]) -> str:
             lines.append(f"; {record.kind} ({label}{note})")
             lines.append(record.zone_line())
         lines.append("")
-    for problem in problems:
+    for problem in [*problems, *(warnings or ())]:
         lines.append(f"; warning: {problem}")
     return "\n".join(lines).rstrip("\n") + "\n"

@@ -14,6 +14,8 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any
 
+from reconciler.addresses import CLEARTEXT_SCHEMES, KNOWN_SCHEMES
+
 # Characters a terminal or a pull-request page would act on or hide: C0/C1 controls (ANSI escape
 # sequences), zero-width and bidirectional controls ("Trojan Source"), line separators, and the
 # surrogates that stand for bytes that are not UTF-8 (`surrogateescape`).
@@ -24,13 +26,20 @@ _LONG_RUN = re.compile(r"\S{301,}")
 
 
 SENSITIVE = "(sensitive)"
-# What a password hash looks like wherever it was typed: `{SCHEME}` followed by the hash, or a bare
-# crypt(3) / PHC string (`$6$...`, `$2y$...`, `$argon2id$...`). Eight or more characters must
-# follow, so a hint such as "like {SHA512-CRYPT}$6$..." in a message stays readable.
+# What a password hash looks like wherever it was typed, and nothing else: a regexp alias such as
+# `^([a-z]{4})@example\.com$ -> ${1}@elsewhere.example` must stay readable, since a reviewer has
+# to see where mail goes. `{SCHEME}` must name a scheme Dovecot knows (addresses.KNOWN_SCHEMES,
+# the clear-text ones included) followed by eight or more hash characters; a bare crypt(3) / PHC
+# string needs its known id, at least one `$`-separated salt or parameter field and a hash field
+# of eight or more characters (`$6$salt$hash`, `$2y$05$<53>`, `$argon2id$v=19$m=..$salt$hash`).
+# So a hint such as "like {SHA512-CRYPT}$6$..." in a message stays readable too.
+_SCHEMES = "|".join(
+    re.escape(name) for name in sorted(KNOWN_SCHEMES | CLEARTEXT_SCHEMES, key=len, reverse=True)
+)
+_CRYPT_IDS = r"1|2[abxy]?|5|6|7|y|gy|sha1|md5|argon2(?:i|d|id)|pbkdf2(?:-sha\d+)?|scrypt"
 _HASH_SHAPE = re.compile(
-    r"\{[A-Za-z0-9][A-Za-z0-9.-]*\}[^\s'\"`;()<>]{8,}"
-    r"|\$(?:1|2[abxy]?|5|6|7|y|gy|sha1|md5|argon2(?:i|d|id)|pbkdf2(?:-sha\d+)?|scrypt)"
-    r"\$[^\s'\"`;()<>]{8,}"
+    rf"\{{(?i:{_SCHEMES})\}}[^\s'\"`;()<>]{{8,}}"
+    rf"|\$(?:{_CRYPT_IDS})\$(?:[A-Za-z0-9=,./+-]+\$)+[A-Za-z0-9./+=]{{8,}}"
 )
 
 

@@ -121,6 +121,22 @@ class FilePlan:
 
 
 @dataclass(frozen=True)
+class DeletionGuard:
+    """The mass-deletion guard of one file: apply refuses more than `limit` deletions in it
+    without --allow-deletions. The state file alone says which entries we manage, so this is
+    what keeps a damaged or tampered one from deleting entries made by hand."""
+
+    file: str
+    deletions: int
+    limit: int
+    limit_source: str
+
+    @property
+    def over(self) -> bool:
+        return self.deletions > self.limit
+
+
+@dataclass(frozen=True)
 class Plan:
     changes: tuple[Change, ...]
     unmanaged: tuple[Unmanaged, ...]
@@ -135,6 +151,7 @@ class Plan:
     deletion_limit_source: str = ""
     secrets: Mapping[str, Secret] = field(default_factory=dict)  # NEW secrets to hash at apply
     managed_accounts: int = 0
+    guards: tuple[DeletionGuard, ...] = ()  # every other file of entries the state file owns
 
     @property
     def counts(self) -> dict[str, int]:
@@ -151,7 +168,21 @@ class Plan:
 
     @property
     def over_deletion_limit(self) -> bool:
-        return self.account_deletions > self.deletion_limit
+        return self.account_deletions > self.deletion_limit or any(g.over for g in self.guards)
+
+    def _files_over_limit(self) -> dict[str, Any]:
+        """`files`: the guards of other files that refuse this plan (absent when none does)."""
+        over = [
+            {
+                "file": g.file,
+                "deletions": g.deletions,
+                "limit": g.limit,
+                "limit_source": g.limit_source,
+            }
+            for g in self.guards
+            if g.over
+        ]
+        return {"files": over} if over else {}
 
     def files_to_write(self) -> tuple[FilePlan, ...]:
         return tuple(f for f in self.files if f.write)
@@ -179,6 +210,7 @@ class Plan:
                 "limit": self.deletion_limit,
                 "limit_source": self.deletion_limit_source,
                 "over_limit": self.over_deletion_limit,
+                **self._files_over_limit(),
             },
             "unresolved_secrets": list(self.unresolved),
             "warnings": list(self.warnings),

@@ -5,13 +5,27 @@ writer comes, forever), a character device (`/dev/zero` never ends), a socket, a
 file of gigabytes. Every reader of such a path (the desired file, a saved plan) goes through
 `read_regular`: it opens without blocking, accepts regular files only and reads at most `limit`
 bytes, so a bad path is a message, never a wedged command or sidecar loop.
+
+The JSON files the tool reads back (the state file, the record of verified password files, a
+saved plan) go through `load_json`: json's parser recurses once per nesting level, so a file of
+100,000 `[` would end in a RecursionError, and a parsed value nested a few hundred levels deep
+still breaks whatever walks it later (`str`, `==`).
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
+import re
 import stat
+from itertools import accumulate
+from typing import Any
+
+MAX_JSON_DEPTH = 64  # the files we write nest 4 levels deep (a saved plan's change details)
+# A JSON string, or a run of anything that is neither a bracket nor a quote: what is left after
+# removing these is the document's brackets outside strings, in order.
+_NOT_A_BRACKET = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[^\[\]{}"]+')
 
 
 class NotReadable(Exception):
@@ -79,3 +93,27 @@ def read_regular(path: str, limit: int) -> bytes:
 
 def _too_large(size: int, limit: int) -> str:
     return f"is {size / 1048576:.1f} MiB; the limit is {limit / 1048576:g} MiB"
+
+
+class TooDeep(ValueError):
+    """A JSON document nested deeper than `load_json` accepts (a ValueError, as any bad JSON)."""
+
+
+def load_json(data: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """`json.loads(data)`, refusing a document nested deeper than `max_depth` with `TooDeep`.
+
+    The depth is measured before parsing: a document with no more brackets than `max_depth`
+    cannot be deeper (the files we write take that path); otherwise the brackets outside strings
+    are counted (about 15 ms a megabyte). Bad JSON raises ValueError as json does."""
+    if isinstance(data, bytes):  # as json.loads decodes bytes
+        data = data.decode(json.detect_encoding(data), "surrogatepass")
+    text = data
+    if text.count("[") + text.count("{") > max_depth:
+        brackets = _NOT_A_BRACKET.sub("", text)
+        steps = (1 if c in "[{" else -1 if c in "]}" else 0 for c in brackets)
+        if max(accumulate(steps), default=0) > max_depth:
+            raise TooDeep(f"its JSON is nested deeper than {max_depth} levels")
+    try:
+        return json.loads(text)
+    except RecursionError:  # not reached after the check above; kept as the last line of defence
+        raise TooDeep(f"its JSON is nested deeper than {max_depth} levels") from None

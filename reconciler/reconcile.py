@@ -14,6 +14,7 @@ anyway and fail if the two proofs disagree: the test suite sets it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -92,10 +93,18 @@ def plan_once(
     *,
     loaded: Loaded | None = None,
     cache: VerifiedCache | None = None,
+    forget_ownership: bool = False,
 ) -> Planned:
-    """Read everything and compute the plan; writes nothing."""
+    """Read everything and compute the plan; writes nothing. `forget_ownership` plans as if the
+    state file owned nothing (its plan key kept): see `take_ownership`."""
     loaded = loaded or load_desired(target.desired_path)
     observed = observe(target.config_dir, target.cron_path)
+    if forget_ownership:
+        from reconciler.state import Ownership
+
+        observed = dataclasses.replace(
+            observed, ownership=Ownership(plan_key=observed.ownership.plan_key)
+        )
     reader = passwords.SecretReader(target.base_dir, target.environ)
     record = _read_record(target.config_dir)
     decided = passwords.resolve(
@@ -150,17 +159,19 @@ def apply_once(
     lock_timeout: float = 120.0,
     on_wait: Callable[[str], None] | None = None,
     check: Callable[[Planned], None] | None = None,
+    forget_ownership: bool = False,
 ) -> Applied:
     """Plan and apply until the volume matches, re-planning when another writer interferes.
 
     `check` runs on each plan before anything is written (a saved plan's staleness test).
+    `forget_ownership`: see `plan_once`.
     """
     cache = cache if cache is not None else VerifiedCache()
     loaded = loaded or load_desired(target.desired_path)
     first: Planned | None = None
     result = ApplyResult((), {}, {})
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        planned = plan_once(target, loaded=loaded, cache=cache)
+        planned = plan_once(target, loaded=loaded, cache=cache, forget_ownership=forget_ownership)
         if check is not None:
             check(planned)
         first = first or planned
@@ -210,7 +221,12 @@ def take_ownership(loaded: Loaded, config_dir: str, cron_path: str) -> Applied:
     """Record as owned every entry of `loaded` (an export of this volume), writing nothing but the
     state file: what the first apply of the unchanged file would do. Then removing an exported
     entry from the file before that first apply deletes it, as it would after. Refused, with
-    nothing written, when the file's plan is not empty (the volume changed since the export)."""
+    nothing written, when the file's plan is not empty (the volume changed since the export).
+
+    The record becomes exactly the exported entries: planned as if nothing were owned, so an entry
+    an earlier apply wrote that the export could not express (relay credentials, whose password
+    cannot go into the file) becomes unmanaged, kept, instead of being planned for deletion; that
+    is what export promised (left unmanaged, with a warning), and export -> plan stays empty."""
     target = Target(loaded.filename, config_dir, cron_path)
 
     def no_changes(planned: Planned) -> None:
@@ -226,7 +242,9 @@ def take_ownership(loaded: Loaded, config_dir: str, cron_path: str) -> Applied:
                 "(run export again)"
             )
 
-    return apply_once(target, loaded=loaded, check=no_changes, lock_timeout=30.0)
+    return apply_once(
+        target, loaded=loaded, check=no_changes, lock_timeout=30.0, forget_ownership=True
+    )
 
 
 def _holds_planned_bytes(planned: Planned, contents: Mapping[str, bytes]) -> bool:

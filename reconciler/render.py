@@ -155,13 +155,26 @@ def text(plan: dict[str, Any], *, colour: bool = False) -> str:
             out.append("")
             out.append(style(line, fg=colour_name) if colour_name else line)
     deletions = plan["deletions"]
-    if deletions["over_limit"]:
+    if deletions["accounts"] > deletions["limit"]:
         out.append("")
         out.append(
             style(
                 f"Refused at apply: {deletions['accounts']} account deletion(s) exceed the "
                 f"limit of {deletions['limit']} ({deletions['limit_source']}); apply needs "
                 f"--allow-deletions {deletions['accounts']}",
+                fg="red",
+                bold=True,
+            )
+        )
+    for guard in deletions.get("files", ()):  # the guards of the other files, when over
+        out.append("")
+        out.append(
+            style(
+                printable(
+                    f"Refused at apply: {guard['deletions']} deletion(s) in {guard['file']} "
+                    f"exceed the limit of {guard['limit']} ({guard['limit_source']}); apply "
+                    f"needs --allow-deletions {guard['deletions']}"
+                ),
                 fg="red",
                 bold=True,
             )
@@ -270,7 +283,14 @@ def _md_words(text: str) -> str:
     for token in text.split(" "):
         bare = token.removesuffix(":")  # "changed:" links nothing; "https://" does
         if any(mark in bare for mark in _SUSPECT) or "`" in token:
-            out.append(md_code(token))
+            # prose parentheses around a path or address stay outside its code span:
+            # "(see docs/real-dms.md)" -> \(see `docs/real-dms.md`\)
+            opened = len(token) - len(token.lstrip("("))
+            closed = len(token) - len(token.rstrip(")"))
+            lead = min(opened, max(0, token.count("(") - token.count(")")))
+            tail = min(closed, max(0, token.count(")") - token.count("(")))
+            core = token[lead : len(token) - tail]
+            out.append("\\(" * lead + md_code(core) + "\\)" * tail if core else md_code(token))
         else:
             escaped = "".join("\\" + ch if ch in _MD_SPECIAL else ch for ch in token)
             out.append(escaped.replace("&", "&amp;").replace("<", "&lt;"))
@@ -331,12 +351,21 @@ def _callouts(plan: dict[str, Any]) -> list[str]:
     changes = plan["changes"]
     out: list[str] = []
     deletions = plan["deletions"]
-    if deletions["over_limit"]:
+    if deletions["accounts"] > deletions["limit"]:
         refused = (
             f"> Apply will refuse this plan: it deletes "
             f"{_plural(deletions['accounts'], 'account')}, more than the limit of "
             f"{deletions['limit']} ({md_text(deletions['limit_source'])}). After review, "
             f"apply it with `--allow-deletions {deletions['accounts']}`."
+        )
+        out += ["> [!CAUTION]", refused, ""]
+    for guard in deletions.get("files", ()):  # the guards of the other files, when over
+        entries = _plural(guard["deletions"], "entry", "entries")
+        refused = (
+            f"> Apply will refuse this plan: it deletes {entries} "
+            f"of {md_text(guard['file'])}, more than the limit of {guard['limit']} "
+            f"({md_text(guard['limit_source'])}). After review, apply it with "
+            f"`--allow-deletions {guard['deletions']}`."
         )
         out += ["> [!CAUTION]", refused, ""]
     deletes = [c for c in changes if c["actions"][0] == "delete"]

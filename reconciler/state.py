@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler.errors import VolumeError
+from reconciler.readfile import TooDeep, load_json
 
 FILENAME = "dms-reconciler.state.json"
 FORMAT = 1
@@ -46,10 +47,13 @@ def new_plan_key() -> str:
 def parse(text: str) -> tuple[Ownership, str | None]:
     """The ownership in `text`, or an empty one and a warning when it cannot be read.
 
-    A file from a newer format is refused (VolumeError) instead: read as unreadable it would be
-    overwritten, and the newer tool's record of what it owns lost."""
+    Anything but the shape `render` writes (JSON nested too deep, `owned` not a mapping of files
+    to lists of keys, ...) is unreadable: a damaged record may only make entries unmanaged, so
+    none of it is trusted. A file from a newer format is refused (VolumeError) instead: read as
+    unreadable it would be overwritten, and the newer tool's record of what it owns lost."""
+    why = ""
     try:
-        data: Any = json.loads(text)
+        data: Any = load_json(text)
         newer = data.get("format") if isinstance(data, dict) else None
         if type(newer) is int and newer > FORMAT:
             raise VolumeError(
@@ -57,22 +61,27 @@ def parse(text: str) -> tuple[Ownership, str | None]:
                 f"one reads format {FORMAT}): refusing to use or overwrite it. Upgrade "
                 "dms-reconciler; nothing was written"
             )
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        if not isinstance(data, dict) or type(newer) is not int or newer != FORMAT:
             raise ValueError("unknown format")
-        entries = {
-            str(name): frozenset(str(k) for k in keys)
-            for name, keys in data.get("owned", {}).items()
-            if isinstance(keys, list) and keys
-        }
+        owned = data.get("owned", {})
+        if not isinstance(owned, dict) or not all(
+            isinstance(keys, list) and all(isinstance(k, str) for k in keys)
+            for keys in owned.values()
+        ):
+            raise ValueError("not a record of owned entries")
+        entries = {name: frozenset(keys) for name, keys in owned.items() if keys}
         key = data.get("plan_key")
         if not (isinstance(key, str) and _PLAN_KEY.fullmatch(key)):
             key = ""  # missing or damaged: a new one is made at the next apply
         return Ownership(entries, data.get("owns_cron") is True, key), None
-    except (ValueError, TypeError, AttributeError):
-        return Ownership(), (
-            f"{FILENAME} is unreadable; treating every entry as unmanaged (nothing is deleted) "
-            "and rewriting it at the next apply"
-        )
+    except TooDeep as exc:
+        why = f" ({exc})"
+    except ValueError:
+        pass
+    return Ownership(), (
+        f"{FILENAME} is unreadable{why}; treating every entry as unmanaged (nothing is deleted) "
+        "and rewriting it at the next apply"
+    )
 
 
 def render(ownership: Ownership) -> str:

@@ -420,7 +420,8 @@ def _plan_against(
     "--allow-deletions",
     type=click.IntRange(min=0),
     default=None,
-    help="Allow a plan that deletes up to N accounts (overrides policy.max_deletions).",
+    help="Allow a plan that deletes up to N accounts, and up to N entries of each other file "
+    "(masters, relay, regexp, restrict, DKIM tables); overrides policy.max_deletions.",
 )
 @click.option(
     "--prune",
@@ -604,6 +605,7 @@ def watch(
 
 
 @cli.command()
+@_no_colour_option
 @_file_option
 @_common
 @click.option(
@@ -617,12 +619,12 @@ def dns(file: str, config_dir: str, cron_file: str, fmt: str) -> int:
     from reconciler.volume.observe import observe
 
     loaded = load_desired(file)
-    found, problems = dnsrecords.records(loaded.state, observe(config_dir, cron_file))
+    found, problems, warnings = dnsrecords.records(loaded.state, observe(config_dir, cron_file))
     if fmt == "json":
         data = {"records": [r.to_dict() for r in found], "problems": problems}
-        click.echo(json.dumps(data, indent=2))
+        click.echo(json.dumps({**data, "warnings": warnings}, indent=2))
     else:
-        click.echo(dnsrecords.text(found, problems), nl=False)
+        click.echo(dnsrecords.text(found, problems, warnings), nl=False)
     return 1 if problems else 0
 
 
@@ -652,21 +654,21 @@ def export_cmd(
     config_dir: str, cron_file: str, output: str, force: bool, hostname: str | None, adopt: bool
 ) -> int:
     """Write a mailserver.yaml that adopts an existing config volume (hashes kept)."""
-    from reconciler.load.desired import load_desired_bytes
-    from reconciler.planner.export import dump_yaml, export_state
+    from reconciler.planner.export import checked_yaml, export_state, shown_warnings
     from reconciler.reconcile import take_ownership
+    from reconciler.render import MAX_LISTED
     from reconciler.volume.observe import observe
 
     observed = observe(config_dir, cron_file)
     exported = export_state(observed, hostname=hostname)
-    for warning in exported.warnings:
+    if exported.state.accounts:  # what we write must validate: the rest is left unmanaged
+        exported, text, loaded = checked_yaml(exported, observed, output)
+    for warning in shown_warnings(exported.warnings, MAX_LISTED):
         _warn(warning)
     if not exported.state.accounts:
         raise ReconcilerError(
             f"{config_dir} has no account that can be adopted; DMS needs at least one"
         )
-    text = dump_yaml(exported.state)
-    loaded = load_desired_bytes(text.encode(), output)  # what we write must validate
     if output == "-":  # stdout, like most tools; the summary goes to stderr
         if sys.stdout.isatty():
             raise ReconcilerError(

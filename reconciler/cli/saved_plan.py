@@ -16,7 +16,7 @@ from typing import Any
 
 from reconciler.errors import ReconcilerError, StalePlan
 from reconciler.passwords import sources as passwords
-from reconciler.readfile import NotReadable, read_regular
+from reconciler.readfile import NotReadable, TooDeep, load_json, read_regular
 from reconciler.reconcile import Applied, Planned, Target, apply_once
 
 KIND = "dms-reconciler saved plan"
@@ -67,11 +67,15 @@ def _comparable(key: str, value: Any) -> Any:
 
 def load(path: str) -> dict[str, Any]:
     try:
-        saved = json.loads(read_regular(path, MAX_PLAN_BYTES).decode("utf-8"))
+        saved = load_json(read_regular(path, MAX_PLAN_BYTES).decode("utf-8"))
     except NotReadable as exc:
         if exc.missing:
             raise ReconcilerError(f"saved plan {path} not found") from None
         raise ReconcilerError(f"saved plan {path} {exc.reason}") from None
+    except TooDeep as exc:
+        raise ReconcilerError(
+            f"{path} is not a saved plan: {exc} (make one with `plan --out`)"
+        ) from None
     except (ValueError, UnicodeDecodeError):
         raise ReconcilerError(f"{path} is not a saved plan (make one with `plan --out`)") from None
     if not isinstance(saved, dict) or saved.get("kind") != KIND:
@@ -86,10 +90,7 @@ def _well_formed(saved: dict[str, Any]) -> bool:
     target, plan = saved.get("target"), saved.get("plan")
     if not isinstance(target, dict) or not isinstance(plan, dict):
         return False
-    if not all(
-        isinstance(target.get(k), str) and target[k]
-        for k in ("desired_path", "config_dir", "cron_path")
-    ):
+    if not all(_a_path(target.get(k)) for k in ("desired_path", "config_dir", "cron_path")):
         return False
     if not isinstance(target.get("prune"), bool) or not isinstance(saved.get("keyed"), bool):
         return False
@@ -98,13 +99,26 @@ def _well_formed(saved: dict[str, Any]) -> bool:
         isinstance(k, str) and isinstance(v, str) for k, v in fingerprints.items()
     ):
         return False
-    desired, volume = plan.get("desired"), plan.get("volume")
+    desired, volume, files = plan.get("desired"), plan.get("volume"), plan.get("files")
     return (
         isinstance(desired, dict)
         and isinstance(volume, dict)
         and isinstance(volume.get("fingerprint"), dict)
         and all(k in plan for k in COMPARED)
+        and isinstance(files, list)
+        and all(isinstance(f, dict) for f in files)  # `_comparable` reads each as a mapping
     )
+
+
+def _a_path(value: Any) -> bool:
+    """A non-empty string the OS takes as a path (no NUL, no lone surrogate from a \\ud800)."""
+    if not isinstance(value, str) or not value or "\0" in value:
+        return False
+    try:
+        os.fsencode(value)
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def apply_saved(

@@ -4,8 +4,9 @@ DMS copies the file to /etc/postfix/regexp and appends `pcre:/etc/postfix/regexp
 `virtual_alias_maps`, after `texthash:/etc/postfix/virtual` (postfix-virtual.cf); its change
 detector watches it. The table is read top to bottom and the first matching pattern wins, so the
 order of the entries is part of their meaning. A pattern is enclosed by a delimiter (we write
-`/`; a `\\` escapes the next character, so a `/` inside the pattern is written `\\/`), followed by
-optional flags (`i` makes the match case-sensitive, the default being case-insensitive). Lines
+`/`; a `\\` escapes the next character, so a `/` inside the pattern is written `\\/`, and inside
+`\\Q...\\E` as `\\E\\/\\Q`: see `delimit`), followed by optional flags (`i` makes the match
+case-sensitive, the default being case-insensitive). Lines
 starting with whitespace continue the previous line. `if /pattern/` ... `endif` blocks and lines
 we cannot read are kept as they are, after the entries.
 """
@@ -39,16 +40,45 @@ class RegexpLine:
 
 
 def delimit(pattern: str) -> str:
-    """`pattern` as written between `/` delimiters: each unescaped `/` becomes `\\/`."""
+    """`pattern` as written between `/` delimiters, meaning to PCRE exactly what `pattern` means.
+
+    Postfix (dict_pcre) finds the closing delimiter by skipping each `\\` with the character after
+    it, and hands the text in between to PCRE unchanged: it removes no `\\`. So a bare `/` is
+    written `\\/`, which PCRE reads as `/`; but inside `\\Q...\\E` PCRE would read `\\/` as two
+    characters (Postfix would match `a\\/b`), so there the quote is closed around it: `\\E\\/\\Q`.
+    A pattern ending inside an open quote on a `\\` that would escape the closing `/` gets `\\E`.
+    Checked with Postfix's own `postmap -q` (tests/kinds/test_hardening_export.py)."""
+    quoted = _quoted_positions(pattern) if "\\Q" in pattern else frozenset()
     out: list[str] = []
-    escaped = False
-    for char in pattern:
+    escaped = False  # Postfix's scan: the previous character is a `\\` that escapes this one
+    for position, char in enumerate(pattern):
         if char == "/" and not escaped:
-            out.append("\\/")
-        else:
-            out.append(char)
+            out.append("\\E\\/\\Q" if position in quoted else "\\/")
+            continue
+        out.append(char)
         escaped = char == "\\" and not escaped
+    if escaped:  # only inside an open quote: elsewhere PCRE refuses a pattern ending in `\\`
+        out.append("\\E")
     return "".join(out)
+
+
+def _quoted_positions(pattern: str) -> frozenset[int]:
+    """Positions of the characters PCRE takes literally between `\\Q` and `\\E` (or the end).
+    Inside a quote only `\\E` is special; outside, a `\\` escapes the next character."""
+    out: set[int] = set()
+    position, quoted = 0, False
+    while position < len(pattern):
+        if quoted:
+            if pattern.startswith("\\E", position):
+                quoted, position = False, position + 2
+            else:
+                out.add(position)
+                position += 1
+        elif pattern.startswith("\\Q", position):
+            quoted, position = True, position + 2
+        else:
+            position += 2 if pattern[position] == "\\" else 1
+    return frozenset(out)
 
 
 def split_pattern(line: str) -> tuple[str, str, str, str] | str:

@@ -342,6 +342,18 @@ def _translate(doc: Document, error: jsonschema.ValidationError) -> list[Diagnos
         return [_diag(doc, path, "version must be 1, the only format version this tool knows")]
     if kind == "type":
         wanted = expected
+        below = doc.unindented.get(path) if instance is None and path else None
+        if below is not None and "object" in ([wanted] if isinstance(wanted, str) else wanted):
+            name = path[-1]
+            return [
+                _diag(
+                    doc,
+                    path,
+                    f"expected a mapping (key: value lines) under '{name}', but nothing is "
+                    f"indented under it: line {below} starts in the same column, so YAML reads "
+                    f"it as a sibling of '{name}'; indent the lines that belong to it further",
+                )
+            ]
         words = " or ".join(
             _TYPE_WORDS.get(w, w) for w in ([wanted] if isinstance(wanted, str) else wanted)
         )
@@ -397,12 +409,12 @@ def _translate(doc: Document, error: jsonschema.ValidationError) -> list[Diagnos
 
 
 def _what(value: Any, field: Any = "") -> str:
+    if value is None:
+        return "an empty value"
     if field in _SENSITIVE:
         return "that"
     if isinstance(value, bool):
         return f"{str(value).lower()} (true/false)"
-    if value is None:
-        return "an empty value"
     if isinstance(value, (int, float)):
         return f"the number {value}"
     if isinstance(value, str):

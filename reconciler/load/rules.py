@@ -8,6 +8,7 @@ the message lands on the right line. All rules run; every problem is reported at
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -28,6 +29,19 @@ CRON_MACROS = frozenset(
     {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly", "@reboot"}
 )
 PASSWORD_KEYS = ("password_hash", "password_file", "password_env")
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+# The five fields as Debian cron (DMS's) reads them: name, range, names it takes.
+_CRON_FIELDS = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, _MONTHS),
+    ("day of week", 0, 7, _DAYS),
+)
+# One element of a field's comma list: `*`, a value or a range, then an optional step. No
+# croniter extensions (`L`, `W`, `#`, `?`): Debian cron refuses them and ignores the whole file.
+_CRON_ELEMENT = re.compile(r"(\*|[0-9a-z]+(-[0-9a-z]+)?)(/[0-9]+)?\Z")
 
 
 @dataclass
@@ -506,9 +520,40 @@ def check_schedule(schedule: str) -> str | None:
         )
     from croniter import croniter  # 15 ms of imports, only for files with sa_learn jobs
 
+    for i, (name, low, high, names) in enumerate(_CRON_FIELDS):
+        value = fields[i]
+        probe = ["*"] * 5
+        probe[i] = value
+        if not _cron_field_ok(value.lower(), low, high, names) or not croniter.is_valid(
+            " ".join(probe)
+        ):
+            also = f", or names like {names[0]} or {names[1]}-{names[3]}" if names else ""
+            return (
+                f"schedule '{text}' is not a valid cron expression: the {name} field "
+                f"'{value}' is wrong; {name} takes {low}-{high}{also}, '*', lists (1,15), "
+                "ranges (1-5) and steps (*/10)"
+            )
     if not croniter.is_valid(text):
         return f"schedule '{text}' is not a valid cron expression (minute hour day month weekday)"
     return None
+
+
+def _cron_field_ok(value: str, low: int, high: int, names: tuple[str, ...]) -> bool:
+    """One cron field as Debian cron reads it: every list element in range, names only where
+    the field takes them, steps of 1 or more."""
+    for element in value.split(","):
+        match = _CRON_ELEMENT.match(element)
+        if match is None or (match.group(3) and int(match.group(3)[1:]) < 1):
+            return False
+        if match.group(1) == "*":
+            continue
+        for part in match.group(1).split("-"):
+            if part.isdigit():
+                if not low <= int(part) <= high:
+                    return False
+            elif part not in names:
+                return False
+    return True
 
 
 def check_folder(folder: str) -> str | None:
@@ -540,14 +585,20 @@ def _check_unused_domains(report: Report, view: _View) -> None:
 
 
 def _suggest(word: str, choices: Iterable[str]) -> str | None:
-    """A 'did you mean' hint; compares within the same domain so big files stay fast."""
+    """A 'did you mean' hint; compares within the same domain so big files stay fast, then
+    looks for the same name in another domain (`jane@example.com` for `jane@example.org`)."""
     if "@" in word:
+        choices = list(choices)
         domain = "@" + domain_of(word)
+        local = word[: -len(domain)]
         locals_ = {c[: -len(domain)]: c for c in choices if c.endswith(domain)}
-        if len(locals_) > 5000 or len(word) - len(domain) < 3:
+        if len(locals_) > 5000 or len(local) < 2:
             return None
-        close = difflib.get_close_matches(word[: -len(domain)], list(locals_), n=1, cutoff=0.75)
-        return f" (did you mean '{locals_[close[0]]}'?)" if close else None
+        close = difflib.get_close_matches(local, list(locals_), n=1, cutoff=0.75)
+        if not close:
+            elsewhere = sorted(c for c in choices if c.startswith(local + "@"))
+            return f" (did you mean '{elsewhere[0]}'?)" if elsewhere else None
+        return f" (did you mean '{locals_[close[0]]}'?)"
     candidates = list(choices)
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.85)
     return f" (did you mean '{close[0]}'?)" if close else None

@@ -16,9 +16,17 @@ if TYPE_CHECKING:
 
 DKIM_KEY_SIZES = (1024, 2048, 3072, 4096)
 _SUBSTITUTION = re.compile(r"\$(?:\{(\d+)\}|(\d))")
-_SELECTOR = re.compile(
-    r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*\Z"
-)
+# A DKIM selector: dot-separated DNS labels of at most 63 characters, lowercase letters, digits,
+# '-' inside a label and '_' anywhere (`setup config dkim selector mail_2024` is what DMS takes;
+# a TXT record's owner name may hold '_', as `_domainkey` itself does).
+_SELECTOR_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_SELECTOR = re.compile(rf"{_SELECTOR_LABEL}(?:\.{_SELECTOR_LABEL})*\Z")
+# The selector is also a file name: apply stages `<selector>.private` beside itself as
+# `.<selector>.private.dms-reconciler-<12 hex>.tmp`, which must fit NAME_MAX (255 bytes).
+NAME_MAX = 255
+DKIM_TEMP_EXTRA = len(".") + len(".dms-reconciler-") + 12 + len(".tmp")
+SELECTOR_MAX = NAME_MAX - len(".private") - DKIM_TEMP_EXTRA  # 214
+DNS_NAME_MAX = 253  # a domain name in text form, without the final dot (RFC 1035)
 PASSWORD_KEYS = ("password_hash", "password_file", "password_env")
 
 
@@ -109,7 +117,116 @@ def pcre_problem(pattern: str, flags: str) -> tuple[str | None, int]:
         return f"pattern is not a valid PCRE: {exc}", 0
     except Exception as exc:  # noqa: BLE001  - the binding raises a few types for odd input
         return f"pattern is not a valid PCRE: {exc}", 0
+    nested = nested_quantifier(pattern, extended="x" in flags)
+    if nested is not None:
+        return (
+            f"pattern repeats the group '{nested}', which itself holds an unbounded quantifier: "
+            "on an address that almost matches, PCRE tries exponentially many ways and Postfix "
+            "gives up at its match limit, after 0.1 s or more of CPU for each such recipient "
+            "(the alias then silently does not match). Write it so each part can match in one "
+            "way only: drop the outer quantifier, or make the group atomic ((?>...)) or the inner "
+            "quantifier possessive (a++) where what follows cannot be matched by it"
+        ), int(compiled.groups)
     return None, int(compiled.groups)
+
+
+_QUANTIFIER = re.compile(r"[*+?]|\{(\d*),?(\d*)\}")
+
+
+def nested_quantifier(pattern: str, *, extended: bool = False) -> str | None:
+    """The first group (as written) that repeats without bound (`*`, `+`, `{n,}`; not possessive)
+    while holding a quantifier that backtracks without bound, as in `(a+)+`: the shape that makes
+    PCRE's backtracking exponential. Possessive quantifiers and atomic groups `(?>...)` do not
+    backtrack, so they do not count. Alternations of overlapping branches (`(a|aa)+`) are not
+    found. `pattern` is a valid PCRE (compiled before)."""
+    open_groups: list[list[Any]] = []  # [start, atomic, holds an unbounded quantifier]
+    closed: tuple[int, bool] | None = None  # (start, counts) of a group that just closed
+    position, length = 0, len(pattern)
+    while position < length:
+        char = pattern[position]
+        just_closed, closed = closed, None
+        if extended and char.isspace():
+            closed, position = just_closed, position + 1  # `x`: space between atom and quantifier
+            continue
+        if extended and char == "#":
+            end = pattern.find("\n", position)
+            closed, position = just_closed, length if end < 0 else end + 1
+            continue
+        if char == "\\":
+            if pattern.startswith("\\Q", position):
+                end = pattern.find("\\E", position + 2)
+                position = length if end < 0 else end + 2
+            else:
+                position += 2
+            continue
+        if char == "[":
+            position = _class_end(pattern, position)
+            continue
+        if char == "(":
+            if pattern.startswith(("(?#", "(*"), position):  # a comment, a verb or option
+                end = pattern.find(")", position)
+                position = length if end < 0 else end + 1
+                continue
+            open_groups.append([position, pattern.startswith("(?>", position), False])
+            position += 1
+            continue
+        if char == ")":
+            if open_groups:
+                start, atomic, holds = open_groups.pop()
+                closed = (start, holds and not atomic)
+                if closed[1] and open_groups:
+                    open_groups[-1][2] = True
+            position += 1
+            continue
+        match = _QUANTIFIER.match(pattern, position)
+        if match is None or (match.group(0).startswith("{") and not _counted(match)):
+            position += 1
+            continue
+        end = match.end()
+        possessive = pattern.startswith("+", end)
+        unbounded = match.group(0) in "*+" or (match.group(1) is not None and _open_ended(match))
+        if unbounded and not possessive:
+            if just_closed is not None and just_closed[1]:
+                return pattern[just_closed[0] : end]
+            if open_groups:
+                open_groups[-1][2] = True
+        position = end + (1 if possessive or pattern.startswith("?", end) else 0)
+    return None
+
+
+def _counted(match: re.Match[str]) -> bool:
+    """`{n}`, `{n,}`, `{n,m}`: a quantifier; anything else in braces is literal text."""
+    return bool(match.group(1))
+
+
+def _open_ended(match: re.Match[str]) -> bool:
+    return "," in match.group(0) and not match.group(2)
+
+
+def _class_end(pattern: str, position: int) -> int:
+    """The position after the character class opening at `position`."""
+    position += 1
+    if pattern.startswith("^", position):
+        position += 1
+    if pattern.startswith("]", position):
+        position += 1  # a `]` first is a literal
+    while position < len(pattern):
+        if pattern.startswith("[:", position):
+            end = pattern.find(":]", position + 2)
+            if end >= 0:
+                position = end + 2
+                continue
+        if pattern.startswith("\\Q", position):
+            end = pattern.find("\\E", position + 2)
+            position = len(pattern) if end < 0 else end + 2
+            continue
+        if pattern[position] == "\\":
+            position += 2
+            continue
+        if pattern[position] == "]":
+            return position + 1
+        position += 1
+    return position
 
 
 def _check_regexp(report: Report, view: _View, items: Any, declared: set[str]) -> None:
@@ -279,18 +396,59 @@ def _check_dkim(report: Report, dkim: dict[str, Any], declared: set[str]) -> Non
         if not isinstance(spec, dict):
             continue
         selector = spec.get("selector")
-        if isinstance(selector, str) and not _SELECTOR.match(selector):
-            report.error(
-                ("dkim", domain, "selector"),
-                f"selector '{selector.encode('unicode_escape').decode()[:60]}' must be lowercase "
-                "letters, digits and '-' (dot-separated labels): it becomes a DNS name and a "
-                "file name",
-            )
+        if isinstance(selector, str) and (problem := selector_problem(selector, domain)):
+            report.error(("dkim", domain, "selector"), problem)
         size = spec.get("key_size")
-        if isinstance(size, int) and not isinstance(size, bool) and size not in DKIM_KEY_SIZES:
+        if "key_size" in spec and (isinstance(size, bool) or not isinstance(size, int)):
+            # JSON Schema counts 2048.0 as an integer (and as equal to 2048); apply cannot
+            report.error(
+                ("dkim", domain, "key_size"),
+                "key_size must be a whole number of bits: 1024, 2048, 3072 or 4096, "
+                f"not {_shown_value(size)}",
+            )
+        elif isinstance(size, int) and size not in DKIM_KEY_SIZES:
             report.error(
                 ("dkim", domain, "key_size"),
                 f"key_size {size} is out of range: use 1024, 2048, 3072 or 4096 bits (2048 is "
                 "DMS's default; below 1024 verifiers reject the key, above 4096 many DNS "
                 "servers cannot serve the record)",
             )
+
+
+def _shown_value(value: Any) -> str:
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return "the string '" + value.encode("unicode_escape").decode()[:20] + "'"
+    if isinstance(value, float):
+        return repr(value)
+    return "a list" if isinstance(value, list) else "a mapping"
+
+
+def selector_problem(selector: str, domain: str) -> str | None:
+    """Why `selector` cannot be a DKIM selector of `domain` (None: it can): it must be a DNS
+    name that fits in `<selector>._domainkey.<domain>` and a file name apply can write."""
+    shown = selector.encode("unicode_escape").decode()
+    shown = shown if len(shown) <= 60 else shown[:60] + "..."
+    if not _SELECTOR.match(selector):
+        return (
+            f"selector '{shown}' must be lowercase letters, digits, '_' and '-' in dot-separated "
+            "labels of at most 63 characters ('-' not first or last): it becomes a DNS name and "
+            "a file name"
+        )
+    if len(selector) > SELECTOR_MAX:
+        return (
+            f"selector '{shown}' has {len(selector)} characters, more than {SELECTOR_MAX}: "
+            f"the key file {selector[:20]}....private could not be written (file names stop at "
+            f"{NAME_MAX} bytes)"
+        )
+    name = f"{selector}._domainkey.{domain}"
+    if len(name) > DNS_NAME_MAX:
+        return (
+            f"selector '{shown}' is too long for {domain}: the DKIM record name "
+            f"<selector>._domainkey.{domain} would have {len(name)} characters, more than the "
+            f"{DNS_NAME_MAX} a DNS name may have"
+        )
+    return None

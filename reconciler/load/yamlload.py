@@ -69,6 +69,9 @@ class Document:
     marks: dict[Path, tuple[int, int]] = field(default_factory=dict)
     key_marks: dict[Path, tuple[int, int]] = field(default_factory=dict)
     problems: list[Diagnostic] = field(default_factory=list)
+    # An empty value whose next line starts in its key's column (the lines meant to belong to
+    # the key were not indented): path -> that line's number. Filled with the positions.
+    unindented: dict[Path, int] = field(default_factory=dict)
     _unread_text: str | None = field(default=None, repr=False, compare=False)
     plain: bool | None = field(
         default=None, repr=False, compare=False
@@ -80,6 +83,7 @@ class Document:
             self._unread_text = None
             full = _Builder(self.filename).build(text)
             self.marks, self.key_marks = full.marks, full.key_marks
+            self.unindented = full.unindented
         return object.__getattribute__(self, name)
 
     def position(self, path: Path, *, key: bool = False) -> tuple[int | None, int | None]:
@@ -98,7 +102,7 @@ class Document:
             probe = probe[:-1]
 
 
-_POSITION_TABLES = frozenset({"marks", "key_marks"})
+_POSITION_TABLES = frozenset({"marks", "key_marks", "unindented"})
 
 
 def format_path(path: Path) -> str:
@@ -235,6 +239,7 @@ class _Builder:
         self.anchors: dict[str, tuple[Any, int]] = {}  # anchor -> (value, expanded node count)
         self.nodes = 0
         self.documents = 0
+        self._lines: list[str] | None = None  # the text's lines, split when first needed
 
     def diag(self, mark: Any, path: Path, message: str) -> Diagnostic:
         return Diagnostic(self.filename, mark.line + 1, mark.column + 1, format_path(path), message)
@@ -292,6 +297,8 @@ class _Builder:
                         path = top.path + (child,)
                         mark = event.start_mark
                         marks[path] = (mark.line + 1, mark.column + 1)
+                        if value is None and top.is_map and top.key_mark is not None:
+                            self._note_unindented(path, top.key_mark, text)
                     if event.anchor is not None:
                         self.anchors[event.anchor] = (value, 1)
                     if top.is_map:
@@ -361,6 +368,20 @@ class _Builder:
                 ]
             )
         return self.doc
+
+    def _note_unindented(self, path: Path, key_mark: tuple[int, int], text: str) -> None:
+        """Remember an empty value whose next content line starts in its key's column."""
+        if self._lines is None:
+            self._lines = text.split("\n")
+        key_line, key_column = key_mark
+        for number in range(key_line, len(self._lines)):
+            row = self._lines[number]
+            body = row.lstrip(" ")
+            if not body.strip() or body.startswith("#"):
+                continue
+            if len(row) - len(body) == key_column - 1 and not body.startswith("-"):
+                self.doc.unindented[path] = number + 1
+            return
 
     def _start(self, stack: list[_Frame], event: Any, container: Any) -> None:
         path = self._child_path(stack)
@@ -572,6 +593,8 @@ class _Builder:
             message += f" ({exc.context})"
         if "'\\t'" in problem or (mark is not None and _char_at(text, mark.index) == "\t"):
             message += "; YAML does not allow tabs for indentation, use spaces"
+        elif mark is not None and (hint := _indentation_hint(exc, text)) is not None:
+            message, column = hint
         return Diagnostic(self.filename, line, column, "", message)
 
 
@@ -584,6 +607,50 @@ class _FakeEvent:
         self.implicit = (False, False)
         self.value = value if isinstance(value, str) else f"<line {mark.line + 1}>"
         self.anchor = None
+
+
+def _indentation_hint(exc: yaml.MarkedYAMLError, text: str) -> tuple[str, int] | None:
+    """(message, 1-based column) when a YAML syntax error comes from a line indented unlike its
+    siblings: libyaml's "did not find expected key" (the line is right of the keys of the
+    mapping it ends up in) and "mapping values are not allowed" (a `key:` line indented under a
+    `key: value` line reads as the continuation of that value)."""
+    mark, problem = exc.problem_mark, exc.problem or ""
+    lines = text.split("\n")
+    if mark is None or not 0 <= mark.line < len(lines):
+        return None
+    row = lines[mark.line]
+    indent = len(row) - len(row.lstrip(" "))
+    line = mark.line + 1
+    context = exc.context_mark
+    if "expected key" in problem or "expected <block end>" in problem:
+        if context is None or mark.column == context.column:
+            return None
+        return (
+            f"YAML syntax error: line {line} starts in column {mark.column + 1}, but the mapping "
+            f"it falls in has its keys in column {context.column + 1} (line {context.line + 1}): "
+            "is this line indented like its siblings?",
+            mark.column + 1,
+        )
+    if "mapping values are not allowed" in problem:
+        above = next(
+            (
+                lines[i]
+                for i in range(mark.line - 1, -1, -1)
+                if lines[i].strip() and not lines[i].lstrip().startswith("#")
+            ),
+            None,
+        )
+        if above is None or ": " in row[indent : mark.column] or ":\t" in row[indent : mark.column]:
+            return None  # `a: b: c` on one line: not an indentation mistake
+        if len(above) - len(above.lstrip(" ")) >= indent or above.rstrip().endswith(":"):
+            return None
+        return (
+            f"YAML syntax error: line {line} is indented further than the `key: value` line "
+            "above it, so YAML reads it as part of that value: is this line indented like its "
+            "siblings?",
+            indent + 1,
+        )
+    return None
 
 
 def _char_at(text: str, index: int) -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 from reconciler.errors import SecretError
 from reconciler.passwords.sources import DesiredPassword, FileStamp, SecretReader, Status
+from reconciler.readfile import load_json
 
 FILENAME = "dms-reconciler.verified.json"
 FORMAT = 1
@@ -36,11 +37,12 @@ def fact(address: str, stamp: FileStamp, stored_hash: str) -> str:
 
 
 def parse(data: bytes | None) -> frozenset[str]:
-    """The facts in a record file; anything unreadable is an empty record (it only costs time)."""
+    """The facts in a record file; anything unreadable (not JSON, nested too deep, another shape)
+    is an empty record: it only costs time."""
     if not data:
         return frozenset()
     try:
-        loaded: Any = json.loads(data)
+        loaded: Any = load_json(data)
     except ValueError:
         return frozenset()
     if not isinstance(loaded, dict) or loaded.get("format") != FORMAT:

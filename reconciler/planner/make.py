@@ -24,6 +24,7 @@ from reconciler.plan import (
     SENSITIVE,
     Action,
     Change,
+    DeletionGuard,
     FilePlan,
     Kind,
     PendingHash,
@@ -202,7 +203,7 @@ def make_plan(
     notes += setup.notes
 
     warnings += _shadow_warnings(desired, observed, virtual_diff, account_diff)
-    self_aliases = self_alias_warning(desired)
+    self_aliases = self_alias_warning(desired, virtual_diff.changes)
     if self_aliases:
         warnings.append(self_aliases)
     unresolved = tuple(sorted(a for a, p in passwords.items() if p.status is Status.UNRESOLVED))
@@ -224,11 +225,19 @@ def make_plan(
 
     managed_accounts = len(own.owned(accounts.FILENAME) & set(observed.accounts.entries))
     deletions = sum(c.action is Action.DELETE and c.kind is Kind.ACCOUNT for c in changes)
-    deletions -= duplicate_accounts
-    if desired.policy.max_deletions is not None:
-        limit, limit_source = desired.policy.max_deletions, "policy.max_deletions"
-    else:
-        limit, limit_source = managed_accounts // 2, "half of the accounts this tool manages"
+    account_guard = _deletion_guard(
+        accounts.FILENAME, deletions - duplicate_accounts, managed_accounts, desired, "accounts"
+    )
+    guards = tuple(  # every other kind the state file can claim: masters, relay, regexp, ...
+        _deletion_guard(
+            name,
+            sum(c.action is Action.DELETE and c.file == name for c in setup.changes),
+            managed,
+            desired,
+            f"entries of {name}",
+        )
+        for name, managed in setup.managed.items()
+    )
 
     secrets: dict[str, Secret] = {
         address: p.secret
@@ -244,12 +253,24 @@ def make_plan(
         warnings=tuple(warnings),
         notes=tuple(notes),
         unresolved=unresolved,
-        account_deletions=deletions,
-        deletion_limit=limit,
-        deletion_limit_source=limit_source,
+        account_deletions=account_guard.deletions,
+        deletion_limit=account_guard.limit,
+        deletion_limit_source=account_guard.limit_source,
         secrets=secrets,
         managed_accounts=managed_accounts,
+        guards=guards,
     )
+
+
+def _deletion_guard(
+    name: str, deletions: int, managed: int, desired: DesiredState, what: str
+) -> DeletionGuard:
+    """The same rule for every file: at most policy.max_deletions deletions, by default at most
+    half of the entries the state file says we manage there (so a state file claiming entries
+    made by hand cannot have them all deleted)."""
+    if desired.policy.max_deletions is not None:
+        return DeletionGuard(name, deletions, desired.policy.max_deletions, "policy.max_deletions")
+    return DeletionGuard(name, deletions, managed // 2, f"half of the {what} this tool manages")
 
 
 def _entry_files(observed: Observed) -> Iterable[tuple[str, ParsedFile[Any]]]:
@@ -522,16 +543,23 @@ def _sole_catch_all_targets(desired: DesiredState) -> set[str]:
     }
 
 
-def self_alias_warning(desired: DesiredState) -> str | None:
+def self_alias_warning(desired: DesiredState, changes: Iterable[Change]) -> str | None:
     """DMS v15.1.0 (ENABLE_QUOTAS=1, its default) logs a WARN at every start and change for each
     self-alias (`_create_dovecot_alias_dummy_accounts` finds the account's own userdb line). The
-    line is still needed: without it the catch-all takes the account's mail."""
+    line is still needed: without it the catch-all takes the account's mail. Said once, by the
+    plan that writes a self-alias or its domain's catch-all (`changes`: postfix-virtual.cf's),
+    not by every later plan of the same setup."""
+    written = [c for c in changes if c.action is not Action.DELETE]
+    new_self = {c.key.lower() for c in written if c.kind is Kind.SELF_ALIAS}
+    new_catch = {c.key[1:].lower() for c in written if c.kind is Kind.CATCH_ALL}
     catch_domains = {catch.domain for catch in desired.catch_all}
     sole_targets = _sole_catch_all_targets(desired)
     names = sorted(
         a.address
         for a in desired.accounts
-        if domain_of(a.address) in catch_domains and a.address.lower() not in sole_targets
+        if domain_of(a.address) in catch_domains
+        and a.address.lower() not in sole_targets
+        and (a.address.lower() in new_self or domain_of(a.address) in new_catch)
     )
     if not names:
         return None

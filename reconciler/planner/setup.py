@@ -65,6 +65,7 @@ class SetupPlan:
     unmanaged: list[Unmanaged] = field(default_factory=list)
     files: list[FilePlan] = field(default_factory=list)
     owned: dict[str, frozenset[str]] = field(default_factory=dict)
+    managed: dict[str, int] = field(default_factory=dict)  # entries on disk the state file owns
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -84,6 +85,7 @@ def plan_setup(
         out.changes.extend(diff.changes)
         out.unmanaged.extend(diff.unmanaged)
         out.owned[name] = frozenset(diff.owned)
+        out.managed[name] = len(own.owned(name) & parsed.entries.keys())  # the deletion guard's
         plan = FilePlan(
             name=name,
             path=snap.path,
@@ -424,6 +426,8 @@ def _plan_key(domain: str, selector: str, bits: int, observed: Observed, out: Se
             )
         return True
     out.files.append(FilePlan(private_name, private.path, False, True, private.sha256))
+    if exposed := dkimkeys.unsafe_mode_warning(private_name, domain, private.mode):
+        out.warnings.append(exposed)
     read = dkimkeys.read(private.data)
     if read is None:
         out.warnings.append(

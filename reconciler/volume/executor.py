@@ -59,9 +59,9 @@ from reconciler.formats import (
 )
 from reconciler.passwords import verified
 from reconciler.passwords.sources import Secret, hash_many
-from reconciler.plan import FilePlan, PendingHash, PendingKey, Plan
+from reconciler.plan import DeletionGuard, FilePlan, PendingHash, PendingKey, Plan
 from reconciler.volume.lock import LOCK_NAME, DmsLock, lock_token, owner_is_dead, wait_for_peers
-from reconciler.volume.observe import CRON, FileSnapshot, Observed, read_snapshot
+from reconciler.volume.observe import CRON, FileSnapshot, Observed, read_snapshot, symlink_refusal
 
 TEMP_MARK = ".dms-reconciler-"
 NEW_FILE_MODES = {
@@ -145,14 +145,25 @@ def require_cron_folder(cron_path: str) -> None:
 
 
 def check_safety(plan: Plan, *, allow_deletions: int | None) -> None:
-    """Refuse plans that delete too many accounts or would leave none (DMS would shut down)."""
-    limit = plan.deletion_limit if allow_deletions is None else allow_deletions
-    if plan.account_deletions > limit:
-        source = "--allow-deletions" if allow_deletions is not None else plan.deletion_limit_source
+    """Refuse plans that delete too many entries of a file (accounts, masters, relay, ...: each
+    file has its guard) or would leave no account (DMS would shut down)."""
+    account = DeletionGuard(
+        accounts.FILENAME, plan.account_deletions, plan.deletion_limit, plan.deletion_limit_source
+    )
+    over: list[tuple[int, str]] = []
+    for g in (account, *plan.guards):
+        limit, source = (
+            (g.limit, g.limit_source)
+            if allow_deletions is None
+            else (allow_deletions, "--allow-deletions")
+        )
+        if g.deletions > limit:
+            what = "account(s)" if g is account else f"entry(ies) of {g.file}"
+            over.append((g.deletions, f"{g.deletions} {what}, more than {limit} ({source})"))
+    if over:
         raise Refused(
-            f"the plan deletes {plan.account_deletions} account(s), more than {limit} "
-            f"({source}); nothing was written. Check the plan, then run apply with "
-            f"--allow-deletions {plan.account_deletions}"
+            f"the plan deletes {' and '.join(text for _, text in over)}; nothing was written. "
+            f"Check the plan, then run apply with --allow-deletions {max(n for n, _ in over)}"
         )
     final_accounts = next(f for f in plan.files if f.name == accounts.FILENAME)
     if final_accounts.write and not final_accounts.content[0]:
@@ -265,19 +276,25 @@ def apply_plan(
         held: dict[str, int] = {}
         staged: dict[str, str] = {}
         late: dict[str, int] = {}  # name -> how much of the old inode was carried so far
+        made: list[str] = []  # folders this apply created (opendkim/keys/<domain>/)
+        intent_written = placing = done = False
         try:
-            _make_folders(config_dir, todo)
+            # Every check, and every write that can be undone (new folders, staged temp files),
+            # before the state file: a refusal up to the first rename leaves the volume as it was.
             for name in todo:
                 snap = snaps[name]
                 held[name] = _open_and_check(snap, by_name[name].sha256_before)
             _check_unchanged(observed, skip=set(todo))
+            made = _make_folders(config_dir, todo)
+            for name in todo:
+                if not by_name[name].in_place:
+                    staged[name] = _stage(snaps[name], contents[name])
             if todo:
                 intent = state_file.render(observed.ownership.union(new_state)).encode()
                 if intent != state_snap.data:  # an unchanged state file is not touched either
                     _atomic_write(os.path.join(config_dir, state_file.FILENAME), intent, state_snap)
-            for name in todo:
-                if not by_name[name].in_place:
-                    staged[name] = _stage(snaps[name], contents[name])
+                    intent_written = True
+            placing = True  # from here a file may be in place before `written` names it
             for name in todo:
                 snap = snaps[name]
                 if by_name[name].in_place:
@@ -300,6 +317,7 @@ def apply_plan(
             if state_now.data != state_text:
                 _atomic_write(os.path.join(config_dir, state_file.FILENAME), state_text, state_now)
             state_written = state_text != state_snap.data
+            done = True
         except VolumeChanged as exc:
             raise VolumeChanged(str(exc), tuple(written), carried) from None
         except VolumeError as exc:
@@ -315,13 +333,27 @@ def apply_plan(
                     os.close(fd)
             for tmp in staged.values():
                 _unlink_quietly(tmp)
+            if not done and not written:
+                undo_state = intent_written and not placing
+                _undo_prepare(config_dir, made, state_snap if undo_state else None)
     paths = {name: snaps[name].path for name in written}
     return ApplyResult(tuple(written), paths, sha512, carried, state_written)
 
 
-def _make_folders(config_dir: str, names: Iterable[str]) -> None:
+def _make_folders(config_dir: str, names: Iterable[str]) -> list[str]:
     """The folders of files in subfolders of the volume (opendkim/keys/<domain>/), as
-    `mkdir -p` in open-dkim makes them; a symlink on the way is refused."""
+    `mkdir -p` in open-dkim makes them; a symlink on the way is refused. Returns the folders
+    created, parents first (a refused apply removes them again)."""
+    made: list[str] = []
+    try:
+        _make_folders_into(config_dir, names, made)
+    except VolumeError:
+        _undo_prepare(config_dir, made, None)
+        raise
+    return made
+
+
+def _make_folders_into(config_dir: str, names: Iterable[str], made: list[str]) -> None:
     for name in names:
         folder = os.path.dirname(name)
         if not folder or name == CRON:
@@ -331,13 +363,37 @@ def _make_folders(config_dir: str, names: Iterable[str]) -> None:
             path = os.path.join(path, part)
             try:
                 os.mkdir(path, 0o755)
+                made.append(path)
             except FileExistsError:
-                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                mode = os.lstat(path).st_mode
+                if stat.S_ISLNK(mode):
+                    raise VolumeError(symlink_refusal(path, folder=True)) from None
+                if not stat.S_ISDIR(mode):
                     raise VolumeError(
                         f"{path} is not a folder; refusing to write into it"
                     ) from None
             except OSError as exc:
                 raise VolumeError(_why(exc, path)) from None
+
+
+def _undo_prepare(config_dir: str, made: list[str], state_snap: FileSnapshot | None) -> None:
+    """A refusal before any file was put in place: remove the folders this apply made (each
+    only if still empty) and give the state file back its old content (`state_snap`, when the
+    intent was already written), so the volume is as it was."""
+    if state_snap is not None:
+        path = os.path.join(config_dir, state_file.FILENAME)
+        try:
+            if state_snap.data is None:
+                _unlink_quietly(path)
+            else:
+                _atomic_write(path, state_snap.data, state_snap)
+        except VolumeError:
+            pass  # the intent is a superset of the old state: harmless, only less tidy
+    for path in reversed(made):
+        try:
+            os.rmdir(path)
+        except OSError:
+            pass
 
 
 def _snapshot(observed: Observed, name: str, by_name: Mapping[str, FilePlan]) -> FileSnapshot:

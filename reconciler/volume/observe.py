@@ -139,6 +139,7 @@ class Observed:
 
 def read_snapshots(config_dir: str, cron_path: str) -> dict[str, FileSnapshot]:
     """Every file a plan depends on, by logical name (the bytes only, nothing parsed)."""
+    refuse_symlinked_folder(config_dir, opendkim.DIRECTORY)
     snapshots = {
         name: read_snapshot(os.path.join(config_dir, name))
         for name in (*ENTRY_FILES, amavis.FILENAME, state_file.FILENAME)
@@ -181,6 +182,36 @@ def secret_file_digest(data: bytes, key: str) -> str:
     return "masked-" + hashlib.sha256(masked).hexdigest()
 
 
+def symlink_refusal(path: str, *, folder: bool = False) -> str:
+    """Why a symlink in the volume is refused: the same words for a file or a folder, in
+    observe, plan, dns, export and apply."""
+    real = "a real folder" if folder else "a regular file"
+    return (
+        f"{path} is a symlink; refusing to follow it (it could point "
+        f"outside the config volume): replace it with {real}"
+    )
+
+
+def refuse_symlinked_folder(config_dir: str, folder: str) -> None:
+    """Refuse a symlink at `folder` (a logical name such as `opendkim/keys/example.org`) or at
+    any folder on the way to it below `config_dir`; a missing folder is fine. O_NOFOLLOW only
+    guards a path's last part: a symlinked `opendkim/` would lead every read and write under it
+    outside the volume."""
+    path = config_dir
+    for part in folder.split("/"):
+        path = os.path.join(path, part)
+        try:
+            mode = os.lstat(path).st_mode
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        except OSError as exc:
+            raise VolumeError(f"cannot read {path}: {exc.strerror}") from None
+        if stat.S_ISLNK(mode):
+            raise VolumeError(symlink_refusal(path, folder=True))
+        if not stat.S_ISDIR(mode):
+            return  # a file where a folder belongs: reading under it finds nothing
+
+
 def read_snapshot(path: str) -> FileSnapshot:
     """The bytes of `path` without following a symlink; None data when it does not exist."""
     try:
@@ -189,10 +220,7 @@ def read_snapshot(path: str) -> FileSnapshot:
         return FileSnapshot(path, None)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise VolumeError(
-                f"{path} is a symlink; refusing to follow it (it could point "
-                "outside the config volume): replace it with a regular file"
-            ) from None
+            raise VolumeError(symlink_refusal(path)) from None
         if exc.errno == errno.ENOTDIR:
             return FileSnapshot(path, None)
         raise VolumeError(f"cannot read {path}: {exc.strerror}") from None
@@ -303,16 +331,22 @@ def observe(config_dir: str, cron_path: str) -> Observed:
 
 
 def _dkim_key_snapshots(config_dir: str) -> dict[str, FileSnapshot]:
-    """Every `opendkim/keys/<domain>/<selector>.private` and `.txt`, symlinks refused (a
-    symlinked folder is not entered, so nothing outside the volume is read)."""
+    """Every `opendkim/keys/<domain>/<selector>.private` and `.txt`. A symlink anywhere on the
+    way (`opendkim/`, `keys/`, a domain's folder, a key file) is refused, never entered: nothing
+    outside the volume is read, and apply would otherwise write through it."""
     out: dict[str, FileSnapshot] = {}
+    refuse_symlinked_folder(config_dir, f"{opendkim.DIRECTORY}/keys")
     keys = os.path.join(config_dir, opendkim.DIRECTORY, "keys")
     try:
-        domains = [e for e in os.scandir(keys) if e.is_dir(follow_symlinks=False)]
+        found = list(os.scandir(keys))
     except (FileNotFoundError, NotADirectoryError):
         return out
     except OSError as exc:
         raise VolumeError(f"cannot read {keys}: {exc.strerror}") from None
+    for entry in found:
+        if entry.is_symlink():
+            raise VolumeError(symlink_refusal(entry.path, folder=True))
+    domains = [e for e in found if e.is_dir(follow_symlinks=False)]
     for domain in sorted(domains, key=lambda e: e.name):
         try:
             files = sorted(os.scandir(domain.path), key=lambda e: e.name)

@@ -243,6 +243,8 @@ class ReconcileCycle:
         plan = applied.planned.plan
         written = applied.result.written
         counts = plan.counts
+        for warning in applied.planned.observed.warnings:  # e.g. an unreadable state file
+            self.log.warning(warning)
         drifted = (
             bool(written)
             and self._digest_applied is not None

@@ -206,6 +206,8 @@ def test_case(name, tmp_path, env):
 
     work = tmp_path / "work"
     shutil.copytree(case / "before", work) if (case / "before").is_dir() else work.mkdir()
+    for key in work.glob("config/opendkim/keys/*/*.*"):  # git keeps no 0600; opendkim-genkey does
+        key.chmod(0o600)
     (work / "config").mkdir(exist_ok=True)
     (work / "cron").mkdir(exist_ok=True)
     shutil.copy2(case / "mailserver.yaml", work / "mailserver.yaml")

@@ -113,9 +113,12 @@ def test_an_existing_dkim_key_is_never_replaced(tmp_path: Path) -> None:
     assert (keys / "mail.private").read_bytes() == old.private_pem
     assert (keys / "mail.txt").read_text() == opendkim.render_txt("example.org", "mail",
                                                                   old.public_b64)
-    # the domain removed from the file: its table lines go, its key stays
+    # the domain removed from the file: its table lines go (the only ones managed: more than
+    # the default deletion guard allows without --allow-deletions), its key stays
     path.write_text(path.read_text().split("dkim:")[0])
-    result = run_cli("apply", "-f", str(path), *volume.args())
+    refused = run_cli("apply", "-f", str(path), *volume.args())
+    assert refused.returncode == 1 and "entry(ies) of opendkim/KeyTable" in refused.stderr
+    result = run_cli("apply", "-f", str(path), *volume.args(), "--allow-deletions", "1")
     assert result.returncode == 0, result.stderr
     assert "key files of example.org are kept" in result.stdout
     assert (keys / "mail.private").read_bytes() == old.private_pem
