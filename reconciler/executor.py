@@ -208,7 +208,7 @@ def render_file(fp: FilePlan, hash_for: Callable[[Any], str]) -> str:
         return amavis.render(fp.content)
     if fp.name == CRON:
         lines, comments = fp.content
-        return cron.render(lines, comments=comments)
+        return cron.render(lines, comments=comments, filename=CRON)
     if isinstance(fp.content, str):  # a whole file decided by the planner (TrustedHosts, .txt)
         return fp.content
     entries, comments, invalid = fp.content
@@ -223,6 +223,12 @@ def render_file(fp: FilePlan, hash_for: Callable[[Any], str]) -> str:
     if fp.name == sasl.FILENAME:
         entries = [sasl.SaslLine(e.key, e.username, hash_for(e.password)) for e in entries]
         return sasl.render(entries, comments=comments, invalid=invalid)
+    if fp.name in (*access.FILENAMES, *opendkim.TABLES):
+        return str(
+            _TABLE_CODECS[fp.name].render(
+                entries, comments=comments, invalid=invalid, filename=fp.name
+            )
+        )
     rendered: str = _TABLE_CODECS[fp.name].render(entries, comments=comments, invalid=invalid)
     return rendered
 

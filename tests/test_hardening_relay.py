@@ -37,6 +37,7 @@ from reconciler.formats import (
     sasl,
     virtual,
 )
+from reconciler.formats._lines import RenderRefused
 from reconciler.setup_rules import check_relay_host, check_relay_username
 from tests.util import REPO, make_volume, run_cli, sha512_hash, write_desired
 
@@ -128,6 +129,217 @@ def test_the_package_schema_is_the_published_one() -> None:
 def _host_schema() -> dict[str, Any]:
     host = schema()["$defs"]["relay"]["properties"]["host"]
     return {k: v for k, v in host.items() if k not in ("description", "examples")}
+
+
+# --- item 2: every codec refuses what would not read back ---------------------------------------
+
+def _entry(name: str) -> tuple[Any, Any]:
+    """(codec, a valid entry) for each line-per-entry codec."""
+    return {
+        "accounts": (accounts, accounts.AccountLine("a@example.com", ADMIN)),
+        "masters": (masters, masters.MasterLine("boss", ADMIN)),
+        "quotas": (quotas, quotas.QuotaLine("a@example.com", "5G")),
+        "virtual": (virtual, virtual.VirtualLine("a@example.com", ("b@example.com", "c@x.org"))),
+        "aliases": (aliases, aliases.LocalAlias("devnull", "/dev/null")),
+        "access": (access, access.AccessLine("a@example.com", "REJECT")),
+        "relaymap": (relaymap, relaymap.RelayLine("@example.com", "[smtp.example.net]:587")),
+        "sasl": (sasl, sasl.SaslLine("@example.com", "user", "pass-Word")),
+        "regexp": (regexp, regexp.RegexpLine("^a(.*)@example\\.com$", "", ("b@example.com",))),
+        "opendkim": (opendkim, opendkim.key_table_line("example.com", "mail")),
+        "cron": (cron, cron.CronLine(cron.job_line("@daily", "spam", "example.com", "a", ".Junk"))),
+    }[name]
+
+
+CODECS = ["accounts", "masters", "quotas", "virtual", "aliases", "access", "relaymap", "sasl",
+          "regexp", "opendkim", "cron"]
+BREAKERS = ["\n", "\r", "\0", "\r\n", "\n@evil.example [attacker.example]:25", "\n#", "\n  x"]
+SEPARATORS = ["|", ":", ",", " ", "\t", "#", "/", "\\", "\x0b", "\x0c", "\x1c", "\x85", "\u2028",
+              "@", "*", '"', "%", "]", "["]
+
+
+def _render(codec: Any, entries: list[Any]) -> str:
+    if codec is cron:
+        return cron.render(entries)
+    return str(codec.render(entries))
+
+
+def _text_fields(entry: Any) -> list[str]:
+    return [f.name for f in fields(entry) if f.name not in ("shadowed", "delimiter", "extra")]
+
+
+@pytest.mark.parametrize("name", CODECS)
+def test_every_codec_renders_its_valid_entries(name: str) -> None:
+    codec, entry = _entry(name)
+    text = _render(codec, [entry])
+    assert list(codec.parse(text).entries.values()) == [entry]
+
+
+@pytest.mark.parametrize("name", CODECS)
+@pytest.mark.parametrize("breaker", BREAKERS)
+def test_every_codec_refuses_a_line_break_cr_or_nul_in_any_field(name: str, breaker: str) -> None:
+    codec, entry = _entry(name)
+    for field in _text_fields(entry):
+        for where in ("end", "middle"):
+            value = getattr(entry, field)
+            if isinstance(value, tuple):
+                value = value[0]
+            hostile_value = value + breaker if where == "end" else value[:1] + breaker + value[1:]
+            hostile = _replace_field(entry, field, hostile_value)
+            if (name, field, where, breaker) == ("quotas", "size", "end", "\r"):
+                # a size read with a CRLF ending is written LF only, on purpose: nothing to refuse
+                assert "\r" not in _render(codec, [hostile])
+                continue
+            with pytest.raises(RenderRefused) as refused:
+                _render(codec, [entry, hostile] if name != "cron" else [hostile])
+            message = str(refused.value)
+            assert message.startswith("internal refusal: ")
+            assert "nothing was written" in message
+            assert "pass-Word" not in message and ADMIN not in message  # never a secret
+            assert "\n" not in message and "\0" not in message and "\r" not in message
+
+
+def _replace_field(entry: Any, field: str, value: str) -> Any:
+    current = getattr(entry, field)
+    if isinstance(current, tuple):
+        return replace(entry, **{field: (value, *current[1:])})
+    return replace(entry, **{field: value})
+
+
+@pytest.mark.parametrize("name", CODECS)
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_every_codec_either_refuses_or_reads_back_exactly(name: str, data: Any) -> None:
+    """Property: whatever text goes into whatever field, render either refuses or writes a file
+    whose parse gives back exactly the entries (never one more, never another value)."""
+    codec, entry = _entry(name)
+    field = data.draw(st.sampled_from(_text_fields(entry)))
+    piece = data.draw(st.lists(st.one_of(st.sampled_from(BREAKERS + SEPARATORS),
+                                         st.text(max_size=4)), max_size=5).map("".join))
+    current = getattr(entry, field)
+    base = current[0] if isinstance(current, tuple) else current
+    cut = data.draw(st.integers(0, len(base)))
+    hostile = _replace_field(entry, field, base[:cut] + piece + base[cut:])
+    try:
+        text = _render(codec, [hostile])
+    except RenderRefused:
+        assert piece, "refused a valid entry"
+        return
+    assert not any(c in piece for c in "\n\r\0"), "a line break, CR or NUL was written"
+    assert list(codec.parse(text).entries.values()) == [hostile]
+
+
+def test_amavis_refuses_a_mailbox_that_breaks_the_perl_line() -> None:
+    good = amavis.with_block(None, {"spam": "q@example.com"})
+    assert amavis.parse(amavis.render(good)).block == {"spam": "q@example.com"}
+    for mailbox in ('q@example.com";\nsystem("id");\n"', "q@example.com\n", 'q"@example.com',
+                    "q\\@example.com", f"q@example.com\n{amavis.END}"):
+        with pytest.raises(RenderRefused, match="amavis.cf: the entry '\\$spam_quarantine_to'"):
+            amavis.render(amavis.with_block(None, {"spam": mailbox}))
+
+
+def test_volume_lines_with_nul_or_cr_are_kept_as_they_are_never_read_as_entries() -> None:
+    """What a line with a NUL or a CR inside means depends on the reader (Postfix stops at the
+    NUL and reads the CR as a blank; DMS deletes CRs): kept verbatim, never managed."""
+    text = "a@example.com b@example.com\n@x.org y\0z\nc@example.com d\re\n"
+    parsed = virtual.parse(text)
+    assert list(parsed.entries) == ["a@example.com"]
+    assert parsed.invalid == ("@x.org y\0z", "c@example.com d\re")
+    assert [p.line for p in parsed.problems] == [2, 3]
+    again = virtual.render(parsed.entries.values(), invalid=parsed.invalid)
+    assert "@x.org y\0z\n" in again and "c@example.com d\re\n" in again
+    kept = regexp.parse("/a\0/ b@example.com\n/^c$/ d@example.com\n")
+    assert list(kept.entries) == ["/^c$/"] and kept.invalid == ("/a\0/ b@example.com",)
+
+
+# --- item 2, end to end: the relay injection, even past validation ------------------------------
+
+BYPASS = (
+    "import sys, reconciler.setup_rules as rules\n"
+    "rules.check_relay_host = lambda host: None\n"  # validation bypassed: the codec must hold
+    "from reconciler.cli import main\n"
+    "sys.argv[0] = 'dms-reconciler'\n"
+    "main()\n"
+)
+
+
+def test_relay_injection_bypassing_validation_writes_nothing(tmp_path: Path) -> None:
+    volume = make_volume(tmp_path / "dms")
+    (volume.config / "postfix-relaymap.cf").write_text("@example.org [old.example.net]:25\n")
+    path = desired(tmp_path, f'example.com: {{host: "{INJECTION}", port: 25}}')
+    before = volume.snapshot()
+    assert run_cli("validate", "-f", str(path)).returncode == 1
+    result = subprocess.run(
+        [sys.executable, "-c", BYPASS, "apply", "-f", str(path), *volume.args()],
+        capture_output=True, text=True, env=_env(), timeout=120)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "Traceback" not in out
+    assert ("internal refusal: postfix-relaymap.cf: the entry '@example.com' would not read back "
+            "as written (a value holds a line break); nothing was written") in out
+    assert volume.snapshot() == before  # no file, no state file, no temp file, no folder
+    assert sorted(p.name for p in volume.config.iterdir()) == ["postfix-relaymap.cf"]
+
+
+def _env() -> dict[str, str]:
+    import os
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DMS_")}
+    env["PYTHONPATH"] = str(REPO)
+    env["NO_COLOR"] = "1"
+    return env
+
+
+# --- item 2: Postfix reads exactly the relay map we meant ---------------------------------------
+
+def _postmap(config: Path, table: Path, key: str) -> str | None:
+    """`postmap -q KEY texthash:TABLE` with a private, empty main.cf: Postfix's own reading."""
+    result = subprocess.run(["postmap", "-c", str(config), "-q", key, f"texthash:{table}"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode in (0, 1), result.stderr
+    assert "warning" not in result.stderr, result.stderr
+    return result.stdout.rstrip("\n") if result.returncode == 0 else None
+
+
+def test_postmap_reads_exactly_the_declared_relays(tmp_path: Path) -> None:
+    postmap = shutil.which("postmap") or shutil.which("postmap", path="/usr/sbin:/usr/bin")
+    assert postmap, "Postfix's postmap is needed (CI installs postfix)"
+    volume = make_volume(tmp_path / "dms")
+    path = write_desired(tmp_path / "mailserver.yaml", f"""
+        version: 1
+        domains: [example.com, example.org, example.net, example.dev]
+        accounts:
+          admin@example.com:
+            password_hash: "{ADMIN}"
+        relay:
+          example.com: {{host: smtp.relay.example, port: 587}}
+          example.org: {{host: "fe80::1%eth0"}}
+          example.net: {{host: "2001:db8::25", port: 2525}}
+          example.dev: {{exclude: true}}
+        """)
+    applied = run_cli("apply", "-f", str(path), *volume.args())
+    assert applied.returncode == 0, applied.stderr
+    postfix_dir = tmp_path / "postfix"
+    postfix_dir.mkdir()
+    (postfix_dir / "main.cf").write_text("")
+    table = volume.config / "postfix-relaymap.cf"
+    lines = [line for line in table.read_text().splitlines() if not line.startswith("#")]
+    expected = {"@example.com": "[smtp.relay.example]:587", "@example.org": "[fe80::1%eth0]:25",
+                "@example.net": "[2001:db8::25]:2525"}
+    assert sorted(lines) == sorted([f"{k} {v}" for k, v in expected.items()] + ["@example.dev "])
+    # What DMS gives Postfix: the lines with a relay, copied by this very sed of
+    # `_multiple_relayhosts` (helpers/relay.sh); the opt-out line only stops the RELAY_HOST default
+    relayhost_map = tmp_path / "relayhost_map"
+    copied = subprocess.run(["sed", "-n", "-r", r"/^\s*[^#[:space:]]\S*\s+\S/p", str(table)],
+                            capture_output=True, text=True, check=True, timeout=30)
+    relayhost_map.write_text(copied.stdout)
+    for key, value in expected.items():
+        assert _postmap(postfix_dir, relayhost_map, key) == value
+    for stray in ("@victim.example", "[attacker.example]:25", "@example.dev", "example.com"):
+        assert _postmap(postfix_dir, relayhost_map, stray) is None
+    # Postfix's whole reading of it (`postmap -s` lists every key and value): exactly ours
+    dump = subprocess.run(["postmap", "-c", str(postfix_dir), "-s", f"texthash:{relayhost_map}"],
+                          capture_output=True, text=True, timeout=30)
+    assert dump.returncode == 0 and not dump.stderr, dump.stderr
+    assert dict(line.split(None, 1) for line in dump.stdout.splitlines()) == expected
 
 
 # --- item 3: relay user names -------------------------------------------------------------------
