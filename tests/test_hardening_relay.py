@@ -374,3 +374,62 @@ def test_a_relay_user_name_with_a_bidi_override_is_refused_at_its_line(tmp_path:
             "bidi or invisible characters (U+202E)") in result.stdout + result.stderr
     assert "\u202e" not in result.stdout + result.stderr
     assert path.read_bytes() == before
+
+
+# --- item 4: the plan says whose credentials go to which host -----------------------------------
+
+def _relay_plan(tmp_path: Path, volume: Any, relay: str, fmt: str) -> str:
+    path = desired(tmp_path, relay)
+    result = run_cli("plan", "-f", str(path), *volume.args(), "--format", fmt,
+                     env={"RELAY_PW": "relay-Secret-1", "OTHER": "other-Secret-2"})
+    assert result.returncode == 0, result.stderr
+    assert "relay-Secret-1" not in result.stdout and "other-Secret-2" not in result.stdout
+    return result.stdout
+
+
+def _details(plan_json: str) -> dict[str, list[str]]:
+    plan = json.loads(plan_json)
+    said = {f"{c['kind']} {c['key']}": [d for d in c["details"] if d.startswith("credentials of")]
+            for c in plan["changes"] if c["kind"] in ("relay", "relay_auth")}
+    return {change: lines for change, lines in said.items() if lines}
+
+
+def test_the_plan_names_the_secret_and_the_host_it_is_sent_to(tmp_path: Path) -> None:
+    volume = make_volume(tmp_path / "dms")
+    (tmp_path / "pw").write_text("file-Secret-3\n")
+    relay = """
+        example.com: {host: smtp.relay.example, port: 587, username: u, password_env: RELAY_PW}
+        example.org: {username: v, password_file: pw}
+        """
+    line_com = ("credentials of password_env RELAY_PW (user u) sent to host "
+                "[smtp.relay.example]:587")
+    line_org = ("credentials of password_file pw (user v) sent to DMS's default relay host "
+                "(RELAY_HOST), if one is set")
+    text = _relay_plan(tmp_path, volume, relay, "text")
+    assert f"  + relay credentials @example.com: u:(sensitive)\n      {line_com}\n" in text
+    assert f"  + relay credentials @example.org: v:(sensitive)\n      {line_org}\n" in text
+    markdown = _relay_plan(tmp_path, volume, relay, "markdown")
+    assert f"#     {line_com}" in markdown and f"#     {line_org}" in markdown
+    assert _details(_relay_plan(tmp_path, volume, relay, "json")) == {
+        "relay_auth @example.com": [line_com], "relay_auth @example.org": [line_org]}
+    assert "file-Secret-3" not in text + markdown
+    applied = run_cli("apply", "-f", str(tmp_path / "mailserver.yaml"), *volume.args(),
+                      env={"RELAY_PW": "relay-Secret-1"})
+    assert applied.returncode == 0, applied.stderr
+
+    # unchanged: nothing to say
+    assert _details(_relay_plan(tmp_path, volume, relay, "json")) == {}
+    # only the host moves: said on the host's change, the same secret now goes elsewhere
+    moved = relay.replace("smtp.relay.example, port: 587", "attacker.example")
+    assert _details(_relay_plan(tmp_path, volume, moved, "json")) == {"relay @example.com": [
+        "credentials of password_env RELAY_PW (user u) sent to host [attacker.example]:25"]}
+    # only the source changes (another variable, same host): said on the credentials' change
+    other = relay.replace("password_env: RELAY_PW", "password_env: OTHER")
+    assert _details(_relay_plan(tmp_path, volume, other, "json")) == {"relay_auth @example.com": [
+        "credentials of password_env OTHER (user u) sent to host [smtp.relay.example]:587"]}
+    # credentials for a domain whose relay line the file does not declare: that line's host
+    (volume.config / "postfix-relaymap.cf").write_text(
+        (volume.config / "postfix-relaymap.cf").read_text() + "@example.org [mx.other.example]:2525\n")
+    renamed = relay.replace("username: v", "username: w")
+    assert _details(_relay_plan(tmp_path, volume, renamed, "json")) == {"relay_auth @example.org": [
+        "credentials of password_file pw (user w) sent to host [mx.other.example]:2525"]}
