@@ -70,6 +70,10 @@ NEW_FILE_MODES = {
     masters.FILENAME: 0o640,  # password hashes, like postfix-accounts.cf
     sasl.FILENAME: 0o600,  # plaintext relay passwords (DMS's own copy is 0600 too)
 }
+# Files holding plaintext secrets: rewritten owner-only whatever their mode was. DMS's `setup relay
+# add-auth` creates postfix-sasl-password.cf with `echo >>` (mode 0644 under the usual umask) and
+# only its own copy, /etc/postfix/sasl_passwd, is made 0600; DMS reads the volume's file as root.
+OWNER_ONLY = (sasl.FILENAME,)
 PRIVATE_SUFFIXES = (".private", ".txt")  # opendkim-genkey runs under umask 077
 WRITE_ORDER = (
     accounts.FILENAME,
@@ -583,6 +587,8 @@ def _stage(snap: FileSnapshot, data: bytes) -> str:
     directory, base = os.path.split(snap.path)
     tmp = os.path.join(directory, f".{base}{TEMP_MARK}{uuid.uuid4().hex[:12]}.tmp")
     mode = snap.mode if snap.mode is not None else _new_file_mode(snap.path)
+    if base in OWNER_ONLY:
+        mode &= 0o700  # a world-readable relay password file becomes 0600 when we rewrite it
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     except OSError as exc:

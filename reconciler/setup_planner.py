@@ -177,6 +177,8 @@ def plan_setup(
     declared_auth = any(r.username for r in desired.relay)
     relay_written = add(relaymap.FILENAME, relay_diff, observed.relaymap, bool(desired.relay))
     sasl_written = add(sasl.FILENAME, sasl_diff, observed.sasl, declared_auth)
+    if warning := _readable_secrets_warning(observed, sasl_written.write, bool(sasl_diff.final)):
+        out.warnings.append(warning)
     if relay_written.write or sasl_written.write:
         out.notes.append(RELAY_NOTE)
 
@@ -361,6 +363,23 @@ def credentials_line(relay: Relay, observed: Observed) -> str:
     else:
         where = "DMS's default relay host (RELAY_HOST), if one is set"
     return f"credentials of {source} (user {relay.username}) sent to {where}"
+
+
+def _readable_secrets_warning(observed: Observed, written: bool, holds: bool) -> str | None:
+    """postfix-sasl-password.cf holds plaintext passwords: say so when others can read it."""
+    mode = observed.snapshots[sasl.FILENAME].mode
+    if mode is None or not mode & 0o077 or not (holds or observed.sasl.entries):
+        return None
+    what = (
+        "apply rewrites it owner-only, mode 0600 (DMS reads it as root)"
+        if written
+        else f"make it owner-only with `chmod 600 {sasl.FILENAME}` (DMS reads it as root)"
+    )
+    # no mode number: a group bit depends on the umask, and the plan must not
+    return (
+        f"{sasl.FILENAME} holds relay passwords in plain text and users other than its owner "
+        f"can read it (DMS's `setup relay add-auth` creates it so): {what}"
+    )
 
 
 def _same_sasl(have: sasl.SaslLine, want: sasl.SaslLine) -> bool:

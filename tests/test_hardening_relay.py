@@ -433,3 +433,33 @@ def test_the_plan_names_the_secret_and_the_host_it_is_sent_to(tmp_path: Path) ->
     renamed = relay.replace("username: v", "username: w")
     assert _details(_relay_plan(tmp_path, volume, renamed, "json")) == {"relay_auth @example.org": [
         "credentials of password_file pw (user w) sent to host [mx.other.example]:2525"]}
+
+
+# --- item 5: postfix-sasl-password.cf is kept private -------------------------------------------
+
+def test_a_world_readable_sasl_file_is_rewritten_owner_only_with_a_warning(tmp_path: Path) -> None:
+    volume = make_volume(tmp_path / "dms")
+    sasl_file = volume.config / "postfix-sasl-password.cf"
+    sasl_file.write_text("@example.org hand:made-Secret-9\n")  # as `setup relay add-auth` does
+    sasl_file.chmod(0o644)
+    relay = "example.com: {host: smtp.relay.example, username: u, password_env: RELAY_PW}"
+    text = _relay_plan(tmp_path, volume, relay, "text")
+    warning = ("postfix-sasl-password.cf holds relay passwords in plain text and users other than "
+               "its owner can read it (DMS's `setup relay add-auth` creates it so): apply rewrites "
+               "it owner-only, mode 0600 (DMS reads it as root)")
+    assert f"Warning: {warning}" in text
+    assert warning in json.loads(_relay_plan(tmp_path, volume, relay, "json"))["warnings"]
+    assert "users other than its owner can read it" in _relay_plan(tmp_path, volume, relay,
+                                                                   "markdown")
+    applied = run_cli("apply", "-f", str(tmp_path / "mailserver.yaml"), *volume.args(),
+                      env={"RELAY_PW": "relay-Secret-1"})
+    assert applied.returncode == 0, applied.stderr
+    assert sasl_file.stat().st_mode & 0o777 == 0o600
+    assert "@example.org hand:made-Secret-9" in sasl_file.read_text()  # unmanaged entry kept
+    assert "can read it" not in _relay_plan(tmp_path, volume, relay, "text")  # private now
+
+    sasl_file.chmod(0o640)  # loosened by hand while nothing changes: the plan says what to do
+    quiet = _relay_plan(tmp_path, volume, relay, "text")
+    assert quiet.endswith("No changes. The config volume matches mailserver.yaml.\n")
+    assert ("users other than its owner can read it (DMS's `setup relay add-auth` creates it so): "
+            "make it owner-only with `chmod 600 postfix-sasl-password.cf`") in quiet
