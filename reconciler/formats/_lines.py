@@ -7,13 +7,24 @@ parses a file into a `ParsedFile`: the entries by key (first wins), the user's c
 lines it could not read (kept verbatim, never dropped), and problems with their line numbers.
 Rendering is canonical: our header, the user's comments, the entries in the order DMS's greps
 need, the unreadable lines, LF endings and one final newline.
+
+Rendering is also the last line of defence: `render_lines` reads what it rendered back with the
+codec's own `parse` and refuses (`RenderRefused`, before anything is written) when that does not
+give back exactly the entries, comments and kept lines it was given. A value holding a line
+break, a NUL, a CR or a separator the validator should have refused can then never become a
+second line, an extra entry or another value in a file DMS and Postfix read. A line holding a
+NUL or a CR (other than a CRLF ending) is never read as an entry: Postfix stops reading a value
+at a NUL, takes a CR for a blank and DMS deletes every CR of a CRLF file, so what such a line
+means depends on who reads it. It is kept as it is, as an unreadable line.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from reconciler.errors import Refused, printable
 
 E = TypeVar("E")
 
@@ -26,6 +37,38 @@ class Problem:
 
     line: int
     message: str
+
+
+class RenderRefused(Refused):
+    """A codec was given a value that would not read back as the same entry: an internal
+    refusal (validation lets no such value through), raised before anything is written."""
+
+    def __init__(self, filename: str, key: str | None, why: str) -> None:
+        what = f"the entry '{key}'" if key is not None else "a kept line"
+        super().__init__(
+            printable(
+                f"internal refusal: {filename}: {what} would not read back as written ({why}); "
+                "nothing was written. This is a bug in dms-reconciler or a value that bypassed "
+                "validation: please report it"
+            )
+        )
+        self.filename = filename
+        self.key = key
+
+
+def unreadable_characters(line: str, *, keep_cr: bool = False) -> str | None:
+    """Why a line holding a NUL or a CR is not read as an entry (see the module docstring).
+
+    With `keep_cr` (a file DMS reads without its CRLF fix) only CRs that end the line are part
+    of its value; elsewhere a CR is refused all the same."""
+    if "\0" in line:
+        return "line holds a NUL byte, where Postfix stops reading; kept as it is"
+    if "\r" in (line.rstrip("\r") if keep_cr else line):
+        return (
+            "line holds a carriage return, which Postfix reads as a blank and DMS deletes; "
+            "kept as it is"
+        )
+    return None
 
 
 @dataclass(frozen=True)
@@ -89,11 +132,13 @@ def parse_lines(
     what: str = "entry",
     header: str = HEADER,
     keep_cr: bool = False,
+    check_characters: bool = True,
 ) -> ParsedFile[E]:
     """Split `text` into entries with `read(line)`.
 
     `read` returns `(key, entry)`, `(key, entry, warning)` for a readable but suspicious line, or
-    a sentence saying why the line cannot be read.
+    a sentence saying why the line cannot be read. Unless `check_characters` is off, a line
+    holding a NUL or a CR is not handed to `read` (see `unreadable_characters`).
     """
     entries: dict[str, E] = {}
     first_line: dict[str, int] = {}
@@ -107,7 +152,7 @@ def parse_lines(
             if line.strip() != header:
                 comments.append(line.rstrip())
             continue
-        result = read(line)
+        result = (check_characters and unreadable_characters(line, keep_cr=keep_cr)) or read(line)
         if isinstance(result, str):
             invalid.append(line)
             problems.append(Problem(number, result))
@@ -134,6 +179,8 @@ def render_lines(
     entries: Iterable[E],
     line_of: Callable[[E], str],
     *,
+    parse: Callable[[str], ParsedFile[E]],
+    filename: str,
     comments: Iterable[str] = (),
     invalid: Iterable[str] = (),
     header: str = HEADER,
@@ -144,14 +191,77 @@ def render_lines(
     With `continuation`, unreadable lines that start with whitespace go before the entries: there
     they continue nothing (Postfix ignores them, as it did where they were), while after an entry
     Postfix would read them as more targets of that entry.
+
+    The text is read back with `parse` (the codec's own) and refused with `RenderRefused` unless
+    it gives back exactly `entries`, `comments` and `invalid` (see the module docstring).
     """
+    entries = list(entries)
+    comments = list(comments)
     invalid = [line.rstrip("\r") for line in invalid]  # a `keep_cr` file's lines: LF only
     indented = [line for line in invalid if continuation and line[:1].isspace()]
     rest = [line for line in invalid if not (continuation and line[:1].isspace())]
     out = [header, *comments, *indented, *(line_of(e) for e in entries), *rest]
     if not header:  # a file whose reader might not skip comments (OpenDKIM's tables)
         out.pop(0)
-    return "\n".join(out) + "\n" if out else ""
+    text = "\n".join(out) + "\n" if out else ""
+    check_round_trip(filename, text, parse, entries, comments, [*indented, *rest])
+    return text
+
+
+def check_round_trip(
+    filename: str,
+    text: str,
+    parse: Callable[[str], ParsedFile[E]],
+    entries: list[E],
+    comments: list[str],
+    invalid: list[str],
+) -> None:
+    """Raise `RenderRefused` unless `parse(text)` gives back exactly what was rendered.
+
+    Unreadable lines are compared by their words: two that start with whitespace may read back
+    as one (the second continues the first, where both continue nothing, as before)."""
+    parsed = parse(text)
+    got = list(parsed.entries.values())
+    if (
+        got == entries
+        and list(parsed.comments) == comments
+        and (list(parsed.invalid) == invalid or _words(parsed.invalid) == _words(invalid))
+    ):
+        return
+    for i, entry in enumerate(entries):
+        if i >= len(got) or got[i] != entry:
+            # Entries are written and read in the same order: the first one that differs is the
+            # one whose line broke (an injected line comes right after it).
+            raise RenderRefused(filename, entry_key(entry), _why(entry))
+    if len(got) > len(entries):
+        raise RenderRefused(filename, entry_key(entries[-1]), _why(entries[-1]))
+    raise RenderRefused(filename, None, "a comment or unreadable line would read differently")
+
+
+def _words(lines: Iterable[str]) -> list[str]:
+    return [word for line in lines for word in line.split()]
+
+
+def entry_key(entry: Any) -> str:
+    """What names an entry in a message: never a value (that may be a password or a hash)."""
+    for attribute in ("key", "address", "name"):
+        value = getattr(entry, attribute, None)
+        if isinstance(value, str):
+            return value
+    return type(entry).__name__
+
+
+def _why(entry: Any) -> str:
+    """Which kind of character broke the entry's line (never the value itself)."""
+    values: list[str] = []
+    for value in vars(entry).values():
+        values.extend(
+            v for v in (value if isinstance(value, tuple) else (value,)) if isinstance(v, str)
+        )
+    for char, name in (("\n", "a line break"), ("\r", "a carriage return"), ("\0", "a NUL byte")):
+        if any(char in v for v in values):
+            return f"a value holds {name}"
+    return "a value holds a blank, separator or other character that ends or splits it here"
 
 
 def grep_safe_order(address: str) -> tuple[int, int, str]:

@@ -48,7 +48,19 @@ def line_of(entry: AccessLine) -> str:
 
 
 def render(
-    entries: Iterable[AccessLine], *, comments: Iterable[str] = (), invalid: Iterable[str] = ()
+    entries: Iterable[AccessLine],
+    *,
+    comments: Iterable[str] = (),
+    invalid: Iterable[str] = (),
+    filename: str = f"{SEND} or {RECEIVE}",
 ) -> str:
     ordered = sorted(entries, key=lambda e: e.key.lower())
-    return render_lines(ordered, line_of, comments=comments, invalid=invalid, continuation=True)
+    return render_lines(
+        ordered,
+        line_of,
+        parse=parse,
+        filename=filename,
+        comments=comments,
+        invalid=invalid,
+        continuation=True,
+    )

@@ -59,4 +59,6 @@ def render(
     # Comments with '@' would match DMS's unanchored greps for an address: never write them here.
     safe = [c for c in comments if "@" not in c]
     ordered = sorted(entries, key=lambda e: grep_safe_order(e.address.lower()))
-    return render_lines(ordered, line_of, comments=safe, invalid=invalid)
+    return render_lines(
+        ordered, line_of, parse=parse, filename=FILENAME, comments=safe, invalid=invalid
+    )

@@ -53,4 +53,12 @@ def render(
     entries: Iterable[LocalAlias], *, comments: Iterable[str] = (), invalid: Iterable[str] = ()
 ) -> str:
     ordered = sorted(entries, key=lambda e: e.name.lower())
-    return render_lines(ordered, line_of, comments=comments, invalid=invalid, continuation=True)
+    return render_lines(
+        ordered,
+        line_of,
+        parse=parse,
+        filename=FILENAME,
+        comments=comments,
+        invalid=invalid,
+        continuation=True,
+    )

@@ -11,13 +11,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from reconciler.formats._lines import RenderRefused
+
 FILENAME = "amavis.cf"
 BEGIN = (
     "# BEGIN dms-reconciler quarantine (managed from mailserver.yaml; edits here are overwritten)"
 )
 END = "# END dms-reconciler quarantine"
 KINDS = ("spam", "virus", "banned", "bad_header")
-_SETTING = re.compile(r'\s*\$(\w+)_quarantine_to\s*=\s*"(.*)"\s*;\s*\Z')
+# The value: what a Perl "string" holds literally, `@` written `\@` (no other escape, no `$`)
+_SETTING = re.compile(r'\s*\$(\w+)_quarantine_to\s*=\s*"((?:[^"\\$@\n]|\\@)*)"\s*;\s*\Z')
 
 
 @dataclass(frozen=True)
@@ -80,9 +83,23 @@ def render_block(block: dict[str, str]) -> str:
 
 
 def render(file: AmavisFile) -> str:
+    """The file's text; refused (`RenderRefused`) when our block would not read back as the same
+    settings and the user's text around it as the same bytes (see `_lines.render_lines`)."""
     if file.block is None:
         return file.before + file.after
-    return file.before + render_block(file.block) + file.after
+    text = file.before + render_block(file.block) + file.after
+    again = parse(text)
+    if (again.block, again.before, again.after) != (file.block, file.before, file.after) or (
+        again.unreadable_block
+    ):
+        wrong = [k for k in KINDS if (again.block or {}).get(k) != file.block.get(k)]
+        kind = wrong[0] if wrong else None
+        raise RenderRefused(
+            FILENAME,
+            f"${kind}_quarantine_to" if kind else None,
+            "a mailbox holds a line break, quote or other character a Perl string cannot carry",
+        )
+    return text
 
 
 def with_block(file: AmavisFile | None, block: dict[str, str] | None) -> AmavisFile:

@@ -79,6 +79,11 @@ def normalise(line: str) -> str:
 
 def _read(line: str) -> tuple[str, CronLine] | tuple[str, CronLine, str]:
     text = normalise(line)
+    if "\0" in text:
+        # Not a blank to str.split, and where cron would cut the line: a distinct key (as for
+        # the CR below), so the plan deletes the line and no rendered line can carry one.
+        text = text.replace("\0", "\\0")
+        return text, CronLine(text), "NUL byte in the line: cron does not run it as written"
     if line.endswith("\r"):
         # cron keeps the CR as part of the command (`> /dev/null\r`): not formatting, a broken
         # line. A distinct key makes the plan replace it with the clean line.
@@ -91,7 +96,10 @@ def _read(line: str) -> tuple[str, CronLine] | tuple[str, CronLine, str]:
 
 
 def parse(text: str) -> ParsedFile[CronLine]:
-    return parse_lines(text, _read, what="cron line", header=HEADER, keep_cr=True)
+    # every line is a line of the whole file we own: none is kept aside as unreadable
+    return parse_lines(
+        text, _read, what="cron line", header=HEADER, keep_cr=True, check_characters=False
+    )
 
 
 def job_line(schedule: str, learn: str, domain: str, user: str, folder: str) -> str:
@@ -117,5 +125,17 @@ def read_job_line(text: str) -> SaLearnLine | None:
     )
 
 
-def render(lines: Iterable[CronLine], *, comments: Iterable[str] = ()) -> str:
-    return render_lines(lines, lambda line: line.text, comments=comments, header=HEADER)
+def render(
+    lines: Iterable[CronLine],
+    *,
+    comments: Iterable[str] = (),
+    filename: str = "the sa-learn cron file",
+) -> str:
+    return render_lines(
+        lines,
+        lambda line: line.text,
+        parse=parse,
+        filename=filename,
+        comments=comments,
+        header=HEADER,
+    )

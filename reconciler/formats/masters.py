@@ -57,4 +57,6 @@ def render(
     entries: Iterable[MasterLine], *, comments: Iterable[str] = (), invalid: Iterable[str] = ()
 ) -> str:
     ordered = sorted(entries, key=lambda e: grep_safe_order(e.name.lower()))
-    return render_lines(ordered, line_of, comments=comments, invalid=invalid)
+    return render_lines(
+        ordered, line_of, parse=parse, filename=FILENAME, comments=comments, invalid=invalid
+    )

@@ -75,10 +75,22 @@ def line_of(entry: TableLine) -> str:
 
 
 def render(
-    entries: Iterable[TableLine], *, comments: Iterable[str] = (), invalid: Iterable[str] = ()
+    entries: Iterable[TableLine],
+    *,
+    comments: Iterable[str] = (),
+    invalid: Iterable[str] = (),
+    filename: str = f"{KEY_TABLE} or {SIGNING_TABLE}",
 ) -> str:
     ordered = sorted(entries, key=lambda e: e.key.lower())
-    return render_lines(ordered, line_of, comments=comments, invalid=invalid, header=TABLE_HEADER)
+    return render_lines(
+        ordered,
+        line_of,
+        parse=parse,
+        filename=filename,
+        comments=comments,
+        invalid=invalid,
+        header=TABLE_HEADER,
+    )
 
 
 # --- the DNS record file (<selector>.txt) -------------------------------------------------------

@@ -199,5 +199,10 @@ def render(
     entries: Iterable[QuotaLine], *, comments: Iterable[str] = (), invalid: Iterable[str] = ()
 ) -> str:
     safe = [c for c in comments if "@" not in c]  # `grep -i "addr:"` does not skip comments
-    ordered = sorted(entries, key=lambda e: grep_safe_order(e.address.lower()))
-    return render_lines(ordered, line_of, comments=safe, invalid=invalid)
+    # What is written: LF only, so a size read with a CRLF ending is written (and reads back)
+    # without its CRs
+    written = (replace(e, size=e.size.rstrip("\r")) if "\r" in e.size else e for e in entries)
+    ordered = sorted(written, key=lambda e: grep_safe_order(e.address.lower()))
+    return render_lines(
+        ordered, line_of, parse=parse, filename=FILENAME, comments=safe, invalid=invalid
+    )

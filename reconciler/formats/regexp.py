@@ -16,7 +16,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from reconciler.formats._lines import HEADER, ParsedFile, Problem, is_comment, logical_lines
+from reconciler.formats._lines import (
+    HEADER,
+    ParsedFile,
+    Problem,
+    is_comment,
+    logical_lines,
+    render_lines,
+    unreadable_characters,
+)
 
 FILENAME = "postfix-regexp.cf"
 FLAGS = "imsxAEUX"  # what Postfix's dict_pcre reads after the closing delimiter
@@ -140,7 +148,7 @@ def parse(text: str) -> ParsedFile[RegexpLine]:
             kept.append(line)
             problems.append(Problem(number, "line starts with whitespace but continues nothing"))
             continue
-        split = split_pattern(line)
+        split = unreadable_characters(line) or split_pattern(line)
         if isinstance(split, str):
             kept.append(line)
             problems.append(Problem(number, split))
@@ -168,8 +176,14 @@ def line_of(entry: RegexpLine) -> str:
 def render(
     entries: Iterable[RegexpLine], *, comments: Iterable[str] = (), invalid: Iterable[str] = ()
 ) -> str:
-    """Entries in the order given (first match wins), then the kept lines in their order."""
-    indented = [line for line in invalid if line[:1].isspace()]  # they must continue nothing
-    rest = [line for line in invalid if not line[:1].isspace()]
-    out = [HEADER, *comments, *indented, *(line_of(e) for e in entries), *rest]
-    return "\n".join(out) + "\n"
+    """Entries in the order given (first match wins), then the kept lines in their order (those
+    starting with whitespace first: they must continue nothing)."""
+    return render_lines(
+        entries,
+        line_of,
+        parse=parse,
+        filename=FILENAME,
+        comments=comments,
+        invalid=invalid,
+        continuation=True,
+    )

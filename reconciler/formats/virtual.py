@@ -65,6 +65,8 @@ def render(
     return render_lines(
         sorted(entries, key=sort_key),
         line_of,
+        parse=parse,
+        filename=FILENAME,
         comments=comments,
         invalid=invalid,
         continuation=True,

@@ -315,7 +315,9 @@ def _translate(doc: Document, error: jsonschema.ValidationError) -> list[Diagnos
         kind == "pattern" and title in ("address", "domain")
     ):
         return []  # addresses and domains: `rules` explains exactly what is wrong
-    if kind == "pattern" and field in ("password_hash", "folder"):
+    if kind == "pattern" and (
+        field in ("password_hash", "folder") or (path[:1] == ("relay",) and field == "host")
+    ):
         return []  # `rules` checks these with friendlier messages
     if kind == "oneOf" and title in ("account", "master"):
         return []  # password source count: `rules._check_passwords`

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from typing import TYPE_CHECKING, Any
 
 from reconciler.addresses import LABEL_RE, LOCAL_RE, check_address, check_password_hash, domain_of
@@ -27,6 +28,7 @@ NAME_MAX = 255
 DKIM_TEMP_EXTRA = len(".") + len(".dms-reconciler-") + 12 + len(".tmp")
 SELECTOR_MAX = NAME_MAX - len(".private") - DKIM_TEMP_EXTRA  # 214
 DNS_NAME_MAX = 253  # a domain name in text form, without the final dot (RFC 1035)
+_ZONE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
 PASSWORD_KEYS = ("password_hash", "password_file", "password_env")
 
 
@@ -310,22 +312,40 @@ def _check_restrict(
 
 
 def check_relay_host(host: str) -> str | None:
-    """A host name or an IP address, as `[host]` in postfix-relaymap.cf."""
+    """A host name, an IPv4 address or an IPv6 address (a link-local one may carry a zone id
+    such as `%eth0`), as `[host]` in postfix-relaymap.cf.
+
+    Strict, because the host is written into a Postfix table line: Python's `ipaddress` takes
+    any text after `%` as a zone id, line breaks and `]` included, so a zone id is letters,
+    digits, `_`, `.` and `-` only (a Linux interface name or a number).
+    """
     shown = host.encode("unicode_escape").decode("ascii")[:80]
-    if host.startswith("[") or host.endswith("]") or ":" in host and not _is_ip(host):
+    if host.startswith("[") or host.endswith("]") or (":" in host and not _is_ip(host)):
         return (
             f"relay host '{shown}' must be a host name or IP address without brackets or port "
             "(give the port as `port:`); it is written `[host]:port` for you"
         )
+    if ":" in host:  # an IPv6 address (checked above), maybe with a zone id
+        zone = host.partition("%")[2]
+        if "%" in host and not _ZONE.match(zone):
+            return (
+                f"relay host '{shown}' has the zone id '{zone.encode('unicode_escape').decode()}'"
+                "; a zone id is an interface name or number: letters, digits, '_', '.' and '-'"
+            )
+        return None
     if _is_ip(host):
         return None
     if host != host.lower():
-        return f"relay host '{host}' has uppercase letters; write '{host.lower()}'"
+        return f"relay host '{shown}' has uppercase letters; write '{shown.lower()}'"
     labels = host.split(".")
     if len(host) > 253 or not all(LABEL_RE.match(label) for label in labels):
         return (
             f"relay host '{shown}' is not a valid host name (letters, digits and '-' in "
             "dot-separated labels) or IP address"
+        )
+    if labels[-1].isdigit():
+        return (
+            f"relay host '{shown}' is not a valid IPv4 address (four numbers 0-255, no leading 0)"
         )
     return None
 
@@ -336,6 +356,30 @@ def _is_ip(host: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def check_relay_username(username: str) -> str | None:
+    """A SASL user name as postfix-sasl-password.cf carries it: `user:password` after the key.
+
+    Control, format (bidi overrides, zero-width) and separator characters are refused: written
+    raw into the file, they either break the line or make the name that Postfix sends differ
+    from the one a reviewer sees in the plan. Other non-ASCII letters are allowed (SASLprep).
+    """
+    if ":" in username or any(c.isspace() or c in "#\0" for c in username):
+        return (
+            "the relay user name must not contain ':', '#' or whitespace "
+            "(postfix-sasl-password.cf holds `user:password`)"
+        )
+    hidden = sorted(
+        {c for c in username if unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs", "Cn")}
+    )
+    if hidden:
+        shown = ", ".join(f"U+{ord(c):04X}" for c in hidden[:5])
+        return (
+            f"the relay user name has control, bidi or invisible characters ({shown}); they would "
+            "be sent to the relay host as they are while the plan cannot show them"
+        )
+    return None
 
 
 def _check_relay(report: Report, relay: dict[str, Any], declared: set[str]) -> None:
@@ -370,14 +414,8 @@ def _check_relay(report: Report, relay: dict[str, Any], declared: set[str]) -> N
                     ("relay", domain, "username"),
                     "credentials for an excluded domain are never used; remove them",
                 )
-            if isinstance(username, str) and (
-                ":" in username or any(c.isspace() or c in "#\0" for c in username)
-            ):
-                report.error(
-                    ("relay", domain, "username"),
-                    "the relay user name must not contain ':', '#' or whitespace "
-                    "(postfix-sasl-password.cf holds `user:password`)",
-                )
+            if isinstance(username, str) and (problem := check_relay_username(username)):
+                report.error(("relay", domain, "username"), problem)
             if len(sources) != 1:
                 report.error(
                     ("relay", domain, "username"),

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from reconciler import dkimkeys
 from reconciler.formats import access, masters, opendkim, regexp, relaymap, sasl
 from reconciler.formats._lines import ParsedFile
-from reconciler.model import DesiredState
+from reconciler.model import DesiredState, PasswordFile, Relay
 from reconciler.passwords.sources import DesiredPassword, Status, same_hash
 from reconciler.plan import (
     SENSITIVE,
@@ -175,9 +175,12 @@ def plan_setup(
         show=_show_sasl,
         kind_of=lambda key, e: Kind.RELAY_AUTH,
     )
+    _say_where_credentials_go(desired, observed, relay_diff, sasl_diff)
     declared_auth = any(r.username for r in desired.relay)
     relay_written = add(relaymap.FILENAME, relay_diff, observed.relaymap, bool(desired.relay))
     sasl_written = add(sasl.FILENAME, sasl_diff, observed.sasl, declared_auth)
+    if warning := _readable_secrets_warning(observed, sasl_written.write, bool(sasl_diff.final)):
+        out.warnings.append(warning)
     if relay_written.write or sasl_written.write:
         out.notes.append(RELAY_NOTE)
 
@@ -317,6 +320,68 @@ def _want_sasl(
             password = decided.secret.reveal()
         out[key] = _Want(Kind.RELAY_AUTH, sasl.SaslLine(key, relay.username, password))
     return out
+
+
+def _say_where_credentials_go(
+    desired: DesiredState, observed: Observed, relay_diff: _FileDiff, sasl_diff: _FileDiff
+) -> None:
+    """For each relay whose credentials or host change: which secret goes to which host.
+
+    A pull request can point a relay's `password_env` or `password_file` at any secret the
+    sidecar can read and its host at any server: the reviewer must see both together. Said once
+    per relay, on its credentials change (else on its host change), in every plan form."""
+    for relay in desired.relay:
+        if relay.username is None or relay.password is None:
+            continue
+        key = "@" + relay.domain
+        for diff in (sasl_diff, relay_diff):
+            at = next(
+                (
+                    i
+                    for i, c in enumerate(diff.changes)
+                    if c.key == key and c.action in (Action.CREATE, Action.UPDATE)
+                ),
+                None,
+            )
+            if at is not None:
+                change = diff.changes[at]
+                line = credentials_line(relay, observed)
+                diff.changes[at] = replace(change, details=(*change.details, line))
+                break
+
+
+def credentials_line(relay: Relay, observed: Observed) -> str:
+    """`credentials of password_env RELAY_PW (user u) sent to host [smtp.example.net]:587`."""
+    password = relay.password
+    if isinstance(password, PasswordFile):
+        source = f"password_file {password.path}"
+    else:
+        source = f"password_env {password.name if password is not None else '?'}"
+    kept = observed.relaymap.entries.get("@" + relay.domain)
+    if relay.host is not None:
+        where = "host " + relaymap.relay_value(relay.host, relay.port)
+    elif kept is not None and kept.value:  # a relay line mailserver.yaml does not declare
+        where = f"host {kept.value}"
+    else:
+        where = "DMS's default relay host (RELAY_HOST), if one is set"
+    return f"credentials of {source} (user {relay.username}) sent to {where}"
+
+
+def _readable_secrets_warning(observed: Observed, written: bool, holds: bool) -> str | None:
+    """postfix-sasl-password.cf holds plaintext passwords: say so when others can read it."""
+    mode = observed.snapshots[sasl.FILENAME].mode
+    if mode is None or not mode & 0o077 or not (holds or observed.sasl.entries):
+        return None
+    what = (
+        "apply rewrites it owner-only, mode 0600 (DMS reads it as root)"
+        if written
+        else f"make it owner-only with `chmod 600 {sasl.FILENAME}` (DMS reads it as root)"
+    )
+    # no mode number: a group bit depends on the umask, and the plan must not
+    return (
+        f"{sasl.FILENAME} holds relay passwords in plain text and users other than its owner "
+        f"can read it (DMS's `setup relay add-auth` creates it so): {what}"
+    )
 
 
 def _same_sasl(have: sasl.SaslLine, want: sasl.SaslLine) -> bool:

@@ -71,6 +71,10 @@ NEW_FILE_MODES = {
     masters.FILENAME: 0o640,  # password hashes, like postfix-accounts.cf
     sasl.FILENAME: 0o600,  # plaintext relay passwords (DMS's own copy is 0600 too)
 }
+# Files holding plaintext secrets: rewritten owner-only whatever their mode was. DMS's `setup relay
+# add-auth` creates postfix-sasl-password.cf with `echo >>` (mode 0644 under the usual umask) and
+# only its own copy, /etc/postfix/sasl_passwd, is made 0600; DMS reads the volume's file as root.
+OWNER_ONLY = (sasl.FILENAME,)
 PRIVATE_SUFFIXES = (".private", ".txt")  # opendkim-genkey runs under umask 077
 WRITE_ORDER = (
     accounts.FILENAME,
@@ -220,7 +224,7 @@ def render_file(fp: FilePlan, hash_for: Callable[[Any], str]) -> str:
         return amavis.render(fp.content)
     if fp.name == CRON:
         lines, comments = fp.content
-        return cron.render(lines, comments=comments)
+        return cron.render(lines, comments=comments, filename=CRON)
     if isinstance(fp.content, str):  # a whole file decided by the planner (TrustedHosts, .txt)
         return fp.content
     entries, comments, invalid = fp.content
@@ -235,6 +239,12 @@ def render_file(fp: FilePlan, hash_for: Callable[[Any], str]) -> str:
     if fp.name == sasl.FILENAME:
         entries = [sasl.SaslLine(e.key, e.username, hash_for(e.password)) for e in entries]
         return sasl.render(entries, comments=comments, invalid=invalid)
+    if fp.name in (*access.FILENAMES, *opendkim.TABLES):
+        return str(
+            _TABLE_CODECS[fp.name].render(
+                entries, comments=comments, invalid=invalid, filename=fp.name
+            )
+        )
     rendered: str = _TABLE_CODECS[fp.name].render(entries, comments=comments, invalid=invalid)
     return rendered
 
@@ -634,6 +644,8 @@ def _stage(snap: FileSnapshot, data: bytes) -> str:
     directory, base = os.path.split(snap.path)
     tmp = os.path.join(directory, f".{base}{TEMP_MARK}{uuid.uuid4().hex[:12]}.tmp")
     mode = snap.mode if snap.mode is not None else _new_file_mode(snap.path)
+    if base in OWNER_ONLY:
+        mode &= 0o700  # a world-readable relay password file becomes 0600 when we rewrite it
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     except OSError as exc:

@@ -138,7 +138,9 @@ def test_repr_never_shows_the_hash():
     assert A[20:40] not in repr(accounts.parse(read(DIR, "setup-cli.cf")))
 
 
-extras = st.one_of(st.none(), st.text(st.characters(codec="utf-8", exclude_characters="\r\n",
+# no NUL either: a line holding one is kept as it is, never read as an account (bash's `read` in
+# DMS drops the byte, Dovecot stops at it), and render refuses to write one into an entry
+extras = st.one_of(st.none(), st.text(st.characters(codec="utf-8", exclude_characters="\r\n\0",
                                                      exclude_categories=("Cs",)), max_size=40))
 entry_lists = st.lists(
     st.builds(AccountLine, addresses, st.one_of(st.just(""), sha512_hashes), extras),
