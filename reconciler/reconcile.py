@@ -237,9 +237,12 @@ def take_ownership(loaded: Loaded, config_dir: str, cron_path: str) -> Applied:
                 "rewrites; ownership is recorded then"
             )
         if planned.plan.has_changes:
+            first = ", ".join(f"{c.file} {c.key}" for c in changes[:3])
+            more = f" and {len(changes) - 3} more" if len(changes) > 3 else ""
             raise Refused(
-                "the config volume changed while exporting; ownership was not recorded "
-                "(run export again)"
+                f"the exported file still plans {len(changes)} change(s) ({first}{more}): the "
+                "config volume changed while exporting, or apply would add what the volume "
+                "lacks; run plan to see them"
             )
 
     return apply_once(

@@ -77,7 +77,7 @@ class Exported:
 
 @paused
 def export_state(observed: Observed, *, hostname: str | None = None) -> Exported:
-    warnings: list[str] = []
+    warnings: list[str] = observed.parse_problems()
     accounts = _accounts(observed, warnings)
     account_set = {a.address for a in accounts}
     devnull_on = (

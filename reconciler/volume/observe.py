@@ -112,6 +112,30 @@ class Observed:
     sasl: ParsedFile[sasl.SaslLine] = _EMPTY
     dkim_tables: dict[str, ParsedFile[opendkim.TableLine]] = field(default_factory=dict)
 
+    def parsed_files(self) -> list[tuple[str, ParsedFile[Any]]]:
+        """Every entry file as parsed, by logical name (a missing file parses as empty)."""
+        return [
+            (accounts.FILENAME, self.accounts),
+            (virtual.FILENAME, self.virtual),
+            (aliases.FILENAME, self.local_aliases),
+            (quotas.FILENAME, self.quotas),
+            (masters.FILENAME, self.masters),
+            (regexp.FILENAME, self.regexp),
+            *sorted(self.access.items()),
+            (relaymap.FILENAME, self.relaymap),
+            (sasl.FILENAME, self.sasl),
+            *sorted(self.dkim_tables.items()),
+        ]
+
+    def parse_problems(self) -> list[str]:
+        """What the codecs could not read as entries, each with its file and line: such lines
+        are kept as they are, and whoever reads the volume should say so."""
+        return [
+            f"{name} line {p.line}: {p.message}" if p.line else f"{name}: {p.message}"
+            for name, parsed in self.parsed_files()
+            for p in parsed.problems
+        ]
+
     def stored_hashes(self) -> dict[str, str]:
         """Password key -> the hash on the volume: accounts by address, masters as
         `master:<name>` (see `passwords.password_sources`)."""
