@@ -342,7 +342,8 @@ def test_security_md_lists_every_secret_and_fault_test() -> None:
     """SECURITY.md's table names the tests that prove its promises, and claims no gap that a
     test now covers (it once said the sidecar under faults was not covered)."""
     text = (REPO / "SECURITY.md").read_text()
-    for name in ("test_sidecar_faults.py", "test_sidecar_secrets.py", "test_output_secrets.py",
-                 "test_special_files.py", "test_secrets.py", "test_hostile.py"):
+    for name in ("sidecar/test_sidecar_faults.py", "secrets/test_sidecar_secrets.py",
+                 "secrets/test_output_secrets.py", "volume/test_special_files.py",
+                 "secrets/test_secrets.py", "volume/test_hostile.py"):
         assert f"`tests/{name}`" in text and (REPO / "tests" / name).is_file(), name
     assert "Not covered yet" not in text
