@@ -5,12 +5,14 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.reconcile import FULL_PROOF_ENV
+from reconciler import reconcile
+from tests.support import fullproof
 from tests.support.util import Volume, make_volume
 
 # Every apply in the suite (in-process and in the CLI processes it starts) also makes the whole
-# convergence plan and fails when the byte proof disagrees with it: see reconciler/reconcile.py.
-os.environ[FULL_PROOF_ENV] = "1"
+# convergence plan and fails when the byte proof disagrees with it: see tests/support/fullproof.py.
+os.environ[fullproof.FULL_PROOF_ENV] = "1"
+fullproof.install(reconcile)
 
 
 @pytest.fixture

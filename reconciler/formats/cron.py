@@ -30,6 +30,7 @@ from reconciler.formats._lines import ParsedFile, parse_lines, render_lines
 HEADER = (
     "# Managed by dms-reconciler from sa_learn in mailserver.yaml. The whole file is overwritten."
 )
+NAME = "cron"  # the logical name of the sa-learn cron file, which lives outside the config dir
 DBPATH = "/var/lib/amavis/.spamassassin"
 OLD_DBPATH = "/var/mail-state/lib-amavis/.spamassassin"  # written before 0.1.0's DMS proof
 DB_OWNER = "amavis:amavis"

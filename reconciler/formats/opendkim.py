@@ -53,6 +53,12 @@ def txt_path(domain: str, selector: str) -> str:
     return f"{DIRECTORY}/keys/{domain}/{selector}.txt"
 
 
+def is_key_file(name: str) -> bool:
+    """True for a key pair's file: `opendkim/keys/<domain>/<selector>.private` or `.txt` (a
+    logical name, or a path ending in one)."""
+    return f"{DIRECTORY}/keys/" in name and name.endswith((".private", ".txt"))
+
+
 def key_table_line(domain: str, selector: str) -> TableLine:
     path = f"{CONTAINER_KEYS}/{domain}/{selector}.private"
     return TableLine(record_name(domain, selector), f"{domain}:{selector}:{path}")

@@ -44,18 +44,13 @@ from reconciler.errors import (
     os_error_text,
 )
 from reconciler.formats import (
-    access,
     accounts,
-    aliases,
     amavis,
     cron,
     masters,
     opendkim,
-    quotas,
-    regexp,
-    relaymap,
+    registry,
     sasl,
-    virtual,
 )
 from reconciler.passwords import verified
 from reconciler.passwords.sources import Secret, hash_many
@@ -64,48 +59,9 @@ from reconciler.volume.lock import LOCK_NAME, DmsLock, lock_token, owner_is_dead
 from reconciler.volume.observe import CRON, FileSnapshot, Observed, read_snapshot, symlink_refusal
 
 TEMP_MARK = ".dms-reconciler-"
-NEW_FILE_MODES = {
-    accounts.FILENAME: 0o640,
-    state_file.FILENAME: 0o600,
-    verified.FILENAME: 0o600,
-    masters.FILENAME: 0o640,  # password hashes, like postfix-accounts.cf
-    sasl.FILENAME: 0o600,  # plaintext relay passwords (DMS's own copy is 0600 too)
-}
-# Files holding plaintext secrets: rewritten owner-only whatever their mode was. DMS's `setup relay
-# add-auth` creates postfix-sasl-password.cf with `echo >>` (mode 0644 under the usual umask) and
-# only its own copy, /etc/postfix/sasl_passwd, is made 0600; DMS reads the volume's file as root.
-OWNER_ONLY = (sasl.FILENAME,)
-PRIVATE_SUFFIXES = (".private", ".txt")  # opendkim-genkey runs under umask 077
-WRITE_ORDER = (
-    accounts.FILENAME,
-    quotas.FILENAME,
-    virtual.FILENAME,
-    aliases.FILENAME,
-    amavis.FILENAME,
-    CRON,
-    masters.FILENAME,
-    regexp.FILENAME,
-    access.SEND,
-    access.RECEIVE,
-    relaymap.FILENAME,
-    sasl.FILENAME,
-    # keys (and their DNS record files) before the tables that name them: OpenDKIM never reads
-    # a table entry whose key file is missing
-    opendkim.TRUSTED_HOSTS,
-    opendkim.KEY_TABLE,
-    opendkim.SIGNING_TABLE,
-)
-_TABLE_CODECS: dict[str, Any] = {
-    quotas.FILENAME: quotas,
-    virtual.FILENAME: virtual,
-    aliases.FILENAME: aliases,
-    regexp.FILENAME: regexp,
-    access.SEND: access,
-    access.RECEIVE: access,
-    relaymap.FILENAME: relaymap,
-    opendkim.KEY_TABLE: opendkim,
-    opendkim.SIGNING_TABLE: opendkim,
-}
+# The tool's own records: not DMS files (see formats.registry for those), private to the volume.
+OWN_RECORD_MODES = {state_file.FILENAME: 0o600, verified.FILENAME: 0o600}
+WRITE_ORDER = tuple(f.name for f in registry.FILES)
 
 
 def write_order(names: Iterable[str]) -> list[str]:
@@ -228,25 +184,16 @@ def render_file(fp: FilePlan, hash_for: Callable[[Any], str]) -> str:
     if isinstance(fp.content, str):  # a whole file decided by the planner (TrustedHosts, .txt)
         return fp.content
     entries, comments, invalid = fp.content
+    # the files holding secrets get their hashes (or relay passwords) put in here, at apply
     if fp.name == accounts.FILENAME:
         entries = [
             accounts.AccountLine(e.address, hash_for(e.password_hash), e.extra) for e in entries
         ]
-        return accounts.render(entries, comments=comments, invalid=invalid)
-    if fp.name == masters.FILENAME:
+    elif fp.name == masters.FILENAME:
         entries = [masters.MasterLine(e.name, hash_for(e.password_hash)) for e in entries]
-        return masters.render(entries, comments=comments, invalid=invalid)
-    if fp.name == sasl.FILENAME:
+    elif fp.name == sasl.FILENAME:
         entries = [sasl.SaslLine(e.key, e.username, hash_for(e.password)) for e in entries]
-        return sasl.render(entries, comments=comments, invalid=invalid)
-    if fp.name in (*access.FILENAMES, *opendkim.TABLES):
-        return str(
-            _TABLE_CODECS[fp.name].render(
-                entries, comments=comments, invalid=invalid, filename=fp.name
-            )
-        )
-    rendered: str = _TABLE_CODECS[fp.name].render(entries, comments=comments, invalid=invalid)
-    return rendered
+    return registry.BY_NAME[fp.name].render_lines(entries, comments, invalid)
 
 
 def apply_plan(
@@ -644,7 +591,7 @@ def _stage(snap: FileSnapshot, data: bytes) -> str:
     directory, base = os.path.split(snap.path)
     tmp = os.path.join(directory, f".{base}{TEMP_MARK}{uuid.uuid4().hex[:12]}.tmp")
     mode = snap.mode if snap.mode is not None else _new_file_mode(snap.path)
-    if base in OWNER_ONLY:
+    if base in _OWNER_ONLY:
         mode &= 0o700  # a world-readable relay password file becomes 0600 when we rewrite it
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
@@ -671,9 +618,12 @@ def _stage(snap: FileSnapshot, data: bytes) -> str:
 
 def _new_file_mode(path: str) -> int:
     base = os.path.basename(path)
-    if base.endswith(PRIVATE_SUFFIXES) and os.sep + "keys" + os.sep in path:
-        return 0o600  # a DKIM private key and its record file, as opendkim-genkey makes them
-    return NEW_FILE_MODES.get(base, 0o644)
+    if base in OWN_RECORD_MODES:
+        return OWN_RECORD_MODES[base]
+    return registry.new_file_mode(path)
+
+
+_OWNER_ONLY = {f.name for f in registry.FILES if f.owner_only}
 
 
 def _refuse_symlink(path: str) -> None:

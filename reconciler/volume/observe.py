@@ -28,6 +28,7 @@ from reconciler.formats import (
     opendkim,
     quotas,
     regexp,
+    registry,
     relaymap,
     sasl,
     virtual,
@@ -37,27 +38,8 @@ from reconciler.gcpause import paused
 
 MASTER_KEY = "master:"  # password keys of master users; an account's key is its address
 RELAY_KEY = "relay:"  # plaintext relay passwords, by sender domain
-CRON = "cron"  # logical name of the sa-learn cron file, which lives outside the config dir
+CRON = cron.NAME
 MAX_FILE_BYTES = 256 * 1024 * 1024
-# The files of `setup dovecot-master`, `email restrict`, `relay`, `config dkim`; regexp aliases
-SETUP_FILES = (
-    masters.FILENAME,
-    regexp.FILENAME,
-    access.SEND,
-    access.RECEIVE,
-    relaymap.FILENAME,
-    sasl.FILENAME,
-    opendkim.KEY_TABLE,
-    opendkim.SIGNING_TABLE,
-    opendkim.TRUSTED_HOSTS,
-)
-ENTRY_FILES = (
-    accounts.FILENAME,
-    virtual.FILENAME,
-    aliases.FILENAME,
-    quotas.FILENAME,
-    *SETUP_FILES,
-)
 KEYS_PREFIX = opendkim.DIRECTORY + "/keys/"
 _EMPTY: ParsedFile[Any] = ParsedFile({})
 
@@ -166,7 +148,7 @@ def read_snapshots(config_dir: str, cron_path: str) -> dict[str, FileSnapshot]:
     refuse_symlinked_folder(config_dir, opendkim.DIRECTORY)
     snapshots = {
         name: read_snapshot(os.path.join(config_dir, name))
-        for name in (*ENTRY_FILES, amavis.FILENAME, state_file.FILENAME)
+        for name in (*(f.name for f in registry.FILES if f.name != CRON), state_file.FILENAME)
     }
     snapshots.update(_dkim_key_snapshots(config_dir))
     snapshots[CRON] = read_snapshot(cron_path)
@@ -180,12 +162,17 @@ def fingerprint_of(snapshots: dict[str, FileSnapshot], plan_key: str) -> dict[st
     out = {
         name: snap.sha256
         for name, snap in sorted(snapshots.items())
-        if snap.data is not None or not (name in SETUP_FILES or name.startswith(KEYS_PREFIX))
+        if snap.data is not None or not _newer_feature(name)
     }
     snap = snapshots.get(sasl.FILENAME)
     if snap is not None and snap.data is not None:
         out[sasl.FILENAME] = secret_file_digest(snap.data, plan_key)
     return out
+
+
+def _newer_feature(name: str) -> bool:
+    """A file of `setup`'s features or a DKIM key: absent from plans made before them."""
+    return name in registry.SETUP_FILES or name.startswith(KEYS_PREFIX)
 
 
 def read_fingerprint(config_dir: str, cron_path: str) -> dict[str, str | None]:
@@ -264,21 +251,8 @@ def read_snapshot(path: str) -> FileSnapshot:
 
 
 _CODECS: dict[str, Callable[[str], Any]] = {
-    accounts.FILENAME: accounts.parse,
-    virtual.FILENAME: virtual.parse,
-    aliases.FILENAME: aliases.parse,
-    quotas.FILENAME: quotas.parse,
-    amavis.FILENAME: amavis.parse,
-    CRON: cron.parse,
+    **{f.name: f.parse for f in registry.FILES if f.parse is not None},
     state_file.FILENAME: state_file.parse,
-    masters.FILENAME: masters.parse,
-    regexp.FILENAME: regexp.parse,
-    access.SEND: access.parse,
-    access.RECEIVE: access.parse,
-    relaymap.FILENAME: relaymap.parse,
-    sasl.FILENAME: sasl.parse,
-    opendkim.KEY_TABLE: opendkim.parse,
-    opendkim.SIGNING_TABLE: opendkim.parse,
 }
 
 
@@ -324,7 +298,7 @@ def observe(config_dir: str, cron_path: str) -> Observed:
     def parsed(name: str) -> Any:
         """The parse of a file; None when it does not exist (an entry file: as if empty)."""
         data = snapshots[name].data
-        if data is None and name not in ENTRY_FILES:
+        if data is None and name not in registry.ENTRY_FILES:
             return None
         return _parsed(name, data or b"")
 

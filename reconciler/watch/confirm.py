@@ -21,7 +21,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from reconciler.formats import access, amavis, opendkim
+from reconciler.formats import amavis, registry
 from reconciler.watch import dms as dms_mod
 from reconciler.watch.health import Metrics, Status
 
@@ -31,12 +31,7 @@ RECONFIRM_MAX_SECONDS = 15.0  # DMS could not be asked: look again, 1 s doubling
 
 def services_to_reload(written: Collection[str]) -> set[str]:
     """Services whose files DMS reads only at start-up, among the files just written."""
-    owed = set()
-    if any(name in access.FILENAMES for name in written):
-        owed.add("postfix")
-    if any(name.startswith(opendkim.DIRECTORY + "/") for name in written):
-        owed.add("opendkim")
-    return owed
+    return registry.reloads(written) - {registry.AMAVIS}  # Amavis: its own state machine
 
 
 class DmsClient(Protocol):

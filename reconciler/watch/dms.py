@@ -28,14 +28,9 @@ from typing import Any
 from reconciler.formats import (
     access,
     accounts,
-    aliases,
     amavis,
-    masters,
     opendkim,
-    quotas,
-    regexp,
-    relaymap,
-    sasl,
+    registry,
     virtual,
 )
 from reconciler.volume.lock import LOCK_NAME
@@ -46,16 +41,7 @@ AMAVIS_USER_CONF = "/etc/amavis/conf.d/50-user"
 DEFAULT_LABEL = "com.docker.compose.service=mailserver"
 DEFAULT_SOCKET = "/var/run/docker.sock"
 # The files we write that DMS's change detector hashes (it also hashes others we never touch).
-MONITORED = (
-    accounts.FILENAME,
-    virtual.FILENAME,
-    aliases.FILENAME,
-    quotas.FILENAME,
-    masters.FILENAME,
-    regexp.FILENAME,
-    relaymap.FILENAME,
-    sasl.FILENAME,
-)
+MONITORED = registry.WATCHED
 # Their changes make DMS's change detector regenerate /etc/postfix/vhost and `amavisd reload`.
 AMAVIS_RELOADED_BY_DMS = (accounts.FILENAME, virtual.FILENAME)
 MAIN_CF = "/etc/postfix/main.cf"

@@ -25,7 +25,7 @@ import yaml
 from reconciler.cli.commands import cli
 from tests.cli.test_ci_plan import BASE, HEAD
 from tests.support.ci_util import Repo, git, load_plan_schema, make_repo
-from tests.support.util import REPO
+from tests.support.util import PYTHONPATH, REPO
 
 WORKFLOW = REPO / "examples" / "ci" / "github-actions.yml"
 MARKER = "<!-- dms-reconciler-plan -->"
@@ -182,7 +182,7 @@ class Runner:
 
     def env(self, s: dict[str, Any]) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("DMS_")}
-        env.update(PATH=f"{self.bin}:{env['PATH']}", PYTHONPATH=str(REPO), NO_COLOR="1",
+        env.update(PATH=f"{self.bin}:{env['PATH']}", PYTHONPATH=PYTHONPATH, NO_COLOR="1",
                    GITHUB_OUTPUT=str(self.output), GITHUB_STEP_SUMMARY=str(self.summary))
         for scope in (load().get("env", {}), s.get("env", {})):
             env.update({k: expand(v, self.outcomes) for k, v in scope.items()})

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.load.test_decisions import ADMIN, ONE_ACCOUNT
-from tests.support.util import REPO, make_volume, run_cli, write_desired
+from tests.support.util import PYTHONPATH, REPO, make_volume, run_cli, write_desired
 
 WITH_CRON = ONE_ACCOUNT + """\
     sa_learn:
@@ -106,7 +106,7 @@ def test_apply_of_a_saved_plan_refuses_the_options_it_would_ignore(tmp_path: Pat
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items()
            if k not in ("NO_COLOR", "FORCE_COLOR", "TERM") and not k.startswith("DMS_")}
-    env.update(PYTHONPATH=str(REPO), TERM="xterm-256color")
+    env.update(PYTHONPATH=PYTHONPATH, TERM="xterm-256color")
     env.update(extra)
     return env
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 
 from reconciler import log
 from reconciler.errors import redact

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from reconciler.passwords.sources import PROGRESS_FROM
-from tests.support.util import REPO, Volume
+from tests.support.util import PYTHONPATH, Volume
 
 ACCOUNTS = PROGRESS_FROM + 20
 
@@ -32,7 +32,7 @@ def host(tmp_path: Path) -> Path:
 def _run(args: list[str], *, terminal: bool) -> tuple[int, str, str]:
     """Run the CLI with stderr on a pseudo-terminal (or a pipe); (status, stdout, stderr)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("DMS_")}
-    env.update({"PYTHONPATH": str(REPO), "NO_COLOR": "1", "TERM": "xterm", "COLUMNS": "80"})
+    env.update({"PYTHONPATH": PYTHONPATH, "NO_COLOR": "1", "TERM": "xterm", "COLUMNS": "80"})
     argv = [sys.executable, "-m", "reconciler", *args]
     if not terminal:
         done = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)

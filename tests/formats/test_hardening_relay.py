@@ -39,7 +39,7 @@ from reconciler.formats import (
 from reconciler.formats._lines import RenderRefused
 from reconciler.load.desired import schema
 from reconciler.load.setup_rules import check_relay_host, check_relay_username
-from tests.support.util import REPO, make_volume, run_cli, sha512_hash, write_desired
+from tests.support.util import PYTHONPATH, REPO, make_volume, run_cli, sha512_hash, write_desired
 
 ADMIN = sha512_hash("admin-pw", salt="adminsalt")
 INJECTION = "fe80::1%x]:25\\n@victim.example [attacker.example"  # as typed in YAML's "..."
@@ -287,7 +287,7 @@ def test_relay_injection_bypassing_validation_writes_nothing(tmp_path: Path) -> 
 def _env() -> dict[str, str]:
     import os
     env = {k: v for k, v in os.environ.items() if not k.startswith("DMS_")}
-    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = PYTHONPATH
     env["NO_COLOR"] = "1"
     return env
 

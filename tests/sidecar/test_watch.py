@@ -361,13 +361,13 @@ def test_logs_are_text_on_a_terminal(tmp_path: Path, volume: Volume) -> None:
     import subprocess
     import sys
 
-    from tests.support.util import REPO
+    from tests.support.util import PYTHONPATH
 
     path = tmp_path / "mailserver.yaml"
     path.write_text(desired())
     master, slave = pty.openpty()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DMS_")}
-    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = PYTHONPATH
     command = [sys.executable, "-m", "reconciler", "watch", *watch_args(path, volume)]
     proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=slave, env=env, cwd=tmp_path)

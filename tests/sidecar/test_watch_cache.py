@@ -10,11 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from reconciler import reconcile
 from reconciler.formats import virtual
 from reconciler.passwords import sources as passwords
-from reconciler.reconcile import FULL_PROOF_ENV, Target
+from reconciler.reconcile import Target
 from reconciler.volume import observe
 from reconciler.watch.loop import Watcher, WatchOptions
+from tests.support import fullproof
 from tests.support.util import Volume, sha512_hash
 
 
@@ -87,7 +89,7 @@ def test_a_change_plans_from_a_volume_parsed_right_after_the_last_write(
 
     monkeypatch.setitem(observe._CODECS, virtual.FILENAME, counting)
     # as in production: the suite's extra plan after every write would parse it too
-    monkeypatch.delenv(FULL_PROOF_ENV, raising=False)
+    monkeypatch.setattr(reconcile, "proves_convergence", fullproof.production_proof(reconcile))
     path = tmp_path / "mailserver.yaml"
     _desired_with_alias(path, "first@elsewhere.net")
     target = Target(str(path), str(volume.config), str(volume.cron), environ={"JANE": "pw"})

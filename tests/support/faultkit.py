@@ -22,7 +22,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.support.util import REPO, Volume, make_volume
+from tests.support.util import PYTHONPATH, Volume, make_volume
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -221,7 +221,7 @@ def cli_command(*args: str) -> list[str]:
 
 def cli_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DMS_")}
-    env.update({"PYTHONPATH": str(REPO), "NO_COLOR": "1", "PYTHONDONTWRITEBYTECODE": "1",
+    env.update({"PYTHONPATH": PYTHONPATH, "NO_COLOR": "1", "PYTHONDONTWRITEBYTECODE": "1",
                 "PYTHONHASHSEED": "0"})
     env.update(extra or {})
     return env

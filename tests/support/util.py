@@ -11,6 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
+# What every Python process the suite starts gets: this checkout, and the suite's start-up hook
+# (tests/support/boot/sitecustomize.py: the stricter convergence proof, see fullproof.py).
+PYTHONPATH = os.pathsep.join([str(REPO), str(REPO / "tests" / "support" / "boot")])
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -26,7 +29,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None, cwd: str | os.PathLik
             timeout: float = 120, input: str | None = None) -> subprocess.CompletedProcess[str]:
     """Run `python -m reconciler ARGS` as a user would, from this checkout."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("DMS_")}
-    full_env["PYTHONPATH"] = str(REPO)
+    full_env["PYTHONPATH"] = PYTHONPATH
     full_env["NO_COLOR"] = "1"
     full_env.update(env or {})
     return subprocess.run(

@@ -16,7 +16,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.util import REPO, Volume, sha512_hash
+from tests.support.util import PYTHONPATH, Volume, sha512_hash
 
 ADMIN_HASH = sha512_hash("admin-password", "adminsalt")  # the admin account of the watch tests
 
@@ -60,7 +60,7 @@ class WatchProcess:
         self.stdout_path = self.log_path.with_suffix(".out")  # empty, unless something prints
         full_env = {k: v for k, v in os.environ.items()
                     if not k.startswith("DMS_") and k != "DOCKER_HOST"}
-        full_env.update({"PYTHONPATH": str(REPO), "DMS_RECONCILER_LOG_FORMAT": "json",
+        full_env.update({"PYTHONPATH": PYTHONPATH, "DMS_RECONCILER_LOG_FORMAT": "json",
                          "PYTHONUNBUFFERED": "1"})
         full_env.update(env or {})
         extra = ["--listen", "127.0.0.1:0"] if listen else []

@@ -11,7 +11,6 @@ bytes are the planned ones; when they are not (another writer), it must plan aga
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from hypothesis import strategies as st
 
 from reconciler import reconcile, state
 from reconciler.reconcile import Target, apply_once, plan_once
+from tests.support import fullproof
 from tests.support.util import Volume, sha512_hash, write_desired
 
 KEYS = st.text(min_size=1, max_size=12)  # any code point: json escapes, \u, surrogates
@@ -71,7 +71,7 @@ def plans(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
         return planned
 
     monkeypatch.setattr(reconcile, "plan_once", counting)
-    monkeypatch.delenv(reconcile.FULL_PROOF_ENV, raising=False)
+    monkeypatch.setattr(reconcile, "proves_convergence", fullproof.production_proof(reconcile))
     return made
 
 
@@ -114,13 +114,13 @@ def test_another_writer_after_our_write_makes_apply_plan_again(
 def test_the_suite_checks_the_byte_proof_against_a_whole_plan(
     tmp_path: Path, volume: Volume, monkeypatch: pytest.MonkeyPatch
 ):
-    """With FULL_PROOF_ENV (set for the whole suite) a disagreement is an error, not a pass. The
+    """With the suite's stricter proof (tests/support/fullproof.py) a disagreement is an error, not a pass. The
     planner never disagrees with its own rendering, so this one time it is made to."""
     target = Target(str(desired(tmp_path / "m.yaml", "jane@example.com")), str(volume.config),
                     str(volume.cron))
     apply_once(target)
     desired(tmp_path / "m.yaml", "jane@example.com", "bob@example.com")
-    assert os.environ.get(reconcile.FULL_PROOF_ENV)
+    assert reconcile.proves_convergence is not fullproof.production_proof(reconcile)
     real = reconcile.plan_once
     made: list[int] = []
 
@@ -136,3 +136,23 @@ def test_the_suite_checks_the_byte_proof_against_a_whole_plan(
     monkeypatch.setattr(reconcile, "plan_once", second_plan_sees_a_change)
     with pytest.raises(reconcile.ReconcilerError, match="holds the planned bytes, yet a plan"):
         apply_once(target)
+
+
+def test_every_cli_process_the_suite_starts_checks_the_byte_proof_too() -> None:
+    """The CLI processes the suite starts get the stricter proof from tests/support/boot (and
+    production code has no switch for it): with the variable the proof is wrapped, without it not."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.support.util import PYTHONPATH
+
+    probe = "import reconciler.reconcile as r; print(r.proves_convergence.__name__)"
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
+    wrapped = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                             text=True, check=True)
+    assert wrapped.stdout.strip() == "proven_twice"
+    env.pop(fullproof.FULL_PROOF_ENV)
+    plain = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
+                           text=True, check=True)
+    assert plain.stdout.strip() == "proves_convergence"
