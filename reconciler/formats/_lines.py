@@ -9,10 +9,12 @@ Rendering is canonical: our header, the user's comments, the entries in the orde
 need, the unreadable lines, LF endings and one final newline.
 
 Rendering is also the last line of defence: `render_lines` reads what it rendered back with the
-codec's own `parse` and refuses (`RenderRefused`, before anything is written) when that does not
+codec's own reader and refuses (`RenderRefused`, before anything is written) when that does not
 give back exactly the entries, comments and kept lines it was given. A value holding a line
 break, a NUL, a CR or a separator the validator should have refused can then never become a
-second line, an extra entry or another value in a file DMS and Postfix read. A line holding a
+second line, an extra entry or another value in a file DMS and Postfix read. Each entry's line is
+read alone with the codec's single-line reader, and only the rest of the file (header, comments,
+kept lines, one entry) with the whole-file `parse` (`check_by_line` says why that is the same). A line holding a
 NUL or a CR (other than a CRLF ending) is never read as an entry: Postfix stops reading a value
 at a NUL, takes a CR for a blank and DMS deletes every CR of a CRLF file, so what such a line
 means depends on who reads it. It is kept as it is, as an unreadable line.
@@ -185,6 +187,9 @@ def render_lines(
     invalid: Iterable[str] = (),
     header: str = HEADER,
     continuation: bool = False,
+    read: Callable[[str], tuple[str, E] | tuple[str, E, str] | str] | None = None,
+    keep_cr: bool = False,
+    check_characters: bool = True,
 ) -> str:
     """Header, comments, entries (already in order), unreadable lines; LF and a final newline.
 
@@ -192,20 +197,104 @@ def render_lines(
     they continue nothing (Postfix ignores them, as it did where they were), while after an entry
     Postfix would read them as more targets of that entry.
 
-    The text is read back with `parse` (the codec's own) and refused with `RenderRefused` unless
-    it gives back exactly `entries`, `comments` and `invalid` (see the module docstring).
+    The text is read back and refused with `RenderRefused` unless it gives back exactly
+    `entries`, `comments` and `invalid` (see the module docstring): with `read` (the codec's
+    single-line reader, and the `keep_cr` and `check_characters` its `parse` passes to
+    `parse_lines`) line by line, else with `parse` on the whole text.
     """
     entries = list(entries)
     comments = list(comments)
     invalid = [line.rstrip("\r") for line in invalid]  # a `keep_cr` file's lines: LF only
     indented = [line for line in invalid if continuation and line[:1].isspace()]
     rest = [line for line in invalid if not (continuation and line[:1].isspace())]
-    out = [header, *comments, *indented, *(line_of(e) for e in entries), *rest]
-    if not header:  # a file whose reader might not skip comments (OpenDKIM's tables)
-        out.pop(0)
+    lines = [line_of(e) for e in entries]
+    before = [header, *comments, *indented] if header else [*comments, *indented]
+    out = [*before, *lines, *rest]  # an empty header: OpenDKIM's tables, where none is read
     text = "\n".join(out) + "\n" if out else ""
-    check_round_trip(filename, text, parse, entries, comments, [*indented, *rest])
+    kept = [*indented, *rest]
+    if read is None or not check_by_line(
+        text,
+        len(out),
+        parse,
+        read,
+        entries,
+        lines,
+        before,
+        rest,
+        comments,
+        kept,
+        continuation=continuation,
+        keep_cr=keep_cr,
+        check_characters=check_characters,
+    ):
+        # the whole-file check decides, and names the entry it refuses
+        check_round_trip(filename, text, parse, entries, comments, kept)
     return text
+
+
+def check_by_line(
+    text: str,
+    count: int,
+    parse: Callable[[str], ParsedFile[E]],
+    read: Callable[[str], tuple[str, E] | tuple[str, E, str] | str],
+    entries: list[E],
+    lines: list[str],
+    before: list[str],
+    rest: list[str],
+    comments: list[str],
+    invalid: list[str],
+    *,
+    continuation: bool,
+    keep_cr: bool,
+    check_characters: bool,
+) -> bool:
+    """True when `parse(text)` is sure to give back exactly `entries`, `comments` and `invalid`
+    (what `check_round_trip` checks), found without parsing the whole text; False when unsure.
+
+    Why it is the same: `text` holds `count` line breaks, so its lines are exactly `before`,
+    `lines` and `rest`, one each. An entry line is neither blank nor a comment nor (with
+    `continuation`) starts with whitespace, and the lines of `rest` do not start with whitespace
+    either, so no line after the first entry line joins another into one logical line, and no
+    entry line joins the one before it. `parse_lines` reads each logical line on its own: whether
+    it is a comment, an unreadable line or an entry depends on that line alone, plus the keys
+    seen before it (for duplicates). So the whole text reads as `before` and `rest` read around
+    one entry (the skeleton, parsed here with `parse` itself: also any state a codec's own parse
+    keeps, such as postfix-regexp.cf's open `if` blocks, shows there, as that entry would not read
+    back) plus every entry line read alone, as `parse_lines` reads it, with no two keys alike.
+    tests/formats/test_render_check.py checks that this never says True where
+    `check_round_trip` refuses.
+    """
+    if text.count("\n") != count:
+        return False  # a value holds a line break
+    skeleton = [*before, *lines[:1], *rest]
+    again = parse("\n".join(skeleton) + "\n" if skeleton else "")
+    if (
+        list(again.entries.values()) != entries[:1]
+        or list(again.comments) != comments
+        or list(again.invalid) != invalid
+    ):
+        return False
+    # Without a CR or NUL anywhere, no line needs `logical_lines`' CR stripping or the check of
+    # `unreadable_characters`; an entry line that starts with neither a blank nor `#` is neither
+    # blank nor a comment: the common case costs the reader and one comparison per line.
+    plain = "\r" not in text and "\0" not in text
+    keys: set[str] = set()
+    for entry, line in zip(entries, lines, strict=True):
+        if not plain:
+            if not keep_cr:
+                line = line.rstrip("\r")
+            if check_characters and unreadable_characters(line, keep_cr=keep_cr):
+                return False
+        first = line[:1]
+        if not first or first == "#":
+            return False
+        if first.isspace() and (continuation or not line.strip() or is_comment(line)):
+            return False
+        result = read(line)
+        if isinstance(result, str) or result[1] != entry or result[0] in keys:
+            return False
+        keys.add(result[0])
+    return True
 
 
 def check_round_trip(

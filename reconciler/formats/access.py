@@ -59,6 +59,7 @@ def render(
         ordered,
         line_of,
         parse=parse,
+        read=_read,
         filename=filename,
         comments=comments,
         invalid=invalid,

@@ -60,5 +60,5 @@ def render(
     safe = [c for c in comments if "@" not in c]
     ordered = sorted(entries, key=lambda e: grep_safe_order(e.address.lower()))
     return render_lines(
-        ordered, line_of, parse=parse, filename=FILENAME, comments=safe, invalid=invalid
+        ordered, line_of, parse=parse, read=_read, filename=FILENAME, comments=safe, invalid=invalid
     )

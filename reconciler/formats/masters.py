@@ -58,5 +58,11 @@ def render(
 ) -> str:
     ordered = sorted(entries, key=lambda e: grep_safe_order(e.name.lower()))
     return render_lines(
-        ordered, line_of, parse=parse, filename=FILENAME, comments=comments, invalid=invalid
+        ordered,
+        line_of,
+        parse=parse,
+        read=_read,
+        filename=FILENAME,
+        comments=comments,
+        invalid=invalid,
     )

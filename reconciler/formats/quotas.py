@@ -204,5 +204,12 @@ def render(
     written = (replace(e, size=e.size.rstrip("\r")) if "\r" in e.size else e for e in entries)
     ordered = sorted(written, key=lambda e: grep_safe_order(e.address.lower()))
     return render_lines(
-        ordered, line_of, parse=parse, filename=FILENAME, comments=safe, invalid=invalid
+        ordered,
+        line_of,
+        parse=parse,
+        read=_read,
+        keep_cr=True,
+        filename=FILENAME,
+        comments=safe,
+        invalid=invalid,
     )

@@ -120,6 +120,25 @@ def _targets(rest: str) -> tuple[str, ...]:
     return tuple(t for t in rest.replace(",", " ").split() if t)
 
 
+def _read(line: str) -> tuple[str, RegexpLine] | str:
+    """(key, entry) of a non-comment line outside `if` blocks, or why it is not one. A line
+    opening or closing a block is not an entry: `parse` keeps it (and `render` checks each entry's
+    line with this reader alone)."""
+    if line.split(None, 1)[:1] in (["if"], ["!if"], ["endif"]):
+        return "an `if` block line; kept as it is"
+    if line[:1].isspace():
+        return "line starts with whitespace but continues nothing"
+    split = unreadable_characters(line) or split_pattern(line)
+    if isinstance(split, str):
+        return split
+    delimiter, pattern, flags, rest = split
+    targets = _targets(rest)
+    if not targets:
+        return "regexp alias has a pattern but no target"
+    entry = RegexpLine(pattern, flags, targets, delimiter)
+    return entry.key, entry
+
+
 def parse(text: str) -> ParsedFile[RegexpLine]:
     """Entries by key in file order (the first of duplicates wins, as in Postfix), comments, and
     the lines kept verbatim: `if`/`endif` blocks and lines Postfix cannot read."""
@@ -144,22 +163,12 @@ def parse(text: str) -> ParsedFile[RegexpLine]:
             kept.append(line)
             problems.append(Problem(number, "'endif' without 'if'; Postfix ignores it"))
             continue
-        if line[:1].isspace():
+        read = _read(line)
+        if isinstance(read, str):
             kept.append(line)
-            problems.append(Problem(number, "line starts with whitespace but continues nothing"))
+            problems.append(Problem(number, read))
             continue
-        split = unreadable_characters(line) or split_pattern(line)
-        if isinstance(split, str):
-            kept.append(line)
-            problems.append(Problem(number, split))
-            continue
-        delimiter, pattern, flags, rest = split
-        targets = _targets(rest)
-        if not targets:
-            kept.append(line)
-            problems.append(Problem(number, "regexp alias has a pattern but no target"))
-            continue
-        entry = RegexpLine(pattern, flags, targets, delimiter)
+        entry = read[1]
         if entry.key in entries:
             problems.append(
                 Problem(number, f"duplicate pattern {entry.key}; only the first one is used")
@@ -182,6 +191,7 @@ def render(
         entries,
         line_of,
         parse=parse,
+        read=_read,
         filename=FILENAME,
         comments=comments,
         invalid=invalid,

@@ -57,6 +57,7 @@ def render(
         ordered,
         line_of,
         parse=parse,
+        read=_read,
         filename=FILENAME,
         comments=comments,
         invalid=invalid,

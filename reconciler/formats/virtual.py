@@ -66,6 +66,7 @@ def render(
         sorted(entries, key=sort_key),
         line_of,
         parse=parse,
+        read=_read,
         filename=FILENAME,
         comments=comments,
         invalid=invalid,

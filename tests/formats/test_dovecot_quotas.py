@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from reconciler.formats import quotas
 from reconciler.formats._lines import HEADER
 from reconciler.formats.quotas import QuotaLine
-from tests.formats._corpus import addresses, canonical_files, comments, corpus_files, read
+from tests.formats._corpus import addresses, comments, corpus_files, read
 
 DIR = quotas.FILENAME
 
@@ -92,14 +92,6 @@ def test_entries_dms_reads_from_another_line_are_marked(name):
     parsed = quotas.parse(read(DIR, name))
     shadowed = {key: e.shadowed for key, e in parsed.entries.items() if e.shadowed}
     assert shadowed == SHADOWED.get(name, {})
-
-
-@pytest.mark.parametrize("name", canonical_files(DIR))
-def test_canonical_file_round_trips_byte_for_byte(name):
-    text = read(DIR, name)
-    parsed = quotas.parse(text)
-    assert quotas.render(parsed.entries.values(), comments=parsed.comments,
-                         invalid=parsed.invalid) == text
 
 
 @pytest.mark.parametrize("name", corpus_files(DIR))

@@ -11,7 +11,6 @@ from reconciler.formats._lines import HEADER
 from reconciler.formats.accounts import AccountLine
 from tests.formats._corpus import (
     addresses,
-    canonical_files,
     comments,
     corpus_files,
     read,
@@ -96,14 +95,6 @@ def test_corpus_file_parses_as_dms_reads_it(name):
     for problem, (line, words) in zip(parsed.problems, problems, strict=True):
         assert problem.line == line
         assert words in problem.message
-
-
-@pytest.mark.parametrize("name", canonical_files(DIR))
-def test_canonical_file_round_trips_byte_for_byte(name):
-    text = read(DIR, name)
-    parsed = accounts.parse(text)
-    assert accounts.render(parsed.entries.values(), comments=parsed.comments,
-                           invalid=parsed.invalid) == text
 
 
 @pytest.mark.parametrize("name", corpus_files(DIR))

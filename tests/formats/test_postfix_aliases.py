@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from reconciler.formats import aliases
 from reconciler.formats._lines import HEADER
 from reconciler.formats.aliases import LocalAlias
-from tests.formats._corpus import addresses, canonical_files, comments, corpus_files, read
+from tests.formats._corpus import addresses, comments, corpus_files, read
 
 DIR = aliases.FILENAME
 LOG = '"|/usr/local/bin/log-mail  --quiet"'
@@ -50,14 +50,6 @@ def test_corpus_file_parses_as_postalias_reads_it(name):
     assert [(p.line, words in p.message) for p, (_, words) in zip(parsed.problems, problems)] == [
         (line, True) for line, _ in problems]
     assert len(parsed.problems) == len(problems)
-
-
-@pytest.mark.parametrize("name", canonical_files(DIR))
-def test_canonical_file_round_trips_byte_for_byte(name):
-    text = read(DIR, name)
-    parsed = aliases.parse(text)
-    assert aliases.render(parsed.entries.values(), comments=parsed.comments,
-                          invalid=parsed.invalid) == text
 
 
 @pytest.mark.parametrize("name", corpus_files(DIR))

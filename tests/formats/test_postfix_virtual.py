@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from reconciler.formats import virtual
 from reconciler.formats._lines import HEADER
 from reconciler.formats.virtual import VirtualLine
-from tests.formats._corpus import addresses, canonical_files, comments, corpus_files, domains, read
+from tests.formats._corpus import addresses, comments, corpus_files, domains, read
 
 DIR = virtual.FILENAME
 
@@ -86,14 +86,6 @@ def test_corpus_file_parses_as_postfix_reads_it(name):
     assert [(p.line, w in p.message) for p, (_, w) in zip(parsed.problems, problems)] == [
         (line, True) for line, _ in problems]
     assert len(parsed.problems) == len(problems)
-
-
-@pytest.mark.parametrize("name", canonical_files(DIR))
-def test_canonical_file_round_trips_byte_for_byte(name):
-    text = read(DIR, name)
-    parsed = virtual.parse(text)
-    assert virtual.render(parsed.entries.values(), comments=parsed.comments,
-                          invalid=parsed.invalid) == text
 
 
 @pytest.mark.parametrize("name", corpus_files(DIR))

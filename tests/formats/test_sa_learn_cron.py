@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from reconciler.formats import cron
 from reconciler.formats.cron import CronLine, SaLearnLine
-from tests.formats._corpus import canonical_files, comments, corpus_files, domains, read
+from tests.formats._corpus import comments, corpus_files, domains, read
 
 DIR = "sa-learn"
 DB = "--dbpath /var/mail-state/lib-amavis/.spamassassin > /dev/null"
@@ -41,13 +41,6 @@ def test_corpus_file_parses_to_whitespace_normalised_lines(name):
     assert parsed.invalid == ()
     assert [p.message.split(":")[0] for p in parsed.problems] == (
         ["CRLF line ending"] if name.startswith("crlf") else [])
-
-
-@pytest.mark.parametrize("name", canonical_files(DIR))
-def test_canonical_file_round_trips_byte_for_byte(name):
-    text = read(DIR, name)
-    parsed = cron.parse(text)
-    assert cron.render(parsed.entries.values(), comments=parsed.comments) == text
 
 
 def test_lines_we_write_read_back_as_jobs_and_others_do_not():
