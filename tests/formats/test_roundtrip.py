@@ -75,7 +75,7 @@ CANONICAL = [(folder, name) for folder, (_, _, names) in CODECS.items() for name
 
 def test_every_codec_has_a_corpus_with_a_canonical_file() -> None:
     modules = {m.name for m in pkgutil.iter_modules(reconciler.formats.__path__)}
-    codecs = {m for m in modules if not m.startswith("_")}
+    codecs = {m for m in modules if not m.startswith("_") and m != "registry"}  # the table
     assert codecs == {codec.__name__.rsplit(".", 1)[1] for codec, _, _ in CODECS.values()}
     assert sorted(p.name for p in CORPUS.iterdir() if p.is_dir()) == sorted(CODECS)
     assert all(names for _, _, names in CODECS.values())
