@@ -658,6 +658,16 @@ def _require_volume(config_dir: str) -> None:
     help="Seconds one step of the loop (a reconcile, a look at DMS) may take before /healthz "
     "fails: the loop is wedged. Env: DMS_RECONCILER_STUCK_AFTER.",
 )
+@click.option(
+    "--notify-file",
+    default=None,
+    envvar="DMS_RECONCILER_NOTIFY_FILE",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Apprise URLs to notify (applied, failed, drift repaired, suspended), one or more a "
+    "line; added to those in DMS_RECONCILER_NOTIFY. Keep it out of git (tokens). "
+    "Env: DMS_RECONCILER_NOTIFY_FILE.",
+)
 @_secrets_dir_option
 def watch(
     file: str,
@@ -668,6 +678,7 @@ def watch(
     container: str | None,
     container_label: str,
     stuck_after: float,
+    notify_file: str | None,
 ) -> int:
     """The sidecar: apply every change of mailserver.yaml, repair drift, confirm DMS applied it."""
     import prometheus_client
@@ -675,13 +686,23 @@ def watch(
     from reconciler import log
     from reconciler.reconcile import Target
     from reconciler.watch.dms import Dms
+    from reconciler.watch.health import Metrics
     from reconciler.watch.loop import Watcher, WatchOptions
+    from reconciler.watch.notify import Notifier
 
     log.setup()
     prometheus_client.disable_created_metrics()  # `*_created` series only add noise here
+    metrics = Metrics()
+    notifier = Notifier.from_config(  # a broken URL stops here, before anything runs
+        os.environ,
+        notify_file,
+        log=log.get("notify"),
+        on_result=lambda result: metrics.notifications.labels(result=result).inc(),
+    )
     target = Target(file, config_dir, cron_file)
     options = WatchOptions(interval=interval, listen=listen, stuck_after=stuck_after)
-    return Watcher(target, options, dms=Dms(container=container, label=container_label)).run()
+    dms = Dms(container=container, label=container_label)
+    return Watcher(target, options, dms=dms, metrics=metrics, notifier=notifier).run()
 
 
 @cli.command()
