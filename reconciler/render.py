@@ -445,14 +445,14 @@ def markdown(plan: dict[str, Any], *, max_chars: int = MARKDOWN_MAX_CHARS) -> st
     """
     changes = plan["changes"]
     head = ["### dms-reconciler plan", "", f"**{summary_line(plan)}**", ""]
+    base = _baseline_line(plan)
+    if base:
+        head += [base, ""]
     revision = plan.get("desired", {}).get("revision")
     if isinstance(revision, str) and revision:
         dirty = " with changes not committed" if revision.endswith("-dirty") else ""
         commit = revision.removesuffix("-dirty")
         head += [f"Desired state at git commit {md_code(commit[:12])}{dirty}.", ""]
-    base = _baseline_line(plan)
-    if base:
-        head += [base, ""]
     head += _callouts(plan)
     if changes:
         head += _table(plan)

@@ -89,7 +89,7 @@ class _Target:
 
         self.place = place
         self.scheme = _scheme(url)
-        self.apprise = apprise.Apprise()
+        self.apprise = apprise.Apprise(asset=apprise.AppriseAsset(async_mode=False))
         if not self.apprise.add(url):
             raise ReconcilerError(
                 f"{place} ({self.scheme}): not a notification URL Apprise can use; see "
@@ -208,7 +208,10 @@ class Notifier:
     def _send(self, target: _Target, events: Sequence[Event], dropped: int) -> None:
         title, body = compose(events, dropped, title=self.title)
         try:
-            ok = bool(target.apprise.notify(body=body, title=title))
+            # Each service's own `notify`, in this daemon thread: `Apprise.notify` dispatches
+            # through a thread pool that Python joins at exit, so a target that hangs would
+            # keep the sidecar from stopping.
+            ok = all([bool(service.notify(body=body, title=title)) for service in target.apprise])
         except Exception as exc:  # noqa: BLE001 - a plugin's bug must not end the worker
             ok = False
             self.log.warning(
