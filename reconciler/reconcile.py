@@ -28,6 +28,7 @@ from reconciler.passwords import verified
 from reconciler.passwords.sources import VerifiedCache
 from reconciler.plan import Action, Plan
 from reconciler.planner.make import make_plan
+from reconciler.volume import suspend
 from reconciler.volume.executor import (
     ApplyResult,
     VolumeChanged,
@@ -159,12 +160,15 @@ def apply_once(
     on_wait: Callable[[str], None] | None = None,
     check: Callable[[Planned], None] | None = None,
     forget_ownership: bool = False,
+    revision: str | None = None,
 ) -> Applied:
     """Plan and apply until the volume matches, re-planning when another writer interferes.
 
     `check` runs on each plan before anything is written (a saved plan's staleness test).
-    `forget_ownership`: see `plan_once`.
+    `forget_ownership`: see `plan_once`. `revision`: the git revision of the desired file,
+    recorded in the state file when this apply writes it. A suspended volume is refused.
     """
+    suspend.refuse_if_suspended(target.config_dir)
     cache = cache if cache is not None else VerifiedCache()
     loaded = loaded or load_desired(target.desired_path)
     first: Planned | None = None
@@ -173,6 +177,7 @@ def apply_once(
         planned = plan_once(target, loaded=loaded, cache=cache, forget_ownership=forget_ownership)
         if check is not None:
             check(planned)
+        planned = _with_revision(planned, revision)
         first = first or planned
         if attempt > 1 and not planned.plan.has_changes and _state_current(planned):
             _record_verified(target, planned, result)
@@ -212,6 +217,25 @@ def apply_once(
         f"the config volume kept changing while applying ({MAX_ATTEMPTS} attempts); another "
         "writer is editing it. Nothing half-written was left; run apply again"
     )
+
+
+def _with_revision(planned: Planned, revision: str | None) -> Planned:
+    """The plan with the revision its state file should record: `revision` when the apply
+    writes (a file or the ownership changes), else the recorded one, so a state file is never
+    rewritten for the revision alone."""
+    plan, seen = planned.plan, planned.observed.ownership
+    own = plan.ownership
+    writes = (
+        any(f.write for f in plan.files)
+        or {k: v for k, v in own.entries.items() if v}
+        != {k: v for k, v in seen.entries.items() if v}
+        or own.owns_cron != seen.owns_cron
+    )
+    wanted = (revision or "") if writes else seen.revision
+    if own.revision == wanted:
+        return planned
+    ownership = dataclasses.replace(own, revision=wanted)
+    return dataclasses.replace(planned, plan=dataclasses.replace(plan, ownership=ownership))
 
 
 def take_ownership(loaded: Loaded, config_dir: str, cron_path: str) -> Applied:

@@ -184,7 +184,24 @@ def text(plan: dict[str, Any], *, colour: bool = False) -> str:
     out.append(style(summary_line(plan), bold=True))
     while out[0] == "":  # a plan without changes starts with its unmanaged list or warnings
         out.pop(0)
+    revision = revision_line(plan)
+    if revision:
+        out[:0] = [revision, ""]
     return "\n".join(out) + "\n"
+
+
+def revision_line(plan: dict[str, Any]) -> str | None:
+    """`Desired state: FILE at git commit 0123456789ab` (and whether it has uncommitted changes),
+    when the file is in a git work tree (`desired.revision`)."""
+    desired = plan.get("desired")
+    if not isinstance(desired, dict):
+        return None
+    revision = desired.get("revision")
+    if not isinstance(revision, str) or not revision:
+        return None
+    commit = revision.removesuffix("-dirty")
+    dirty = " (with changes not committed)" if revision.endswith("-dirty") else ""
+    return printable(f"Desired state: {desired.get('file', '')} at git commit {commit[:12]}{dirty}")
 
 
 RESOLVED = "resolved at apply"
@@ -431,6 +448,11 @@ def markdown(plan: dict[str, Any], *, max_chars: int = MARKDOWN_MAX_CHARS) -> st
     base = _baseline_line(plan)
     if base:
         head += [base, ""]
+    revision = plan.get("desired", {}).get("revision")
+    if isinstance(revision, str) and revision:
+        dirty = " with changes not committed" if revision.endswith("-dirty") else ""
+        commit = revision.removesuffix("-dirty")
+        head += [f"Desired state at git commit {md_code(commit[:12])}{dirty}.", ""]
     head += _callouts(plan)
     if changes:
         head += _table(plan)

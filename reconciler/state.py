@@ -20,6 +20,7 @@ from reconciler.readfile import TooDeep, load_json
 FILENAME = "dms-reconciler.state.json"
 FORMAT = 1
 _PLAN_KEY = re.compile(r"[0-9a-f]{64}")
+_REVISION = re.compile(r"(?:[0-9a-f]{40}|[0-9a-f]{64})(?:-dirty)?")
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,9 @@ class Ownership:
     entries: dict[str, frozenset[str]] = field(default_factory=dict)  # file -> owned keys
     owns_cron: bool = False  # the sa-learn cron file is owned whole
     plan_key: str = ""  # hex; keys the HMAC of secret fingerprints in saved plans
+    # The git revision of mailserver.yaml at the last apply that wrote the volume ("" unknown):
+    # recorded only with a write, so an apply that changes nothing still writes nothing.
+    revision: str = ""
 
     def owned(self, file: str) -> frozenset[str]:
         return self.entries.get(file, frozenset())
@@ -37,6 +41,7 @@ class Ownership:
             {f: self.owned(f) | other.owned(f) for f in files},
             self.owns_cron or other.owns_cron,
             self.plan_key or other.plan_key,
+            other.revision or self.revision,
         )
 
 
@@ -73,7 +78,10 @@ def parse(text: str) -> tuple[Ownership, str | None]:
         key = data.get("plan_key")
         if not (isinstance(key, str) and _PLAN_KEY.fullmatch(key)):
             key = ""  # missing or damaged: a new one is made at the next apply
-        return Ownership(entries, data.get("owns_cron") is True, key), None
+        revision = data.get("revision")  # absent in records written before it existed
+        if not (isinstance(revision, str) and _REVISION.fullmatch(revision)):
+            revision = ""
+        return Ownership(entries, data.get("owns_cron") is True, key, revision), None
     except TooDeep as exc:
         why = f" ({exc})"
     except ValueError:
@@ -88,16 +96,16 @@ def render(ownership: Ownership) -> str:
     """The file's text: exactly `json.dumps(..., indent=1)` of the record (tests compare the two),
     with the long lists of owned keys joined here by json's C string encoder, because json's
     indenting encoder is pure Python (40,000 owned entries: 50 ms, twice in every apply)."""
-    head = json.dumps(
-        {
-            "format": FORMAT,
-            "comment": "Written by dms-reconciler: the entries it manages. Deleting this file "
-            "makes them unmanaged; it never deletes mail configuration.",
-            "plan_key": ownership.plan_key,
-            "owns_cron": ownership.owns_cron,
-        },
-        indent=1,
-    )
+    record: dict[str, object] = {
+        "format": FORMAT,
+        "comment": "Written by dms-reconciler: the entries it manages. Deleting this file "
+        "makes them unmanaged; it never deletes mail configuration.",
+        "plan_key": ownership.plan_key,
+        "owns_cron": ownership.owns_cron,
+    }
+    if ownership.revision:  # an optional key: format 1 readers skip what they do not know
+        record["revision"] = ownership.revision
+    head = json.dumps(record, indent=1)
     owned = [(name, sorted(keys)) for name, keys in sorted(ownership.entries.items()) if keys]
     if not owned:
         return head[:-2] + ',\n "owned": {}\n}\n'

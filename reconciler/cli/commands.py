@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
     from reconciler.cli.baseline import BasePlanned
+    from reconciler.gitrev import GitRevision
     from reconciler.reconcile import Target
 
 # Each command imports what it needs (the loader, the planner, the executor, passlib ...) in its
@@ -337,6 +338,7 @@ def plan(
         target = Target(file, config_dir, cron_file, prune=prune, offline=bool(offline))
         planned = plan_once(target)
         data = planned.plan.to_dict(desired=_desired_info(planned), volume=_volume_info(target))
+        _note_suspension(data, config_dir)
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
     elif fmt == "markdown":
@@ -484,13 +486,21 @@ def apply(
         applied, target = saved_plan.apply_saved(
             plan_file, allow_deletions=allow_deletions, lock_timeout=lock_timeout, on_wait=waiting
         )
+        git = None
     else:
+        from reconciler.gitrev import revision_of
+
         target = Target(file, config_dir, cron_file, prune=prune)
+        git = revision_of(file)
         applied = apply_once(
-            target, allow_deletions=allow_deletions, lock_timeout=lock_timeout, on_wait=waiting
+            target,
+            allow_deletions=allow_deletions,
+            lock_timeout=lock_timeout,
+            on_wait=waiting,
+            revision=git.revision,
         )
     data = applied.planned.plan.to_dict(
-        desired=_desired_info(applied.planned), volume=_volume_info(target)
+        desired=_desired_info(applied.planned, git), volume=_volume_info(target)
     )
     data["applied"] = {
         "files_written": list(applied.result.written),
@@ -531,6 +541,76 @@ def apply(
     else:
         _say("No changes. The config volume matches mailserver.yaml.", fg="green")
     return 0
+
+
+@cli.command()
+@_no_colour_option
+@click.option(
+    "--config-dir",
+    envvar="DMS_CONFIG_DIR",
+    default=DEFAULT_CONFIG_DIR,
+    show_default=True,
+    help="The DMS config volume. Env: DMS_CONFIG_DIR.",
+)
+@click.option("--reason", default="", help="Why (shown by apply, the sidecar and notifications).")
+@click.option(
+    "--lock-timeout",
+    type=float,
+    default=120.0,
+    show_default=True,
+    help="Seconds to wait for an apply in flight to finish.",
+)
+def suspend(config_dir: str, reason: str, lock_timeout: float) -> int:
+    """Stop every write to the config volume (a DMS upgrade, an incident) until `resume`.
+
+    Writes the marker dms-reconciler.suspended into the volume. While it is there, apply
+    refuses and the sidecar only plans and reports. When this returns, no apply is writing.
+    """
+    from reconciler.volume import suspend as suspension
+
+    _require_volume(config_dir)
+    found, wrote = suspension.suspend(config_dir, reason=reason, lock_timeout=lock_timeout)
+    if found.warning:
+        _warn(found.warning)
+    if wrote:
+        _say(
+            f"Suspended: {config_dir} is {found.describe()}. Nothing is written until "
+            "`dms-reconciler resume`.",
+            fg="yellow",
+            bold=True,
+        )
+    else:
+        _say(f"Already {found.describe()}; left as it is.", fg="yellow")
+    return 0
+
+
+@cli.command()
+@_no_colour_option
+@click.option(
+    "--config-dir",
+    envvar="DMS_CONFIG_DIR",
+    default=DEFAULT_CONFIG_DIR,
+    show_default=True,
+    help="The DMS config volume. Env: DMS_CONFIG_DIR.",
+)
+def resume(config_dir: str) -> int:
+    """End a suspension: apply and the sidecar write again (the sidecar at its next look)."""
+    from reconciler.volume import suspend as suspension
+
+    _require_volume(config_dir)
+    ended = suspension.resume(config_dir)
+    if ended is None:
+        _say(f"{config_dir} is not suspended; nothing to do.")
+    else:
+        _say(f"Resumed: {config_dir} was {ended.describe()}.", fg="green")
+    return 0
+
+
+def _require_volume(config_dir: str) -> None:
+    if not os.path.isdir(config_dir):
+        raise ReconcilerError(
+            f"{config_dir} is not a folder: give the config volume with --config-dir"
+        )
 
 
 @cli.command()
@@ -578,6 +658,16 @@ def apply(
     help="Seconds one step of the loop (a reconcile, a look at DMS) may take before /healthz "
     "fails: the loop is wedged. Env: DMS_RECONCILER_STUCK_AFTER.",
 )
+@click.option(
+    "--notify-file",
+    default=None,
+    envvar="DMS_RECONCILER_NOTIFY_FILE",
+    metavar="FILE",
+    type=click.Path(dir_okay=False),
+    help="Apprise URLs to notify (applied, failed, drift repaired, suspended), one or more a "
+    "line; added to those in DMS_RECONCILER_NOTIFY. Keep it out of git (tokens). "
+    "Env: DMS_RECONCILER_NOTIFY_FILE.",
+)
 @_secrets_dir_option
 def watch(
     file: str,
@@ -588,6 +678,7 @@ def watch(
     container: str | None,
     container_label: str,
     stuck_after: float,
+    notify_file: str | None,
 ) -> int:
     """The sidecar: apply every change of mailserver.yaml, repair drift, confirm DMS applied it."""
     import prometheus_client
@@ -595,13 +686,23 @@ def watch(
     from reconciler import log
     from reconciler.reconcile import Target
     from reconciler.watch.dms import Dms
+    from reconciler.watch.health import Metrics
     from reconciler.watch.loop import Watcher, WatchOptions
+    from reconciler.watch.notify import Notifier
 
     log.setup()
     prometheus_client.disable_created_metrics()  # `*_created` series only add noise here
+    metrics = Metrics()
+    notifier = Notifier.from_config(  # a broken URL stops here, before anything runs
+        os.environ,
+        notify_file,
+        log=log.get("notify"),
+        on_result=lambda result: metrics.notifications.labels(result=result).inc(),
+    )
     target = Target(file, config_dir, cron_file)
     options = WatchOptions(interval=interval, listen=listen, stuck_after=stuck_after)
-    return Watcher(target, options, dms=Dms(container=container, label=container_label)).run()
+    dms = Dms(container=container, label=container_label)
+    return Watcher(target, options, dms=dms, metrics=metrics, notifier=notifier).run()
 
 
 @cli.command()
@@ -750,8 +851,33 @@ def _progress_on_terminal(fmt: str) -> None:
     passwords.show_progress(bar)
 
 
-def _desired_info(planned: Any) -> dict[str, Any]:
-    return {"file": planned.loaded.filename, "sha256": planned.loaded.sha256}
+def _desired_info(planned: Any, git: GitRevision | None = None) -> dict[str, Any]:
+    """`file`, `sha256`, and `revision` (`<commit>` or `<commit>-dirty`) when the file is in a
+    git work tree, or `revision_error` when git could not say (warned about on stderr)."""
+    from reconciler.gitrev import revision_of
+
+    info = {"file": planned.loaded.filename, "sha256": planned.loaded.sha256}
+    git = git or revision_of(planned.loaded.filename)
+    if git.revision:
+        info["revision"] = git.revision
+    if git.problem:
+        info["revision_error"] = git.problem
+        _warn(f"{git.problem}; the plan shows no revision")
+    return info
+
+
+def _note_suspension(data: dict[str, Any], config_dir: str) -> None:
+    """A plan of a suspended volume says so: apply would refuse it."""
+    from reconciler.volume import suspend
+
+    found = suspend.read(config_dir)
+    if found is None:
+        return
+    data["suspended"] = found.to_dict()
+    data["notes"].append(
+        f"the config volume is {found.describe()}: apply refuses until `dms-reconciler resume`"
+        + (f" ({found.warning})" if found.warning else "")
+    )
 
 
 def _volume_info(target: Target) -> dict[str, Any]:

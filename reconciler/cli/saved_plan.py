@@ -166,4 +166,11 @@ def apply_saved(
         lock_timeout=lock_timeout,
         on_wait=on_wait,
         check=check,
+        revision=_saved_revision(expected),
     ), target
+
+
+def _saved_revision(expected: dict[str, Any]) -> str | None:
+    """The git revision the plan was made from (its file's bytes are checked to be the same)."""
+    revision = expected.get("desired", {}).get("revision")
+    return revision if isinstance(revision, str) and revision else None

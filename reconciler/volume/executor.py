@@ -22,6 +22,7 @@ right before a plain rename (a window of microseconds instead of none).
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import hashlib
@@ -55,6 +56,7 @@ from reconciler.formats import (
 from reconciler.passwords import verified
 from reconciler.passwords.sources import Secret, hash_many
 from reconciler.plan import DeletionGuard, FilePlan, PendingHash, PendingKey, Plan
+from reconciler.volume import suspend
 from reconciler.volume.lock import LOCK_NAME, DmsLock, lock_token, owner_is_dead, wait_for_peers
 from reconciler.volume.observe import CRON, FileSnapshot, Observed, read_snapshot, symlink_refusal
 
@@ -211,9 +213,7 @@ def apply_plan(
     todo = [name for name in write_order(contents) if contents[name] != snaps[name].data]
     new_state = plan.ownership
     if not new_state.plan_key:
-        new_state = state_file.Ownership(
-            new_state.entries, new_state.owns_cron, state_file.new_plan_key()
-        )
+        new_state = dataclasses.replace(new_state, plan_key=state_file.new_plan_key())
     state_text = state_file.render(new_state).encode()
     state_snap = observed.snapshots[state_file.FILENAME]
     if not todo and state_snap.data == state_text:
@@ -229,6 +229,7 @@ def apply_plan(
     sha512: dict[str, str] = {}
     carried = 0
     with DmsLock(config_dir, timeout=lock_timeout, on_wait=on_wait):
+        suspend.refuse_if_suspended(config_dir)  # again under the lock `suspend` takes too
         _remove_stale_temp_files(config_dir)
         held: dict[str, int] = {}
         staged: dict[str, str] = {}

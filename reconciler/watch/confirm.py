@@ -80,8 +80,10 @@ class Confirmer:
         clock: Callable[[], float],
         poll_seconds: float = 1.0,
         environ: Mapping[str, str] = os.environ,
+        notify: Callable[[str, str], None] | None = None,
     ) -> None:
         self.dms = dms
+        self.notify = notify or (lambda kind, text: None)  # `Notifier.event`: never blocks
         self.config_dir = config_dir
         self.metrics = metrics
         self.status = status
@@ -221,6 +223,8 @@ class Confirmer:
         # A problem is a warning the first time; the same one on every apply is only noise.
         if not quiet and state != "confirmed" and message != self._note:
             self.log.warning(message, extra={"fields": {"dms": state}})
+            if state == "timed_out":
+                self.notify("failed", message)
         else:
             self.log.info(message, extra={"fields": {"dms": state}})
         self._note = message if state != "confirmed" else None

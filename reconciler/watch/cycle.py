@@ -18,10 +18,12 @@ from collections.abc import Callable
 
 from reconciler import state as state_file
 from reconciler.errors import InvalidDesiredState, ReconcilerError, Refused
+from reconciler.gitrev import GitRevision, revision_of
 from reconciler.load.desired import EntryModels, Loaded, load_desired_bytes
 from reconciler.load.yamlchunks import IncrementalLoader
 from reconciler.passwords.sources import VerifiedCache
 from reconciler.reconcile import Applied, Target, apply_once, plan_once
+from reconciler.volume import suspend
 from reconciler.volume.executor import ApplyResult
 from reconciler.volume.observe import prepare_next_read, read_fingerprint
 from reconciler.watch.confirm import Confirmer
@@ -68,6 +70,8 @@ class ReconcileCycle:
         self._clean: tuple[str, dict[str, str | None]] | None = None
         self._settling: str | None = None  # input digest read while waiting for it to settle
         self._settle_looks = 0  # looks in a row that found the content still changing
+        self._good_revision: str | None = None  # the git revision of `good`
+        self._revision_problem: str | None = None  # why git could not say, last logged
 
     def run(self, trigger: str, *, settle: bool = False, writer_open: bool = False) -> str | None:
         """One reconcile: load, plan, apply, report. `trigger` is startup, change or interval.
@@ -140,11 +144,18 @@ class ReconcileCycle:
 
     def _reconcile(self, trigger: str, started: float, inputs: Inputs) -> str | None:
         data, digest, problem = inputs
+        git = self._revision_of(data)
         if trigger == "change" and digest == self._digest_seen:
             self.log.debug("an event, but mailserver.yaml and its password files are unchanged")
+            if digest == self._digest_applied:  # e.g. git-sync checked out a commit that
+                self._at_revision(git.revision)  # did not touch the file: the volume matches it
             return None
         self._digest_seen = digest
-        if trigger == "interval" and self._still_clean(digest):
+        found = suspend.read(self.target.config_dir)
+        if found is None:
+            self.reporter.not_suspended()
+        if trigger == "interval" and found is None and self._still_clean(digest):
+            self._at_revision(git.revision)
             return self._finish(trigger, "unchanged", started, "the volume matches", success=True)
         self._clean = None
         loud = trigger != "interval"
@@ -176,10 +187,13 @@ class ReconcileCycle:
             loaded = self.good  # keep the last good state applied: repair drift against it
         else:
             assert loaded is not None
-            self.good = loaded
+            self.good, self._good_revision = loaded, git.revision
             self.reporter.valid()
             for warning in () if reused else loaded.warnings:
                 self.log.warning(warning.format())
+        revision = self._good_revision
+        if found is not None:
+            return self._plan_only(trigger, started, loaded, found, digest)
         try:
             applied = self._quiet_check(loaded) if trigger == "interval" else None
             if applied is None:
@@ -189,7 +203,11 @@ class ReconcileCycle:
                     cache=self.cache,
                     lock_timeout=self.lock_timeout,
                     on_wait=lambda message: self.log.info(message),
+                    revision=revision,
                 )
+        except suspend.Suspended:  # suspended between our look and the apply's: nothing written
+            found = suspend.read(self.target.config_dir) or suspend.Suspension()
+            return self._plan_only(trigger, started, loaded, found, digest)
         except Refused as exc:
             self._count_pending(loaded)
             self.log.error(f"refused: {exc}")
@@ -205,7 +223,50 @@ class ReconcileCycle:
         except Exception as exc:  # a bug: keep running, say what kind, never print local data
             internal_error(self.log, "reconcile", exc)
             return self._finish(trigger, "error", started, f"internal error ({type(exc).__name__})")
-        return self._after_apply(trigger, applied, digest, started, problem)
+        return self._after_apply(trigger, applied, digest, started, problem, revision)
+
+    def _revision_of(self, data: bytes | None) -> GitRevision:
+        """The git revision of the bytes just read; a problem is logged once (it is no failure)."""
+        if data is None:
+            return GitRevision()
+        found = revision_of(self.target.desired_path, data)
+        if found.problem and found.problem != self._revision_problem:
+            self.log.warning(f"{found.problem}; reconciling without it")
+        self._revision_problem = found.problem
+        return found
+
+    def _at_revision(self, revision: str | None) -> None:
+        """The volume matches the current file, now at `revision` (its bytes unchanged)."""
+        if revision != self._good_revision:
+            self._good_revision = revision
+            if revision:
+                self.log.info(
+                    "mailserver.yaml is unchanged at a new git revision",
+                    extra={"fields": {"revision": revision}},
+                )
+        self.reporter.revision(revision)
+
+    def _plan_only(
+        self,
+        trigger: str,
+        started: float,
+        loaded: Loaded,
+        found: suspend.Suspension,
+        digest: str,
+    ) -> str:
+        """Suspended: plan (read-only) and report what waits; write nothing."""
+        try:
+            planned = plan_once(self.target, loaded=loaded, cache=self.cache)
+        except ReconcilerError as exc:
+            self.log.error(f"suspended, and planning failed: {exc}")
+            return self._finish(trigger, "error", started, str(exc))
+        pending = len(planned.plan.changes)
+        drifted = bool(pending) and digest == self._digest_applied
+        self.reporter.suspended(found, pending=pending, drifted=drifted)
+        waiting = f"; {pending} entry change(s) wait" if pending else ""
+        return self._finish(
+            trigger, "suspended", started, f"the config volume is {found.describe()}{waiting}"
+        )
 
     def _still_clean(self, digest: str) -> bool:
         """Same inputs and the same volume, byte for byte, as the last plan that found nothing to
@@ -239,6 +300,7 @@ class ReconcileCycle:
         digest: str,
         started: float,
         problem: InvalidDesiredState | None,
+        revision: str | None,
     ) -> str:
         plan = applied.planned.plan
         written = applied.result.written
@@ -257,6 +319,7 @@ class ReconcileCycle:
             drifted=drifted,
             attempts=applied.attempts,
             accounts=len(applied.planned.loaded.state.accounts),
+            revision=revision,
         )
         if problem is None:
             self._digest_applied = digest

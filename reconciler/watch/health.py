@@ -5,8 +5,8 @@
   An invalid mailserver.yaml does NOT make it fail: restarting the sidecar would not fix a bad
   commit. The body (JSON) still says what is wrong.
 - `/readyz` answers 200 once the volume matches the current mailserver.yaml: the last reconcile
-  succeeded and the file is valid. A bad file, a refused plan or an error make it 503, with the
-  reason in the body.
+  succeeded and the file is valid. A bad file, a refused plan, an error or a suspension
+  (`dms-reconciler suspend`: status "suspended") make it 503, with the reason in the body.
 - `/metrics`: the Prometheus text format, from a registry of our own (so tests can make several).
 
 The HTTP server runs in daemon threads; `Status` is the only state they share with the loop, and
@@ -29,7 +29,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from reconciler import __version__
 
-RESULTS = ("changed", "unchanged", "invalid", "refused", "error")
+RESULTS = ("changed", "unchanged", "invalid", "refused", "error", "suspended")
 DMS_STATES = ("none", "waiting", "confirmed", "timed_out", "unconfirmed")
 
 
@@ -107,9 +107,29 @@ class Metrics:
         self.dms_reloads = Counter(
             p + "dms_reloads", "Reloads run in the DMS container", ["service", "result"], registry=r
         )
+        self.applied_revision = Gauge(
+            p + "applied_revision_info",
+            "The git revision of mailserver.yaml the volume last matched (`-dirty`: not the "
+            "committed bytes); no series when the file is not in git",
+            ["revision"],
+            registry=r,
+        )
+        self.suspended = Gauge(
+            p + "suspended",
+            "1 while the config volume is suspended (dms-reconciler suspend): nothing is written",
+            registry=r,
+        )
+        self.notifications = Counter(
+            p + "notifications",
+            "Notification messages by result (sent, failed) per target",
+            ["result"],
+            registry=r,
+        )
         self.info = Info(p + "build", "Version of dms-reconciler", registry=r)
         self.info.info({"version": __version__})
         self.dms_state.state("none")
+        for sent in ("sent", "failed"):
+            self.notifications.labels(result=sent)
         for result in RESULTS:  # show every series from the start, so rate() works at once
             for trigger in ("startup", "change", "interval"):
                 self.reconciles.labels(result=result, trigger=trigger)
@@ -130,6 +150,8 @@ class Status:
     desired_valid: bool | None = None
     dms: str = "none"
     dms_message: str = ""
+    revision: str | None = None  # the git revision the volume last matched
+    suspended: dict[str, Any] | None = None  # the suspension marker, while there is one
     alive: Callable[[], bool] = lambda: True
     stuck: Callable[[], str | None] = lambda: None  # why the loop makes no progress, if it does not
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -150,6 +172,8 @@ class Status:
                 "last_success": self.last_success,
                 "desired_valid": self.desired_valid,
                 "dms": {"state": self.dms, "message": self.dms_message},
+                "revision": self.revision,
+                "suspended": self.suspended,
             }
 
     def live(self) -> bool:
@@ -163,7 +187,11 @@ class Status:
 
     def ready(self) -> bool:
         with self._lock:
-            return self.last_result in ("changed", "unchanged") and bool(self.desired_valid)
+            return (
+                self.last_result in ("changed", "unchanged")
+                and bool(self.desired_valid)
+                and self.suspended is None
+            )
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -181,10 +209,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(200 if reason is None else 503, {**body, **self.server.status.snapshot()})
         elif path == "/readyz":
             ok = self.server.status.ready()
-            self._json(
-                200 if ok else 503,
-                {"status": "ready" if ok else "not ready", **self.server.status.snapshot()},
-            )
+            snapshot = self.server.status.snapshot()
+            status = "ready" if ok else "suspended" if snapshot["suspended"] else "not ready"
+            self._json(200 if ok else 503, {**snapshot, "status": status})
         else:
             self._json(404, {"error": "not found", "paths": ["/healthz", "/readyz", "/metrics"]})
 

@@ -40,6 +40,7 @@ from reconciler.watch.events import EventSource, Taken
 from reconciler.watch.health import HealthServer, Metrics, Status
 from reconciler.watch.heartbeat import Heartbeat
 from reconciler.watch.inputs import InputReader
+from reconciler.watch.notify import Notifier
 from reconciler.watch.report import Reporter, internal_error
 
 RETRY_FIRST_SECONDS = 1.0  # after a failed reconcile: 1 s, doubling up to --interval
@@ -209,11 +210,14 @@ class Watcher:
         dms: dms_mod.Dms | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        notifier: Notifier | None = None,
     ) -> None:
         self.target = target
         self.options = options or WatchOptions()
         self.dms = dms
         self.metrics = metrics or Metrics()
+        self.notifier = notifier
+        notify = notifier.event if notifier is not None else None
         self.clock = clock
         self.heartbeat = Heartbeat(self.options.stuck_after, clock=clock)
         self.status = Status(alive=self._alive, stuck=self.heartbeat.stuck)
@@ -238,6 +242,7 @@ class Watcher:
             log=self.log,
             clock=clock,
             poll_seconds=self.options.dms_poll,
+            notify=notify,
         )
         self.cycle = ReconcileCycle(
             target,
@@ -248,6 +253,7 @@ class Watcher:
                 status=self.status,
                 log=self.log,
                 clock=clock,
+                notify=notify,
             ),
             confirmer=self.confirmer,
             cache=VerifiedCache(),
@@ -278,6 +284,8 @@ class Watcher:
             )
         try:
             self.events.start()
+            if self.notifier is not None:
+                self.notifier.start()
             self.log.info(
                 "watching for changes",
                 extra={
@@ -286,6 +294,7 @@ class Watcher:
                         "config_dir": self.target.config_dir,
                         "interval_seconds": self.options.interval,
                         "dms": self.dms.describe() if self.dms else "off",
+                        "notify": self.notifier.describe() if self.notifier else [],
                     }
                 },
             )
@@ -428,6 +437,8 @@ class Watcher:
                 "and DMS applies them on its own"
             )
         self.events.stop()
+        if self.notifier is not None:
+            self.notifier.close()  # what is queued gets a few seconds to go out
         if self._server is not None:
             self._server.close()
         if self.dms is not None:

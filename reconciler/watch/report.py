@@ -12,6 +12,7 @@ from typing import Any
 from reconciler import log as logs
 from reconciler.errors import InvalidDesiredState
 from reconciler.plan import Plan
+from reconciler.volume.suspend import Suspension
 from reconciler.watch.health import Metrics, Status
 
 
@@ -37,6 +38,7 @@ class Reporter:
         log: logging.Logger,
         clock: Callable[[], float],
         wall_clock: Callable[[], float] = time.time,
+        notify: Callable[[str, str], None] | None = None,
     ) -> None:
         self.desired_path = desired_path
         self.metrics = metrics
@@ -44,7 +46,10 @@ class Reporter:
         self.log = log
         self.clock = clock
         self.wall_clock = wall_clock
+        self.notify = notify or (lambda kind, text: None)  # `Notifier.event`: never blocks
         self._invalid_logged: str | None = None  # the digest of the invalid file last logged
+        self._failure_notified: str | None = None  # the failure last notified, until a success
+        self._suspended: str | None = None  # the suspension last reported
 
     def finish(
         self, trigger: str, result: str, started: float, message: str, *, success: bool = False
@@ -63,6 +68,17 @@ class Reporter:
             self.metrics.last_success.set(now)
             changes["last_success"] = now
         self.status.update(**changes)
+        if result in ("refused", "error"):
+            self.failed(f"{result}: {message}")
+        elif success and self._failure_notified is not None:
+            self._failure_notified = None
+            self.notify("recovered", "the config volume matches mailserver.yaml again")
+
+    def failed(self, text: str) -> None:
+        """A failure people should hear of: notified once, until it changes or a success."""
+        if text != self._failure_notified:
+            self._failure_notified = text
+            self.notify("failed", text)
 
     def valid(self) -> None:
         """The current desired file is valid."""
@@ -81,6 +97,11 @@ class Reporter:
             return
         self._invalid_logged = digest
         diagnostics = [d.format() for d in problem.diagnostics]
+        shown = "; ".join(diagnostics[:5]) + (" ..." if len(diagnostics) > 5 else "")
+        self.failed(
+            f"{self.desired_path} is invalid ({len(diagnostics)} error(s)); nothing was changed, "
+            f"the last good state stays applied: {shown}"
+        )
         self.log.error(
             f"{self.desired_path} is invalid; nothing was changed, the last good "
             "state stays applied",
@@ -99,10 +120,13 @@ class Reporter:
         drifted: bool,
         attempts: int,
         accounts: int,
+        revision: str | None = None,
     ) -> None:
-        """An apply (or a plan that found nothing to do) ended: its log line and gauges."""
+        """An apply (or a plan that found nothing to do) ended: its log line and gauges.
+        `revision`: the git revision of the desired state applied (None: not from git)."""
         counts = plan.counts
         changed_keys = [f"{c.file}:{c.key}" for c in plan.changes]
+        at = {"revision": revision} if revision else {}
         if written:
             self.log.info(
                 "applied" if not drifted else "repaired drift",
@@ -115,11 +139,30 @@ class Reporter:
                         "files_written": list(written),
                         "entries": changed_keys[:50],
                         "attempts": attempts,
+                        **at,
                     }
                 },
             )
+            shown = ", ".join(changed_keys[:10]) + (" ..." if len(changed_keys) > 10 else "")
+            where = f" at git revision {short(revision)}" if revision else ""
+            if drifted:
+                self.notify(
+                    "drift",
+                    f"repaired drift: {len(changed_keys)} hand-edited entr"
+                    f"{'y' if len(changed_keys) == 1 else 'ies'} put back{where}: {shown}",
+                )
+            else:
+                self.notify(
+                    "applied",
+                    f"{counts['add']} added, {counts['change']} changed, {counts['destroy']} "
+                    f"destroyed{where}; files written: {', '.join(written)}"
+                    + (f"; entries: {shown}" if shown else ""),
+                )
         elif trigger != "interval":
-            self.log.info("no changes: the config volume matches mailserver.yaml")
+            self.log.info(
+                "no changes: the config volume matches mailserver.yaml", extra={"fields": at}
+            )
+        self.revision(revision)
         self.metrics.drift.set(len(plan.changes) if drifted else 0)
         if drifted:
             self.metrics.drift_repaired.inc(len(plan.changes))
@@ -131,3 +174,56 @@ class Reporter:
             self.metrics.unmanaged.labels(file=name).set(count)
         self.metrics.managed_accounts.set(accounts)
         self.metrics.pending.set(0)
+
+    def revision(self, revision: str | None) -> None:
+        """The git revision the volume now matches (metric and status)."""
+        if revision == self.status.revision:
+            return
+        self.metrics.applied_revision.clear()
+        if revision:
+            self.metrics.applied_revision.labels(revision=revision).set(1)
+        self.status.update(revision=revision)
+
+    def suspended(self, found: Suspension, *, pending: int, drifted: bool) -> None:
+        """The volume is suspended: nothing was written; `pending` entry changes wait."""
+        self.metrics.suspended.set(1)
+        self.metrics.pending.set(pending)
+        self.metrics.drift.set(pending if drifted else 0)
+        self.status.update(suspended=found.to_dict())
+        described = found.describe()
+        if described != self._suspended:
+            self._suspended = described
+            if found.warning:
+                self.log.warning(found.warning)
+            self.log.warning(
+                f"the config volume is {described}; planning and reporting only, nothing is "
+                "written until `dms-reconciler resume`",
+                extra={"fields": {"pending": pending, "suspended": found.to_dict()}},
+            )
+            self.notify(
+                "suspended",
+                f"{described}. Changes are planned, not written"
+                + (f"; {pending} entry change(s) wait" if pending else ""),
+            )
+        elif pending:
+            self.log.info(
+                f"suspended: {pending} entry change(s) wait for `dms-reconciler resume`",
+                extra={"fields": {"pending": pending, "drift": drifted}},
+            )
+
+    def not_suspended(self) -> None:
+        """No marker (any more): say so once when it was there."""
+        if self._suspended is None:
+            return
+        self._suspended = None
+        self.metrics.suspended.set(0)
+        self.status.update(suspended=None)
+        self.log.warning("resumed: the suspension marker is gone; writing again")
+        self.notify("resumed", "the suspension ended; dms-reconciler writes again")
+
+
+def short(revision: str | None) -> str:
+    """12 hex digits, `-dirty` kept."""
+    if not revision:
+        return ""
+    return revision[:12] + ("-dirty" if revision.endswith("-dirty") else "")

@@ -221,3 +221,18 @@ def test_without_dms_nothing_is_awaited(tmp_path: Path, clock: Clock, metrics: M
     confirmer.after_write(WRITTEN, WRITTEN, accounts=3)
     assert confirmer.awaiting is None and confirmer.reconfirm_at is None
     assert confirmer.status.dms == "none"
+
+
+def test_a_timeout_is_notified(tmp_path: Path, fake: FakeDms, clock: Clock,
+                                    metrics: Metrics) -> None:
+    events: list[tuple[str, str]] = []
+    confirmer = Confirmer(fake, config_dir=str(tmp_path), metrics=metrics, status=Status(),
+                          log=logging.getLogger("test.confirm"), clock=clock, poll_seconds=1.0,
+                          environ={"DMS_RECONCILER_CONFIRM_TIMEOUT": "30"},
+                          notify=lambda kind, text: events.append((kind, text)))
+    confirmer.after_write(WRITTEN, WRITTEN, accounts=3)
+    while confirmer.awaiting is not None:
+        clock.now = confirmer.awaiting.next_poll
+        confirmer.poll()
+    assert [kind for kind, _ in events] == ["failed"]  # not "waiting", which is no failure
+    assert "DMS did not confirm the change within 30 s" in events[0][1]
