@@ -1,6 +1,7 @@
-"""The real DMS v15.1.0 on a volume dms-reconciler writes: mail to every kind of declared address,
-IMAP logins for each password source, changes applied by the sidecar and confirmed from DMS's
-checksum file, spam to the quarantine mailbox, and DMS's logs free of warnings about our files.
+"""The real DMS (v15.1.0 and v16, see conftest.py) on a volume dms-reconciler writes: mail to every
+kind of declared address, IMAP logins for each password source, quotas as each Dovecot reads them,
+changes applied by the sidecar and confirmed from DMS's checksum file, spam to the quarantine
+mailbox, and DMS's logs free of warnings about our files.
 
 One DMS container serves the whole module (DMS starts in ~6.5 s, Amavis takes longer); the tests
 run in file order and each one's changes are the next one's starting point.
@@ -20,7 +21,7 @@ import pytest
 
 from reconciler.planner import make as planner
 from tests.realdms import harness
-from tests.realdms.harness import GTUBE, DmsVolume, RealDms, wait_until
+from tests.realdms.harness import GTUBE, DmsImage, DmsVolume, RealDms, wait_until
 from tests.support.util import run_cli, sha512_hash
 from tests.support.watch_process import WatchProcess, save_atomically
 
@@ -153,6 +154,26 @@ def test_imap_login_for_each_password_source(host: MailHost) -> None:
     assert dms.imap_login("bob@example.org", PASSWORDS["bob"])  # password_env
     assert dms.imap_login("carol@example.test", PASSWORDS["carol"])
     assert not dms.imap_login("bob@example.org", PASSWORDS["jane"])
+
+
+def userdb(dms: RealDms) -> dict[str, str]:
+    """/etc/dovecot/userdb as DMS generated it: {user: the whole line}."""
+    lines = dms.sh("cat /etc/dovecot/userdb").splitlines()
+    return {line.split(":", 1)[0]: line for line in lines if line.strip()}
+
+
+def test_quota_as_the_dms_version_reads_it(host: MailHost, dms_image: DmsImage) -> None:
+    """admin's `quota: 50M`: Dovecot 2.3 (v15) gets a quota rule, Dovecot 2.4 (v16) a storage
+    size plus DMS's 10% grace; both enforce 51200 KiB."""
+    line = userdb(host.dms)["admin@example.test"]
+    if dms_image.v16:
+        assert line.endswith("userdb_quota_storage_size=50M userdb_quota_storage_grace=5M"), line
+        root = "user"
+    else:
+        assert line.endswith("userdb_quota_rule=*:bytes=50M"), line
+        root = "User quota"
+    shown = host.dms.sh("doveadm quota get -u admin@example.test")
+    assert re.search(rf"^{root}\s+STORAGE\s+\d+\s+51200\b", shown, re.M), shown
 
 
 def test_password_change_is_applied_and_confirmed(host: MailHost,
