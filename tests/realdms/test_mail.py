@@ -1,7 +1,8 @@
 """The real DMS (v15.1.0 and v16, see conftest.py) on a volume dms-reconciler writes: mail to every
 kind of declared address, IMAP logins for each password source, quotas as each Dovecot reads them,
 changes applied by the sidecar and confirmed from DMS's checksum file, spam to the quarantine
-mailbox, and DMS's logs free of warnings about our files.
+mailbox, and DMS's logs free of warnings about our files. What v16 changed where it touches our
+files is pinned here too: the alias dummy accounts (DMS #4581) and the quota grace.
 
 One DMS container serves the whole module (DMS starts in ~6.5 s, Amavis takes longer); the tests
 run in file order and each one's changes are the next one's starting point.
@@ -176,6 +177,26 @@ def test_quota_as_the_dms_version_reads_it(host: MailHost, dms_image: DmsImage) 
     assert re.search(rf"^{root}\s+STORAGE\s+\d+\s+51200\b", shown, re.M), shown
 
 
+def test_alias_dummy_accounts_follow_the_version(host: MailHost, dms_image: DmsImage) -> None:
+    """DMS #4581 (v16): an alias gets a userdb entry (its quota check, and an IMAP login with
+    that account's password) from the FIRST local account of its targets; catch-alls get none.
+    We write a multi-target alias's targets sorted, so `team@example.org bob@...,jane@...` is
+    bob's. v15 gave a catch-all one and a multi-target alias none."""
+    line = (host.volume.config / "postfix-virtual.cf").read_text()
+    assert "\nteam@example.org bob@example.org,jane@example.org\n" in line
+    entries = userdb(host.dms)
+    assert "/var/mail/example.org/bob/home" in entries["sales@example.org"]  # both versions
+    if dms_image.v16:
+        assert "/var/mail/example.org/bob/home" in entries["team@example.org"]
+        assert "@example.test" not in entries
+    else:
+        assert "team@example.org" not in entries
+        assert "/var/mail/example.test/admin/home" in entries["@example.test"]
+    assert host.dms.imap_login("team@example.org", PASSWORDS["bob"]) is dms_image.v16
+    assert not host.dms.imap_login("team@example.org", PASSWORDS["jane"])
+    assert "partner@example.org" not in entries  # a forward: no local account, on both
+
+
 def test_password_change_is_applied_and_confirmed(host: MailHost,
                                                   realdms_timings: dict[str, float]) -> None:
     dms = host.dms
@@ -334,3 +355,38 @@ def test_sidecar_health_reports_dms_confirmed(host: MailHost) -> None:
     assert json.loads(body)["dms"]["state"] == "confirmed", body
     assert host.watcher.metric("dms_reconciler_dms_confirmed") == 1
 
+
+def test_quota_forms_that_lose_the_grace_on_v16(host: MailHost, dms_image: DmsImage) -> None:
+    """DMS v16 adds `userdb_quota_storage_grace` (10%, whole units rounded down) only for sizes
+    matching `^[1-9][0-9]*[BkMGT]$`: `050M` gets none, `5M` gets `0M`; the same limits written
+    as validate suggests (`50M`, `5120k`) keep it. validate warns about exactly the first two."""
+    host.dms.mark()
+    before = host.watcher.count()
+    host.edit("quota: 50M}", "quota: 050M}")
+    host.edit("  bob@example.org: {password_env: BOB_PASSWORD}",
+              "  bob@example.org: {password_env: BOB_PASSWORD, quota: 5M}\n"
+              "  jane2@example.org: {password_env: BOB_PASSWORD, quota: 5120k}")
+    host.wait_confirmed(before)
+    checked = run_cli("validate", "-f", str(host.desired))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    warned = [line for line in (checked.stdout + checked.stderr).splitlines() if "no grace" in line]
+    assert len(warned) == 2, warned
+    assert "050M" in warned[0] + warned[1] and "write 5120k" in warned[0] + warned[1], warned
+    entries = wait_until(lambda: (e := userdb(host.dms)).get("jane2@example.org") and e, 60,
+                         "jane2 in the userdb")
+    attributes = {u: entries[u].rsplit("::", 1)[1] for u in
+                  ("admin@example.test", "bob@example.org", "jane2@example.org")}
+    if dms_image.v16:
+        assert attributes == {
+            "admin@example.test": "userdb_quota_storage_size=050M",
+            "bob@example.org": "userdb_quota_storage_size=5M userdb_quota_storage_grace=0M",
+            "jane2@example.org": "userdb_quota_storage_size=5120k "
+                                 "userdb_quota_storage_grace=512k",
+        }, attributes
+    else:  # Dovecot 2.3: DMS's quota_grace = 10%% applies to every rule
+        assert attributes == {"admin@example.test": "userdb_quota_rule=*:bytes=050M",
+                              "bob@example.org": "userdb_quota_rule=*:bytes=5M",
+                              "jane2@example.org": "userdb_quota_rule=*:bytes=5120k"}, attributes
+    shown = host.dms.sh("doveadm quota get -u bob@example.org")
+    assert re.search(r"STORAGE\s+\d+\s+5120\b", shown), shown
+    host.assert_no_problems()
