@@ -68,6 +68,7 @@ class ReconcileCycle:
         self._clean: tuple[str, dict[str, str | None]] | None = None
         self._settling: str | None = None  # input digest read while waiting for it to settle
         self._settle_looks = 0  # looks in a row that found the content still changing
+        self._target_warnings: tuple[str, ...] = ()  # the DMS target's warnings last logged
 
     def run(self, trigger: str, *, settle: bool = False, writer_open: bool = False) -> str | None:
         """One reconcile: load, plan, apply, report. `trigger` is startup, change or interval.
@@ -207,6 +208,15 @@ class ReconcileCycle:
             return self._finish(trigger, "error", started, f"internal error ({type(exc).__name__})")
         return self._after_apply(trigger, applied, digest, started, problem)
 
+    def _report_target(self, warnings: tuple[str, ...]) -> None:
+        """What the DMS container's release and settings mean for mailserver.yaml: logged when
+        it changes (not at every reconcile), as `dms_target_warning` lines."""
+        if warnings == self._target_warnings:
+            return
+        self._target_warnings = warnings
+        for warning in warnings:
+            self.log.warning(warning, extra={"fields": {"dms_target_warning": True}})
+
     def _still_clean(self, digest: str) -> bool:
         """Same inputs and the same volume, byte for byte, as the last plan that found nothing to
         do: the plan would be the same, so skip it (a plan takes about a second at 10k accounts)."""
@@ -245,6 +255,7 @@ class ReconcileCycle:
         counts = plan.counts
         for warning in applied.planned.observed.warnings:  # e.g. an unreadable state file
             self.log.warning(warning)
+        self._report_target(plan.target_warnings)
         drifted = (
             bool(written)
             and self._digest_applied is not None

@@ -108,6 +108,12 @@ class Metrics:
             p + "dms_reloads", "Reloads run in the DMS container", ["service", "result"], registry=r
         )
         self.info = Info(p + "build", "Version of dms-reconciler", registry=r)
+        self.dms_info = Info(
+            p + "dms",
+            "The DMS container's release (DMS_RELEASE) and the settings that decide what "
+            "mailserver.yaml can do there (found=false: could not be read)",
+            registry=r,
+        )
         self.info.info({"version": __version__})
         self.dms_state.state("none")
         for result in RESULTS:  # show every series from the start, so rate() works at once

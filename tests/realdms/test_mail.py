@@ -356,6 +356,30 @@ def test_sidecar_health_reports_dms_confirmed(host: MailHost) -> None:
     assert host.watcher.metric("dms_reconciler_dms_confirmed") == 1
 
 
+def test_the_target_dms_is_reported(host: MailHost, dms_image: DmsImage,
+                                    real_engine: Any) -> None:
+    """The sidecar logs and exports the release and settings it read from the container;
+    `plan --container` puts them in the plan's `target`, and with this DMS (every declared part
+    works there) it has nothing to warn about."""
+    release = "edge" if dms_image.v16 else "v15.1.0"  # 16-edge is an untagged build
+    settings = {"enable_amavis": "1", "enable_spamassassin": "1", "enable_quotas": "1",
+                "enable_rspamd": "0", "account_provisioner": "FILE"}
+    assert host.watcher.metric("dms_reconciler_dms_info", found="true", release=release,
+                               release_line=f"v{dms_image.major}", **settings) == 1
+    [said] = [r for r in host.watcher.records() if "dms_target" in r]
+    assert said["message"].startswith(f"DMS {release} (container {host.dms.name}): ")
+    assert said["dms_target"]["settings"]["SPAMASSASSIN_SPAM_TO_INBOX"] == "1"  # DMS's default
+    done = run_cli("plan", "-f", str(host.desired), *host.volume.args(), "--container",
+                   host.dms.name, "--format", "json", env={**ENV, "DOCKER_HOST": real_engine.url})
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["target"] == said["dms_target"]
+    assert [w for w in data["warnings"] if "DMS" in w or "declared but" in w] == []
+    if dms_image.v16:
+        assert any("DMS_RELEASE is 'edge'" in n for n in data["notes"])
+
+
+
 def test_quota_forms_that_lose_the_grace_on_v16(host: MailHost, dms_image: DmsImage) -> None:
     """DMS v16 adds `userdb_quota_storage_grace` (10%, whole units rounded down) only for sizes
     matching `^[1-9][0-9]*[BkMGT]$`: `050M` gets none, `5M` gets `0M`; the same limits written
