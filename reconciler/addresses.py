@@ -251,6 +251,42 @@ def quota_bytes(size: str) -> int | None:
     return 0 if size == "0" else int(match.group(2)) * _UNIT_BYTES[match.group(3)]
 
 
+_SMALLER_UNIT = {"k": "B", "M": "k", "G": "M", "T": "G"}
+_V16_GRACE_RE = re.compile(r"([1-9][0-9]*)([BkMGT])\Z")  # DMS v16's helpers/accounts.sh
+
+
+def quota_grace_lost(size: str) -> str | None:
+    """Explain why DMS v16 gives the quota `size` no grace, or return None.
+
+    DMS v15 (Dovecot 2.3) lets the message that crosses a quota exceed it by 10%
+    (`quota_grace = 10%%`). Dovecot 2.4's grace is a size, and DMS v16 writes
+    `userdb_quota_storage_grace=<n/10><unit>` only for sizes matching `^[1-9][0-9]*[BkMGT]$`, in
+    whole units rounded down: `050M` gets none, `5G` gets `0G`. The same limit written in the next
+    smaller unit keeps the 10%.
+    """
+    value = quota_bytes(size)
+    if not value:  # not a quota, or 0 (no limit): nothing to lose
+        return None
+    match = QUOTA_RE.match(size)
+    assert match is not None
+    number, unit = int(match.group(2)), match.group(3)
+    if _V16_GRACE_RE.match(size) and number >= 10:
+        return None
+    why = "a leading zero" if size.startswith("0") else f"10% of {number}{unit} rounds to 0{unit}"
+    if number >= 10:
+        better = f"{number}{unit}"
+    elif unit in _SMALLER_UNIT:
+        better = f"{number * 1024}{_SMALLER_UNIT[unit]}"
+    else:
+        return f"DMS v16 gives quota {size} no grace ({why})"
+    grace = f"{int(better[:-1]) // 10}{better[-1]}"
+    return (
+        f"DMS v16 (Dovecot 2.4) gives quota {size} no grace ({why}), where v15 lets the "
+        f"message that crosses it exceed it by 10%; write {better} for the same limit with a "
+        f"grace of {grace}"
+    )
+
+
 def check_quota(size: str) -> str | None:
     """Explain why Dovecot cannot use the quota `size`, or return None.
 

@@ -152,6 +152,8 @@ class Plan:
     secrets: Mapping[str, Secret] = field(default_factory=dict)  # NEW secrets to hash at apply
     managed_accounts: int = 0
     guards: tuple[DeletionGuard, ...] = ()  # every other file of entries the state file owns
+    target: Mapping[str, Any] | None = None  # the DMS it was planned for (planner/target.py)
+    target_warnings: tuple[str, ...] = ()  # what that DMS means for the plan (in `warnings`)
 
     @property
     def counts(self) -> dict[str, int]:
@@ -213,7 +215,9 @@ class Plan:
                 **self._files_over_limit(),
             },
             "unresolved_secrets": list(self.unresolved),
-            "warnings": list(self.warnings),
+            "warnings": [*self.warnings, *self.target_warnings],
             "notes": list(self.notes),
         }
+        if self.target is not None:  # only when the DMS container was looked up
+            data["target"] = dict(self.target)
         return redact_data(data)

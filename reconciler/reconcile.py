@@ -27,7 +27,9 @@ from reconciler.passwords import sources as passwords
 from reconciler.passwords import verified
 from reconciler.passwords.sources import VerifiedCache
 from reconciler.plan import Action, Plan
+from reconciler.planner import target as dms_target
 from reconciler.planner.make import make_plan
+from reconciler.planner.target import DmsFacts
 from reconciler.volume import suspend
 from reconciler.volume.executor import (
     ApplyResult,
@@ -63,6 +65,8 @@ class Target:
     prune: bool = False
     offline: bool = False
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
+    # Reads the DMS container's release and settings (None: not looked up; planner/target.py)
+    dms_facts: Callable[[], DmsFacts] | None = None
 
     @property
     def base_dir(self) -> str:
@@ -121,6 +125,8 @@ def plan_once(
         )
     )
     plan = make_plan(loaded.state, observed, decided, prune=target.prune)
+    if target.dms_facts is not None:
+        plan = dms_target.annotate(plan, target.dms_facts(), loaded.state)
     if any(f.name == CRON and f.write for f in plan.files):
         require_cron_folder(target.cron_path)  # apply would refuse: so does the plan
     return Planned(loaded, observed, plan, decided, record)

@@ -72,6 +72,58 @@ def _file_option(func: Any) -> Any:
     )(func)
 
 
+def _dms_target_options(func: Any) -> Any:
+    """plan/apply: --container and --container-label, to read the DMS container's release and
+    settings (not looked up unless one is given)."""
+    func = click.option(
+        "--container-label",
+        default=None,
+        envvar="DMS_CONTAINER_LABEL",
+        metavar="KEY=VALUE",
+        help="Find the DMS container by this label (e.g. com.docker.compose.service=mailserver) "
+        "and plan for its DMS release and settings. Env: DMS_CONTAINER_LABEL.",
+    )(func)
+    func = click.option(
+        "--container",
+        default=None,
+        envvar="DMS_CONTAINER",
+        metavar="NAME",
+        help="The DMS container: its release and settings (docker inspect) go into the plan's "
+        "`target` and warnings. Env: DMS_CONTAINER.",
+    )(func)
+    return func
+
+
+def _dms_facts(container: str | None, label: str | None) -> Callable[[], Any] | None:
+    """A reader of the DMS container's facts, asked once per command; None when neither
+    --container nor --container-label was given."""
+    if not container and not label:
+        return None
+    from functools import cache
+
+    from reconciler.watch.dms import Dms
+
+    @cache
+    def read() -> Any:
+        dms = Dms(container=container, label=label)
+        try:
+            return dms.read_facts()
+        finally:
+            dms.close()
+
+    return read
+
+
+def _say_target(planned: Any, fmt: str) -> None:
+    target = planned.plan.target
+    if fmt == "text" and target is not None:
+        if target.get("found"):
+            settings = " ".join(f"{k}={v}" for k, v in target["settings"].items())
+            click.echo(f"DMS {target['release']} ({target['container']}): {settings}", err=True)
+        else:
+            click.echo(f"DMS settings unknown: {target['reason']}", err=True)
+
+
 def _err(message: str) -> None:
     head = _paint("dms-reconciler: error:", err=True, fg="red", bold=True)
     click.echo(f"{head} {printable(message)}", err=True, color=_colour(err=True) or None)
@@ -303,6 +355,7 @@ def _validate_one(file: str, fmt: str) -> tuple[int, dict[str, Any]]:
     help="Plan against DIR, a copy of a config volume. Its cron file is --cron-file if "
     "given, else DIR/../cron/sa-learn.",
 )
+@_dms_target_options
 @_secrets_dir_option
 @click.pass_context
 @_errors_in_format
@@ -318,6 +371,8 @@ def plan(
     offline: bool | None,
     against_ref: str | None,
     against_dir: str | None,
+    container: str | None,
+    container_label: str | None,
 ) -> int:
     """Show what apply would change in the config volume. Writes nothing."""
     from reconciler import render
@@ -335,7 +390,14 @@ def plan(
         planned, headline = based.planned, based.headline()
         data = based.to_dict(_desired_info(planned))
     else:
-        target = Target(file, config_dir, cron_file, prune=prune, offline=bool(offline))
+        target = Target(
+            file,
+            config_dir,
+            cron_file,
+            prune=prune,
+            offline=bool(offline),
+            dms_facts=_dms_facts(container, container_label),
+        )
         planned = plan_once(target)
         data = planned.plan.to_dict(desired=_desired_info(planned), volume=_volume_info(target))
         _note_suspension(data, config_dir)
@@ -346,6 +408,7 @@ def plan(
     else:
         for warning in planned.loaded.warnings:
             _diagnostic(warning, err=True)
+        _say_target(planned, fmt)
         if headline:
             click.echo(headline + "\n")
         click.echo(render.text(data, colour=_colour()), nl=False, color=_colour() or None)
@@ -441,6 +504,7 @@ def _plan_against(
 @click.option(
     "--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True
 )
+@_dms_target_options
 @_secrets_dir_option
 @click.pass_context
 @_errors_in_format
@@ -454,6 +518,8 @@ def apply(
     prune: bool,
     lock_timeout: float,
     fmt: str,
+    container: str | None,
+    container_label: str | None,
 ) -> int:
     """Make the config volume match mailserver.yaml (or apply exactly a saved PLAN)."""
     if plan_file:  # the saved plan fixes all of these: refuse rather than silently ignore them
@@ -490,7 +556,13 @@ def apply(
     else:
         from reconciler.gitrev import revision_of
 
-        target = Target(file, config_dir, cron_file, prune=prune)
+        target = Target(
+            file,
+            config_dir,
+            cron_file,
+            prune=prune,
+            dms_facts=_dms_facts(container, container_label),
+        )
         git = revision_of(file)
         applied = apply_once(
             target,
@@ -512,6 +584,7 @@ def apply(
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
         return 0
+    _say_target(applied.planned, fmt)
     if data["changes"]:
         click.echo(render.text(data, colour=_colour()), nl=False, color=_colour() or None)
         click.echo("")

@@ -20,6 +20,7 @@ from reconciler.addresses import (
     check_password_hash,
     check_quota,
     domain_of,
+    quota_grace_lost,
 )
 from reconciler.errors import Diagnostic, Severity
 from reconciler.load import setup_rules
@@ -240,6 +241,8 @@ def _check_quotas(report: Report, view: _View) -> None:
         quota = account.get("quota") if isinstance(account, dict) else None
         if isinstance(quota, str) and (problem := check_quota(quota)):
             report.error(("accounts", address, "quota"), problem)
+        elif isinstance(quota, str) and (lost := quota_grace_lost(quota)):
+            report.warning(("accounts", address, "quota"), lost)
 
 
 POSTFIX_EXPANSION_LIMIT = 1000  # virtual_alias_expansion_limit, Postfix's default (DMS keeps it)

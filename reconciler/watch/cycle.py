@@ -72,6 +72,7 @@ class ReconcileCycle:
         self._settle_looks = 0  # looks in a row that found the content still changing
         self._good_revision: str | None = None  # the git revision of `good`
         self._revision_problem: str | None = None  # why git could not say, last logged
+        self._target_warnings: tuple[str, ...] = ()  # the DMS target's warnings last logged
 
     def run(self, trigger: str, *, settle: bool = False, writer_open: bool = False) -> str | None:
         """One reconcile: load, plan, apply, report. `trigger` is startup, change or interval.
@@ -268,6 +269,15 @@ class ReconcileCycle:
             trigger, "suspended", started, f"the config volume is {found.describe()}{waiting}"
         )
 
+    def _report_target(self, warnings: tuple[str, ...]) -> None:
+        """What the DMS container's release and settings mean for mailserver.yaml: logged when
+        it changes (not at every reconcile), as `dms_target_warning` lines."""
+        if warnings == self._target_warnings:
+            return
+        self._target_warnings = warnings
+        for warning in warnings:
+            self.log.warning(warning, extra={"fields": {"dms_target_warning": True}})
+
     def _still_clean(self, digest: str) -> bool:
         """Same inputs and the same volume, byte for byte, as the last plan that found nothing to
         do: the plan would be the same, so skip it (a plan takes about a second at 10k accounts)."""
@@ -307,6 +317,7 @@ class ReconcileCycle:
         counts = plan.counts
         for warning in applied.planned.observed.warnings:  # e.g. an unreadable state file
             self.log.warning(warning)
+        self._report_target(plan.target_warnings)
         drifted = (
             bool(written)
             and self._digest_applied is not None

@@ -33,6 +33,8 @@ from reconciler.formats import (
     registry,
     virtual,
 )
+from reconciler.planner import target as dms_target
+from reconciler.planner.target import DmsFacts
 from reconciler.volume.lock import LOCK_NAME
 
 CHKSUM_FILE = "/tmp/docker-mailserver-config-chksum"
@@ -469,6 +471,23 @@ class Dms:
         except DmsCommandFailed as exc:
             return Report("failed", f"opendkim/ changed but OpenDKIM was not restarted: {exc}")
         return Report("ok", f"installed opendkim/ in {OPENDKIM_DIR} and restarted OpenDKIM")
+
+    def read_facts(self) -> DmsFacts:
+        """DMS's release and settings from the container's environment (`docker inspect`
+        Config.Env), DMS's defaults for unset ones; never raises: why not, in the facts."""
+        try:
+            container = self.find()
+        except DmsUnavailable as exc:
+            return dms_target.unreadable(self.describe(), str(exc))
+        name = str(getattr(container, "name", "") or self.describe())
+        env = (getattr(container, "attrs", None) or {}).get("Config", {}) or {}
+        items = env.get("Env") if isinstance(env, dict) else None
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            return dms_target.unreadable(
+                name, "the container's environment (Config.Env) could not be read"
+            )
+        values = dict(item.partition("=")[::2] for item in items)
+        return dms_target.facts_from_env(values, name)
 
     def close(self) -> None:
         self._forget_client()

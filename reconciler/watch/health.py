@@ -126,6 +126,12 @@ class Metrics:
             registry=r,
         )
         self.info = Info(p + "build", "Version of dms-reconciler", registry=r)
+        self.dms_info = Info(
+            p + "dms",
+            "The DMS container's release (DMS_RELEASE) and the settings that decide what "
+            "mailserver.yaml can do there (found=false: could not be read)",
+            registry=r,
+        )
         self.info.info({"version": __version__})
         self.dms_state.state("none")
         for sent in ("sent", "failed"):

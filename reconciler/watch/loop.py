@@ -32,6 +32,7 @@ from typing import Literal
 from reconciler import log as logs
 from reconciler.errors import ReconcilerError
 from reconciler.passwords.sources import VerifiedCache
+from reconciler.planner.target import DmsFacts
 from reconciler.reconcile import Target
 from reconciler.watch import dms as dms_mod
 from reconciler.watch.confirm import Confirmer
@@ -221,6 +222,9 @@ class Watcher:
         self.clock = clock
         self.heartbeat = Heartbeat(self.options.stuck_after, clock=clock)
         self.status = Status(alive=self._alive, stuck=self.heartbeat.stuck)
+        self._facts: DmsFacts | None = None  # the DMS release and settings last reported
+        if dms is not None and target.dms_facts is None:
+            target.dms_facts = self._dms_facts  # every plan is made for the DMS seen then
         self.log = logs.get("watch")
         self._stop_requested = False
         self._signals = False  # installed: run() in the main thread
@@ -262,6 +266,21 @@ class Watcher:
             lock_timeout=self.options.lock_timeout,
             retry_in=self.schedule.next_retry_delay,
         )
+
+    def _dms_facts(self) -> DmsFacts:
+        """The DMS container's release and settings, read for each plan; logged and exported
+        (`dms_reconciler_dms_info`) when they change (a new container, an upgrade)."""
+        assert self.dms is not None
+        facts = self.dms.read_facts()
+        if facts != self._facts:
+            self._facts = facts
+            self.metrics.dms_info.info(facts.info_labels())
+            fields = {"fields": {"dms_target": facts.to_dict()}}
+            if facts.error:
+                self.log.warning(facts.summary(), extra=fields)
+            else:
+                self.log.info(facts.summary(), extra=fields)
+        return facts
 
     # --- public ---------------------------------------------------------------------------------
 

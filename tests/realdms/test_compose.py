@@ -1,9 +1,10 @@
-"""examples/compose.yaml run for real: DMS v15.1.0 and the sidecar image built from this
-repository's Dockerfile, started by docker-compose from the file users copy, then DMS restarted in
+"""examples/compose.yaml run for real: DMS (each image of the matrix) and the sidecar image built
+from this repository's Dockerfile, started by docker-compose from the file users copy, then DMS restarted in
 the middle of a change and its container recreated.
 
 The example is used as shipped except for what this machine cannot do, each changed in
-`example_for_this_machine()` with its reason: no registry (DMS is build.sh's `dms-local:15.1.0`,
+`example_for_this_machine()` with its reason: no registry (DMS is build.sh's local image of the
+version under test, `dms-local:15.1.0` or `dms-local:16-edge`,
 the sidecar is built from the Dockerfile on a locally made Python base), no network (`network_mode:
 none`, so no published ports, and the three settings ../shared/dms-image/README.md names), and the
 private engine's socket in place of /var/run/docker.sock. The folders are made by the commands
@@ -70,11 +71,16 @@ class ExampleLayout(DmsVolume):
         return self.root / "mail-logs"
 
 
-def example_for_this_machine(engine: RealEngine) -> dict[str, Any]:
+# What users write for DMS v16 (the example's version; the matrix also runs it on v15.1.0).
+EXAMPLE_IMAGES = ("ghcr.io/docker-mailserver/docker-mailserver:16",
+                  "ghcr.io/docker-mailserver/docker-mailserver:latest")
+
+
+def example_for_this_machine(engine: RealEngine, image: harness.DmsImage) -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load(EXAMPLE.read_text())
     mail = doc["services"]["mailserver"]
-    assert mail["image"].endswith(":" + harness.DMS_VERSION.lstrip("v"))  # the version we test
-    mail["image"] = harness.DMS_IMAGE  # no registry: the same version built by build.sh
+    assert mail["image"] in EXAMPLE_IMAGES, mail["image"]
+    mail["image"] = image.image  # no registry: the version under test, built by build.sh
     mail.pop("ports")  # no network here: nothing can be published
     mail["network_mode"] = "none"
     mail["hostname"] = harness.HOSTNAME
@@ -164,7 +170,8 @@ class ComposeProject:
 
 
 @pytest.fixture(scope="module")
-def project(realdms_root: Path, real_engine: RealEngine, real_client: Any, dms_image: str,
+def project(realdms_root: Path, real_engine: RealEngine, real_client: Any,
+            dms_image: harness.DmsImage,
             sidecar_image: str, realdms_timings: dict[str, float]) -> Iterator[ComposeProject]:
     root = realdms_root / "compose"
     root.mkdir()
@@ -173,7 +180,7 @@ def project(realdms_root: Path, real_engine: RealEngine, real_client: Any, dms_i
     (root / "gitops").mkdir()
     (root / "gitops" / "mailserver.yaml").write_text(DESIRED)
     file = root / "compose.yaml"
-    file.write_text(yaml.safe_dump(example_for_this_machine(real_engine), sort_keys=False))
+    file.write_text(yaml.safe_dump(example_for_this_machine(real_engine, dms_image), sort_keys=False))
     env = {**os.environ, "DOCKER_HOST": real_engine.url}
     env.pop("DOCKER_CONTEXT", None)
     project = ComposeProject(root, file, env, real_client,
@@ -184,7 +191,8 @@ def project(realdms_root: Path, real_engine: RealEngine, real_client: Any, dms_i
         dms = project.dms()
         dms.wait_up()
         project.wait_sidecar("confirmed", 0)
-        realdms_timings.setdefault("compose up -> sidecar confirmed", time.monotonic() - started)
+        realdms_timings.setdefault(f"compose up -> sidecar confirmed ({dms_image.id})",
+                                   time.monotonic() - started)
         yield project
     finally:
         subprocess.run(["docker-compose", "-p", PROJECT, "-f", str(file), "down", "-t", "20"],

@@ -1,6 +1,8 @@
-"""The real DMS v15.1.0 on a volume dms-reconciler writes: mail to every kind of declared address,
-IMAP logins for each password source, changes applied by the sidecar and confirmed from DMS's
-checksum file, spam to the quarantine mailbox, and DMS's logs free of warnings about our files.
+"""The real DMS (v15.1.0 and v16, see conftest.py) on a volume dms-reconciler writes: mail to every
+kind of declared address, IMAP logins for each password source, quotas as each Dovecot reads them,
+changes applied by the sidecar and confirmed from DMS's checksum file, spam to the quarantine
+mailbox, and DMS's logs free of warnings about our files. What v16 changed where it touches our
+files is pinned here too: the alias dummy accounts (DMS #4581) and the quota grace.
 
 One DMS container serves the whole module (DMS starts in ~6.5 s, Amavis takes longer); the tests
 run in file order and each one's changes are the next one's starting point.
@@ -20,7 +22,7 @@ import pytest
 
 from reconciler.planner import make as planner
 from tests.realdms import harness
-from tests.realdms.harness import GTUBE, DmsVolume, RealDms, wait_until
+from tests.realdms.harness import GTUBE, DmsImage, DmsVolume, RealDms, wait_until
 from tests.support.util import run_cli, sha512_hash
 from tests.support.watch_process import WatchProcess, save_atomically
 
@@ -153,6 +155,46 @@ def test_imap_login_for_each_password_source(host: MailHost) -> None:
     assert dms.imap_login("bob@example.org", PASSWORDS["bob"])  # password_env
     assert dms.imap_login("carol@example.test", PASSWORDS["carol"])
     assert not dms.imap_login("bob@example.org", PASSWORDS["jane"])
+
+
+def userdb(dms: RealDms) -> dict[str, str]:
+    """/etc/dovecot/userdb as DMS generated it: {user: the whole line}."""
+    lines = dms.sh("cat /etc/dovecot/userdb").splitlines()
+    return {line.split(":", 1)[0]: line for line in lines if line.strip()}
+
+
+def test_quota_as_the_dms_version_reads_it(host: MailHost, dms_image: DmsImage) -> None:
+    """admin's `quota: 50M`: Dovecot 2.3 (v15) gets a quota rule, Dovecot 2.4 (v16) a storage
+    size plus DMS's 10% grace; both enforce 51200 KiB."""
+    line = userdb(host.dms)["admin@example.test"]
+    if dms_image.v16:
+        assert line.endswith("userdb_quota_storage_size=50M userdb_quota_storage_grace=5M"), line
+        root = "user"
+    else:
+        assert line.endswith("userdb_quota_rule=*:bytes=50M"), line
+        root = "User quota"
+    shown = host.dms.sh("doveadm quota get -u admin@example.test")
+    assert re.search(rf"^{root}\s+STORAGE\s+\d+\s+51200\b", shown, re.M), shown
+
+
+def test_alias_dummy_accounts_follow_the_version(host: MailHost, dms_image: DmsImage) -> None:
+    """DMS #4581 (v16): an alias gets a userdb entry (its quota check, and an IMAP login with
+    that account's password) from the FIRST local account of its targets; catch-alls get none.
+    We write a multi-target alias's targets sorted, so `team@example.org bob@...,jane@...` is
+    bob's. v15 gave a catch-all one and a multi-target alias none."""
+    line = (host.volume.config / "postfix-virtual.cf").read_text()
+    assert "\nteam@example.org bob@example.org,jane@example.org\n" in line
+    entries = userdb(host.dms)
+    assert "/var/mail/example.org/bob/home" in entries["sales@example.org"]  # both versions
+    if dms_image.v16:
+        assert "/var/mail/example.org/bob/home" in entries["team@example.org"]
+        assert "@example.test" not in entries
+    else:
+        assert "team@example.org" not in entries
+        assert "/var/mail/example.test/admin/home" in entries["@example.test"]
+    assert host.dms.imap_login("team@example.org", PASSWORDS["bob"]) is dms_image.v16
+    assert not host.dms.imap_login("team@example.org", PASSWORDS["jane"])
+    assert "partner@example.org" not in entries  # a forward: no local account, on both
 
 
 def test_password_change_is_applied_and_confirmed(host: MailHost,
@@ -313,3 +355,62 @@ def test_sidecar_health_reports_dms_confirmed(host: MailHost) -> None:
     assert json.loads(body)["dms"]["state"] == "confirmed", body
     assert host.watcher.metric("dms_reconciler_dms_confirmed") == 1
 
+
+def test_the_target_dms_is_reported(host: MailHost, dms_image: DmsImage,
+                                    real_engine: Any) -> None:
+    """The sidecar logs and exports the release and settings it read from the container;
+    `plan --container` puts them in the plan's `target`, and with this DMS (every declared part
+    works there) it has nothing to warn about."""
+    release = "edge" if dms_image.v16 else "v15.1.0"  # 16-edge is an untagged build
+    settings = {"enable_amavis": "1", "enable_spamassassin": "1", "enable_quotas": "1",
+                "enable_rspamd": "0", "account_provisioner": "FILE"}
+    assert host.watcher.metric("dms_reconciler_dms_info", found="true", release=release,
+                               release_line=f"v{dms_image.major}", **settings) == 1
+    [said] = [r for r in host.watcher.records() if "dms_target" in r]
+    assert said["message"].startswith(f"DMS {release} (container {host.dms.name}): ")
+    assert said["dms_target"]["settings"]["SPAMASSASSIN_SPAM_TO_INBOX"] == "1"  # DMS's default
+    done = run_cli("plan", "-f", str(host.desired), *host.volume.args(), "--container",
+                   host.dms.name, "--format", "json", env={**ENV, "DOCKER_HOST": real_engine.url})
+    assert done.returncode == 0, done.stderr
+    data = json.loads(done.stdout)
+    assert data["target"] == said["dms_target"]
+    assert [w for w in data["warnings"] if "DMS" in w or "declared but" in w] == []
+    if dms_image.v16:
+        assert any("DMS_RELEASE is 'edge'" in n for n in data["notes"])
+
+
+
+def test_quota_forms_that_lose_the_grace_on_v16(host: MailHost, dms_image: DmsImage) -> None:
+    """DMS v16 adds `userdb_quota_storage_grace` (10%, whole units rounded down) only for sizes
+    matching `^[1-9][0-9]*[BkMGT]$`: `050M` gets none, `5M` gets `0M`; the same limits written
+    as validate suggests (`50M`, `5120k`) keep it. validate warns about exactly the first two."""
+    host.dms.mark()
+    before = host.watcher.count()
+    host.edit("quota: 50M}", "quota: 050M}")
+    host.edit("  bob@example.org: {password_env: BOB_PASSWORD}",
+              "  bob@example.org: {password_env: BOB_PASSWORD, quota: 5M}\n"
+              "  jane2@example.org: {password_env: BOB_PASSWORD, quota: 5120k}")
+    host.wait_confirmed(before)
+    checked = run_cli("validate", "-f", str(host.desired))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    warned = [line for line in (checked.stdout + checked.stderr).splitlines() if "no grace" in line]
+    assert len(warned) == 2, warned
+    assert "050M" in warned[0] + warned[1] and "write 5120k" in warned[0] + warned[1], warned
+    entries = wait_until(lambda: (e := userdb(host.dms)).get("jane2@example.org") and e, 60,
+                         "jane2 in the userdb")
+    attributes = {u: entries[u].rsplit("::", 1)[1] for u in
+                  ("admin@example.test", "bob@example.org", "jane2@example.org")}
+    if dms_image.v16:
+        assert attributes == {
+            "admin@example.test": "userdb_quota_storage_size=050M",
+            "bob@example.org": "userdb_quota_storage_size=5M userdb_quota_storage_grace=0M",
+            "jane2@example.org": "userdb_quota_storage_size=5120k "
+                                 "userdb_quota_storage_grace=512k",
+        }, attributes
+    else:  # Dovecot 2.3: DMS's quota_grace = 10%% applies to every rule
+        assert attributes == {"admin@example.test": "userdb_quota_rule=*:bytes=050M",
+                              "bob@example.org": "userdb_quota_rule=*:bytes=5M",
+                              "jane2@example.org": "userdb_quota_rule=*:bytes=5120k"}, attributes
+    shown = host.dms.sh("doveadm quota get -u bob@example.org")
+    assert re.search(r"STORAGE\s+\d+\s+5120\b", shown), shown
+    host.assert_no_problems()

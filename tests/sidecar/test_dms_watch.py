@@ -201,3 +201,43 @@ def config_engine() -> Any:
         yield engine
     finally:
         engine.cleanup()
+
+
+def test_the_target_dms_is_logged_exported_and_warned_about_once(
+        tmp_path: Path, volume: Volume, docker_engine: DockerEngine, docker_client: Any,
+        fake_dms_images: dict[str, str], containers: list[Any]) -> None:
+    """The DMS container's release and settings (its environment) are logged and exported; what
+    they mean for mailserver.yaml (here: a quarantine without Amavis) is logged once, not at
+    every reconcile; a recreated container with other settings is reported again."""
+    containers.append(container := run_fake_dms(
+        docker_client, fake_dms_images["ok"], volume.config,
+        environment={"DMS_RELEASE": "v16.0.1", "ENABLE_AMAVIS": "0"}))
+    (tmp_path / "mailserver.yaml").write_text(desired())
+    with start_watcher(tmp_path, volume, docker_engine) as watcher:
+        said = watcher.wait_for_log(lambda r: "dms_target" in r, what="the target's settings")
+        assert said["dms_target"]["release"] == "v16.0.1"
+        assert said["dms_target"]["settings"]["ENABLE_AMAVIS"] == "0"
+        warned = watcher.wait_for_log(lambda r: r.get("dms_target_warning") is True,
+                                      what="the target's warning")
+        assert warned["message"].startswith("quarantine is declared but ENABLE_AMAVIS=0")
+        assert watcher.metric("dms_reconciler_dms_info", found="true", release="v16.0.1",
+                              enable_amavis="0", enable_quotas="1") == 1
+        watcher.wait_for_log(lambda r: r.get("dms") == "confirmed", what="the confirmation")
+        mark = watcher.count()
+        save_atomically(tmp_path / "mailserver.yaml", desired("new@elsewhere.net"))
+        watcher.wait_for_log(lambda r: r.get("dms") == "confirmed", after=mark,
+                             what="the second confirmation")
+        later = watcher.records()[mark:]
+        assert not any("dms_target" in r or r.get("dms_target_warning") for r in later), later
+        # the container recreated with Amavis on: the new settings, and nothing to warn about
+        container.remove(force=True)
+        containers.append(run_fake_dms(docker_client, fake_dms_images["ok"], volume.config,
+                                       environment={"DMS_RELEASE": "v16.0.1"}))
+        mark = watcher.count()
+        save_atomically(tmp_path / "mailserver.yaml", desired())
+        again = watcher.wait_for_log(lambda r: "dms_target" in r, after=mark,
+                                     what="the new container's settings")
+        assert again["dms_target"]["settings"]["ENABLE_AMAVIS"] == "1"
+        assert again["dms_target"]["defaulted"][0] == "ENABLE_AMAVIS"
+        assert watcher.metric("dms_reconciler_dms_info", found="true", enable_amavis="1") == 1
+        assert watcher.terminate() == 0
