@@ -30,13 +30,19 @@ from typing import Any, NamedTuple, TypeVar
 
 from reconciler.addresses import split_hash
 from reconciler.errors import SecretError
-from reconciler.model import DesiredState, PasswordEnv, PasswordFile, PasswordHash, PasswordSource
+from reconciler.model import (
+    MASTER_KEY,
+    RELAY_KEY,
+    DesiredState,
+    PasswordEnv,
+    PasswordFile,
+    PasswordHash,
+    PasswordSource,
+)
 
 SCHEME = "SHA512-CRYPT"
 ROUNDS = 5000  # DMS's `doveadm pw -s SHA512-CRYPT`; passlib's default (656000) makes logins slow
 PLACEHOLDER_SCHEME = "DMS-RECONCILER-UNRESOLVED"
-MASTER_KEY = "master:"  # see `password_sources`
-RELAY_KEY = "relay:"  # only in throw-away volumes built for CI plans
 # Below this many hashes one core is faster than starting helpers: a forked one costs a few
 # milliseconds, a worker from the forkserver (needed once threads run, as in the sidecar) far more.
 FORK_THRESHOLD = 16

@@ -34,6 +34,8 @@ from reconciler.formats import masters as masters_file
 from reconciler.formats import virtual as virtual_file
 from reconciler.formats._lines import ParsedFile
 from reconciler.gcpause import paused
+from reconciler.kinds.sa_learn import cron_lines
+from reconciler.kinds.virtual import DEVNULL_TARGET
 from reconciler.load.desired import Loaded, load_desired_bytes, schema
 from reconciler.load.setup_rules import (
     DKIM_KEY_SIZES,
@@ -60,7 +62,6 @@ from reconciler.model import (
     SaLearnJob,
     to_document,
 )
-from reconciler.planner.make import DEVNULL_TARGET, cron_lines
 from reconciler.volume.observe import Observed
 
 _C_DUMPER: Any = getattr(yaml, "CSafeDumper", None)

@@ -1,0 +1,48 @@
+"""One module per DMS object kind, and the ordered registry the planner loops over.
+
+A kind module owns one kind of thing mailserver.yaml declares and the DMS files that hold it:
+which entries it wants and how they compare, show and explain (`plan`). The order below is the
+order of the plan's changes, files, warnings and notes; a kind may read what the kinds before it
+produced (from the `PlanContext`, by file name), never import another kind. Adding a kind is
+one new module here and one line in `KINDS`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from reconciler.kinds import (
+    accounts,
+    dkim,
+    masters,
+    quarantine,
+    quotas,
+    regexp,
+    relay,
+    restrict,
+    sa_learn,
+    virtual,
+)
+from reconciler.kinds.base import KindPlan, PlanContext
+
+
+class KindModule(Protocol):
+    """What a kind module provides (a module satisfies it by its top-level names)."""
+
+    NAME: str
+
+    def plan(self, ctx: PlanContext) -> KindPlan: ...
+
+
+KINDS: tuple[KindModule, ...] = (
+    accounts,
+    virtual,  # reads the accounts that stay
+    quotas,
+    quarantine,
+    sa_learn,
+    masters,
+    regexp,
+    restrict,
+    relay,
+    dkim,
+)

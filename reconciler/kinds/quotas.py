@@ -1,0 +1,47 @@
+"""Mailbox quotas: an account's `quota:` in mailserver.yaml, `dovecot-quotas.cf` on the volume.
+
+One line per account, `address:size` (DMS's `setup quota set`). DMS greps the file by substring,
+so an earlier line can shadow a later one's size: the plan shows what DMS reads instead, and the
+canonical rewrite orders the lines so that cannot happen (see formats/quotas.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reconciler.formats import quotas
+from reconciler.kinds.base import KindPlan, PlanContext, Want
+from reconciler.plan import Kind
+
+NAME = "quotas"
+FILE = quotas.FILENAME
+
+
+def plan(ctx: PlanContext) -> KindPlan:
+    out = KindPlan()
+    diff = ctx.diff(
+        FILE,
+        {
+            a.address: Want(Kind.QUOTA, quotas.QuotaLine(a.address, a.quota))
+            for a in ctx.desired.accounts
+            if a.quota is not None
+        },
+        ctx.observed.quotas,
+        same=lambda a, b: (
+            a.size == b.size and a.address.lower() == b.address.lower() and a.shadowed is None
+        ),
+        show=_show,
+        kind_of=lambda key, e: Kind.QUOTA,
+    )
+    out.add_file(ctx, FILE, diff, ctx.observed.quotas, duplicates=True)
+    return out
+
+
+def _show(entry: quotas.QuotaLine) -> dict[str, Any]:
+    """The size; quoted with escapes when blanks or a CR make DMS misread it, and what DMS reads
+    instead when an earlier line shadows it (see quotas.py)."""
+    size = entry.size
+    shown = size if size == size.strip() else repr(size)
+    if entry.shadowed:
+        shown += f" (DMS reads {entry.shadowed})"
+    return {"quota": shown}

@@ -1,0 +1,168 @@
+"""Relay hosts per sender domain: `relay:` in mailserver.yaml, `postfix-relaymap.cf`
+(`@domain [host]:port`, or an empty value to exclude the domain from RELAY_HOST) and
+`postfix-sasl-password.cf` (`@domain user:password`, in plaintext: DMS needs it so) on the volume.
+
+What DMS's `setup relay add-domain`, `add-auth` and `exclude-domain` write. The plan shows which
+secret goes to which host. DMS watches both files and reloads Postfix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from reconciler.formats import relaymap, sasl
+from reconciler.kinds.base import FileDiff, KindPlan, PlanContext, Want, password_value
+from reconciler.model import RELAY_KEY, DesiredState, PasswordFile, Relay
+from reconciler.observed import Observed
+from reconciler.plan import SENSITIVE, Action, Kind, PendingHash
+
+NAME = "relay"
+NOTE = (
+    "postfix-relaymap.cf and postfix-sasl-password.cf are watched by DMS, which rebuilds "
+    "/etc/postfix/relayhost_map and sasl_passwd and reloads Postfix. Once postfix-sasl-password.cf "
+    "exists, DMS requires TLS (smtp_tls_security_level = encrypt) for all outgoing mail, until the "
+    "container is recreated"
+)
+
+
+def plan(ctx: PlanContext) -> KindPlan:
+    out = KindPlan()
+    desired, observed = ctx.desired, ctx.observed
+    relay_diff = ctx.diff(
+        relaymap.FILENAME,
+        _want_relaymap(desired),
+        observed.relaymap,
+        same=lambda a, b: " ".join(a.value.lower().split()) == " ".join(b.value.lower().split()),
+        show=lambda e: {"relay": e.value or "(excluded from RELAY_HOST)"},
+        kind_of=lambda key, e: Kind.RELAY,
+    )
+    sasl_diff = ctx.diff(
+        sasl.FILENAME,
+        _want_sasl(ctx),
+        observed.sasl,
+        same=_same_sasl,
+        show=_show_sasl,
+        kind_of=lambda key, e: Kind.RELAY_AUTH,
+    )
+    _say_where_credentials_go(desired, observed, relay_diff, sasl_diff)
+    declared_auth = any(r.username for r in desired.relay)
+    relay_plan = out.add_file(
+        ctx,
+        relaymap.FILENAME,
+        relay_diff,
+        observed.relaymap,
+        listed=bool(desired.relay),
+        guarded=True,
+    )
+    sasl_plan = out.add_file(
+        ctx, sasl.FILENAME, sasl_diff, observed.sasl, listed=declared_auth, guarded=True
+    )
+    if warning := _readable_secrets_warning(observed, sasl_plan.write, bool(sasl_diff.final)):
+        out.warnings.append(warning)
+    if relay_plan.write or sasl_plan.write:
+        out.notes.append(NOTE)
+    return out
+
+
+def _want_relaymap(desired: DesiredState) -> dict[str, Want]:
+    out: dict[str, Want] = {}
+    for relay in desired.relay:
+        key = "@" + relay.domain
+        if relay.exclude:
+            out[key] = Want(Kind.RELAY, relaymap.RelayLine(key, ""))
+        elif relay.host is not None:
+            value = relaymap.relay_value(relay.host, relay.port)
+            out[key] = Want(Kind.RELAY, relaymap.RelayLine(key, value))
+    return out
+
+
+def _want_sasl(ctx: PlanContext) -> dict[str, Want]:
+    out: dict[str, Want] = {}
+    for relay in ctx.desired.relay:
+        if relay.username is None:
+            continue
+        key = "@" + relay.domain
+        current = ctx.observed.sasl.entries.get(key)
+        password = password_value(
+            ctx.passwords[RELAY_KEY + relay.domain],
+            RELAY_KEY + relay.domain,
+            current.password if current is not None else None,
+            plaintext=True,
+        )
+        out[key] = Want(Kind.RELAY_AUTH, sasl.SaslLine(key, relay.username, password))
+    return out
+
+
+def _say_where_credentials_go(
+    desired: DesiredState, observed: Observed, relay_diff: FileDiff, sasl_diff: FileDiff
+) -> None:
+    """For each relay whose credentials or host change: which secret goes to which host.
+
+    A pull request can point a relay's `password_env` or `password_file` at any secret the
+    sidecar can read and its host at any server: the reviewer must see both together. Said once
+    per relay, on its credentials change (else on its host change), in every plan form."""
+    for relay in desired.relay:
+        if relay.username is None or relay.password is None:
+            continue
+        key = "@" + relay.domain
+        for diff in (sasl_diff, relay_diff):
+            at = next(
+                (
+                    i
+                    for i, c in enumerate(diff.changes)
+                    if c.key == key and c.action in (Action.CREATE, Action.UPDATE)
+                ),
+                None,
+            )
+            if at is not None:
+                change = diff.changes[at]
+                line = credentials_line(relay, observed)
+                diff.changes[at] = replace(change, details=(*change.details, line))
+                break
+
+
+def credentials_line(relay: Relay, observed: Observed) -> str:
+    """`credentials of password_env RELAY_PW (user u) sent to host [smtp.example.net]:587`."""
+    password = relay.password
+    if isinstance(password, PasswordFile):
+        source = f"password_file {password.path}"
+    else:
+        source = f"password_env {password.name if password is not None else '?'}"
+    kept = observed.relaymap.entries.get("@" + relay.domain)
+    if relay.host is not None:
+        where = "host " + relaymap.relay_value(relay.host, relay.port)
+    elif kept is not None and kept.value:  # a relay line mailserver.yaml does not declare
+        where = f"host {kept.value}"
+    else:
+        where = "DMS's default relay host (RELAY_HOST), if one is set"
+    return f"credentials of {source} (user {relay.username}) sent to {where}"
+
+
+def _readable_secrets_warning(observed: Observed, written: bool, holds: bool) -> str | None:
+    """postfix-sasl-password.cf holds plaintext passwords: say so when others can read it."""
+    mode = observed.snapshots[sasl.FILENAME].mode
+    if mode is None or not mode & 0o077 or not (holds or observed.sasl.entries):
+        return None
+    what = (
+        "apply rewrites it owner-only, mode 0600 (DMS reads it as root)"
+        if written
+        else f"make it owner-only with `chmod 600 {sasl.FILENAME}` (DMS reads it as root)"
+    )
+    # no mode number: a group bit depends on the umask, and the plan must not
+    return (
+        f"{sasl.FILENAME} holds relay passwords in plain text and users other than its owner "
+        f"can read it (DMS's `setup relay add-auth` creates it so): {what}"
+    )
+
+
+def _same_sasl(have: sasl.SaslLine, want: sasl.SaslLine) -> bool:
+    if isinstance(want.password, PendingHash):
+        return False
+    return have.username == want.username and have.password == want.password
+
+
+def _show_sasl(entry: sasl.SaslLine) -> dict[str, Any]:
+    value = entry.password
+    shown = str(value) if isinstance(value, PendingHash) else SENSITIVE
+    return {"username": entry.username, "password": shown}

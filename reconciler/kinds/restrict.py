@@ -1,0 +1,43 @@
+"""Sender and recipient restrictions: `restrict: {send, receive}` in mailserver.yaml,
+`postfix-send-access.cf` and `postfix-receive-access.cf` on the volume (`address REJECT`, what
+DMS's `setup email restrict` writes). DMS does not watch them: the sidecar reloads Postfix.
+"""
+
+from __future__ import annotations
+
+from reconciler.formats import access
+from reconciler.formats._lines import ParsedFile
+from reconciler.kinds.base import KindPlan, PlanContext, Want
+from reconciler.plan import Kind
+
+NAME = "restrict"
+NOTE = (
+    "{files}: DMS does not watch {it}; the sidecar puts {it} in Postfix's restrictions as DMS "
+    "does at start-up and runs `postfix reload` (what `setup email restrict` runs). By hand: "
+    "`docker compose up -d --force-recreate`"
+)
+
+
+def plan(ctx: PlanContext) -> KindPlan:
+    out = KindPlan()
+    written = []
+    for name, addresses in (
+        (access.SEND, ctx.desired.restrict.send),
+        (access.RECEIVE, ctx.desired.restrict.receive),
+    ):
+        parsed = ctx.observed.access.get(name) or ParsedFile({})
+        want = {a: Want(Kind.RESTRICT, access.AccessLine(a, access.REJECT)) for a in addresses}
+        diff = ctx.diff(
+            name,
+            want,
+            parsed,
+            same=lambda a, b: a.normalised() == b.normalised(),
+            show=lambda e: {"action": e.action},
+            kind_of=lambda key, e: Kind.RESTRICT,
+        )
+        if out.add_file(ctx, name, diff, parsed, listed=bool(addresses), guarded=True).write:
+            written.append(name)
+    if written:
+        one = len(written) == 1
+        out.notes.append(NOTE.format(files=" and ".join(written), it="it" if one else "them"))
+    return out
