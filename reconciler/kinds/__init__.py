@@ -1,7 +1,8 @@
 """One module per DMS object kind, and the ordered registry the planner loops over.
 
 A kind module owns one kind of thing mailserver.yaml declares and the DMS files that hold it:
-which entries it wants and how they compare, show and explain (`plan`). The order below is the
+which entries it wants and how they compare, show and explain (`plan`), and its mail rules
+(`check`). The order below is the
 order of the plan's changes, files, warnings and notes; a kind may read what the kinds before it
 produced (from the `PlanContext`, by file name), never import another kind. Adding a kind is
 one new module here and one line in `KINDS`.
@@ -24,6 +25,7 @@ from reconciler.kinds import (
     virtual,
 )
 from reconciler.kinds.base import KindPlan, PlanContext
+from reconciler.kinds.checks import DocView, Reporter
 
 
 class KindModule(Protocol):
@@ -32,6 +34,8 @@ class KindModule(Protocol):
     NAME: str
 
     def plan(self, ctx: PlanContext) -> KindPlan: ...
+
+    def check(self, report: Reporter, view: DocView) -> None: ...
 
 
 KINDS: tuple[KindModule, ...] = (

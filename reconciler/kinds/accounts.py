@@ -22,6 +22,8 @@ from reconciler.kinds.base import (
     show_password,
     with_reason,
 )
+from reconciler.kinds.checks import DocView, Reporter, report_undeclared
+from reconciler.model import PASSWORD_KEYS
 from reconciler.passwords.sources import DesiredPassword, Status, same_hash, source_id
 from reconciler.plan import Action, Kind
 
@@ -115,3 +117,44 @@ def _explain(
 
 def _maildir(address: str) -> str:
     return f"/var/mail/{domain_of(address)}/{local_of(address)}/"
+
+
+# --- mail rules ---------------------------------------------------------------------------------
+
+
+def check(report: Reporter, view: DocView) -> None:
+    """Addresses DMS can log in with, in a declared domain; exactly one password source each,
+    hashes in a form Dovecot reads."""
+    for address in view.accounts:
+        if problem := view.address_problem(address):
+            report.error(("accounts", address), problem, key=True)
+        elif domain_of(address) not in view.declared:
+            report_undeclared(
+                report, view, ("accounts", address), domain_of(address), f"'{address}'", key=True
+            )
+    for address, account in view.accounts.items():
+        if not isinstance(account, dict):
+            continue
+        given = [k for k in PASSWORD_KEYS if k in account]
+        if not given:
+            report.error(
+                ("accounts", address),
+                f"account '{address}' has no password: give one of password_hash, "
+                "password_file or password_env",
+                key=True,
+            )
+        elif len(given) > 1:
+            report.error(
+                ("accounts", address, given[1]),
+                f"account '{address}' has {' and '.join(given)}; keep exactly one password source",
+                key=True,
+            )
+        value = account.get("password_hash")
+        if isinstance(value, str) and (problem := view.hash_problem(value)):
+            report.error(("accounts", address, "password_hash"), problem)
+        path = account.get("password_file")
+        if isinstance(path, str) and ("\n" in path or "\0" in path):
+            report.error(
+                ("accounts", address, "password_file"),
+                "password_file must be a single path without line breaks or NUL bytes",
+            )

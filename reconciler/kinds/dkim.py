@@ -9,11 +9,14 @@ or deleted (rotate by declaring a new selector). OpenDKIM reads the files at sta
 from __future__ import annotations
 
 import os
+import re
+from typing import Any
 
 from reconciler import dkimkeys
 from reconciler.formats import opendkim
 from reconciler.formats._lines import ParsedFile
 from reconciler.kinds.base import KindPlan, PlanContext, Want
+from reconciler.kinds.checks import DocView, Reporter, not_declared, section
 from reconciler.observed import Observed
 from reconciler.plan import Action, Change, FilePlan, Kind, PendingKey
 
@@ -143,3 +146,84 @@ def _plan_key(domain: str, selector: str, bits: int, observed: Observed, out: Ki
         return True
     out.files.append(FilePlan(txt_name, txt.path, False, True, txt.sha256))
     return False
+
+
+# --- mail rules ---------------------------------------------------------------------------------
+
+DKIM_KEY_SIZES = (1024, 2048, 3072, 4096)
+# A DKIM selector: dot-separated DNS labels of at most 63 characters, lowercase letters, digits,
+# '-' inside a label and '_' anywhere (`setup config dkim selector mail_2024` is what DMS takes;
+# a TXT record's owner name may hold '_', as `_domainkey` itself does).
+_SELECTOR_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_SELECTOR = re.compile(rf"{_SELECTOR_LABEL}(?:\.{_SELECTOR_LABEL})*\Z")
+# The selector is also a file name: apply stages `<selector>.private` beside itself as
+# `.<selector>.private.dms-reconciler-<12 hex>.tmp`, which must fit NAME_MAX (255 bytes).
+NAME_MAX = 255
+DKIM_TEMP_EXTRA = len(".") + len(".dms-reconciler-") + 12 + len(".tmp")
+SELECTOR_MAX = NAME_MAX - len(".private") - DKIM_TEMP_EXTRA  # 214
+DNS_NAME_MAX = 253  # a domain name in text form, without the final dot (RFC 1035)
+
+
+def check(report: Reporter, view: DocView) -> None:
+    for domain, spec in section(view.doc, "dkim").items():
+        if domain not in view.declared:
+            report.error(("dkim", domain), not_declared(domain, "the DKIM domain"), key=True)
+        if not isinstance(spec, dict):
+            continue
+        selector = spec.get("selector")
+        if isinstance(selector, str) and (problem := selector_problem(selector, domain)):
+            report.error(("dkim", domain, "selector"), problem)
+        size = spec.get("key_size")
+        if "key_size" in spec and (isinstance(size, bool) or not isinstance(size, int)):
+            # JSON Schema counts 2048.0 as an integer (and as equal to 2048); apply cannot
+            report.error(
+                ("dkim", domain, "key_size"),
+                "key_size must be a whole number of bits: 1024, 2048, 3072 or 4096, "
+                f"not {_shown_value(size)}",
+            )
+        elif isinstance(size, int) and size not in DKIM_KEY_SIZES:
+            report.error(
+                ("dkim", domain, "key_size"),
+                f"key_size {size} is out of range: use 1024, 2048, 3072 or 4096 bits (2048 is "
+                "DMS's default; below 1024 verifiers reject the key, above 4096 many DNS "
+                "servers cannot serve the record)",
+            )
+
+
+def _shown_value(value: Any) -> str:
+    if value is None:
+        return "an empty value"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str):
+        return "the string '" + value.encode("unicode_escape").decode()[:20] + "'"
+    if isinstance(value, float):
+        return repr(value)
+    return "a list" if isinstance(value, list) else "a mapping"
+
+
+def selector_problem(selector: str, domain: str) -> str | None:
+    """Why `selector` cannot be a DKIM selector of `domain` (None: it can): it must be a DNS
+    name that fits in `<selector>._domainkey.<domain>` and a file name apply can write."""
+    shown = selector.encode("unicode_escape").decode()
+    shown = shown if len(shown) <= 60 else shown[:60] + "..."
+    if not _SELECTOR.match(selector):
+        return (
+            f"selector '{shown}' must be lowercase letters, digits, '_' and '-' in dot-separated "
+            "labels of at most 63 characters ('-' not first or last): it becomes a DNS name and "
+            "a file name"
+        )
+    if len(selector) > SELECTOR_MAX:
+        return (
+            f"selector '{shown}' has {len(selector)} characters, more than {SELECTOR_MAX}: "
+            f"the key file {selector[:20]}....private could not be written (file names stop at "
+            f"{NAME_MAX} bytes)"
+        )
+    name = f"{selector}._domainkey.{domain}"
+    if len(name) > DNS_NAME_MAX:
+        return (
+            f"selector '{shown}' is too long for {domain}: the DKIM record name "
+            f"<selector>._domainkey.{domain} would have {len(name)} characters, more than the "
+            f"{DNS_NAME_MAX} a DNS name may have"
+        )
+    return None

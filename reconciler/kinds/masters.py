@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from reconciler.addresses import LOCAL_RE, check_address, check_password_hash
 from reconciler.formats import masters
 from reconciler.kinds.base import (
     Explain,
@@ -20,7 +21,8 @@ from reconciler.kinds.base import (
     same_password,
     show_password,
 )
-from reconciler.model import MASTER_KEY
+from reconciler.kinds.checks import DocView, Reporter, section
+from reconciler.model import MASTER_KEY, PASSWORD_KEYS
 from reconciler.passwords.sources import DesiredPassword, Status
 from reconciler.plan import Kind
 
@@ -71,3 +73,54 @@ def _explain(passwords: Mapping[str, DesiredPassword]) -> Explain:
         return ("password: (sensitive) -> (sensitive)",)
 
     return explain
+
+
+# --- mail rules ---------------------------------------------------------------------------------
+
+
+def check(report: Reporter, view: DocView) -> None:
+    for name, spec in section(view.doc, "masters").items():
+        if problem := check_master_name(name):
+            report.error(("masters", name), problem, key=True)
+        elif name in view.accounts or name in view.aliases:
+            what = "an account" if name in view.accounts else "an alias"
+            report.error(
+                ("masters", name),
+                f"master user '{name}' clashes with {what} of the same name; Dovecot would "
+                "check logins as that name against two passwords: rename the master",
+                key=True,
+            )
+        if not isinstance(spec, dict):
+            continue
+        given = [k for k in PASSWORD_KEYS if k in spec]
+        if len(given) != 1:
+            report.error(
+                ("masters", name),
+                f"master user '{name}' "
+                + (f"has {' and '.join(given)}" if given else "has no password")
+                + ": give exactly one of password_hash, password_file or password_env",
+                key=True,
+            )
+        value = spec.get("password_hash")
+        if isinstance(value, str) and (problem := check_password_hash(value)):
+            report.error(("masters", name, "password_hash"), problem)
+
+
+def check_master_name(name: str) -> str | None:
+    """A master user name: what DMS's masterdb and Dovecot's `user*master` login can carry."""
+    if not name:
+        return "a master user name must not be empty"
+    if "@" in name:
+        return check_address(name)
+    bad = sorted({c for c in name if not (c.isascii() and (c.isalnum() or c in "._-"))})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad[:5])
+        return (
+            f"master user name '{name}' has {shown}; use lowercase letters, digits, '.', '_' and "
+            "'-' ('*' separates the user from the master at login, '|' and ':' split DMS's lines)"
+        )
+    if name != name.lower():
+        return f"master user name '{name}' has uppercase letters; write '{name.lower()}'"
+    if not LOCAL_RE.match(name):
+        return f"master user name '{name}' has a dot at its start or end, or two in a row"
+    return None

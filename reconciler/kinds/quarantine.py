@@ -7,8 +7,10 @@ and no END marker is left alone until fixed by hand. Amavis reads the file at st
 
 from __future__ import annotations
 
+from reconciler.addresses import domain_of
 from reconciler.formats import amavis
 from reconciler.kinds.base import KindPlan, PlanContext, explain_fields
+from reconciler.kinds.checks import DocView, Reporter, report_undeclared, suggest
 from reconciler.plan import Action, Change, FilePlan, Kind
 
 NAME = "quarantine"
@@ -103,3 +105,23 @@ def quarantine_note(mailbox: str) -> str:
         f"spam tagged: the recipient still gets it in .Junk, and {mailbox} gets a copy, which "
         "DMS's sieve files into its .Junk too (docs/real-dms.md)"
     )
+
+
+def check(report: Reporter, view: DocView) -> None:
+    """The quarantine mailbox is an account or alias of a declared domain here."""
+    mailbox = view.quarantine.get("mailbox")
+    if not isinstance(mailbox, str):
+        return
+    if problem := view.address_problem(mailbox):
+        report.error(("quarantine", "mailbox"), problem)
+        return
+    if domain_of(mailbox) not in view.declared:
+        report_undeclared(
+            report, view, ("quarantine", "mailbox"), domain_of(mailbox), f"'{mailbox}'", key=False
+        )
+    if mailbox not in view.accounts and mailbox not in view.aliases:
+        report.error(
+            ("quarantine", "mailbox"),
+            f"quarantine mailbox '{mailbox}' is not an account or alias here"
+            + (suggest(mailbox, set(view.accounts) | set(view.aliases)) or ""),
+        )

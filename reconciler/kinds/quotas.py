@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from reconciler.addresses import check_quota
 from reconciler.formats import quotas
 from reconciler.kinds.base import KindPlan, PlanContext, Want
+from reconciler.kinds.checks import DocView, Reporter
 from reconciler.plan import Kind
 
 NAME = "quotas"
@@ -45,3 +47,11 @@ def _show(entry: quotas.QuotaLine) -> dict[str, Any]:
     if entry.shadowed:
         shown += f" (DMS reads {entry.shadowed})"
     return {"quota": shown}
+
+
+def check(report: Reporter, view: DocView) -> None:
+    """Quotas Dovecot can hold (the schema checks their form)."""
+    for address, account in view.accounts.items():
+        quota = account.get("quota") if isinstance(account, dict) else None
+        if isinstance(quota, str) and (problem := check_quota(quota)):
+            report.error(("accounts", address, "quota"), problem)

@@ -8,11 +8,16 @@ secret goes to which host. DMS watches both files and reloads Postfix.
 
 from __future__ import annotations
 
+import ipaddress
+import re
+import unicodedata
 from dataclasses import replace
 from typing import Any
 
+from reconciler.addresses import LABEL_RE
 from reconciler.formats import relaymap, sasl
 from reconciler.kinds.base import FileDiff, KindPlan, PlanContext, Want, password_value
+from reconciler.kinds.checks import DocView, Reporter, not_declared, section
 from reconciler.model import RELAY_KEY, DesiredState, PasswordFile, Relay
 from reconciler.observed import Observed
 from reconciler.plan import SENSITIVE, Action, Kind, PendingHash
@@ -166,3 +171,124 @@ def _show_sasl(entry: sasl.SaslLine) -> dict[str, Any]:
     value = entry.password
     shown = str(value) if isinstance(value, PendingHash) else SENSITIVE
     return {"username": entry.username, "password": shown}
+
+
+# --- mail rules ---------------------------------------------------------------------------------
+
+_ZONE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
+
+
+def check_relay_host(host: str) -> str | None:
+    """A host name, an IPv4 address or an IPv6 address (a link-local one may carry a zone id
+    such as `%eth0`), as `[host]` in postfix-relaymap.cf.
+
+    Strict, because the host is written into a Postfix table line: Python's `ipaddress` takes
+    any text after `%` as a zone id, line breaks and `]` included, so a zone id is letters,
+    digits, `_`, `.` and `-` only (a Linux interface name or a number).
+    """
+    shown = host.encode("unicode_escape").decode("ascii")[:80]
+    if host.startswith("[") or host.endswith("]") or (":" in host and not _is_ip(host)):
+        return (
+            f"relay host '{shown}' must be a host name or IP address without brackets or port "
+            "(give the port as `port:`); it is written `[host]:port` for you"
+        )
+    if ":" in host:  # an IPv6 address (checked above), maybe with a zone id
+        zone = host.partition("%")[2]
+        if "%" in host and not _ZONE.match(zone):
+            return (
+                f"relay host '{shown}' has the zone id '{zone.encode('unicode_escape').decode()}'"
+                "; a zone id is an interface name or number: letters, digits, '_', '.' and '-'"
+            )
+        return None
+    if _is_ip(host):
+        return None
+    if host != host.lower():
+        return f"relay host '{shown}' has uppercase letters; write '{shown.lower()}'"
+    labels = host.split(".")
+    if len(host) > 253 or not all(LABEL_RE.match(label) for label in labels):
+        return (
+            f"relay host '{shown}' is not a valid host name (letters, digits and '-' in "
+            "dot-separated labels) or IP address"
+        )
+    if labels[-1].isdigit():
+        return (
+            f"relay host '{shown}' is not a valid IPv4 address (four numbers 0-255, no leading 0)"
+        )
+    return None
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def check_relay_username(username: str) -> str | None:
+    """A SASL user name as postfix-sasl-password.cf carries it: `user:password` after the key.
+
+    Control, format (bidi overrides, zero-width) and separator characters are refused: written
+    raw into the file, they either break the line or make the name that Postfix sends differ
+    from the one a reviewer sees in the plan. Other non-ASCII letters are allowed (SASLprep).
+    """
+    if ":" in username or any(c.isspace() or c in "#\0" for c in username):
+        return (
+            "the relay user name must not contain ':', '#' or whitespace "
+            "(postfix-sasl-password.cf holds `user:password`)"
+        )
+    hidden = sorted(
+        {c for c in username if unicodedata.category(c) in ("Cc", "Cf", "Co", "Cs", "Cn")}
+    )
+    if hidden:
+        shown = ", ".join(f"U+{ord(c):04X}" for c in hidden[:5])
+        return (
+            f"the relay user name has control, bidi or invisible characters ({shown}); they would "
+            "be sent to the relay host as they are while the plan cannot show them"
+        )
+    return None
+
+
+def check(report: Reporter, view: DocView) -> None:
+    for domain, spec in section(view.doc, "relay").items():
+        if domain not in view.declared:
+            report.error(("relay", domain), not_declared(domain, "the relay domain"), key=True)
+        if not isinstance(spec, dict):
+            continue
+        host, exclude = spec.get("host"), spec.get("exclude") is True
+        if isinstance(host, str) and (problem := check_relay_host(host)):
+            report.error(("relay", domain, "host"), problem)
+        if exclude and "host" in spec:
+            report.error(
+                ("relay", domain, "exclude"),
+                f"relay for '{domain}' has both a host and exclude: true; keep one "
+                "(exclude opts the domain out of the RELAY_HOST default)",
+            )
+        if "port" in spec and "host" not in spec:
+            report.error(("relay", domain, "port"), "a relay port needs a host")
+        if "host" not in spec and not exclude and "username" not in spec:
+            report.error(
+                ("relay", domain),
+                f"relay for '{domain}' has nothing to do: give host (and port), username and a "
+                "password source, or exclude: true",
+                key=True,
+            )
+        sources = [k for k in ("password_file", "password_env") if k in spec]
+        if "username" in spec:
+            username = spec["username"]
+            if exclude:
+                report.error(
+                    ("relay", domain, "username"),
+                    "credentials for an excluded domain are never used; remove them",
+                )
+            if isinstance(username, str) and (problem := check_relay_username(username)):
+                report.error(("relay", domain, "username"), problem)
+            if len(sources) != 1:
+                report.error(
+                    ("relay", domain, "username"),
+                    "relay credentials need exactly one of password_file or password_env",
+                )
+        elif sources:
+            report.error(
+                ("relay", domain, sources[0]), "a relay password needs a `username` beside it"
+            )

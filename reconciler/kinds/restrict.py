@@ -5,9 +5,11 @@ DMS's `setup email restrict` writes). DMS does not watch them: the sidecar reloa
 
 from __future__ import annotations
 
+from reconciler.addresses import domain_of
 from reconciler.formats import access
 from reconciler.formats._lines import ParsedFile
 from reconciler.kinds.base import KindPlan, PlanContext, Want
+from reconciler.kinds.checks import DocView, Reporter, not_declared, section, strings
 from reconciler.plan import Kind
 
 NAME = "restrict"
@@ -41,3 +43,14 @@ def plan(ctx: PlanContext) -> KindPlan:
         one = len(written) == 1
         out.notes.append(NOTE.format(files=" and ".join(written), it="it" if one else "them"))
     return out
+
+
+def check(report: Reporter, view: DocView) -> None:
+    restrict = section(view.doc, "restrict")
+    for direction in ("send", "receive"):
+        for j, address in strings(restrict.get(direction)):
+            path = ("restrict", direction, j)
+            if problem := view.address_problem(address):
+                report.error(path, problem)
+            elif domain_of(address) not in view.declared:
+                report.error(path, not_declared(domain_of(address), f"'{address}'"))

@@ -34,16 +34,13 @@ from reconciler.formats import masters as masters_file
 from reconciler.formats import virtual as virtual_file
 from reconciler.formats._lines import ParsedFile
 from reconciler.gcpause import paused
+from reconciler.kinds.dkim import DKIM_KEY_SIZES
+from reconciler.kinds.masters import check_master_name
+from reconciler.kinds.regexp import pcre_problem, regexp_target_problem
+from reconciler.kinds.relay import check_relay_host
 from reconciler.kinds.sa_learn import cron_lines
 from reconciler.kinds.virtual import DEVNULL_TARGET
 from reconciler.load.desired import Loaded, load_desired_bytes, schema
-from reconciler.load.setup_rules import (
-    DKIM_KEY_SIZES,
-    check_master_name,
-    check_relay_host,
-    pcre_problem,
-    regexp_target_problem,
-)
 from reconciler.load.yamlload import format_path, plain_ascii
 from reconciler.model import (
     QUARANTINE_KINDS,
