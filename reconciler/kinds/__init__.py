@@ -1,11 +1,12 @@
-"""One module per DMS object kind, and the ordered registry the planner loops over.
+"""One module per DMS object kind, and the ordered registry the pipeline loops over.
 
 A kind module owns one kind of thing mailserver.yaml declares and the DMS files that hold it:
-which entries it wants and how they compare, show and explain (`plan`), and its mail rules
-(`check`). The order below is the
-order of the plan's changes, files, warnings and notes; a kind may read what the kinds before it
-produced (from the `PlanContext`, by file name), never import another kind. Adding a kind is
-one new module here and one line in `KINDS`.
+which entries it wants and how they compare, show and explain (`plan`), its mail rules
+(`check`) and how an existing volume's entries become mailserver.yaml (`export`). The planner,
+the rule checker (load/rules.py) and export (planner/export.py) loop over `KINDS`, in its order:
+the order of the plan's changes, files, warnings and notes. A kind may read what the kinds
+before it produced (from the context, by file name or field), never import another kind.
+Adding a kind is one new module here and one line in `KINDS`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from reconciler.kinds import (
     sa_learn,
     virtual,
 )
-from reconciler.kinds.base import KindPlan, PlanContext
+from reconciler.kinds.base import ExportContext, KindPlan, PlanContext
 from reconciler.kinds.checks import DocView, Reporter
 
 
@@ -36,6 +37,8 @@ class KindModule(Protocol):
     def plan(self, ctx: PlanContext) -> KindPlan: ...
 
     def check(self, report: Reporter, view: DocView) -> None: ...
+
+    def export(self, ctx: ExportContext) -> None: ...
 
 
 KINDS: tuple[KindModule, ...] = (

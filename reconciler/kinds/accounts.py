@@ -11,19 +11,21 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from reconciler.addresses import domain_of, local_of
+from reconciler.addresses import check_address, check_password_hash, domain_of, local_of
 from reconciler.formats import accounts
 from reconciler.kinds.base import (
+    ExportContext,
     KindPlan,
     PlanContext,
     Want,
+    hash_for_yaml,
     password_value,
     same_password,
     show_password,
     with_reason,
 )
 from reconciler.kinds.checks import DocView, Reporter, report_undeclared
-from reconciler.model import PASSWORD_KEYS
+from reconciler.model import PASSWORD_KEYS, Account, PasswordHash
 from reconciler.passwords.sources import DesiredPassword, Status, same_hash, source_id
 from reconciler.plan import Action, Kind
 
@@ -158,3 +160,35 @@ def check(report: Reporter, view: DocView) -> None:
                 ("accounts", address, "password_file"),
                 "password_file must be a single path without line breaks or NUL bytes",
             )
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+def export(ctx: ExportContext) -> None:
+    """The accounts mailserver.yaml can declare, their hashes kept (quotas: the quotas kind)."""
+    out = []
+    for key, entry in ctx.observed.accounts.entries.items():
+        if entry.address != key:
+            ctx.warnings.append(
+                f"postfix-accounts.cf: '{entry.address}' has uppercase letters; left unmanaged"
+            )
+            continue
+        if problem := check_address(key):
+            ctx.warnings.append(f"postfix-accounts.cf: account left unmanaged: {problem}")
+            continue
+        if not entry.password_hash:
+            ctx.warnings.append(
+                f"postfix-accounts.cf: '{key}' has an empty password hash; left unmanaged "
+                "(set a password with password_file)"
+            )
+            continue
+        value = hash_for_yaml(entry.password_hash)
+        if check_password_hash(value):
+            ctx.warnings.append(
+                f"postfix-accounts.cf: the password hash of '{key}' is in a form "
+                "mailserver.yaml does not accept; left unmanaged"
+            )
+            continue
+        out.append(Account(key, PasswordHash(value)))
+    ctx.fields["accounts"] = tuple(sorted(out, key=lambda a: a.address))

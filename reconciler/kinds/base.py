@@ -1,4 +1,4 @@
-"""What every kind plans with: the keyed diff, one kind's result, and what earlier kinds made.
+"""What every kind plans and exports with: the keyed diff, one kind's result, the context.
 
 Pure, like the planner: desired + observed in, changes and file plans out; no I/O. A kind module
 wants entries (`Want`), diffs them against one parsed DMS file by key (`keyed_diff`: create =
@@ -6,6 +6,7 @@ wanted - on the volume, delete = on the volume - wanted, for entries we wrote or
 update = shared keys whose entries are not `same`), and hands each file's diff to its
 `KindPlan`. Kinds never import each other: what a later kind needs of an earlier one (the
 virtual routing needs the accounts that stay) it reads from the `PlanContext` by file name.
+Export runs the other way, volume -> mailserver.yaml fields, in an `ExportContext`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from reconciler.addresses import domain_of, split_hash
 from reconciler.formats._lines import ParsedFile
 from reconciler.model import DesiredState
 from reconciler.observed import Observed
@@ -211,6 +213,15 @@ def password_value(
     return decided.hash
 
 
+def hash_for_yaml(stored: str) -> str:
+    """A stored hash as mailserver.yaml spells it (export): a bare hash means DMS's default
+    scheme, SHA512-CRYPT (libc crypt), so the scheme is spelled out."""
+    scheme, body = split_hash(stored)
+    if scheme is not None:
+        return stored
+    return ("{SHA512-CRYPT}" if body.startswith("$6$") else "{CRYPT}") + body
+
+
 def show_password(value: Any) -> dict[str, Any]:
     """A password field as the plan shows it: never the value."""
     if isinstance(value, PendingHash):
@@ -330,3 +341,33 @@ class PlanContext:
             if name in result.diffs:
                 return result.diffs[name]
         raise KeyError(name)
+
+
+# --- export: adopting what the volume holds ---------------------------------------------------
+
+
+@dataclass
+class ExportContext:
+    """What a kind exports from: the volume as observed, the warnings so far (each entry left
+    unmanaged says why), and the DesiredState fields the kinds before it adopted."""
+
+    observed: Observed
+    warnings: list[str] = field(default_factory=list)
+    fields: dict[str, Any] = field(default_factory=dict)  # DesiredState field -> value
+
+    def accounts(self) -> set[str]:
+        return {a.address for a in self.fields.get("accounts", ())}
+
+    def aliases(self) -> set[str]:
+        return {a.address for a in self.fields.get("aliases", ())}
+
+    def catch_domains(self) -> set[str]:
+        return {c.domain for c in self.fields.get("catch_all", ())}
+
+    def known(self) -> set[str]:
+        """Every address adopted so far that receives mail: accounts, aliases, devnull."""
+        return self.accounts() | self.aliases() | set(self.fields.get("devnull", ()))
+
+    def domains(self) -> set[str]:
+        """The domains the adopted accounts, aliases, catch-alls and devnull addresses are in."""
+        return {domain_of(a) for a in self.known()} | self.catch_domains()

@@ -9,7 +9,7 @@ is the reporter a loaded file has.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Protocol
@@ -141,3 +141,34 @@ def suggest(word: str, choices: Iterable[str]) -> str | None:
     candidates = list(choices)
     close = difflib.get_close_matches(word, candidates, n=1, cutoff=0.85)
     return f" (did you mean '{close[0]}'?)" if close else None
+
+
+def find_cycles(
+    nodes: Iterable[str], successors: Callable[[str], Iterable[str]]
+) -> Iterator[list[str]]:
+    """Yield one cycle per strongly connected loop, iteratively (no recursion on big files)."""
+    WHITE, GREY, BLACK = 0, 1, 2
+    colour: dict[str, int] = {}
+    for root in nodes:
+        if colour.get(root, WHITE) != WHITE:
+            continue
+        stack: list[tuple[str, Iterator[str]]] = [(root, iter(successors(root)))]
+        on_path = [root]
+        colour[root] = GREY
+        while stack:
+            node, children = stack[-1]
+            advanced = False
+            for child in children:
+                state = colour.get(child, WHITE)
+                if state == GREY:
+                    yield on_path[on_path.index(child) :]
+                elif state == WHITE:
+                    colour[child] = GREY
+                    stack.append((child, iter(successors(child))))
+                    on_path.append(child)
+                    advanced = True
+                    break
+            if not advanced:
+                colour[node] = BLACK
+                stack.pop()
+                on_path.pop()

@@ -15,8 +15,9 @@ from typing import Any
 from reconciler import dkimkeys
 from reconciler.formats import opendkim
 from reconciler.formats._lines import ParsedFile
-from reconciler.kinds.base import KindPlan, PlanContext, Want
+from reconciler.kinds.base import ExportContext, KindPlan, PlanContext, Want
 from reconciler.kinds.checks import DocView, Reporter, not_declared, section
+from reconciler.model import Dkim
 from reconciler.observed import Observed
 from reconciler.plan import Action, Change, FilePlan, Kind, PendingKey
 
@@ -227,3 +228,49 @@ def selector_problem(selector: str, domain: str) -> str | None:
             f"{DNS_NAME_MAX} a DNS name may have"
         )
     return None
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+def export(ctx: ExportContext) -> None:
+    """Domains whose KeyTable and SigningTable lines are exactly what open-dkim writes and
+    whose private key is on the volume."""
+    ctx.fields["dkim"] = _adopt(ctx.observed, ctx.domains(), ctx.warnings)
+
+
+def _adopt(observed: Observed, domains: set[str], warnings: list[str]) -> tuple[Dkim, ...]:
+    keys = observed.dkim_tables.get(opendkim.KEY_TABLE) or ParsedFile({})
+    signing = observed.dkim_tables.get(opendkim.SIGNING_TABLE) or ParsedFile({})
+    out = []
+    for entry in keys.entries.values():
+        selector, _, domain = entry.key.partition("._domainkey.")
+        if not domain or domain not in domains:
+            warnings.append(f"opendkim/KeyTable: '{entry.key}' left unmanaged: not a hosted domain")
+            continue
+        expected = opendkim.key_table_line(domain, selector)
+        sign = signing.entries.get(f"*@{domain}")
+        snap = observed.snapshots.get(opendkim.private_key_path(domain, selector))
+        read = dkimkeys.read(snap.data) if snap is not None and snap.data is not None else None
+        problem = (
+            (entry.normalised() != expected.normalised() and "not the line open-dkim writes")
+            or (
+                (
+                    sign is None
+                    or sign.normalised()
+                    != opendkim.signing_table_line(domain, selector).normalised()
+                )
+                and "its SigningTable line is missing or different"
+            )
+            or (read is None and "its private key file is missing or unreadable")
+            or (read is not None and read[0] not in DKIM_KEY_SIZES and "its key size")
+            or (
+                not observed.snapshots[opendkim.TRUSTED_HOSTS].exists
+                and "opendkim/TrustedHosts is missing"
+            )
+        )
+        if problem or read is None:
+            warnings.append(f"opendkim: DKIM for {domain} left unmanaged: {problem}")
+            continue
+        out.append(Dkim(domain, selector, read[0]))
+    return tuple(sorted(out, key=lambda d: d.domain))

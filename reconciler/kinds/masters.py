@@ -14,15 +14,17 @@ from reconciler.addresses import LOCAL_RE, check_address, check_password_hash
 from reconciler.formats import masters
 from reconciler.kinds.base import (
     Explain,
+    ExportContext,
     KindPlan,
     PlanContext,
     Want,
+    hash_for_yaml,
     password_value,
     same_password,
     show_password,
 )
 from reconciler.kinds.checks import DocView, Reporter, section
-from reconciler.model import MASTER_KEY, PASSWORD_KEYS
+from reconciler.model import MASTER_KEY, PASSWORD_KEYS, Master, PasswordHash
 from reconciler.passwords.sources import DesiredPassword, Status
 from reconciler.plan import Kind
 
@@ -124,3 +126,25 @@ def check_master_name(name: str) -> str | None:
     if not LOCAL_RE.match(name):
         return f"master user name '{name}' has a dot at its start or end, or two in a row"
     return None
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+def export(ctx: ExportContext) -> None:
+    """Master users whose names and hashes mailserver.yaml can hold."""
+    addresses = ctx.known()
+    out = []
+    for key, entry in ctx.observed.masters.entries.items():
+        value = hash_for_yaml(entry.password_hash) if entry.password_hash else ""
+        problem = (
+            check_master_name(entry.name)
+            or ("its name is also an account or alias" if key in addresses else None)
+            or (value and check_password_hash(value) and "its hash is in a form not accepted")
+            or (not value and "it has an empty password hash")
+        )
+        if problem:
+            ctx.warnings.append(f"dovecot-masters.cf: master user left unmanaged: {problem}")
+            continue
+        out.append(Master(key, PasswordHash(value)))
+    ctx.fields["masters"] = tuple(sorted(out, key=lambda m: m.name))

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from reconciler.addresses import domain_of
 from reconciler.formats import amavis
-from reconciler.kinds.base import KindPlan, PlanContext, explain_fields
+from reconciler.kinds.base import ExportContext, KindPlan, PlanContext, explain_fields
 from reconciler.kinds.checks import DocView, Reporter, report_undeclared, suggest
+from reconciler.model import QUARANTINE_KINDS, Quarantine
 from reconciler.plan import Action, Change, FilePlan, Kind
 
 NAME = "quarantine"
@@ -124,4 +125,17 @@ def check(report: Reporter, view: DocView) -> None:
             ("quarantine", "mailbox"),
             f"quarantine mailbox '{mailbox}' is not an account or alias here"
             + (suggest(mailbox, set(view.accounts) | set(view.aliases)) or ""),
+        )
+
+
+def export(ctx: ExportContext) -> None:
+    """The marked block, when it sends every kind to one mailbox that is hosted here."""
+    ctx.fields["quarantine"] = None
+    block = ctx.observed.amavis.block if ctx.observed.amavis else None
+    if not block or len(set(block.values())) != 1:
+        return
+    mailbox = next(iter(block.values()))
+    if mailbox in ctx.accounts() | ctx.aliases():
+        ctx.fields["quarantine"] = Quarantine(
+            mailbox, tuple(k for k in QUARANTINE_KINDS if k in block)
         )

@@ -7,11 +7,12 @@ canonical rewrite orders the lines so that cannot happen (see formats/quotas.py)
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
-from reconciler.addresses import check_quota
+from reconciler.addresses import check_quota, quota_bytes
 from reconciler.formats import quotas
-from reconciler.kinds.base import KindPlan, PlanContext, Want
+from reconciler.kinds.base import ExportContext, KindPlan, PlanContext, Want
 from reconciler.kinds.checks import DocView, Reporter
 from reconciler.plan import Kind
 
@@ -55,3 +56,24 @@ def check(report: Reporter, view: DocView) -> None:
         quota = account.get("quota") if isinstance(account, dict) else None
         if isinstance(quota, str) and (problem := check_quota(quota)):
             report.error(("accounts", address, "quota"), problem)
+
+
+def export(ctx: ExportContext) -> None:
+    """The quota of each adopted account, where DMS applies the one the line says."""
+    adopted = []
+    for account in ctx.fields.get("accounts", ()):
+        line = ctx.observed.quotas.entries.get(account.address)
+        quota = line.size if line is not None and _valid(line.size) else None
+        if line is not None and line.shadowed:
+            # adopting it would change the quota DMS applies today: leave it unmanaged
+            ctx.warnings.append(
+                f"dovecot-quotas.cf: the quota of '{account.address}' is not what DMS applies "
+                f"(it reads {line.shadowed}); left unmanaged"
+            )
+            quota = None
+        adopted.append(replace(account, quota=quota) if quota is not None else account)
+    ctx.fields["accounts"] = tuple(adopted)
+
+
+def _valid(size: str) -> bool:
+    return quota_bytes(size) is not None and check_quota(size) is None

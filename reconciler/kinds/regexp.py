@@ -12,9 +12,9 @@ from typing import Any
 
 from reconciler.addresses import check_address, domain_of
 from reconciler.formats import regexp
-from reconciler.kinds.base import KindPlan, PlanContext, Want
+from reconciler.kinds.base import ExportContext, KindPlan, PlanContext, Want
 from reconciler.kinds.checks import DocView, Reporter
-from reconciler.model import DesiredState
+from reconciler.model import DesiredState, RegexpAlias
 from reconciler.observed import Observed
 from reconciler.plan import Action, Change, Kind
 
@@ -277,3 +277,29 @@ def _class_end(pattern: str, position: int) -> int:
             return position + 1
         position += 1
     return position
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+def export(ctx: ExportContext) -> None:
+    """The patterns PCRE2 and the rules accept, whose plain targets exist here."""
+    domains, known, catch_domains = ctx.domains(), ctx.known(), ctx.catch_domains()
+    out = []
+    for key, entry in ctx.observed.regexp.entries.items():
+        problem = None
+        if entry.delimiter != "/":
+            problem = "it is not written between '/' delimiters"
+        else:
+            problem, groups = pcre_problem(entry.pattern, entry.flags)
+            for target in entry.targets:
+                problem = problem or regexp_target_problem(target, groups)
+                if problem is None and "$" not in target:
+                    domain = domain_of(target)
+                    if domain in domains and target not in known and domain not in catch_domains:
+                        problem = f"target {target} is no account or alias here"
+        if problem:
+            ctx.warnings.append(f"postfix-regexp.cf: {key} left unmanaged: {problem}")
+            continue
+        out.append(RegexpAlias(entry.pattern, tuple(dict.fromkeys(entry.targets)), entry.flags))
+    ctx.fields["regexp_aliases"] = tuple(out)

@@ -16,7 +16,14 @@ from typing import Any
 
 from reconciler.addresses import LABEL_RE
 from reconciler.formats import relaymap, sasl
-from reconciler.kinds.base import FileDiff, KindPlan, PlanContext, Want, password_value
+from reconciler.kinds.base import (
+    ExportContext,
+    FileDiff,
+    KindPlan,
+    PlanContext,
+    Want,
+    password_value,
+)
 from reconciler.kinds.checks import DocView, Reporter, not_declared, section
 from reconciler.model import RELAY_KEY, DesiredState, PasswordFile, Relay
 from reconciler.observed import Observed
@@ -292,3 +299,35 @@ def check(report: Reporter, view: DocView) -> None:
             report.error(
                 ("relay", domain, sources[0]), "a relay password needs a `username` beside it"
             )
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+def export(ctx: ExportContext) -> None:
+    """Relay lines of hosted domains (credentials stay unmanaged: no password in the file)."""
+    ctx.fields["relay"] = _adopt(ctx.observed, ctx.domains(), ctx.warnings)
+
+
+def _adopt(observed: Observed, domains: set[str], warnings: list[str]) -> tuple[Relay, ...]:
+    out = []
+    for key, entry in observed.relaymap.entries.items():
+        domain = key[1:]
+        hostport = entry.host_port()
+        if entry.key != key or not key.startswith("@") or domain not in domains:
+            warnings.append(
+                f"postfix-relaymap.cf: '{entry.key}' left unmanaged: not @<hosted domain>"
+            )
+        elif entry.excluded:
+            out.append(Relay(domain, exclude=True))
+        elif hostport is None or check_relay_host(hostport[0]) or not 0 < hostport[1] < 65536:
+            warnings.append(f"postfix-relaymap.cf: '{key}' left unmanaged: not [host]:port")
+        else:
+            out.append(Relay(domain, host=hostport[0], port=hostport[1]))
+    if observed.sasl.entries:
+        warnings.append(
+            "postfix-sasl-password.cf: relay credentials are left unmanaged (their passwords "
+            "cannot go into mailserver.yaml); declare username and password_file or password_env "
+            "under relay to manage them"
+        )
+    return tuple(sorted(out, key=lambda r: r.domain))

@@ -5,11 +5,12 @@ DMS's `setup email restrict` writes). DMS does not watch them: the sidecar reloa
 
 from __future__ import annotations
 
-from reconciler.addresses import domain_of
+from reconciler.addresses import check_address, domain_of
 from reconciler.formats import access
 from reconciler.formats._lines import ParsedFile
-from reconciler.kinds.base import KindPlan, PlanContext, Want
+from reconciler.kinds.base import ExportContext, KindPlan, PlanContext, Want
 from reconciler.kinds.checks import DocView, Reporter, not_declared, section, strings
+from reconciler.model import Restrict
 from reconciler.plan import Kind
 
 NAME = "restrict"
@@ -54,3 +55,18 @@ def check(report: Reporter, view: DocView) -> None:
                 report.error(path, problem)
             elif domain_of(address) not in view.declared:
                 report.error(path, not_declared(domain_of(address), f"'{address}'"))
+
+
+def export(ctx: ExportContext) -> None:
+    """The REJECT lines of hosted addresses."""
+    domains = ctx.domains()
+    found: dict[str, list[str]] = {"send": [], "receive": []}
+    for direction, name in (("send", access.SEND), ("receive", access.RECEIVE)):
+        for key, entry in (ctx.observed.access.get(name) or ParsedFile({})).entries.items():
+            if entry.key != key or check_address(key) or domain_of(key) not in domains:
+                ctx.warnings.append(f"{name}: '{entry.key}' left unmanaged: not a hosted address")
+            elif entry.normalised()[1] != access.REJECT:
+                ctx.warnings.append(f"{name}: '{key}' left unmanaged: its action is not REJECT")
+            else:
+                found[direction].append(key)
+    ctx.fields["restrict"] = Restrict(tuple(sorted(found["send"])), tuple(sorted(found["receive"])))

@@ -9,15 +9,16 @@ are upgraded in place.
 from __future__ import annotations
 
 import re
+from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
 from reconciler.addresses import check_domain, domain_of, local_of
 from reconciler.formats import cron
-from reconciler.kinds.base import KindPlan, PlanContext
+from reconciler.kinds.base import ExportContext, KindPlan, PlanContext
 from reconciler.kinds.checks import DocView, Reporter, report_undeclared, strings, suggest
-from reconciler.model import DesiredState
-from reconciler.observed import CRON
+from reconciler.model import DesiredState, Learn, SaLearnJob
+from reconciler.observed import CRON, Observed
 from reconciler.plan import Action, Change, FilePlan, Kind, Unmanaged
 
 NAME = "sa_learn"
@@ -249,3 +250,69 @@ def check_folder(folder: str) -> str | None:
         shown = ", ".join(repr(c) for c in bad[:5])
         return f"folder '{folder}' has {shown}; use letters, digits, '.', '_', '-' and '*'"
     return None
+
+
+# --- export -------------------------------------------------------------------------------------
+
+
+def export(ctx: ExportContext) -> None:
+    """Read our own cron lines back into jobs; any other line leaves the file unmanaged."""
+    ctx.fields["sa_learn"] = _adopt(ctx.observed, ctx.accounts(), ctx.domains(), ctx.warnings)
+
+
+def _adopt(
+    observed: Observed, accounts: set[str], domains: set[str], warnings: list[str]
+) -> tuple[SaLearnJob, ...]:
+    if observed.cron is None or not observed.cron.entries:
+        return ()
+    groups: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
+    jobs_on_volume = set()
+    old_form = False
+    for text in observed.cron.entries:
+        line = cron.read_job_line(text)
+        if line is None:
+            warnings.append(
+                "the sa-learn cron file has lines dms-reconciler did not write; "
+                "sa_learn is left out and the file stays unmanaged"
+            )
+            return ()
+        jobs_on_volume.add(line.job)
+        old_form = old_form or line.old_form
+        if line.domain == "*" and line.user == "*":
+            scope, item = "all", ""
+        elif line.user == "*":
+            scope, item = "domains", line.domain
+        else:
+            scope, item = "accounts", f"{line.user}@{line.domain}"
+        groups[(line.schedule, line.learn, line.folder, scope)].append(item)
+    jobs = []
+    for (schedule, learn, folder, scope), items in groups.items():
+        jobs.append(
+            SaLearnJob(
+                schedule=schedule,
+                learn=Learn(learn),
+                folder=folder,
+                accounts=tuple(sorted(items)) if scope == "accounts" else None,
+                domains=tuple(sorted(items)) if scope == "domains" else None,
+            )
+        )
+    candidate = DesiredState(1, tuple(sorted(domains)), (), sa_learn=tuple(jobs))
+    rendered = [cron.read_job_line(line.key) for line in cron_lines(candidate)]
+    if {line.job for line in rendered if line is not None} != jobs_on_volume or len(
+        rendered
+    ) != len(observed.cron.entries):
+        warnings.append("the sa-learn cron file cannot be expressed exactly; left unmanaged")
+        return ()
+    if old_form:
+        warnings.append(
+            f"the sa-learn cron file learns into {cron.OLD_DBPATH}, which Amavis reads only "
+            f"when /var/mail-state is mounted; the plan rewrites its lines to {cron.DBPATH}"
+        )
+    if any(a not in accounts for job in jobs for a in job.accounts or ()) or any(
+        d not in domains for job in jobs for d in job.domains or ()
+    ):
+        warnings.append(
+            "the sa-learn cron file names mailboxes that are not accounts here; left unmanaged"
+        )
+        return ()
+    return tuple(jobs)

@@ -12,11 +12,18 @@ from __future__ import annotations
 from collections.abc import Callable, Collection, Iterable, Iterator
 from typing import Any
 
-from reconciler.addresses import check_domain, domain_of
+from reconciler.addresses import check_address, check_domain, domain_of
 from reconciler.formats import accounts, aliases, virtual
-from reconciler.kinds.base import FileDiff, KindPlan, PlanContext, Want, with_reason
-from reconciler.kinds.checks import DocView, Path, Reporter, report_undeclared, suggest
-from reconciler.model import DesiredState
+from reconciler.kinds.base import ExportContext, FileDiff, KindPlan, PlanContext, Want, with_reason
+from reconciler.kinds.checks import (
+    DocView,
+    Path,
+    Reporter,
+    find_cycles,
+    report_undeclared,
+    suggest,
+)
+from reconciler.model import Alias, CatchAll, DesiredState
 from reconciler.observed import Observed
 from reconciler.plan import Action, Change, Kind
 
@@ -394,7 +401,7 @@ def _check_loops(report: Reporter, view: DocView) -> None:
 
     nodes = list(view.aliases) + ["@" + d for d in view.catch_all]
     reported: set[frozenset[str]] = set()
-    for cycle in _find_cycles(nodes, successors):
+    for cycle in find_cycles(nodes, successors):
         members = frozenset(cycle)
         if members in reported:
             continue
@@ -419,30 +426,115 @@ def _node_name(node: str) -> str:
     return f"catch-all {node}" if node.startswith("@") else node
 
 
-def _find_cycles(nodes: Iterable[str], successors: Any) -> Iterator[list[str]]:
-    """Yield one cycle per strongly connected loop, iteratively (no recursion on big files)."""
-    WHITE, GREY, BLACK = 0, 1, 2
-    colour: dict[str, int] = {}
-    for root in nodes:
-        if colour.get(root, WHITE) != WHITE:
+# --- export -------------------------------------------------------------------------------------
+
+
+def export(ctx: ExportContext) -> None:
+    """Aliases, catch-alls and devnull addresses that adopt without changing how mail is routed.
+
+    Self-aliases are not declared (the planner adds them); a catch-all that swallows the mail of
+    real accounts today (no self-alias) and aliases whose targets do not resolve stay unmanaged.
+    """
+    account_set = ctx.accounts()
+    devnull_on = (
+        ctx.observed.local_aliases.entries.get("devnull") is not None
+        and ctx.observed.local_aliases.entries["devnull"].normalised()[1] == "/dev/null"
+    )
+
+    aliases: dict[str, tuple[str, ...]] = {}
+    catch_all: dict[str, tuple[str, ...]] = {}
+    devnull: list[str] = []
+    self_aliases: set[str] = set()
+    for key, entry in ctx.observed.virtual.entries.items():
+        targets = tuple(sorted({t.lower() for t in entry.targets}))
+        if entry.key != key:
+            ctx.warnings.append(
+                f"postfix-virtual.cf: '{entry.key}' has uppercase letters; left unmanaged"
+            )
             continue
-        stack: list[tuple[str, Iterator[str]]] = [(root, iter(successors(root)))]
-        on_path = [root]
-        colour[root] = GREY
-        while stack:
-            node, children = stack[-1]
-            advanced = False
-            for child in children:
-                state = colour.get(child, WHITE)
-                if state == GREY:
-                    yield on_path[on_path.index(child) :]
-                elif state == WHITE:
-                    colour[child] = GREY
-                    stack.append((child, iter(successors(child))))
-                    on_path.append(child)
-                    advanced = True
-                    break
-            if not advanced:
-                colour[node] = BLACK
-                stack.pop()
-                on_path.pop()
+        if key.startswith("@"):
+            if check_domain(key[1:]) is None and all(check_address(t) is None for t in targets):
+                catch_all[key[1:]] = targets
+            else:
+                ctx.warnings.append(
+                    f"postfix-virtual.cf: catch-all '{key}' cannot be expressed; left unmanaged"
+                )
+            continue
+        if targets == (DEVNULL_TARGET,):
+            if devnull_on and check_address(key) is None:
+                devnull.append(key)
+            else:
+                ctx.warnings.append(
+                    f"postfix-virtual.cf: '{key} devnull' without `devnull: /dev/null` in "
+                    "postfix-aliases.cf; left unmanaged"
+                )
+            continue
+        if targets == (key,) and key in account_set:
+            self_aliases.add(key)
+            continue
+        problem = check_address(key) or next(
+            (check_address(t) for t in targets if check_address(t)), None
+        )
+        if problem:
+            ctx.warnings.append(f"postfix-virtual.cf: alias '{key}' left unmanaged: {problem}")
+            continue
+        if key in account_set:
+            ctx.warnings.append(
+                f"postfix-virtual.cf: '{key}' is both an account and an alias; the "
+                "alias is left unmanaged (Postfix delivers by it)"
+            )
+            continue
+        aliases[key] = targets
+
+    # A catch-all whose domain has accounts without a self-alias swallows their mail today. Its
+    # own single target is not swallowed (its mail goes to it either way), and the planner wants
+    # no self-alias for it (`sole_catch_all_targets`): adopting changes nothing.
+    for domain in sorted(catch_all):
+        sole = catch_all[domain][0] if len(catch_all[domain]) == 1 else None
+        trapped = sorted(
+            a for a in account_set if domain_of(a) == domain and a not in self_aliases and a != sole
+        )
+        if trapped:
+            ctx.warnings.append(
+                f"catch-all @{domain} takes the mail of account(s) {', '.join(trapped[:5])}"
+                f"{' ...' if len(trapped) > 5 else ''} (no self-alias); left unmanaged so routing "
+                f"does not change. Add `catch_all: {{{domain}: ...}}` to mailserver.yaml to fix it"
+            )
+            del catch_all[domain]
+
+    aliases = _resolvable(aliases, account_set, set(devnull), set(catch_all), ctx.warnings)
+    ctx.fields["aliases"] = tuple(Alias(k, v) for k, v in sorted(aliases.items()))
+    ctx.fields["catch_all"] = tuple(CatchAll(k, v) for k, v in sorted(catch_all.items()))
+    ctx.fields["devnull"] = tuple(sorted(devnull))
+
+
+def _resolvable(
+    aliases: dict[str, tuple[str, ...]],
+    accounts: set[str],
+    devnull: set[str],
+    catch_domains: set[str],
+    warnings: list[str],
+) -> dict[str, tuple[str, ...]]:
+    """Drop aliases whose in-domain targets do not resolve (again and again: dropping one can
+    break another)."""
+    hosted = {domain_of(a) for a in accounts} | {domain_of(a) for a in aliases} | catch_domains
+    hosted |= {domain_of(a) for a in devnull}
+    kept = dict(aliases)
+    changed = True
+    while changed:
+        changed = False
+        known = accounts | devnull | set(kept)
+        for key, targets in list(kept.items()):
+            bad = [
+                t
+                for t in targets
+                if domain_of(t) in hosted and t not in known and domain_of(t) not in catch_domains
+            ]
+            if bad or key in targets:
+                warnings.append(
+                    f"postfix-virtual.cf: alias '{key}' left unmanaged: target "
+                    f"{(bad or [key])[0]} is no account or alias here"
+                )
+                del kept[key]
+                changed = True
+    return kept
