@@ -85,6 +85,20 @@ class FileStamp(NamedTuple):
         return self.read_ns - max(self.mtime_ns, self.ctime_ns) >= RACY_NS
 
 
+FACT_FORMAT = 1  # of `fact`, and so of the record of facts (passwords/verified.py)
+
+
+def fact(address: str, stamp: FileStamp, stored_hash: str) -> str:
+    """The digest of one fact: the file `stamp` names held a secret that verifies `stored_hash`
+    for `address` (the read time is not part of it). `resolve` trusts a settled file whose fact
+    is in the record of `verified` without verifying it again."""
+    text = (
+        f"{FACT_FORMAT}\0{address}\0{stamp.device}\0{stamp.inode}\0{stamp.mtime_ns}\0"
+        f"{stamp.ctime_ns}\0{stored_hash}"
+    )
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
 class Secret:
     """A plaintext password that refuses to be printed; `stamp` tells which file it came from."""
 
@@ -461,9 +475,6 @@ def resolve(
     `record` holds the facts of `verified`: a settled password file they vouch for is kept
     without verifying it again.
     """
-    if record:
-        from reconciler.passwords.verified import fact
-
     out: dict[str, DesiredPassword] = {}
     sources: dict[str, PasswordSource] = {}
     failures: list[str] = []

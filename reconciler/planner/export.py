@@ -32,7 +32,7 @@ from reconciler.model import (
     Restrict,
     to_document,
 )
-from reconciler.volume.observe import Observed
+from reconciler.observed import Observed
 
 _C_DUMPER: Any = getattr(yaml, "CSafeDumper", None)
 # The schema's own `$id`: schema/mailserver.schema.json as served from the repository's main
