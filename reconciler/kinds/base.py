@@ -229,6 +229,11 @@ def show_password(value: Any) -> dict[str, Any]:
     return {"password": SENSITIVE if value else "(empty)"}
 
 
+def same_normalised(have: Any, want: Any) -> bool:
+    """Entries of a codec that normalises its lines (access, aliases, OpenDKIM tables)."""
+    return bool(have.normalised() == want.normalised())
+
+
 def same_password(have: Any, want: Any) -> bool:
     """A stored hash equals the wanted one (a pending hash never does)."""
     return not isinstance(want, PendingHash) and same_hash(have, want)

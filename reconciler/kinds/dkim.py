@@ -15,7 +15,7 @@ from typing import Any
 from reconciler import dkimkeys
 from reconciler.formats import opendkim
 from reconciler.formats._lines import ParsedFile
-from reconciler.kinds.base import ExportContext, KindPlan, PlanContext, Want
+from reconciler.kinds.base import ExportContext, KindPlan, PlanContext, Want, same_normalised
 from reconciler.kinds.checks import DocView, Reporter, not_declared, section
 from reconciler.model import Dkim
 from reconciler.observed import Observed
@@ -48,7 +48,7 @@ def plan(ctx: PlanContext) -> KindPlan:
             name,
             want,
             parsed,
-            same=lambda a, b: a.normalised() == b.normalised(),
+            same=same_normalised,
             show=lambda e: {"value": e.value},
             kind_of=lambda key, e: Kind.DKIM,
         )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from reconciler.addresses import check_address, domain_of
 from reconciler.formats import access
 from reconciler.formats._lines import ParsedFile
-from reconciler.kinds.base import ExportContext, KindPlan, PlanContext, Want
+from reconciler.kinds.base import ExportContext, KindPlan, PlanContext, Want, same_normalised
 from reconciler.kinds.checks import DocView, Reporter, not_declared, section, strings
 from reconciler.model import Restrict
 from reconciler.plan import Kind
@@ -34,7 +34,7 @@ def plan(ctx: PlanContext) -> KindPlan:
             name,
             want,
             parsed,
-            same=lambda a, b: a.normalised() == b.normalised(),
+            same=same_normalised,
             show=lambda e: {"action": e.action},
             kind_of=lambda key, e: Kind.RESTRICT,
         )

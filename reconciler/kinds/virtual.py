@@ -14,7 +14,15 @@ from typing import Any
 
 from reconciler.addresses import check_address, check_domain, domain_of
 from reconciler.formats import accounts, aliases, virtual
-from reconciler.kinds.base import ExportContext, FileDiff, KindPlan, PlanContext, Want, with_reason
+from reconciler.kinds.base import (
+    ExportContext,
+    FileDiff,
+    KindPlan,
+    PlanContext,
+    Want,
+    same_normalised,
+    with_reason,
+)
 from reconciler.kinds.checks import (
     DocView,
     Path,
@@ -65,7 +73,7 @@ def plan(ctx: PlanContext) -> KindPlan:
         aliases.FILENAME,
         {"devnull": Want(Kind.LOCAL_ALIAS, DEVNULL_LOCAL)} if desired.devnull else {},
         observed.local_aliases,
-        same=lambda a, b: a.normalised() == b.normalised(),
+        same=same_normalised,
         show=lambda e: {"target": e.value},
         kind_of=lambda key, e: Kind.LOCAL_ALIAS,
     )
