@@ -41,6 +41,7 @@ class DocView:
     quarantine: dict[str, Any]
     sa_learn: list[tuple[int, dict[str, Any]]]
     hostname: str | None
+    declared: set[str]  # the domains listed in `domains`
 
     # `check_address`, once per distinct address: most addresses appear several times (as a key,
     # as targets, in three rules), which made it a quarter of `check` on big files. The cache
@@ -61,9 +62,10 @@ class DocView:
 
         hostname = doc.get("hostname")
         quarantine = doc.get("quarantine")
+        domains = strings(doc.get("domains"))
         return cls(
             doc=doc,
-            domains=strings(doc.get("domains")),
+            domains=domains,
             accounts=section(doc, "accounts"),
             aliases={k: targets(v) for k, v in section(doc, "aliases").items()},
             catch_all={k: targets(v) for k, v in section(doc, "catch_all").items()},
@@ -75,12 +77,8 @@ class DocView:
             if isinstance(doc.get("sa_learn"), list)
             else [],
             hostname=hostname if isinstance(hostname, str) else None,
+            declared={d for _, d in domains},
         )
-
-    @property
-    def declared(self) -> set[str]:
-        """The domains listed in `domains`."""
-        return {d for _, d in self.domains}
 
     def known_addresses(self) -> set[str]:
         """Every address that receives mail here: accounts, aliases, devnull addresses."""
