@@ -6,7 +6,9 @@ which entries it wants and how they compare, show and explain (`plan`), its mail
 the rule checker (load/rules.py) and export (planner/export.py) loop over `KINDS`, in its order:
 the order of the plan's changes, files, warnings and notes. A kind may read what the kinds
 before it produced (from the context, by file name or field), never import another kind.
-Adding a kind is one new module here and one line in `KINDS`.
+Adding a kind is one new module here and one line in `KINDS`. Beside the kinds: base.py (the
+keyed diff, the plan and export contexts), checks.py (what rules read and report through) and
+routing.py (the rules that span the accounts and the virtual routing).
 """
 
 from __future__ import annotations

@@ -121,6 +121,23 @@ def not_declared(domain: str, what: str) -> str:
     )
 
 
+def failing_targets(doc: dict[str, Any], fails: Callable[[str], Any]) -> Iterator[tuple[Path, str]]:
+    """(path, target) for every alias and catch-all target that `fails`, with list indexes where
+    written. Paths are made only for those: there are 80,000 targets at 10,000 accounts."""
+    for section in ("aliases", "catch_all"):
+        block = doc.get(section)
+        if not isinstance(block, dict):
+            continue
+        for key, value in block.items():
+            if isinstance(value, str):
+                if fails(value):
+                    yield (section, key), value
+            elif isinstance(value, list):
+                for i, target in enumerate(value):
+                    if isinstance(target, str) and fails(target):
+                        yield (section, key, i), target
+
+
 def suggest(word: str, choices: Iterable[str]) -> str | None:
     """A 'did you mean' hint; compares within the same domain so big files stay fast, then
     looks for the same name in another domain (`jane@example.com` for `jane@example.org`)."""

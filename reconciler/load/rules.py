@@ -1,11 +1,12 @@
 """Mail-aware checks that JSON Schema cannot express (product.md, section 2).
 
-Each kind checks what it declares (`check` in its module under reconciler/kinds/, run in registry
-order); this module runs them and keeps the rules about the document as a whole: the `domains`
-list and the `hostname`. Every rule reads the loaded document defensively (a part with the wrong
-type was already reported by the schema and is skipped) and reports through `Report.error` with
-the document path, so the message lands on the right line. All rules run; every problem is
-reported at once.
+Each kind checks what it declares (`check` in its module under reconciler/kinds/, in registry
+order), and kinds/routing.py how the accounts and the virtual routing work together (collisions,
+loops, targets that resolve); this module runs them and keeps the rules about the document as a
+whole: the `domains` list and the `hostname`. Every rule reads the loaded document defensively
+(a part with the wrong type was already reported by the schema and is skipped) and reports
+through `Report.error` with the document path, so the message lands on the right line. All rules
+run; every problem is reported at once.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from dataclasses import dataclass, field
 
 from reconciler.addresses import check_domain, domain_of
 from reconciler.errors import Diagnostic, Severity
-from reconciler.kinds import KINDS
+from reconciler.kinds import KINDS, routing
 from reconciler.kinds.checks import DocView
 from reconciler.load.yamlload import Document, Path, format_path
 
@@ -44,6 +45,7 @@ def check(doc: Document) -> list[Diagnostic]:
     _check_domains(report, view)
     for kind in KINDS:
         kind.check(report, view)
+    routing.check(report, view)
     _check_hostname(report, view)
     _check_unused_domains(report, view)
     return report.diagnostics
