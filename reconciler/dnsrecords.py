@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 from reconciler import dkimkeys
 from reconciler.formats import opendkim
 from reconciler.model import DesiredState
-from reconciler.volume.observe import Observed
+from reconciler.observed import Observed
 
 TXT_STRING_MAX = 255  # one character-string in a TXT record (RFC 1035)
 NAME_MAX = 253  # a domain name in text form, without the final dot (RFC 1035)

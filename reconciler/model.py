@@ -13,6 +13,13 @@ from enum import Enum
 from typing import Any, Union
 
 QUARANTINE_KINDS = ("spam", "virus", "banned", "bad_header")
+# The keys a password source may be given under, in mailserver.yaml (accounts and masters).
+PASSWORD_KEYS = ("password_hash", "password_file", "password_env")
+# How passwords are keyed between mailserver.yaml, the volume and the plan: an account by its
+# address, a Dovecot master user as `master:<name>`, a relay's plaintext password as
+# `relay:<domain>` (no address has a ':', so the keys never meet).
+MASTER_KEY = "master:"
+RELAY_KEY = "relay:"
 
 
 @dataclass(frozen=True)

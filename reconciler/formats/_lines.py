@@ -84,6 +84,13 @@ class ParsedFile(Generic[E]):
     duplicates: tuple[tuple[int, int, str, E], ...] = ()
 
 
+# What a codec says of a whitespace-led line with nothing to continue (see `logical_lines`).
+ORPHAN = (
+    "line starts with whitespace but no entry comes before it; Postfix ignores it "
+    '("logical line must not start with whitespace")'
+)
+
+
 def logical_lines(
     text: str, *, continuation: bool = False, keep_cr: bool = False
 ) -> Iterator[tuple[int, str]]:

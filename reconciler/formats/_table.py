@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from reconciler.formats.virtual import ORPHAN
+from reconciler.formats._lines import ORPHAN
 
 E = TypeVar("E")
 

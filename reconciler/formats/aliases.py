@@ -12,8 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from reconciler.formats._lines import ParsedFile, parse_lines, render_lines
-from reconciler.formats.virtual import ORPHAN
+from reconciler.formats._lines import ORPHAN, ParsedFile, parse_lines, render_lines
 
 FILENAME = "postfix-aliases.cf"
 _COMMA = re.compile(r"\s*,\s*")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from reconciler.formats._lines import ParsedFile, parse_lines, render_lines
+from reconciler.formats._lines import ORPHAN, ParsedFile, parse_lines, render_lines
 
 FILENAME = "postfix-virtual.cf"
 
@@ -21,12 +21,6 @@ FILENAME = "postfix-virtual.cf"
 class VirtualLine:
     key: str  # as written; matched case-insensitively
     targets: tuple[str, ...]  # as written, in file order
-
-
-ORPHAN = (
-    "line starts with whitespace but no entry comes before it; Postfix ignores it "
-    '("logical line must not start with whitespace")'
-)
 
 
 def _read(line: str) -> tuple[str, VirtualLine] | str:

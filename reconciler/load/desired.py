@@ -320,7 +320,7 @@ def _translate(doc: Document, error: jsonschema.ValidationError) -> list[Diagnos
     ):
         return []  # `rules` checks these with friendlier messages
     if kind == "oneOf" and title in ("account", "master"):
-        return []  # password source count: `rules._check_passwords`
+        return []  # password source count: `kinds.accounts.check`, `kinds.masters.check`
     if kind == "oneOf":  # targets: one address or a list of them
         if isinstance(instance, str) or (
             isinstance(instance, list) and instance and all(isinstance(t, str) for t in instance)

@@ -24,8 +24,8 @@ from reconciler.load.yamlload import (
     MAX_DEPTH,
     MAX_EXPANDED_NODES,
     Document,
+    DocumentBuilder,
     YamlLoadError,
-    _Builder,
     decode_text,
     load_yaml_bytes,
     plain_ascii,
@@ -190,7 +190,7 @@ class IncrementalLoader:
             return known
         if _DOUBT.search(chunk):
             raise _Doubt
-        builder = _Builder(filename, record_marks=False)
+        builder = DocumentBuilder(filename, record_marks=False)
         try:
             value = builder.build(chunk).value
         except YamlLoadError:  # includes an alias whose anchor is in another chunk

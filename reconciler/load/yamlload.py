@@ -81,7 +81,7 @@ class Document:
         if name in _POSITION_TABLES and object.__getattribute__(self, "_unread_text") is not None:
             text = object.__getattribute__(self, "_unread_text")
             self._unread_text = None
-            full = _Builder(self.filename).build(text)
+            full = DocumentBuilder(self.filename).build(text)
             self.marks, self.key_marks = full.marks, full.key_marks
             self.unindented = full.unindented
         return object.__getattribute__(self, name)
@@ -159,7 +159,7 @@ def plain_ascii(value: Any) -> bool:
 def load_yaml_bytes(data: bytes, filename: str) -> Document:
     """Parse `data` into a `Document`, or raise `YamlLoadError` naming the place."""
     text = decode_text(data, filename)
-    doc = _Builder(filename, record_marks=False).build(text)
+    doc = DocumentBuilder(filename, record_marks=False).build(text)
     doc._unread_text = text  # positions are read again from it when first asked for
     return doc
 
@@ -229,7 +229,7 @@ class _Frame:
         self.mark = mark
 
 
-class _Builder:
+class DocumentBuilder:
     """Turns libyaml events into values; a stack instead of recursion keeps deep input safe."""
 
     def __init__(self, filename: str, *, record_marks: bool = True) -> None:

@@ -30,13 +30,19 @@ from typing import Any, NamedTuple, TypeVar
 
 from reconciler.addresses import split_hash
 from reconciler.errors import SecretError
-from reconciler.model import DesiredState, PasswordEnv, PasswordFile, PasswordHash, PasswordSource
+from reconciler.model import (
+    MASTER_KEY,
+    RELAY_KEY,
+    DesiredState,
+    PasswordEnv,
+    PasswordFile,
+    PasswordHash,
+    PasswordSource,
+)
 
 SCHEME = "SHA512-CRYPT"
 ROUNDS = 5000  # DMS's `doveadm pw -s SHA512-CRYPT`; passlib's default (656000) makes logins slow
 PLACEHOLDER_SCHEME = "DMS-RECONCILER-UNRESOLVED"
-MASTER_KEY = "master:"  # see `password_sources`
-RELAY_KEY = "relay:"  # only in throw-away volumes built for CI plans
 # Below this many hashes one core is faster than starting helpers: a forked one costs a few
 # milliseconds, a worker from the forkserver (needed once threads run, as in the sidecar) far more.
 FORK_THRESHOLD = 16
@@ -80,6 +86,20 @@ class FileStamp(NamedTuple):
     def settled(self) -> bool:
         """Old enough that any later write must change mtime or ctime (git's racy-file rule)."""
         return self.read_ns - max(self.mtime_ns, self.ctime_ns) >= RACY_NS
+
+
+FACT_FORMAT = 1  # of `fact`, and so of the record of facts (passwords/verified.py)
+
+
+def fact(address: str, stamp: FileStamp, stored_hash: str) -> str:
+    """The digest of one fact: the file `stamp` names held a secret that verifies `stored_hash`
+    for `address` (the read time is not part of it). `resolve` trusts a settled file whose fact
+    is in the record of `verified` without verifying it again."""
+    text = (
+        f"{FACT_FORMAT}\0{address}\0{stamp.device}\0{stamp.inode}\0{stamp.mtime_ns}\0"
+        f"{stamp.ctime_ns}\0{stored_hash}"
+    )
+    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
 
 class Secret:
@@ -525,9 +545,6 @@ def resolve(
     `record` holds the facts of `verified`: a settled password file they vouch for is kept
     without verifying it again.
     """
-    if record:
-        from reconciler.passwords.verified import fact
-
     out: dict[str, DesiredPassword] = {}
     sources: dict[str, PasswordSource] = {}
     failures: list[str] = []

@@ -14,26 +14,22 @@ the next run verify again. `password_env` has no metadata and is verified on eve
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from reconciler.errors import SecretError
-from reconciler.passwords.sources import DesiredPassword, FileStamp, SecretReader, Status
+from reconciler.passwords.sources import (
+    FACT_FORMAT,
+    DesiredPassword,
+    SecretReader,
+    Status,
+    fact,
+)
 from reconciler.readfile import load_json
 
 FILENAME = "dms-reconciler.verified.json"
-FORMAT = 1
-
-
-def fact(address: str, stamp: FileStamp, stored_hash: str) -> str:
-    """The digest of one fact (the read time is not part of it)."""
-    text = (
-        f"{FORMAT}\0{address}\0{stamp.device}\0{stamp.inode}\0{stamp.mtime_ns}\0"
-        f"{stamp.ctime_ns}\0{stored_hash}"
-    )
-    return hashlib.sha256(text.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+FORMAT = FACT_FORMAT  # the record holds `fact` digests of this format
 
 
 def parse(data: bytes | None) -> frozenset[str]:

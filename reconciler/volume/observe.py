@@ -8,12 +8,9 @@ are refused, never followed: a symlink in the volume could point the writer outs
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
-import re
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler import state as state_file
@@ -23,7 +20,6 @@ from reconciler.formats import (
     accounts,
     aliases,
     amavis,
-    cron,
     masters,
     opendkim,
     quotas,
@@ -33,114 +29,15 @@ from reconciler.formats import (
     sasl,
     virtual,
 )
-from reconciler.formats._lines import ParsedFile
 from reconciler.gcpause import paused
+from reconciler.observed import (  # the data a read makes; defined below the planner
+    CRON,
+    FileSnapshot,
+    Observed,
+    fingerprint_of,
+)
 
-MASTER_KEY = "master:"  # password keys of master users; an account's key is its address
-RELAY_KEY = "relay:"  # plaintext relay passwords, by sender domain
-CRON = cron.NAME
 MAX_FILE_BYTES = 256 * 1024 * 1024
-KEYS_PREFIX = opendkim.DIRECTORY + "/keys/"
-_EMPTY: ParsedFile[Any] = ParsedFile({})
-
-
-@dataclass(frozen=True)
-class FileSnapshot:
-    """One file as read: its bytes, or None when it does not exist."""
-
-    path: str
-    data: bytes | None
-    mode: int | None = None
-    uid: int | None = None
-    gid: int | None = None
-
-    def __repr__(self) -> str:  # the bytes of postfix-accounts.cf are password hashes
-        size = "missing" if self.data is None else f"{len(self.data)} bytes"
-        return f"FileSnapshot({self.path!r}, {size}, mode={self.mode!r})"
-
-    @property
-    def exists(self) -> bool:
-        return self.data is not None
-
-    @property
-    def text(self) -> str | None:
-        # surrogateescape: bytes that are not UTF-8 survive a rewrite unchanged
-        return None if self.data is None else self.data.decode("utf-8", "surrogateescape")
-
-    @property
-    def sha256(self) -> str | None:
-        return None if self.data is None else hashlib.sha256(self.data).hexdigest()
-
-
-@dataclass(frozen=True)
-class Observed:
-    config_dir: str
-    cron_path: str
-    snapshots: dict[
-        str, FileSnapshot
-    ]  # logical name -> snapshot (the four entry files, amavis, cron, state)
-    accounts: ParsedFile[accounts.AccountLine]
-    virtual: ParsedFile[virtual.VirtualLine]
-    local_aliases: ParsedFile[aliases.LocalAlias]
-    quotas: ParsedFile[quotas.QuotaLine]
-    amavis: amavis.AmavisFile | None
-    cron: ParsedFile[cron.CronLine] | None
-    ownership: state_file.Ownership
-    warnings: tuple[str, ...] = ()
-    masters: ParsedFile[masters.MasterLine] = _EMPTY
-    regexp: ParsedFile[regexp.RegexpLine] = _EMPTY
-    access: dict[str, ParsedFile[access.AccessLine]] = field(default_factory=dict)
-    relaymap: ParsedFile[relaymap.RelayLine] = _EMPTY
-    sasl: ParsedFile[sasl.SaslLine] = _EMPTY
-    dkim_tables: dict[str, ParsedFile[opendkim.TableLine]] = field(default_factory=dict)
-
-    def parsed_files(self) -> list[tuple[str, ParsedFile[Any]]]:
-        """Every entry file as parsed, by logical name (a missing file parses as empty)."""
-        return [
-            (accounts.FILENAME, self.accounts),
-            (virtual.FILENAME, self.virtual),
-            (aliases.FILENAME, self.local_aliases),
-            (quotas.FILENAME, self.quotas),
-            (masters.FILENAME, self.masters),
-            (regexp.FILENAME, self.regexp),
-            *sorted(self.access.items()),
-            (relaymap.FILENAME, self.relaymap),
-            (sasl.FILENAME, self.sasl),
-            *sorted(self.dkim_tables.items()),
-        ]
-
-    def parse_problems(self) -> list[str]:
-        """What the codecs could not read as entries, each with its file and line: such lines
-        are kept as they are, and whoever reads the volume should say so."""
-        return [
-            f"{name} line {p.line}: {p.message}" if p.line else f"{name}: {p.message}"
-            for name, parsed in self.parsed_files()
-            for p in parsed.problems
-        ]
-
-    def stored_hashes(self) -> dict[str, str]:
-        """Password key -> the hash on the volume: accounts by address, masters as
-        `master:<name>` (see `passwords.password_sources`)."""
-        out = {address: entry.password_hash for address, entry in self.accounts.entries.items()}
-        for name, master in self.masters.entries.items():
-            out[MASTER_KEY + name] = master.password_hash
-        return out
-
-    def stored_plaintext(self) -> dict[str, str]:
-        """`relay:<domain>` -> the relay password on the volume (postfix-sasl-password.cf)."""
-        return {
-            RELAY_KEY + key[1:]: entry.password
-            for key, entry in self.sasl.entries.items()
-            if key.startswith("@")
-        }
-
-    def fingerprint(self) -> dict[str, str | None]:
-        """sha256 of every file the plan depends on; a saved plan is stale when this moves.
-
-        postfix-sasl-password.cf holds plaintext passwords, and a plain digest of a short file
-        could be searched offline for a weak one: its digest is keyed with the volume's plan key
-        (or, before the first apply, taken with the passwords masked)."""
-        return fingerprint_of(self.snapshots, self.ownership.plan_key)
 
 
 def read_snapshots(config_dir: str, cron_path: str) -> dict[str, FileSnapshot]:
@@ -155,42 +52,12 @@ def read_snapshots(config_dir: str, cron_path: str) -> dict[str, FileSnapshot]:
     return snapshots
 
 
-def fingerprint_of(snapshots: dict[str, FileSnapshot], plan_key: str) -> dict[str, str | None]:
-    """sha256 by logical name. A missing file of the newer features counts as absent (plans made
-    before them stay comparable; a file that appears still moves the fingerprint), and
-    postfix-sasl-password.cf, which holds plaintext passwords, gets `secret_file_digest`."""
-    out = {
-        name: snap.sha256
-        for name, snap in sorted(snapshots.items())
-        if snap.data is not None or not _newer_feature(name)
-    }
-    snap = snapshots.get(sasl.FILENAME)
-    if snap is not None and snap.data is not None:
-        out[sasl.FILENAME] = secret_file_digest(snap.data, plan_key)
-    return out
-
-
-def _newer_feature(name: str) -> bool:
-    """A file of `setup`'s features or a DKIM key: absent from plans made before them."""
-    return name in registry.SETUP_FILES or name.startswith(KEYS_PREFIX)
-
-
 def read_fingerprint(config_dir: str, cron_path: str) -> dict[str, str | None]:
     """`Observed.fingerprint()` of the volume as it is now, without parsing the entry files."""
     snapshots = read_snapshots(config_dir, cron_path)
     state = snapshots[state_file.FILENAME]
     key = state_file.parse(state.text or "")[0].plan_key if state.exists else ""
     return fingerprint_of(snapshots, key)
-
-
-def secret_file_digest(data: bytes, key: str) -> str:
-    """A digest of a file holding plaintext secrets that reveals nothing testable offline."""
-    import hmac
-
-    if key:
-        return "hmac-" + hmac.new(bytes.fromhex(key), data, "sha256").hexdigest()
-    masked = re.sub(rb"(?m)^(\s*\S+\s+[^:\s]*:).*$", rb"\1*", data)
-    return "masked-" + hashlib.sha256(masked).hexdigest()
 
 
 def symlink_refusal(path: str, *, folder: bool = False) -> str:

@@ -37,8 +37,8 @@ from reconciler.formats import (
     virtual,
 )
 from reconciler.formats._lines import RenderRefused
+from reconciler.kinds.relay import check_relay_host, check_relay_username
 from reconciler.load.desired import schema
-from reconciler.load.setup_rules import check_relay_host, check_relay_username
 from tests.support.util import PYTHONPATH, REPO, make_volume, run_cli, sha512_hash, write_desired
 
 ADMIN = sha512_hash("admin-pw", salt="adminsalt")
@@ -258,7 +258,7 @@ def test_volume_lines_with_nul_or_cr_are_kept_as_they_are_never_read_as_entries(
 # --- item 2, end to end: the relay injection, even past validation ------------------------------
 
 BYPASS = (
-    "import sys, reconciler.load.setup_rules as rules\n"
+    "import sys, reconciler.kinds.relay as rules\n"
     "rules.check_relay_host = lambda host: None\n"  # validation bypassed: the codec must hold
     "from reconciler.cli.commands import main\n"
     "sys.argv[0] = 'dms-reconciler'\n"

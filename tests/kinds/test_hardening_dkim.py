@@ -184,9 +184,9 @@ def test_a_selector_too_long_for_its_domains_dns_name_is_refused(tmp_path: Path)
 def test_the_longest_selector_validate_takes_is_written_by_apply(tmp_path: Path) -> None:
     """SELECTOR_MAX is what the executor's temp-file name leaves room for: at exactly that
     length, apply writes the key (its temp name is 255 bytes) and dns shows the record."""
-    from reconciler.load import setup_rules
+    from reconciler.kinds import dkim as dkim_kind
 
-    assert setup_rules.SELECTOR_MAX == SELECTOR_MAX
+    assert dkim_kind.SELECTOR_MAX == SELECTOR_MAX
     volume = make_volume(tmp_path / "dms")
     selector = _label_chain(SELECTOR_MAX)
     path = desired(tmp_path, f"{{selector: {selector}, key_size: 1024}}")

@@ -122,7 +122,7 @@ def test_the_indentation_hint_points_at_the_line_and_column():
 
 
 def test_every_cron_field_is_named_when_wrong():
-    from reconciler.load.rules import check_schedule
+    from reconciler.kinds.sa_learn import check_schedule
 
     for schedule, field, value in [
         ("60 2 * * *", "minute", "60"), ("0 24 * * *", "hour", "24"),

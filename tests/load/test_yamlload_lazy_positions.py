@@ -21,7 +21,7 @@ aliases:
 def test_positions_match_a_full_read() -> None:
     lazy = yamlload.load_yaml_bytes(TEXT.encode(), "m.yaml")
     assert lazy._unread_text is not None  # nothing recorded yet
-    full = yamlload._Builder("m.yaml").build(TEXT)
+    full = yamlload.DocumentBuilder("m.yaml").build(TEXT)
     assert lazy.position(("accounts", "a@example.com", "quota")) == (6, 12)
     assert lazy.position(("accounts", "a@example.com"), key=True) == (4, 3)
     assert lazy.position(("aliases", "team@example.org", 1)) == (8, 37)

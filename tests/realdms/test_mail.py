@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.planner import make as planner
+from reconciler.kinds.quarantine import quarantine_note
 from tests.realdms import harness
 from tests.realdms.harness import GTUBE, DmsImage, DmsVolume, RealDms, wait_until
 from tests.support.util import run_cli, sha512_hash
@@ -248,7 +248,7 @@ def test_gtube_reaches_the_quarantine_mailbox(host: MailHost) -> None:
     fresh = DmsVolume(host.volume.root.parent / "fresh")
     plan = run_cli("plan", "-f", str(host.desired), *fresh.args(), "--format", "json", env=ENV)
     assert plan.returncode == 0, plan.stderr
-    assert planner.quarantine_note("jane@example.org") in json.loads(plan.stdout)["notes"]
+    assert quarantine_note("jane@example.org") in json.loads(plan.stdout)["notes"]
     host.assert_no_problems()
 
 

@@ -435,7 +435,7 @@ def _assert_rendered_files_hold_exactly(state: Any) -> None:
 
 
 def _assert_setup_files_hold_exactly(state: Any, files: dict[str, bytes]) -> None:
-    from reconciler.planner.setup import regexp_line
+    from reconciler.kinds.regexp import regexp_line
 
     if state.masters:
         m = masters.parse(files["dovecot-masters.cf"].decode())

@@ -1,0 +1,160 @@
+"""How mail routes through the virtual tables as a whole: the rules that span kinds.
+
+An address is one thing (an account, an alias or a devnull address: Postfix delivers by the
+alias), an alias target inside a hosted domain exists here, alias chains end (catch-alls are
+nodes too), and no alias expands beyond Postfix's limit. These read the accounts and the virtual
+routing (kinds/accounts.py, kinds/virtual.py) together, so they live beside the kinds, not in
+one; the rules about the `domains` list and `hostname` are in load/rules.py.
+"""
+
+from __future__ import annotations
+
+from reconciler.addresses import domain_of
+from reconciler.kinds.checks import DocView, Path, Reporter, failing_targets, find_cycles, suggest
+
+
+def check(report: Reporter, view: DocView) -> None:
+    _check_expansion(report, view)
+    _check_collisions(report, view)
+    _check_targets_resolve(report, view)
+    _check_loops(report, view)
+
+
+POSTFIX_EXPANSION_LIMIT = 1000  # virtual_alias_expansion_limit, Postfix's default (DMS keeps it)
+
+
+def _check_expansion(report: Reporter, view: DocView) -> None:
+    """An alias that expands (through nested aliases too) to more addresses than Postfix's
+    virtual_alias_expansion_limit makes cleanup refuse the mail with "unreasonable
+    virtual_alias_maps map expansion size ... try again later": it is deferred, then bounced."""
+    sizes: dict[str, int] = {}
+
+    def size(root: str) -> int:
+        """Addresses `root` expands to, capped just above the limit; iterative (long chains)."""
+        stack, on_path = [root], {root}
+        while stack:
+            address = stack[-1]
+            waiting = [
+                t
+                for t in dict.fromkeys(view.aliases[address])
+                if t in view.aliases and t not in sizes and t not in on_path
+            ]
+            if waiting:
+                stack.append(waiting[0])
+                on_path.add(waiting[0])
+                continue
+            total = 0
+            for target in dict.fromkeys(view.aliases[address]):
+                total += sizes.get(target, 1)  # a final address, or a loop (reported elsewhere)
+                if total > POSTFIX_EXPANSION_LIMIT:
+                    break
+            sizes[address] = total
+            stack.pop()
+            on_path.discard(address)
+        return sizes[root]
+
+    for address, targets in view.aliases.items():
+        if len(targets) * 2 < POSTFIX_EXPANSION_LIMIT and not any(
+            t in view.aliases for t in targets
+        ):
+            continue  # the common case: a short list of final addresses
+        if size(address) > POSTFIX_EXPANSION_LIMIT:
+            report.warning(
+                ("aliases", address),
+                f"alias '{address}' expands to more than {POSTFIX_EXPANSION_LIMIT} addresses, "
+                "Postfix's default virtual_alias_expansion_limit: Postfix refuses such mail "
+                "('unreasonable virtual_alias_maps map expansion size', deferred, then bounced); "
+                "use a mailing list, or raise virtual_alias_expansion_limit in DMS's "
+                "postfix-main.cf",
+                key=True,
+            )
+
+
+def _check_collisions(report: Reporter, view: DocView) -> None:
+    """An address is one thing: an account, an alias or a devnull address (Postfix: alias wins)."""
+    for address in view.aliases:
+        if address in view.accounts:
+            report.error(
+                ("aliases", address),
+                f"'{address}' is both an account and an alias; Postfix would deliver by the alias "
+                "and the mailbox would never get mail: remove one",
+                key=True,
+            )
+    for i, address in view.devnull:
+        if address in view.accounts:
+            report.error(
+                ("devnull", i), f"'{address}' is both an account and a devnull address; remove one"
+            )
+        elif address in view.aliases:
+            report.error(
+                ("devnull", i), f"'{address}' is both an alias and a devnull address; remove one"
+            )
+
+
+def _check_targets_resolve(report: Reporter, view: DocView) -> None:
+    """A target inside a hosted domain must exist here; otherwise the mail bounces (typo guard)."""
+    declared = view.declared
+    known = view.known_addresses()
+
+    def dangling(target: str) -> bool:
+        if target in known or view.address_problem(target) is not None:
+            return False  # most targets are accounts or aliases here
+        domain = domain_of(target)
+        return domain in declared and domain not in view.catch_all
+
+    for path, target in failing_targets(view.doc, dangling):
+        report.error(
+            path,
+            f"target '{target}' is in hosted domain '{domain_of(target)}' but is no account, "
+            f"alias or devnull address, so mail to it would bounce{suggest(target, known) or ''}",
+        )
+
+
+def _check_loops(report: Reporter, view: DocView) -> None:
+    """Alias chains must end: at an account, a devnull address or an outside forward.
+
+    A target in a catch-all domain that is none of those resolves through the catch-all, so
+    catch-alls are nodes of the graph too (`@domain`).
+    """
+    devnull = {a for _, a in view.devnull}
+    terminal = set(view.accounts) | devnull
+
+    def successors(node: str) -> list[str]:
+        targets = (
+            view.catch_all.get(node[1:], []) if node.startswith("@") else view.aliases.get(node, [])
+        )
+        out = []
+        for target in targets:
+            if target in terminal:
+                continue
+            if target in view.aliases:
+                out.append(target)
+            elif domain_of(target) in view.catch_all:
+                out.append("@" + domain_of(target))
+        return out
+
+    nodes = list(view.aliases) + ["@" + d for d in view.catch_all]
+    reported: set[frozenset[str]] = set()
+    for cycle in find_cycles(nodes, successors):
+        members = frozenset(cycle)
+        if members in reported:
+            continue
+        reported.add(members)
+        start = cycle[0]
+        path: Path = ("catch_all", start[1:]) if start.startswith("@") else ("aliases", start)
+        if len(cycle) == 1 and start.startswith("@"):
+            message = (
+                f"the catch-all for '{start[1:]}' sends to an address of the same domain that is "
+                "no account, alias or devnull address, so it resolves through the catch-all "
+                "again: a mail loop; send it to an account"
+            )
+        else:
+            shown = " -> ".join(_node_name(n) for n in cycle + [cycle[0]])
+            message = (
+                f"alias loop: {shown}; Postfix would bounce this mail with 'mail forwarding loop'"
+            )
+        report.error(path, message, key=True)
+
+
+def _node_name(node: str) -> str:
+    return f"catch-all {node}" if node.startswith("@") else node
