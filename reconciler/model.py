@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    from reconciler.load.sops import SopsFile
 
 QUARANTINE_KINDS = ("spam", "virus", "banned", "bad_header")
 
@@ -39,7 +42,28 @@ class PasswordEnv:
     name: str
 
 
-PasswordSource = Union[PasswordHash, PasswordFile, PasswordEnv]
+@dataclass(frozen=True)
+class PasswordSops:
+    """A password (`password`) or hash (`password_hash`) SOPS-encrypted in mailserver.yaml itself;
+    decrypted at plan and apply from the file's `SopsFile` (`DesiredState.encrypted`)."""
+
+    path: tuple[str, ...]  # in the document: ("accounts", "jane@example.org", "password")
+    ciphertext: str  # the ENC[AES256_GCM,...] value: public, but changes when the secret does
+    is_hash: bool = False
+
+    def __repr__(self) -> str:
+        return f"PasswordSops({'.'.join(self.path)})"
+
+
+@dataclass(frozen=True)
+class UserOwned:
+    """An initial password (`update_password: on_create`): set when the account is created,
+    owned by its user afterwards (webmail, `doveadm pw`, `setup email update`), never reverted."""
+
+    initial: PasswordHash | PasswordFile | PasswordEnv | PasswordSops
+
+
+PasswordSource = Union[PasswordHash, PasswordFile, PasswordEnv, PasswordSops, UserOwned]
 
 
 @dataclass(frozen=True)
@@ -150,6 +174,8 @@ class DesiredState:
     restrict: Restrict = field(default_factory=Restrict)
     relay: tuple[Relay, ...] = ()
     dkim: tuple[Dkim, ...] = ()
+    # the SOPS-encrypted file the PasswordSops values are decrypted from (None: not encrypted)
+    encrypted: SopsFile | None = field(default=None, compare=False, repr=False)
 
     def account_map(self) -> dict[str, Account]:
         return {a.address: a for a in self.accounts}
@@ -237,6 +263,10 @@ def to_document(state: DesiredState) -> dict[str, Any]:
 
 
 def _password_entry(pw: PasswordSource | None) -> dict[str, str]:
+    if isinstance(pw, UserOwned):
+        return {**_password_entry(pw.initial), "update_password": "on_create"}
+    if isinstance(pw, PasswordSops):
+        return {pw.path[-1]: pw.ciphertext}
     if isinstance(pw, PasswordHash):
         return {"password_hash": pw.value}
     if isinstance(pw, PasswordFile):

@@ -23,12 +23,13 @@ from reconciler.addresses import (
 )
 from reconciler.errors import Diagnostic, Severity
 from reconciler.load import setup_rules
+from reconciler.load.sops import is_encrypted
 from reconciler.load.yamlload import Document, Path, format_path
 
 CRON_MACROS = frozenset(
     {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly", "@reboot"}
 )
-PASSWORD_KEYS = ("password_hash", "password_file", "password_env")
+PASSWORD_KEYS = ("password_hash", "password_file", "password_env", "password")
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 _DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 # The five fields as Debian cron (DMS's) reads them: name, range, names it takes.
@@ -214,7 +215,7 @@ def _check_passwords(report: Report, view: _View) -> None:
             report.error(
                 ("accounts", address),
                 f"account '{address}' has no password: give one of password_hash, "
-                "password_file or password_env",
+                "password_file, password_env or password (SOPS-encrypted)",
                 key=True,
             )
         elif len(given) > 1:
@@ -224,7 +225,11 @@ def _check_passwords(report: Report, view: _View) -> None:
                 key=True,
             )
         value = account.get("password_hash")
-        if isinstance(value, str) and (problem := view.hash_problem(value)):
+        if (
+            isinstance(value, str)
+            and not is_encrypted(value)  # SOPS: checked once decrypted, at plan
+            and (problem := view.hash_problem(value))
+        ):
             report.error(("accounts", address, "password_hash"), problem)
         path = account.get("password_file")
         if isinstance(path, str) and ("\n" in path or "\0" in path):

@@ -11,6 +11,7 @@ import unicodedata
 from typing import TYPE_CHECKING, Any
 
 from reconciler.addresses import LABEL_RE, LOCAL_RE, check_address, check_password_hash, domain_of
+from reconciler.load.sops import is_encrypted
 
 if TYPE_CHECKING:
     from reconciler.load.rules import Report, _View
@@ -29,7 +30,7 @@ DKIM_TEMP_EXTRA = len(".") + len(".dms-reconciler-") + 12 + len(".tmp")
 SELECTOR_MAX = NAME_MAX - len(".private") - DKIM_TEMP_EXTRA  # 214
 DNS_NAME_MAX = 253  # a domain name in text form, without the final dot (RFC 1035)
 _ZONE = re.compile(r"[A-Za-z0-9_.-]{1,64}\Z")
-PASSWORD_KEYS = ("password_hash", "password_file", "password_env")
+PASSWORD_KEYS = ("password_hash", "password_file", "password_env", "password")
 
 
 def check(report: Report, view: _View) -> None:
@@ -96,11 +97,15 @@ def _check_masters(report: Report, view: _View, masters: dict[str, Any]) -> None
                 ("masters", name),
                 f"master user '{name}' "
                 + (f"has {' and '.join(given)}" if given else "has no password")
-                + ": give exactly one of password_hash, password_file or password_env",
+                + ": give exactly one of password_hash, password_file, password_env or password",
                 key=True,
             )
         value = spec.get("password_hash")
-        if isinstance(value, str) and (problem := check_password_hash(value)):
+        if (
+            isinstance(value, str)
+            and not is_encrypted(value)  # SOPS: checked once decrypted, at plan
+            and (problem := check_password_hash(value))
+        ):
             report.error(("masters", name, "password_hash"), problem)
 
 

@@ -19,7 +19,14 @@ from reconciler.formats import accounts, aliases, amavis, cron, quotas, virtual
 from reconciler.formats._lines import ParsedFile
 from reconciler.gcpause import paused
 from reconciler.model import DesiredState
-from reconciler.passwords.sources import DesiredPassword, Secret, Status, same_hash, source_id
+from reconciler.passwords.sources import (
+    DesiredPassword,
+    Secret,
+    Status,
+    same_hash,
+    source_id,
+    user_owned_notes,
+)
 from reconciler.plan import (
     SENSITIVE,
     Action,
@@ -222,6 +229,7 @@ def make_plan(
         )
     if any(c.action is Action.DELETE and c.kind is Kind.ACCOUNT for c in changes):
         notes.append("deleting an account never deletes its maildir under /var/mail")
+    notes += user_owned_notes(passwords)
 
     managed_accounts = len(own.owned(accounts.FILENAME) & set(observed.accounts.entries))
     deletions = sum(c.action is Action.DELETE and c.kind is Kind.ACCOUNT for c in changes)
@@ -466,6 +474,7 @@ def _explain_account(
                 Status.KEPT: "the stored hash still matches",
                 Status.NEW: "a new SHA512-CRYPT hash is made at apply",
                 Status.UNRESOLVED: "the secret is read and hashed at apply",
+                Status.USER_OWNED: "user-owned: the password its user set is kept",
             }[decided.status]
             change = f"{decided.changed_from} -> {source_id(decided.source)}"
             lines.append(f"password source: {change} ({then})")
