@@ -182,3 +182,24 @@ def os_error_text(exc: OSError, path: str, *, outcome: str) -> str:
         errno.EPERM: f"no permission to write {path} (run as the volume's owner)",
     }.get(exc.errno or 0, f"cannot write {path}: {exc.strerror}")
     return f"{reason}; {outcome}"
+
+
+# A place in the document: keys and list indexes from the top, e.g. ('accounts', 'a@b.c', 'quota').
+Path = tuple[str | int, ...]
+
+
+def format_path(path: Path) -> str:
+    """`('accounts', 'a@b.c', 'quota')` -> `accounts.a@b.c.quota`; list items as `[i]`.
+
+    Control characters in keys are escaped so a hostile key cannot break the message's line.
+    """
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            text = str(part)
+            if not text.isprintable():
+                text = text.encode("unicode_escape").decode("ascii")
+            out += ("." if out else "") + text
+    return out

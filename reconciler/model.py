@@ -8,18 +8,34 @@ tests).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, TypeGuard, Union
+
+if TYPE_CHECKING:
+    from reconciler.passwords.sops import SopsFile
 
 QUARANTINE_KINDS = ("spam", "virus", "banned", "bad_header")
 # The keys a password source may be given under, in mailserver.yaml (accounts and masters).
-PASSWORD_KEYS = ("password_hash", "password_file", "password_env")
+PASSWORD_KEYS = ("password_hash", "password_file", "password_env", "password")  # password: SOPS
 # How passwords are keyed between mailserver.yaml, the volume and the plan: an account by its
 # address, a Dovecot master user as `master:<name>`, a relay's plaintext password as
 # `relay:<domain>` (no address has a ':', so the keys never meet).
 MASTER_KEY = "master:"
 RELAY_KEY = "relay:"
+# A value SOPS encrypted (`ENC[AES256_GCM,...]`): opaque until plan decrypts it (load/sops.py).
+SOPS_VALUE = re.compile(
+    r"ENC\[AES256_GCM,data:[A-Za-z0-9+/=]*,iv:[A-Za-z0-9+/=]+,tag:[A-Za-z0-9+/=]+,"
+    r"type:(?P<type>[a-z]+)\]\Z"
+)
+
+
+def is_encrypted(value: Any) -> TypeGuard[str]:
+    """An `ENC[AES256_GCM,...]` value as SOPS writes it."""
+    return (
+        isinstance(value, str) and value.startswith("ENC[") and SOPS_VALUE.match(value) is not None
+    )
 
 
 @dataclass(frozen=True)
@@ -46,7 +62,28 @@ class PasswordEnv:
     name: str
 
 
-PasswordSource = Union[PasswordHash, PasswordFile, PasswordEnv]
+@dataclass(frozen=True)
+class PasswordSops:
+    """A password (`password`) or hash (`password_hash`) SOPS-encrypted in mailserver.yaml itself;
+    decrypted at plan and apply from the file's `SopsFile` (`DesiredState.encrypted`)."""
+
+    path: tuple[str, ...]  # in the document: ("accounts", "jane@example.org", "password")
+    ciphertext: str  # the ENC[AES256_GCM,...] value: public, but changes when the secret does
+    is_hash: bool = False
+
+    def __repr__(self) -> str:
+        return f"PasswordSops({'.'.join(self.path)})"
+
+
+@dataclass(frozen=True)
+class UserOwned:
+    """An initial password (`update_password: on_create`): set when the account is created,
+    owned by its user afterwards (webmail, `doveadm pw`, `setup email update`), never reverted."""
+
+    initial: PasswordHash | PasswordFile | PasswordEnv | PasswordSops
+
+
+PasswordSource = Union[PasswordHash, PasswordFile, PasswordEnv, PasswordSops, UserOwned]
 
 
 @dataclass(frozen=True)
@@ -157,6 +194,8 @@ class DesiredState:
     restrict: Restrict = field(default_factory=Restrict)
     relay: tuple[Relay, ...] = ()
     dkim: tuple[Dkim, ...] = ()
+    # the SOPS-encrypted file the PasswordSops values are decrypted from (None: not encrypted)
+    encrypted: SopsFile | None = field(default=None, compare=False, repr=False)
 
     def account_map(self) -> dict[str, Account]:
         return {a.address: a for a in self.accounts}
@@ -244,6 +283,10 @@ def to_document(state: DesiredState) -> dict[str, Any]:
 
 
 def _password_entry(pw: PasswordSource | None) -> dict[str, str]:
+    if isinstance(pw, UserOwned):
+        return {**_password_entry(pw.initial), "update_password": "on_create"}
+    if isinstance(pw, PasswordSops):
+        return {pw.path[-1]: pw.ciphertext}
     if isinstance(pw, PasswordHash):
         return {"password_hash": pw.value}
     if isinstance(pw, PasswordFile):

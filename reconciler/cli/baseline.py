@@ -189,6 +189,9 @@ class _NoSecrets(passwords.SecretReader):
     def __init__(self) -> None:
         super().__init__("", {})
 
+    def for_state(self, state: DesiredState) -> passwords.SecretReader:
+        return self  # a SOPS-encrypted base is never decrypted: CI has no key, and needs none
+
     def read(self, source: PasswordSource) -> passwords.Secret:
         raise SecretError("secrets are not read for a base version")
 

@@ -25,8 +25,14 @@ from reconciler.kinds.base import (
     with_reason,
 )
 from reconciler.kinds.checks import DocView, Reporter, report_undeclared
-from reconciler.model import PASSWORD_KEYS, Account, PasswordHash
-from reconciler.passwords.sources import DesiredPassword, Status, same_hash, source_id
+from reconciler.model import PASSWORD_KEYS, Account, PasswordHash, is_encrypted
+from reconciler.passwords.sources import (
+    DesiredPassword,
+    Status,
+    same_hash,
+    source_id,
+    user_owned_notes,
+)
 from reconciler.plan import Action, Kind
 
 NAME = "accounts"
@@ -53,6 +59,7 @@ def plan(ctx: PlanContext) -> KindPlan:
     out.add_file(ctx, FILE, diff, ctx.observed.accounts, guarded=True, duplicates=True)
     if any(c.action is Action.DELETE for c in out.changes):
         out.notes.append("deleting an account never deletes its maildir under /var/mail")
+    out.notes += user_owned_notes(ctx.passwords)
     return out
 
 
@@ -99,6 +106,7 @@ def _explain(
                 Status.KEPT: "the stored hash still matches",
                 Status.NEW: "a new SHA512-CRYPT hash is made at apply",
                 Status.UNRESOLVED: "the secret is read and hashed at apply",
+                Status.USER_OWNED: "user-owned: the password its user set is kept",
             }[decided.status]
             change = f"{decided.changed_from} -> {source_id(decided.source)}"
             lines.append(f"password source: {change} ({then})")
@@ -142,7 +150,7 @@ def check(report: Reporter, view: DocView) -> None:
             report.error(
                 ("accounts", address),
                 f"account '{address}' has no password: give one of password_hash, "
-                "password_file or password_env",
+                "password_file, password_env or password (SOPS-encrypted)",
                 key=True,
             )
         elif len(given) > 1:
@@ -152,7 +160,11 @@ def check(report: Reporter, view: DocView) -> None:
                 key=True,
             )
         value = account.get("password_hash")
-        if isinstance(value, str) and (problem := view.hash_problem(value)):
+        if (
+            isinstance(value, str)
+            and not is_encrypted(value)  # SOPS: checked once decrypted, at plan
+            and (problem := view.hash_problem(value))
+        ):
             report.error(("accounts", address, "password_hash"), problem)
         path = account.get("password_file")
         if isinstance(path, str) and ("\n" in path or "\0" in path):

@@ -3,7 +3,8 @@
 Stage 1 of the pipeline. Three passes, all of which run so every error is reported at once:
 the YAML loader (syntax, duplicate keys, bombs), the JSON Schema (types, unknown keys, enums) and
 the mail-aware rules (`rules`). Schema messages are rewritten in a mail admin's words and never
-quote a password hash. Reads one file; writes nothing; needs no secrets.
+quote a password hash. Reads one file; writes nothing; needs no secrets. A SOPS-encrypted file is
+checked as committed, its encrypted values opaque (`sops`); they are decrypted at plan and apply.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from reconciler.errors import Diagnostic, InvalidDesiredState, Severity
 from reconciler.gcpause import paused
-from reconciler.load import rules
+from reconciler.load import rules, sops
 from reconciler.load.yamlload import (
     MAX_BYTES,
     Document,
@@ -40,6 +41,7 @@ from reconciler.model import (
     PasswordEnv,
     PasswordFile,
     PasswordHash,
+    PasswordSops,
     PasswordSource,
     Policy,
     Quarantine,
@@ -47,6 +49,7 @@ from reconciler.model import (
     Relay,
     Restrict,
     SaLearnJob,
+    UserOwned,
     normalise_targets,
 )
 from reconciler.readfile import NotReadable, read_regular
@@ -215,24 +218,53 @@ def load_desired_bytes(
         doc = load_yaml_bytes(data, filename) if loader is None else loader.load(data, filename)
     except YamlLoadError as exc:
         raise InvalidDesiredState(exc.diagnostics) from None
-    diagnostics = check_document(doc, models)
+    doc, metadata = _without_sops_block(doc)
+    diagnostics = check_document(doc, models, metadata=metadata)
     if any(d.severity is Severity.ERROR for d in diagnostics):
         raise InvalidDesiredState(diagnostics)
+    encrypted = None
+    if metadata is not None:
+        encrypted = sops.SopsFile(
+            data,
+            filename,
+            sops.recipients(metadata),
+            tuple(path for path, _ in sops.encrypted_places(doc.value)),
+        )
     return Loaded(
-        state=build_state(doc.value, models),
+        state=build_state(doc.value, models, encrypted=encrypted),
         warnings=tuple(diagnostics),
         sha256=hashlib.sha256(data).hexdigest(),
         filename=filename,
     )
 
 
-def check_document(doc: Document, known: EntryModels | None = None) -> list[Diagnostic]:
-    """Schema and mail rules on a loaded document; rules win where both flag the same place.
-    `known`: the sidecar's models of the last valid document (entries it need not check again)."""
-    from_rules = rules.check(doc)
-    ruled = {d.path for d in from_rules if d.severity is Severity.ERROR}
+def _without_sops_block(doc: Document) -> tuple[Document, dict[str, Any] | None]:
+    """`doc` without SOPS's `sops:` block (its keys and MAC), and that block; positions stay
+    those of the committed file."""
+    value, metadata = sops.split_metadata(doc.value)
+    if metadata is None:
+        return doc, None
+    import copy
+
+    stripped = copy.copy(doc)  # copies the fields as they are: positions stay unread until needed
+    stripped.value = value
+    stripped.plain = None
+    return stripped, metadata
+
+
+def check_document(
+    doc: Document, known: EntryModels | None = None, *, metadata: dict[str, Any] | None = None
+) -> list[Diagnostic]:
+    """Schema and mail rules on a loaded document; rules win where both flag the same place, and
+    the SOPS checks win over both (an encrypted value where none belongs is said once).
+    `known`: the sidecar's models of the last valid document (entries it need not check again).
+    `metadata`: the file's `sops:` block, when it is SOPS-encrypted."""
+    from_sops = sops.check(doc, metadata)
+    encrypted = {d.path for d in from_sops}
+    from_rules = [d for d in rules.check(doc) if d.path not in encrypted]
+    ruled = {d.path for d in from_rules if d.severity is Severity.ERROR} | encrypted
     from_schema = [d for d in _schema_diagnostics(doc, known) if d.path not in ruled]
-    found = _dedupe(from_schema + from_rules)
+    found = _dedupe(from_schema + from_rules + from_sops)
     typed = _password_values(doc.value)
     if typed:  # hash-shaped values are redacted anyway (errors.redact); these may be plaintext
         found = [d.redacted(typed) for d in found]
@@ -247,9 +279,10 @@ def _password_values(value: Any) -> set[str]:
         return set()
     typed = set()
     for spec in accounts.values():
-        candidate = spec.get("password_hash") if isinstance(spec, dict) else spec
-        if isinstance(candidate, str) and len(candidate) >= 3:
-            typed.add(candidate)
+        candidates = [spec.get(k) for k in sops.SECRET_KEYS] if isinstance(spec, dict) else [spec]
+        for candidate in candidates:  # `password`: plaintext, when SOPS did not encrypt it
+            if isinstance(candidate, str) and len(candidate) >= 3:
+                typed.add(candidate)
     return typed
 
 
@@ -272,7 +305,7 @@ _TYPE_WORDS = {
     "integer": "a whole number",
     "boolean": "true or false",
 }
-_SENSITIVE = {"password_hash"}
+_SENSITIVE = {"password_hash", "password"}
 
 
 def _schema_diagnostics(doc: Document, known: EntryModels | None = None) -> list[Diagnostic]:
@@ -487,15 +520,24 @@ class EntryModels:
 
 
 def _account(address: str, spec: dict[str, Any]) -> Account:
-    return Account(address=address, password=_password(spec), quota=_quota(spec.get("quota")))
+    password = _password(spec, ("accounts", address))
+    if spec.get("update_password") == "on_create":
+        password = UserOwned(password)  # type: ignore[arg-type]  # never nested: built here
+    return Account(address=address, password=password, quota=_quota(spec.get("quota")))
 
 
 def _alias(address: str, targets: Any) -> Alias:
     return Alias(address, normalise_targets(targets))
 
 
-def build_state(doc: dict[str, Any], models: EntryModels | None = None) -> DesiredState:
-    """A validated document -> the normalised, immutable model the planner consumes."""
+def build_state(
+    doc: dict[str, Any],
+    models: EntryModels | None = None,
+    *,
+    encrypted: sops.SopsFile | None = None,
+) -> DesiredState:
+    """A validated document -> the normalised, immutable model the planner consumes.
+    `encrypted`: the SOPS file its encrypted passwords are decrypted from."""
     models = EntryModels() if models is None else models
     accounts = models.build("accounts", doc["accounts"], _account)
     aliases = models.build("aliases", doc.get("aliases") or {}, _alias)
@@ -533,6 +575,7 @@ def build_state(doc: dict[str, Any], models: EntryModels | None = None) -> Desir
             prune=bool(policy_doc.get("prune", False)),
             max_deletions=policy_doc.get("max_deletions"),
         ),
+        encrypted=encrypted,
         **_extras(doc),
     )
 
@@ -542,7 +585,7 @@ def _extras(doc: dict[str, Any]) -> dict[str, Any]:
     restrict = doc.get("restrict") or {}
     relays = []
     for domain, spec in sorted((doc.get("relay") or {}).items()):
-        password = _password(spec) if "username" in spec else None
+        password = _password(spec, ("relay", domain)) if "username" in spec else None
         relays.append(
             Relay(
                 domain=domain,
@@ -555,7 +598,7 @@ def _extras(doc: dict[str, Any]) -> dict[str, Any]:
         )
     return {
         "masters": tuple(
-            Master(name, _password(spec))
+            Master(name, _password(spec, ("masters", name)))
             for name, spec in sorted((doc.get("masters") or {}).items())
         ),
         "regexp_aliases": tuple(
@@ -578,7 +621,11 @@ def _extras(doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _password(spec: dict[str, Any]) -> PasswordSource:
+def _password(spec: dict[str, Any], where: tuple[str, str]) -> PasswordSource:
+    for key in sops.SECRET_KEYS:  # validated: encrypted values only under these keys
+        value = spec.get(key)
+        if sops.is_encrypted(value):
+            return PasswordSops((*where, key), value, is_hash=key == "password_hash")
     if "password_hash" in spec:
         return PasswordHash(spec["password_hash"])
     if "password_file" in spec:

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from reconciler.errors import Diagnostic, printable
+from reconciler.errors import Diagnostic, Path, format_path, printable
 
 try:  # libyaml's C parser is several times faster; fall back to pure Python where absent.
     _Loader: Any = yaml.CSafeLoader
@@ -28,7 +28,6 @@ MAX_BYTES = 32 * 1024 * 1024  # 10,000 accounts and 20,000 aliases take about 2 
 MAX_DEPTH = 64  # mailserver.yaml nests four levels deep; anything deeper is an attack or a mistake
 MAX_EXPANDED_NODES = 2_000_000  # values after alias expansion; about 40x the largest real file
 
-Path = tuple[str | int, ...]
 
 _RESOLVER = yaml.resolver.Resolver()
 _STR = "tag:yaml.org,2002:str"
@@ -103,23 +102,6 @@ class Document:
 
 
 _POSITION_TABLES = frozenset({"marks", "key_marks", "unindented"})
-
-
-def format_path(path: Path) -> str:
-    """`('accounts', 'a@b.c', 'quota')` -> `accounts.a@b.c.quota`; list items as `[i]`.
-
-    Control characters in keys are escaped so a hostile key cannot break the message's line.
-    """
-    out = ""
-    for part in path:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            text = str(part)
-            if not text.isprintable():
-                text = text.encode("unicode_escape").decode("ascii")
-            out += ("." if out else "") + text
-    return out
 
 
 _SAFE_INT = 2**53

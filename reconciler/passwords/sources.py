@@ -9,6 +9,11 @@ changed password gets a new `{SHA512-CRYPT}` hash with 5000 rounds (what `dovead
 same hash is not verified again (`verified`: a record of file metadata, never of content); the
 sidecar also keeps what it verified in memory, so a resync verifies nothing it has seen.
 
+A `password`/`password_hash` SOPS-encrypted in mailserver.yaml is decrypted by `sops` into memory
+(`load.sops`), once per resolution. A user-owned password (`update_password: on_create`) is only
+read for an account that does not exist yet: once it does, its user owns whatever hash it has
+(status USER_OWNED, which the planner keeps as it keeps KEPT).
+
 Plaintext only ever lives in a `Secret`, whose repr and str hide it.
 """
 
@@ -24,11 +29,11 @@ import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple, TypeVar
 
-from reconciler.addresses import split_hash
+from reconciler.addresses import check_password_hash, split_hash
 from reconciler.errors import SecretError
 from reconciler.model import (
     MASTER_KEY,
@@ -37,8 +42,11 @@ from reconciler.model import (
     PasswordEnv,
     PasswordFile,
     PasswordHash,
+    PasswordSops,
     PasswordSource,
+    UserOwned,
 )
+from reconciler.passwords.sops import SopsFile
 
 SCHEME = "SHA512-CRYPT"
 ROUNDS = 5000  # DMS's `doveadm pw -s SHA512-CRYPT`; passlib's default (656000) makes logins slow
@@ -134,13 +142,14 @@ class Status(str, Enum):
     KEPT = "kept"  # the hash on the volume verifies the secret: keep it
     NEW = "new"  # the secret is new or changed: hash it at apply
     UNRESOLVED = "unresolved"  # --offline and the secret cannot be read: decided at apply
+    USER_OWNED = "user_owned"  # update_password: on_create and the account exists: keep its hash
 
 
 @dataclass(frozen=True)
 class DesiredPassword:
     status: Status
     source: PasswordSource
-    hash: str | None = None  # GIVEN: the YAML hash; KEPT: the volume's hash
+    hash: str | None = None  # GIVEN: the YAML hash; KEPT, USER_OWNED: the volume's hash
     secret: Secret | None = None  # KEPT and NEW from a file or env: what it was decided from
     # `plan --against-ref`: the source_id in the base version when the source differs there.
     # An UNRESOLVED secret whose source changed cannot keep the base's hash: it shows as a change.
@@ -151,7 +160,14 @@ class DesiredPassword:
 
 
 def source_id(source: PasswordSource) -> str:
-    """Where a secret comes from, safe to show: `file:/run/secrets/jane`, `env:BOB_PASSWORD`."""
+    """Where a secret comes from, safe to show: `file:/run/secrets/jane`, `env:BOB_PASSWORD`,
+    `sops:password@<digest of the ciphertext>` (another ciphertext: maybe another secret; `sops
+    updatekeys` keeps it), `env:BOB_PASSWORD (user-owned)`."""
+    if isinstance(source, UserOwned):
+        return f"{source_id(source.initial)} (user-owned)"
+    if isinstance(source, PasswordSops):
+        digest = hashlib.sha256(source.ciphertext.encode()).hexdigest()[:12]
+        return f"sops:{source.path[-1]}@{digest}"
     if isinstance(source, PasswordFile):
         return f"file:{source.path}"
     if isinstance(source, PasswordEnv):
@@ -451,14 +467,42 @@ class VerifiedCache:
 
 @dataclass
 class SecretReader:
-    """Reads password_file (relative to mailserver.yaml's folder) and password_env."""
+    """Reads password_file (relative to mailserver.yaml's folder), password_env and, given the
+    file's `encrypted` SOPS data (`for_state`), SOPS-encrypted passwords."""
 
     base_dir: str
     environ: Mapping[str, str]
+    encrypted: SopsFile | None = None
+    # what `sops` gave for `encrypted` (plaintext, in memory), or why it could not
+    _decrypted: dict[Any, str] | SecretError | None = field(default=None, repr=False)
+
+    def for_state(self, state: DesiredState) -> SecretReader:
+        """A reader for `state`'s secrets: one that can decrypt its SOPS-encrypted passwords."""
+        if state.encrypted is None:
+            return self
+        return SecretReader(self.base_dir, self.environ, state.encrypted)
+
+    def decrypted(self) -> dict[Any, str]:
+        """Every SOPS-encrypted value of the file, decrypted once per reader. Raises SecretError
+        (no key) or SopsRefused (MAC mismatch, damage: never treated as merely unreadable)."""
+        if self.encrypted is None:
+            return {}
+        if self._decrypted is None:
+            try:
+                self._decrypted = self.encrypted.decrypt(self.environ)
+            except SecretError as exc:
+                self._decrypted = exc
+        if isinstance(self._decrypted, SecretError):
+            raise self._decrypted
+        return self._decrypted
 
     def read(self, source: PasswordSource) -> Secret:
         stamp = None
-        if isinstance(source, PasswordEnv):
+        if isinstance(source, UserOwned):
+            return self.read(source.initial)
+        if isinstance(source, PasswordSops):
+            value = self.decrypted().get(source.path, "")
+        elif isinstance(source, PasswordEnv):
             if source.name not in self.environ:
                 raise SecretError(f"environment variable {source.name} is not set")
             value = self.environ[source.name]
@@ -545,6 +589,9 @@ def resolve(
     `record` holds the facts of `verified`: a settled password file they vouch for is kept
     without verifying it again.
     """
+    reader = reader.for_state(state)
+    if not offline:
+        reader.decrypted()  # a SOPS file is decrypted (its MAC checked) even with nothing to read
     out: dict[str, DesiredPassword] = {}
     sources: dict[str, PasswordSource] = {}
     failures: list[str] = []
@@ -552,8 +599,12 @@ def resolve(
     for key, source in password_sources(state):
         sources[key] = source
         current = stored.get(key)
-        if isinstance(source, PasswordHash):
-            out[key] = DesiredPassword(Status.GIVEN, source, hash=source.value)
+        if isinstance(source, UserOwned) and current:
+            out[key] = DesiredPassword(Status.USER_OWNED, source, hash=current)
+            continue
+        given = source.initial if isinstance(source, UserOwned) else source
+        if isinstance(given, PasswordHash):
+            out[key] = DesiredPassword(Status.GIVEN, source, hash=given.value)
             continue
         if current is not None and current == placeholder_hash(source) and offline:
             out[key] = DesiredPassword(Status.KEPT, source, hash=current)
@@ -565,6 +616,13 @@ def resolve(
                 out[key] = DesiredPassword(Status.UNRESOLVED, source)
                 continue
             failures.append(f"{key}: {exc}")
+            continue
+        if isinstance(given, PasswordSops) and given.is_hash:
+            problem = check_password_hash(secret.reveal())
+            if problem is not None:
+                failures.append(f"{key}: the SOPS-encrypted password_hash is not a Dovecot hash")
+                continue
+            out[key] = DesiredPassword(Status.GIVEN, source, hash=secret.reveal())
             continue
         if current is None or not current:
             out[key] = DesiredPassword(Status.NEW, source, secret=secret)
@@ -667,3 +725,20 @@ def fingerprint(key: str, address: str, secret: Secret) -> str:
     without holding the secret or anything testable offline without the volume."""
     mac = hmac.new(bytes.fromhex(key), f"{address}\0".encode() + secret.reveal().encode(), "sha256")
     return mac.hexdigest()
+
+
+def user_owned_notes(decided: Mapping[str, DesiredPassword]) -> list[str]:
+    """The plan's note on accounts created now with a user-owned initial password."""
+    created = sorted(
+        key
+        for key, choice in decided.items()
+        if isinstance(choice.source, UserOwned) and choice.status is not Status.USER_OWNED
+    )
+    if not created:
+        return []
+    more = f" and {len(created) - 10} more" if len(created) > 10 else ""
+    shown = ", ".join(created[:10]) + more
+    return [
+        f"initial password only (update_password: on_create) for {shown}: set now, then owned "
+        "by the user (webmail, doveadm pw, setup email update) and never changed by a later plan"
+    ]
