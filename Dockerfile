@@ -16,7 +16,8 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY schema/mailserver.schema.json schema/
 COPY reconciler/ reconciler/
-RUN /opt/dms-reconciler/bin/pip install . \
+# [sops]: the real sops binary, for a SOPS-encrypted mailserver.yaml (README, Passwords)
+RUN /opt/dms-reconciler/bin/pip install '.[sops]' \
  && /opt/dms-reconciler/bin/python -m compileall -q /opt/dms-reconciler
 
 FROM ${PYTHON_IMAGE}
