@@ -160,11 +160,13 @@ def apply_once(
     on_wait: Callable[[str], None] | None = None,
     check: Callable[[Planned], None] | None = None,
     forget_ownership: bool = False,
+    while_locked: Callable[[tuple[str, ...]], None] | None = None,
 ) -> Applied:
     """Plan and apply until the volume matches, re-planning when another writer interferes.
 
     `check` runs on each plan before anything is written (a saved plan's staleness test).
     `forget_ownership`: see `plan_once`.
+    `while_locked(written)`: run after each write, still under DMS's lock (`apply_plan`).
     """
     cache = cache if cache is not None else VerifiedCache()
     loaded = loaded or load_desired(target.desired_path)
@@ -189,6 +191,7 @@ def apply_once(
                     contents,
                     lock_timeout=lock_timeout,
                     on_wait=on_wait,
+                    while_locked=while_locked,
                 ),
             )
         except VolumeChanged as exc:  # files already put in place stay whole; re-plan the rest

@@ -424,18 +424,21 @@ def dms_settings(**extra: str) -> dict[str, str]:
 
 def start_dms(client: Any, volume: DmsVolume, *, name: str, env: dict[str, str] | None = None,
               labels: dict[str, str] | None = None, wait: bool = True,
-              restart_policy: dict[str, Any] | None = None) -> RealDms:
-    """`docker run` DMS on `volume` with the test settings plus `env`, wait until it is up."""
+              restart_policy: dict[str, Any] | None = None,
+              image: str = DMS_IMAGE,
+              extra_mounts: dict[str, dict[str, str]] | None = None) -> RealDms:
+    """`docker run` DMS (`image`) on `volume` with the test settings plus `env`, wait until it
+    is up."""
     try:
         client.containers.get(name).remove(force=True)
     except Exception:  # noqa: BLE001 - none left from an earlier run
         pass
     began = time.monotonic()
     container = client.containers.run(
-        DMS_IMAGE, detach=True, name=name, hostname=HOSTNAME, network_mode="none",
+        image, detach=True, name=name, hostname=HOSTNAME, network_mode="none",
         extra_hosts={HOSTNAME: "127.0.0.1"}, sysctls=SYSCTLS,
         environment=dms_settings(**(env or {})),
-        volumes=volume.mounts(), labels=dict([COMPOSE_LABEL]) if labels is None else labels,
+        volumes={**volume.mounts(), **(extra_mounts or {})}, labels=dict([COMPOSE_LABEL]) if labels is None else labels,
         restart_policy=restart_policy or {}, stop_signal="SIGTERM",
     )
     dms = RealDms(container, volume)
