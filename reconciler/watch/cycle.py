@@ -312,8 +312,10 @@ class ReconcileCycle:
             result = Result("dms", f"fast apply failed (internal error {type(exc).__name__})")
         if result is not None:
             self._fast = result
-            level = self.log.info if result.path == "fast" else self.log.warning
-            level(result.message, extra={"fields": {"applied_by": result.path}})
+            # DMS out of reach is the confirmer's to report (once); other fallbacks are warnings
+            quiet = result.path == "fast" or result.unreachable
+            level = self.log.info if quiet else self.log.warning
+            level(result.message, extra={"fields": {"fast_apply": result.path}})
 
     def _prepare_next_read(self) -> None:
         """Parse what was just written now, while nothing waits, instead of at the start of the

@@ -156,6 +156,7 @@ class Result:
     message: str
     seconds: float = 0.0
     version: str | None = None
+    unreachable: bool = False  # DMS could not be asked at all
 
 
 def record_line(digest: str, name: str) -> str:
@@ -230,7 +231,9 @@ class FastApply:
         try:
             result = self._run(started)
         except dms_mod.DmsUnavailable as exc:
-            result = Result("dms", f"fast apply could not reach DMS ({exc}); left to DMS")
+            result = Result(
+                "dms", f"fast apply could not reach DMS ({exc}); left to DMS", unreachable=True
+            )
         except dms_mod.DmsCommandFailed as exc:
             result = Result("dms", f"fast apply failed ({exc}); left to DMS's change detector")
         except dmsgen.Unsupported as exc:
