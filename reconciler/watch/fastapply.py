@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler import dmsgen
+from reconciler.formats import amavis
 from reconciler.watch import dms as dms_mod
 
 WORK = "/tmp/.dms-reconciler-fast"
@@ -223,11 +224,15 @@ class FastApply:
         self.dms = dms
         self.config_dir = config_dir
         self.command_timeout = command_timeout
+        self._amavis_follows = False
 
     def run(self, written: Collection[str]) -> Result | None:
         if not any(name in dmsgen.MONITORED for name in written):
             return None
         started = time.monotonic()
+        # a new amavis.cf: the confirmer copies it and restarts Amavis after this, which reads the
+        # new vhost too: one restart instead of DMS's reload and then that restart
+        self._amavis_follows = amavis.FILENAME in written
         try:
             result = self._run(started)
         except dms_mod.DmsUnavailable as exc:
@@ -282,7 +287,7 @@ class FastApply:
             [
                 "env",
                 f"POSTALIAS={int(gen.postalias)}",
-                f"RELOAD_AMAVIS={int(gen.reload_amavis)}",
+                f"RELOAD_AMAVIS={int(gen.reload_amavis and not self._amavis_follows)}",
                 "bash",
                 "-c",
                 APPLY_SCRIPT,
