@@ -741,6 +741,17 @@ def _require_volume(config_dir: str) -> None:
     "line; added to those in DMS_RECONCILER_NOTIFY. Keep it out of git (tokens). "
     "Env: DMS_RECONCILER_NOTIFY_FILE.",
 )
+@click.option(
+    "--fast-apply/--no-fast-apply",
+    default=True,
+    show_default=True,
+    envvar="DMS_RECONCILER_FAST_APPLY",
+    help="After writing, bring DMS's generated files (userdb, vhost, ...) up to date in the DMS "
+    "container while holding DMS's lock: seconds instead of minutes on a big server, and no "
+    "outage for existing users. Only for DMS versions whose generators it was proven identical "
+    "to (v15.1, v16); otherwise, and on any failure, DMS's change detector applies the change. "
+    "Env: DMS_RECONCILER_FAST_APPLY (0 to turn off).",
+)
 @_secrets_dir_option
 def watch(
     file: str,
@@ -752,6 +763,7 @@ def watch(
     container_label: str,
     stuck_after: float,
     notify_file: str | None,
+    fast_apply: bool,
 ) -> int:
     """The sidecar: apply every change of mailserver.yaml, repair drift, confirm DMS applied it."""
     import prometheus_client
@@ -773,7 +785,9 @@ def watch(
         on_result=lambda result: metrics.notifications.labels(result=result).inc(),
     )
     target = Target(file, config_dir, cron_file)
-    options = WatchOptions(interval=interval, listen=listen, stuck_after=stuck_after)
+    options = WatchOptions(
+        interval=interval, listen=listen, stuck_after=stuck_after, fast_apply=fast_apply
+    )
     dms = Dms(container=container, label=container_label)
     return Watcher(target, options, dms=dms, metrics=metrics, notifier=notifier).run()
 

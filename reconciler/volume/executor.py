@@ -205,8 +205,12 @@ def apply_plan(
     *,
     lock_timeout: float = 120.0,
     on_wait: Callable[[str], None] | None = None,
+    while_locked: Callable[[tuple[str, ...]], None] | None = None,
 ) -> ApplyResult:
-    """Write `contents` (from `render_files`) under DMS's lock; see the module docstring."""
+    """Write `contents` (from `render_files`) under DMS's lock; see the module docstring.
+
+    `while_locked(written)` runs after the files are written, before DMS's lock is released
+    (the sidecar's fast apply); what it raises is not caught here."""
     config_dir = observed.config_dir
     by_name = {fp.name: fp for fp in plan.files}
     snaps = {name: _snapshot(observed, name, by_name) for name in contents}
@@ -294,6 +298,8 @@ def apply_plan(
             if not done and not written:
                 undo_state = intent_written and not placing
                 _undo_prepare(config_dir, made, state_snap if undo_state else None)
+        if while_locked is not None and written:
+            while_locked(tuple(written))
     paths = {name: snaps[name].path for name in written}
     return ApplyResult(tuple(written), paths, sha512, carried, state_written)
 

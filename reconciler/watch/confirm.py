@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from reconciler.formats import amavis, registry
 from reconciler.watch import dms as dms_mod
+from reconciler.watch.fastapply import Result
 from reconciler.watch.health import Metrics, Status
 
 UNCONFIRMED_GIVE_UP = 3
@@ -61,6 +62,7 @@ class Awaiting:
     polls: int = 0
     failures: int = 0  # looks in a row that could not ask DMS
     accounts: int = 0  # how big the write was (the timeout grows with it)
+    applied_by: str = "DMS's change detector"  # or "fast apply"
 
 
 class Confirmer:
@@ -105,9 +107,15 @@ class Confirmer:
         self._note: str | None = None  # the last problem logged as a warning
 
     def after_write(
-        self, written: Collection[str], sha512: Mapping[str, str], accounts: int
+        self,
+        written: Collection[str],
+        sha512: Mapping[str, str],
+        accounts: int,
+        *,
+        applied_by: Result | None = None,
     ) -> None:
-        """Files were written (`sha512` by name); `accounts` is how big the server is."""
+        """Files were written (`sha512` by name); `accounts` is how big the server is;
+        `applied_by`: fast apply's result, when it ran for this write."""
         if self.dms is None:
             return
         # DMS could not be asked after an earlier write and the re-check asks again on its own
@@ -152,6 +160,12 @@ class Confirmer:
                 )
             else:
                 self._await(expected, accounts)
+                if self.awaiting is not None and applied_by is not None:
+                    if applied_by.path == "fast":
+                        self.awaiting.applied_by = "fast apply"
+                        self.poll()  # DMS's record already holds it: confirm now
+                    else:
+                        self.awaiting.applied_by = f"DMS's change detector ({applied_by.message})"
         self._schedule_reconfirm(first=True)
 
     def poll(self) -> None:
@@ -165,7 +179,9 @@ class Confirmer:
             took = now - awaiting.started
             self.metrics.dms_confirm_seconds.set(took)
             self.awaiting = None
-            self.publish("confirmed", f"DMS applied the change in {took:.1f} s")
+            self.publish(
+                "confirmed", f"DMS applied the change in {took:.1f} s (by {awaiting.applied_by})"
+            )
             return
         awaiting.failures = awaiting.failures + 1 if report.state == "unconfirmed" else 0
         if awaiting.failures >= UNCONFIRMED_GIVE_UP:  # one failed look may be a hiccup; three not

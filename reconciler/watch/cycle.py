@@ -27,6 +27,7 @@ from reconciler.volume import suspend
 from reconciler.volume.executor import ApplyResult
 from reconciler.volume.observe import prepare_next_read, read_fingerprint
 from reconciler.watch.confirm import Confirmer
+from reconciler.watch.fastapply import FastApply, Result
 from reconciler.watch.inputs import InputReader, Inputs
 from reconciler.watch.report import Reporter, internal_error
 
@@ -50,6 +51,7 @@ class ReconcileCycle:
         clock: Callable[[], float],
         lock_timeout: float,
         retry_in: Callable[[], float],
+        fast_apply: FastApply | None = None,
     ) -> None:
         self.target = target
         self.inputs = inputs
@@ -60,6 +62,8 @@ class ReconcileCycle:
         self.clock = clock
         self.lock_timeout = lock_timeout
         self.retry_in = retry_in  # seconds until the next try should this one fail
+        self.fast_apply = fast_apply  # None: DMS's change detector applies every change
+        self._fast: Result | None = None  # how the last write was applied (fast apply or DMS)
         self.good: Loaded | None = None  # the last valid desired state
         self.yaml = IncrementalLoader()  # parses again only the entries an edit changed
         self.models = EntryModels()  # and models again only those
@@ -198,6 +202,7 @@ class ReconcileCycle:
         try:
             applied = self._quiet_check(loaded) if trigger == "interval" else None
             if applied is None:
+                self._fast = None
                 applied = apply_once(
                     self.target,
                     loaded=loaded,
@@ -205,6 +210,7 @@ class ReconcileCycle:
                     lock_timeout=self.lock_timeout,
                     on_wait=lambda message: self.log.info(message),
                     revision=revision,
+                    while_locked=self._while_locked if self.fast_apply else None,
                 )
         except suspend.Suspended:  # suspended between our look and the apply's: nothing written
             found = suspend.read(self.target.config_dir) or suspend.Suspension()
@@ -361,11 +367,29 @@ class ReconcileCycle:
                 len(applied.planned.observed.accounts.entries),
             )
             try:
-                self.confirmer.after_write(written, applied.result.sha512, accounts)
+                self.confirmer.after_write(
+                    written, applied.result.sha512, accounts, applied_by=self._fast
+                )
             except Exception as exc:  # the files are written; only the DMS follow-up failed
                 internal_error(self.log, "talking to DMS", exc)
             self._prepare_next_read()
         return result
+
+    def _while_locked(self, written: tuple[str, ...]) -> None:
+        """Still under DMS's lock after a write: fast apply (never raises: a failure leaves the
+        change to DMS's change detector, and says so)."""
+        assert self.fast_apply is not None
+        try:
+            result = self.fast_apply.run(written)
+        except Exception as exc:  # a bug: DMS's change detector still applies the change
+            internal_error(self.log, "fast apply", exc)
+            result = Result("dms", f"fast apply failed (internal error {type(exc).__name__})")
+        if result is not None:
+            self._fast = result
+            # DMS out of reach is the confirmer's to report (once); other fallbacks are warnings
+            quiet = result.path == "fast" or result.unreachable
+            level = self.log.info if quiet else self.log.warning
+            level(result.message, extra={"fields": {"fast_apply": result.path}})
 
     def _prepare_next_read(self) -> None:
         """Parse what was just written now, while nothing waits, instead of at the start of the

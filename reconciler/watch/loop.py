@@ -38,6 +38,7 @@ from reconciler.watch import dms as dms_mod
 from reconciler.watch.confirm import Confirmer
 from reconciler.watch.cycle import SETTLING, ReconcileCycle
 from reconciler.watch.events import EventSource, Taken
+from reconciler.watch.fastapply import FastApply
 from reconciler.watch.health import HealthServer, Metrics, Status
 from reconciler.watch.heartbeat import Heartbeat
 from reconciler.watch.inputs import InputReader
@@ -70,6 +71,9 @@ class WatchOptions:
     # After SIGTERM the step in flight may run this long, then it is interrupted: under Docker's
     # 10 s stop timeout, so the sidecar gets out on its own (DMS's lock released) before SIGKILL.
     stop_grace: float = 8.0
+    # Bring DMS's generated files up to date ourselves under DMS's lock (watch/fastapply.py);
+    # False: DMS's change detector applies every change (--no-fast-apply)
+    fast_apply: bool = True
 
 
 @dataclass(frozen=True)
@@ -265,6 +269,11 @@ class Watcher:
             clock=clock,
             lock_timeout=self.options.lock_timeout,
             retry_in=self.schedule.next_retry_delay,
+            fast_apply=(
+                FastApply(dms, target.config_dir)
+                if dms is not None and self.options.fast_apply
+                else None
+            ),
         )
 
     def _dms_facts(self) -> DmsFacts:

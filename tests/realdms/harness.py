@@ -8,8 +8,8 @@ and is talked to with `docker exec` only. Nothing is skipped: a missing tool or 
 FAILS the test that needed it.
 
 Reusable pieces (other test modules build on them):
-- `RealEngine` / `ensure_engine()`: the private engine at $DMS_IMAGE_WORK/docker (the one
-  build.sh imports into, so the built image is cached in its data root).
+- `RealEngine().start()`: the private engine at $DMS_IMAGE_WORK/docker (the one build.sh imports
+  into, so the built image is cached in its data root).
 - `build_dms_image()`, `build_python_base()`, `build_sidecar_image()`: cached image builds;
   `IMAGES`: the DMS versions every scenario runs against (test id -> `DmsImage`).
 - `DmsVolume`: the host folders a DMS container mounts (config, cron file, mail, state, logs).
@@ -27,6 +27,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -297,15 +298,36 @@ class RealDms:
         return ANSI.sub("", self.container.logs().decode("utf-8", "replace"))
 
     def wait_up(self, timeout: float = 180.0) -> None:
+        """Until DMS logs 'is up and running': its log is followed as a stream (read once, not
+        the whole `docker logs` again at every look: megabytes at 10,000 accounts), and the
+        container's state is looked at every second."""
+        seen = threading.Event()
+
+        def follow() -> None:
+            tail = ""
+            try:
+                for chunk in self.container.logs(stream=True, follow=True):
+                    tail = (tail + chunk.decode("utf-8", "replace"))[-200:]
+                    if "is up and running" in ANSI.sub("", tail):
+                        seen.set()
+                        return
+            except Exception:  # noqa: BLE001 - the container went away: the state check says so
+                return
+
+        reader = threading.Thread(target=follow, name="dms-log-follower", daemon=True)
+        reader.start()
+
         def up() -> bool:
+            if seen.is_set():
+                return True
             self.reload()
             if self.container.status not in ("running", "created", "restarting"):
                 status = self.container.status
                 raise AssertionError(f"DMS exited ({status}):\n{self.logs()[-4000:]}")
-            return "is up and running" in self.logs()
+            return seen.wait(1.0)
 
         try:
-            wait_until(up, timeout, "DMS to log 'is up and running'")
+            wait_until(up, timeout, "DMS to log 'is up and running'", interval=0.0)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.logs()[-4000:]}") from None
 
@@ -455,8 +477,12 @@ def dms_settings(**extra: str) -> dict[str, str]:
 
 def start_dms(client: Any, volume: DmsVolume, *, name: str, env: dict[str, str] | None = None,
               labels: dict[str, str] | None = None, wait: bool = True,
-              restart_policy: dict[str, Any] | None = None, image: str = DMS_IMAGE) -> RealDms:
-    """`docker run` DMS on `volume` with the test settings plus `env`, wait until it is up."""
+              restart_policy: dict[str, Any] | None = None,
+              image: str = DMS_IMAGE,
+              extra_mounts: dict[str, dict[str, str]] | None = None) -> RealDms:
+    """`docker run` DMS (`image`) on `volume` with the test settings plus `env`, wait until it
+    is up: 180 s plus 60 ms per account of the volume (DMS's start-up regenerates every account:
+    about 400 s at 10,000)."""
     try:
         client.containers.get(name).remove(force=True)
     except Exception:  # noqa: BLE001 - none left from an earlier run
@@ -466,18 +492,25 @@ def start_dms(client: Any, volume: DmsVolume, *, name: str, env: dict[str, str] 
         image, detach=True, name=name, hostname=HOSTNAME, network_mode="none",
         extra_hosts={HOSTNAME: "127.0.0.1"}, sysctls=SYSCTLS,
         environment=dms_settings(**(env or {})),
-        volumes=volume.mounts(), labels=dict([COMPOSE_LABEL]) if labels is None else labels,
+        volumes={**volume.mounts(), **(extra_mounts or {})}, labels=dict([COMPOSE_LABEL]) if labels is None else labels,
         restart_policy=restart_policy or {}, stop_signal="SIGTERM",
     )
     dms = RealDms(container, volume)
     if wait:
         try:
-            dms.wait_up()
+            dms.wait_up(start_timeout(volume))
         except BaseException:
             dms.remove()
             raise
         dms.started = time.monotonic() - began
     return dms
+
+
+def start_timeout(volume: DmsVolume) -> float:
+    """How long DMS's start-up may take on `volume`: it grows with the accounts it generates."""
+    accounts = volume.config / "postfix-accounts.cf"
+    count = accounts.read_bytes().count(b"\n") if accounts.exists() else 0
+    return 180.0 + 0.06 * count
 
 
 def temp_root(prefix: str) -> Path:

@@ -1,0 +1,374 @@
+"""Fast apply: bring DMS's generated files up to date ourselves, in seconds, with no outage.
+
+DMS's change detector rebuilds `/etc/dovecot/userdb`, `/etc/postfix/vhost` and the rest from
+scratch after any change, in bash loops (minutes at 10,000 accounts), truncating each file first:
+meanwhile existing users fail to log in and their mail is deferred or bounced. Instead, while the
+sidecar still holds DMS's lock after writing the config files (`run`):
+
+1. it asks the container for DMS's generator scripts' sha256 (`dmsgen.profile_for`: only the
+   versions proven byte-identical are handled), /etc/dms-settings and DMS's checksum record;
+2. works out, as DMS would, which monitored files changed (lines not in the record) and what DMS
+   would generate for them (`dmsgen.generate`, from the files just written);
+3. uploads the generated files next to their destinations and runs one script in the container:
+   new mailbox folders made and owned by the vmail user, each file replaced by a rename (never a
+   moment without an existing user), DMS's own `postconf`/`postalias`/10-auth.conf edits, then the
+   reloads DMS would run;
+4. writes DMS's checksum record (`/tmp/docker-mailserver-config-chksum`) only if DMS's own
+   `_monitored_files_checksums`, run in the container, gives exactly the record predicted; DMS's
+   change detector then finds nothing left to do.
+
+Anything unexpected (another DMS version, a setting or a line dmsgen does not model, a failed
+step, the container gone or restarted) leaves the record alone: DMS's change detector applies the
+change as it always did, and the result says why. `DMS_RECONCILER_FAST_APPLY=0` (or
+`--no-fast-apply`) turns it off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import re
+import tarfile
+import time
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from reconciler import dmsgen
+from reconciler.formats import amavis
+from reconciler.watch import dms as dms_mod
+
+WORK = "/tmp/.dms-reconciler-fast"
+SUFFIX = ".dms-reconciler-new"
+BIN = "/usr/local/bin"
+# The container's locale must leave `sort` and grep byte-wise, as dmsgen models them.
+LOCALE_VARS = ("LC_ALL", "LC_COLLATE", "LC_CTYPE", "LANG")
+# generated files are put in place in this order: Dovecot's first (a new account can log in
+# before Postfix accepts mail for it), then Postfix's
+ORDER = (
+    dmsgen.USERDB,
+    dmsgen.MASTERDB,
+    dmsgen.VMAILBOX,
+    dmsgen.POSTFIX_VIRTUAL,
+    dmsgen.POSTFIX_REGEXP,
+    dmsgen.VHOST,
+    dmsgen.SASL_PASSWD,
+    dmsgen.RELAYHOST_MAP,
+    dmsgen.ETC_ALIASES,
+)
+
+FACTS_SCRIPT = f"""
+cd {BIN} || exit 3
+echo '--- sha256'; sha256sum -- {" ".join(dmsgen.SCRIPTS)} 2>&1
+echo '--- settings'; cat /etc/dms-settings 2>&1
+echo '--- record'; cat {dms_mod.CHKSUM_FILE} 2>/dev/null || echo MISSING
+echo '--- end'
+"""
+
+APPLY_SCRIPT = r"""
+W=__WORK__
+fail() { echo "FAILED: $*"; exit 3; }
+# shellcheck source=/dev/null
+source /usr/local/bin/helpers/index.sh >/dev/null 2>&1 || fail "sourcing DMS's helpers"
+# shellcheck source=/dev/null
+source /etc/dms-settings || fail "reading /etc/dms-settings"
+VMAIL="${DMS_VMAIL_UID}:${DMS_VMAIL_GID}"
+# 1. new mailbox folders, owned as Dovecot needs them (DMS's mkdir leaves them to root and
+#    chowns all of /var/mail, which its start-up skips past a few dozen mailboxes)
+MISSING=()
+while IFS= read -r P; do [[ -d ${P} ]] || MISSING+=("${P}"); done <"${W}/dirs"
+if (( ${#MISSING[@]} )); then
+  printf '%s\0' "${MISSING[@]}" | xargs -0 mkdir -- || fail "making the mailbox folders"
+  printf '%s\0' "${MISSING[@]}" | xargs -0 chown "${VMAIL}" -- || fail "owning the mailbox folders"
+fi
+while IFS=$'\t' read -r SOURCE DEST; do
+  cp -- "${SOURCE}" "${DEST}" || fail "copying ${SOURCE}"
+  if (( ${#MISSING[@]} )); then chown "${VMAIL}" -- "${DEST}"; fi
+done <"${W}/sieves"
+# 2. 10-auth.conf, as DMS edits it on every pass
+while IFS= read -r EDIT; do
+  sed -i -e "${EDIT}" /etc/dovecot/conf.d/10-auth.conf || fail "editing 10-auth.conf"
+done <"${W}/auth"
+# 3. each generated file replaced by a rename in its own folder
+while IFS=$'\t' read -r DEST OWNER MODE; do
+  NEW="$(dirname -- "${DEST}")/.$(basename -- "${DEST}")__SUFFIX__"
+  [[ -f ${NEW} ]] || fail "the upload of ${DEST} is missing"
+  if [[ -e ${DEST} ]]; then
+    chown --reference="${DEST}" -- "${NEW}" && chmod --reference="${DEST}" -- "${NEW}" \
+      || fail "copying the owner and mode of ${DEST}"
+  else
+    chmod 0644 -- "${NEW}"
+  fi
+  if [[ ${OWNER} != - ]]; then chown "${OWNER}" -- "${NEW}" || fail "chown ${DEST}"; fi
+  if [[ ${MODE} != - ]]; then chmod "${MODE}" -- "${NEW}" || fail "chmod ${DEST}"; fi
+  if [[ -e ${DEST} ]] && cmp -s -- "${NEW}" "${DEST}"; then
+    rm -f -- "${NEW}"
+  else
+    mv -f -- "${NEW}" "${DEST}" || { rm -f -- "${NEW}"; fail "replacing ${DEST}"; }
+  fi
+done <"${W}/outputs"
+# 4. Postfix settings and tables, with DMS's own functions
+while IFS= read -r SETTING; do
+  _adjust_mtime_for_postfix_maincf
+  [[ $(postconf -h "${SETTING%% = *}" 2>/dev/null) == "${SETTING#* = }" ]] && continue
+  postconf "${SETTING}" || fail "postconf ${SETTING%% = *}"
+done <"${W}/postconf"
+while IFS=$'\t' read -r KEY VALUE; do
+  _add_to_or_update_postfix_main "${KEY}" "${VALUE}" || fail "postconf ${KEY}"
+done <"${W}/postconf_append"
+if [[ ${POSTALIAS} == 1 ]]; then
+  _adjust_mtime_for_postfix_maincf
+  postalias /etc/aliases || fail "postalias /etc/aliases"
+fi
+_chown_var_mail_if_necessary || fail "owning /var/mail"
+# 5. the reloads DMS runs after a change
+if [[ ${RELOAD_AMAVIS} == 1 ]]; then amavisd reload >/dev/null 2>&1 || fail "amavisd reload"; fi
+_reload_postfix >/dev/null 2>&1 || fail "postfix reload"
+dovecot reload || fail "dovecot reload"
+# 6. DMS's checksum record, if DMS's own checksums are the ones predicted
+_obtain_hostname_and_domainname
+_rspamd_get_envs
+_monitored_files_checksums >"${W}/record.dms" || fail "computing DMS's checksums"
+if cmp -s -- "${W}/record.dms" "${W}/record"; then
+  RECORD=/tmp/docker-mailserver-config-chksum
+  cp -- "${W}/record" "${RECORD}__SUFFIX__" && mv -f -- "${RECORD}__SUFFIX__" "${RECORD}" \
+    || fail "writing DMS's checksum record"
+  echo RECORD=written
+else
+  echo RECORD=differs
+fi
+rm -rf -- "${W}"
+""".replace("__WORK__", WORK).replace("__SUFFIX__", SUFFIX)
+
+
+def enabled(environ: Mapping[str, str] = os.environ) -> bool:
+    """DMS_RECONCILER_FAST_APPLY=0 (or false/no/off) turns fast apply off."""
+    value = environ.get("DMS_RECONCILER_FAST_APPLY", "1").strip().lower()
+    return value not in ("0", "false", "no", "off")
+
+
+@dataclass(frozen=True)
+class Result:
+    """How one change was applied: `path` "fast" (done here, DMS's record updated) or "dms"
+    (left to DMS's change detector), `message` says why and how long."""
+
+    path: str
+    message: str
+    seconds: float = 0.0
+    version: str | None = None
+    unreachable: bool = False  # DMS could not be asked at all
+
+
+def record_line(digest: str, name: str) -> str:
+    """A line as `sha512sum` prints it for a monitored file."""
+    return f"{digest}  {dmsgen.DMS_DIR}/{name}"
+
+
+def parse_sections(text: str) -> dict[str, str]:
+    sections: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        match = re.fullmatch(r"--- (\w+)", line)
+        if match:
+            current = sections.setdefault(match.group(1), [])
+        elif current is not None:
+            current.append(line)
+    return {k: "\n".join(v) + ("\n" if v else "") for k, v in sections.items()}
+
+
+def changed_files(record: str, current: Mapping[str, str]) -> set[str]:
+    """CHANGED as DMS computes it: monitored files whose `sha512  path` line is not in the
+    record (`grep -Fxvf`); `current` holds the sha512 of the files that exist."""
+    lines = set(record.splitlines())
+    return {name for name, digest in current.items() if record_line(digest, name) not in lines}
+
+
+def predicted_record(record: str, current: Mapping[str, str]) -> str:
+    """The record `_monitored_files_checksums` will print once these files are applied: ours in
+    DMS's order, then the record's other lines (rspamd, certificates) as DMS last applied them."""
+    ours = [record_line(current[name], name) for name in dmsgen.MONITORED if name in current]
+    config = {f"{dmsgen.DMS_DIR}/{name}" for name in dmsgen.MONITORED}
+    others = [
+        line for line in record.splitlines() if line and line.split("  ", 1)[-1] not in config
+    ]
+    return "".join(line + "\n" for line in ours + others)
+
+
+def _tar(entries: Mapping[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for path, data in entries.items():
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size = len(data)
+            info.mode = 0o600
+            info.mtime = int(time.time())
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _dirs(homes: list[str]) -> list[str]:
+    """Every folder `mkdir -p` of the homes would make, parents first, once each."""
+    seen: dict[str, None] = {}
+    for home in homes:
+        parts = home.strip("/").split("/")
+        for depth in range(3, len(parts) + 1):  # below /var/mail
+            seen.setdefault("/" + "/".join(parts[:depth]), None)
+    return list(seen)
+
+
+class FastApply:
+    """Runs fast apply for a write; `None` results mean there was nothing for DMS to apply."""
+
+    def __init__(self, dms: Any, config_dir: str, *, command_timeout: float = 300.0) -> None:
+        self.dms = dms
+        self.config_dir = config_dir
+        self.command_timeout = command_timeout
+        self._amavis_follows = False
+
+    def run(self, written: Collection[str]) -> Result | None:
+        if not any(name in dmsgen.MONITORED for name in written):
+            return None
+        started = time.monotonic()
+        # a new amavis.cf: the confirmer copies it and restarts Amavis after this, which reads the
+        # new vhost too: one restart instead of DMS's reload and then that restart
+        self._amavis_follows = amavis.FILENAME in written
+        try:
+            result = self._run(started)
+        except dms_mod.DmsUnavailable as exc:
+            result = Result(
+                "dms", f"fast apply could not reach DMS ({exc}); left to DMS", unreachable=True
+            )
+        except dms_mod.DmsCommandFailed as exc:
+            result = Result("dms", f"fast apply failed ({exc}); left to DMS's change detector")
+        except dmsgen.Unsupported as exc:
+            result = Result("dms", f"fast apply does not model this ({exc}); left to DMS")
+        return result
+
+    def _run(self, started: float) -> Result:
+        container = self.dms.find()
+        env = _container_env(container)
+        release = env.get("DMS_RELEASE", "unknown")
+        for name in LOCALE_VARS:
+            if env.get(name, "C") not in ("", "C", "POSIX"):
+                raise dmsgen.Unsupported(f"the container sets {name}={env[name]}")
+        code, output = self.dms.run(container, ["bash", "-c", FACTS_SCRIPT])
+        facts = parse_sections(output)
+        if code != 0 or "end" not in facts:
+            raise dms_mod.DmsCommandFailed(f"reading DMS's scripts and settings (exit {code})")
+        hashes = {}
+        for line in facts.get("sha256", "").splitlines():
+            digest, _, path = line.partition("  ")
+            hashes[path] = digest
+        version = dmsgen.profile_for(hashes)
+        if version is None:
+            return Result(
+                "dms",
+                f"DMS {release}'s generator scripts are not ones fast apply was proven against "
+                "(tests/realdms/test_dmsgen_identical.py); left to DMS's change detector",
+            )
+        record = facts.get("record", "")
+        if record.strip() == "MISSING":
+            return Result("dms", "DMS is still starting (no checksum record yet); left to DMS")
+        settings = dmsgen.Settings.from_dms_settings(facts.get("settings", ""))
+        files = self._read_files()
+        current = {
+            name: hashlib.sha512(data).hexdigest()
+            for name, data in files.items()
+            if name in dmsgen.MONITORED and data is not None
+        }
+        changed = changed_files(record, current)
+        if not changed:
+            return Result("dms", "DMS had already applied these files", version=version)
+        gen = dmsgen.generate(files, settings, version, changed)
+        self._upload(container, gen, predicted_record(record, current))
+        code, output = self.dms.run(
+            container,
+            [
+                "env",
+                f"POSTALIAS={int(gen.postalias)}",
+                f"RELOAD_AMAVIS={int(gen.reload_amavis and not self._amavis_follows)}",
+                "bash",
+                "-c",
+                APPLY_SCRIPT,
+            ],
+            timeout=self.command_timeout,
+        )
+        took = time.monotonic() - started
+        failed = re.search(r"^FAILED: (.*)$", output, re.M)
+        if code != 0 or failed:
+            why = failed.group(1) if failed else f"exit {code}"
+            self._cleanup(container)
+            return Result(
+                "dms",
+                f"fast apply failed in the container ({why}); left to DMS's change detector",
+                took,
+                version,
+            )
+        names = ", ".join(sorted(changed))
+        if "RECORD=written" not in output:
+            return Result(
+                "dms",
+                f"fast apply put {names} in place in {took:.2f} s, but DMS's checksums of its "
+                "other monitored files changed meanwhile: DMS's change detector applies them",
+                took,
+                version,
+            )
+        return Result(
+            "fast", f"fast apply (DMS {release}) applied {names} in {took:.2f} s", took, version
+        )
+
+    def _read_files(self) -> dict[str, bytes | None]:
+        files: dict[str, bytes | None] = {}
+        for entry in os.scandir(self.config_dir):
+            name = entry.name
+            if name in dmsgen.MONITORED:
+                with open(entry.path, "rb") as handle:
+                    files[name] = handle.read()
+            elif name.endswith(".dovecot.sieve"):
+                files[name] = b""
+        return files
+
+    def _upload(self, container: Any, gen: dmsgen.Generated, record: str) -> None:
+        entries: dict[str, bytes] = {}
+        rank = {path: i for i, path in enumerate(ORDER)}
+        outputs = sorted(gen.outputs, key=lambda o: rank.get(o.path, len(ORDER)))
+        lines = []
+        for output in outputs:
+            folder, base = os.path.split(output.path)
+            entries[f"{folder}/.{base}{SUFFIX}"] = output.data
+            mode = "-" if output.mode is None else f"{output.mode:o}"
+            lines.append(f"{output.path}\t{output.owner or '-'}\t{mode}")
+        entries[f"{WORK}/outputs"] = _lines(lines)
+        entries[f"{WORK}/dirs"] = _lines(_dirs(gen.homes))
+        entries[f"{WORK}/sieves"] = _lines([f"{s}\t{d}" for s, d in gen.sieves])
+        entries[f"{WORK}/auth"] = _lines([edit.sed for edit in gen.auth_edits])
+        entries[f"{WORK}/postconf"] = _lines(gen.postconf)
+        entries[f"{WORK}/postconf_append"] = _lines([f"{k}\t{v}" for k, v in gen.postconf_append])
+        entries[f"{WORK}/record"] = record.encode()
+        try:
+            ok = container.put_archive("/", _tar(entries))
+        except Exception as exc:  # docker errors: the container went away or refused
+            raise dms_mod.DmsUnavailable(f"uploading the generated files failed: {exc}") from None
+        if not ok:
+            raise dms_mod.DmsCommandFailed("uploading the generated files was refused")
+
+    def _cleanup(self, container: Any) -> None:
+        """Remove the uploads a failed script left (never a half-written file: uploads only)."""
+        leftovers = [f"{os.path.dirname(p)}/.{os.path.basename(p)}{SUFFIX}" for p in ORDER]
+        try:
+            self.dms.run(container, ["rm", "-rf", "--", WORK, *leftovers])
+        except (dms_mod.DmsUnavailable, dms_mod.DmsCommandFailed):
+            pass
+
+
+def _lines(values: list[str]) -> bytes:
+    return "".join(v + "\n" for v in values).encode()
+
+
+def _container_env(container: Any) -> dict[str, str]:
+    out = {}
+    for item in (container.attrs.get("Config") or {}).get("Env") or []:
+        key, _, value = str(item).partition("=")
+        out[key] = value
+    return out
