@@ -114,6 +114,15 @@ def _depth(line: str) -> int:
     return text.count("{") + text.count("[") - text.count("}") - text.count("]")
 
 
+def _breaks(value: str) -> bool:
+    """A setting's value that would not stay one value: a line break, or outside its quoted
+    strings an unbalanced quote, a `;`, a brace or bracket."""
+    if any(c in value for c in "\n\r\0"):
+        return True
+    outside = _STRING.sub("", value)
+    return any(c in outside for c in '";{}[]')
+
+
 def parse(text: str) -> ParsedFile[Item]:
     entries: dict[str, Item] = {}
     comments: list[str] = []
@@ -143,6 +152,8 @@ def parse(text: str) -> ParsedFile[Item]:
             if depth == 0:
                 item = Item(opened["key"], None, tuple(kept))
             else:
+                while kept and not kept[-1].strip():
+                    kept.pop()
                 problems.append(Problem(number, "block never closes; kept as it is"))
         elif (setting := _SETTING.match(line)) and _depth(line) == 0 and "\0" not in line:
             item = Item(setting["key"], setting["value"])
@@ -171,6 +182,9 @@ def render(
     items = list(items)
     comments = list(comments)
     invalid = list(invalid)
+    for item in items:
+        if item.value is not None and _breaks(item.value):
+            raise RenderRefused(filename, item.key, "a value holds a quote, `;` or brace")
     out = [HEADER, *comments, *(line for item in items for line in item.lines()), *invalid]
     text = "\n".join(out) + "\n"
     again = parse(text)

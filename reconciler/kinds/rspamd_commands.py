@@ -62,11 +62,12 @@ def plan(ctx: PlanContext) -> KindPlan:
     if left and (writes_overrides or removed):
         shown = ", ".join(str(line.number) for line in left[:8])
         out.warnings.append(
-            f"{FILE} line{'s' if len(left) > 1 else ''} {shown}: after this change DMS's change detector replaces "
-            "/etc/rspamd/override.d/ with the volume's files, so what these directives made at "
-            "start-up is gone until DMS restarts (and on DMS v16 enable-/disable-module fail "
-            "when the file itself changes); declare them in rspamd.modules or rspamd.options, "
-            "or put them in rspamd/override.d/ files, to keep them"
+            f"{FILE} line{'s' if len(left) > 1 else ''} {shown}: after this change DMS's "
+            "change detector replaces /etc/rspamd/override.d/ with the volume's files, so "
+            "what these directives made at start-up is gone until DMS restarts (and on DMS "
+            "v16 enable-/disable-module fail when the file itself changes); declare them in "
+            "rspamd.modules or rspamd.options, or put them in rspamd/override.d/ files, to "
+            "keep them"
         )
     return out
 
