@@ -172,6 +172,25 @@ class Dkim:
 
 
 @dataclass(frozen=True)
+class Rspamd:
+    """`rspamd:` (DMS with ENABLE_RSPAMD=1): what Rspamd admins otherwise edit by hand in
+    `rspamd/custom-commands.conf` and `rspamd/override.d/`. Every tuple is sorted by name."""
+
+    actions: tuple[tuple[str, float], ...] = ()  # (greylist|add_header|reject, score)
+    allow: tuple[str, ...] = ()  # sender addresses and `@domain`s never scored as spam
+    deny: tuple[str, ...] = ()  # sender addresses and `@domain`s rejected
+    enable: tuple[str, ...] = ()  # module names
+    disable: tuple[str, ...] = ()
+    common: tuple[tuple[str, str | int | float | bool], ...] = ()  # options.inc
+    module_options: tuple[tuple[str, tuple[tuple[str, str | int | float | bool], ...]], ...] = ()
+    controller_hash: str | None = None  # the web UI password as `rspamadm pw` prints it
+    learn: tuple[SaLearnJob, ...] = ()  # rspamc learn_spam|learn_ham cron jobs
+
+    def __bool__(self) -> bool:
+        return self != Rspamd()
+
+
+@dataclass(frozen=True)
 class Policy:
     prune: bool = False
     max_deletions: int | None = None
@@ -194,6 +213,7 @@ class DesiredState:
     restrict: Restrict = field(default_factory=Restrict)
     relay: tuple[Relay, ...] = ()
     dkim: tuple[Dkim, ...] = ()
+    rspamd: Rspamd = field(default_factory=Rspamd)
     # the SOPS-encrypted file the PasswordSops values are decrypted from (None: not encrypted)
     encrypted: SopsFile | None = field(default=None, compare=False, repr=False)
 
@@ -217,6 +237,7 @@ class DesiredState:
             (len(self.restrict.send) + len(self.restrict.receive), "restriction", None),
             (len(self.relay), "relay domain", None),
             (len(self.dkim), "DKIM domain", None),
+            (len(self.rspamd.learn), "Rspamd learn job", None),
         ]
         parts += [_count(n, one, many) for n, one, many in extra if n]
         return ", ".join(parts)
@@ -338,6 +359,45 @@ def _extras_to_document(state: DesiredState, doc: dict[str, Any]) -> None:
             }
             for d in state.dkim
         }
+    if state.rspamd:
+        doc["rspamd"] = _rspamd_to_document(state.rspamd)
+
+
+def _rspamd_to_document(r: Rspamd) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if r.actions:
+        out["actions"] = {name: _number(score) for name, score in r.actions}
+    senders = {k: list(v) for k, v in (("allow", r.allow), ("deny", r.deny)) if v}
+    if senders:
+        out["senders"] = senders
+    modules = {k: list(v) for k, v in (("enable", r.enable), ("disable", r.disable)) if v}
+    if modules:
+        out["modules"] = modules
+    options: dict[str, Any] = {}
+    if r.common:
+        options["common"] = dict(r.common)
+    if r.module_options:
+        options["module"] = {name: dict(opts) for name, opts in r.module_options}
+    if options:
+        out["options"] = options
+    if r.controller_hash is not None:
+        out["controller"] = {"password_hash": r.controller_hash}
+    if r.learn:
+        out["learn"] = [_job_to_document(job) for job in r.learn]
+    return out
+
+
+def _number(score: float) -> int | float:
+    return int(score) if float(score).is_integer() else score
+
+
+def _job_to_document(job: SaLearnJob) -> dict[str, Any]:
+    j: dict[str, Any] = {"schedule": job.schedule, "learn": job.learn.value, "folder": job.folder}
+    if job.accounts is not None:
+        j["accounts"] = list(job.accounts)
+    if job.domains is not None:
+        j["domains"] = list(job.domains)
+    return j
 
 
 def _one_or_list(targets: tuple[str, ...]) -> str | list[str]:

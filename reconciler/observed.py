@@ -24,6 +24,7 @@ from reconciler.formats import (
     regexp,
     registry,
     relaymap,
+    rspamd_commands,
     sasl,
     virtual,
 )
@@ -85,6 +86,10 @@ class Observed:
     relaymap: ParsedFile[relaymap.RelayLine] = _EMPTY
     sasl: ParsedFile[sasl.SaslLine] = _EMPTY
     dkim_tables: dict[str, ParsedFile[opendkim.TableLine]] = field(default_factory=dict)
+    rspamd_commands: rspamd_commands.CommandsFile | None = None  # None: no custom-commands.conf
+    # rspamd/override.d/ files we can read, by logical name: override files (ParsedFile[Item])
+    # and sender map files (ParsedFile[MapLine]); other files there are only in `snapshots`
+    rspamd_files: dict[str, Any] = field(default_factory=dict)
 
     def parsed_files(self) -> list[tuple[str, ParsedFile[Any]]]:
         """Every entry file as parsed, by logical name (a missing file parses as empty)."""
@@ -137,7 +142,7 @@ class Observed:
 
 def _newer_feature(name: str) -> bool:
     """A file of `setup`'s features or a DKIM key: absent from plans made before them."""
-    return name in registry.SETUP_FILES or name.startswith(KEYS_PREFIX)
+    return name in registry.SETUP_FILES or name.startswith(KEYS_PREFIX) or registry.is_rspamd(name)
 
 
 def fingerprint_of(snapshots: dict[str, FileSnapshot], plan_key: str) -> dict[str, str | None]:

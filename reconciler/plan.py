@@ -46,6 +46,13 @@ class Kind(str, Enum):
     RELAY_AUTH = "relay_auth"
     DKIM = "dkim"
     DKIM_KEY = "dkim_key"
+    RSPAMD_ACTION = "rspamd_action"
+    RSPAMD_SENDER = "rspamd_sender"
+    RSPAMD_MODULE = "rspamd_module"
+    RSPAMD_OPTION = "rspamd_option"
+    RSPAMD_CONTROLLER = "rspamd_controller"
+    RSPAMD_LEARN = "rspamd_learn"
+    RSPAMD_DIRECTIVE = "rspamd_directive"
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,12 @@ def _setup_entry_text(kind: str, key: str, value: dict[str, Any]) -> str:
         return f"DKIM key {key}: {value.get('key')}"
     if kind == "dkim":
         return f"DKIM {key} {value.get('value')}"
+    if kind == "rspamd_directive":
+        return f"directive {key}  ({value.get('value')})"
+    if kind in ("rspamd_learn",):
+        return key
+    if kind.startswith("rspamd_"):
+        return f"{_kind_label(kind)} {key} = {value.get('value')}"
     return f"{kind} {key}"
 
 
@@ -246,6 +252,13 @@ KIND_ORDER = (
     "relay_auth",
     "dkim",
     "dkim_key",
+    "rspamd_action",
+    "rspamd_sender",
+    "rspamd_module",
+    "rspamd_option",
+    "rspamd_controller",
+    "rspamd_learn",
+    "rspamd_directive",
 )
 MAX_NAMED = 10  # accounts named in a call-out before "and N more"
 MAX_SHOWN_CHARS = 300  # one value in a comment; longer ones are cut
@@ -341,6 +354,13 @@ def _kind_label(kind: str) -> str:
         "relay_auth": "relay credential",
         "dkim": "DKIM table entry",
         "dkim_key": "DKIM key",
+        "rspamd_action": "Rspamd threshold",
+        "rspamd_sender": "Rspamd sender",
+        "rspamd_module": "Rspamd module",
+        "rspamd_option": "Rspamd option",
+        "rspamd_controller": "Rspamd controller",
+        "rspamd_learn": "Rspamd learn job",
+        "rspamd_directive": "custom-commands.conf directive",
     }.get(kind, kind)
 
 

@@ -111,6 +111,36 @@ def job_line(schedule: str, learn: str, domain: str, user: str, folder: str) -> 
     )
 
 
+# rspamd.learn: Rspamd's Bayes (in Redis) learns through its controller on 127.0.0.1:11334, which
+# trusts local clients without a password (secure_ip); rspamc walks the folder's cur/ and new/.
+RSPAMC = "rspamc -h 127.0.0.1:11334"
+_RSPAMC_LINE = re.compile(
+    _SCHEDULE + rf"ls -d (?P<guard>\S+) > /dev/null 2>&1 \|\| exit 0; "
+    rf"{re.escape(RSPAMC)} learn_(?P<learn>spam|ham) {_PATH} > /dev/null\Z"
+)
+
+
+def rspamc_line(schedule: str, learn: str, domain: str, user: str, folder: str) -> str:
+    """An rspamd.learn job's line: silent and successful while the folder does not exist."""
+    path = f"{MAIL_ROOT}/{domain}/{user}/{folder}"
+    return (
+        f"{schedule} root ls -d {path} > /dev/null 2>&1 || exit 0; "
+        f"{RSPAMC} learn_{learn} {path} > /dev/null"
+    )
+
+
+def read_rspamc_line(text: str) -> SaLearnLine | None:
+    match = _RSPAMC_LINE.match(normalise(text))
+    if match is None:
+        return None
+    path = f"{MAIL_ROOT}/{match['domain']}/{match['user']}/{match['folder']}"
+    if match["guard"] != path:
+        return None
+    return SaLearnLine(
+        match["schedule"], match["learn"], match["domain"], match["user"], match["folder"]
+    )
+
+
 def read_job_line(text: str) -> SaLearnLine | None:
     line = normalise(text)
     match = _LINE.match(line)
@@ -143,3 +173,91 @@ def render(
         comments=comments,
         header=HEADER,
     )
+
+
+# --- what a cron line accepts (the rules of sa_learn and rspamd.learn) ---------------------
+
+CRON_MACROS = frozenset(
+    {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly", "@reboot"}
+)
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+# The five fields as Debian cron (DMS's) reads them: name, range, names it takes.
+_CRON_FIELDS = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    ("month", 1, 12, _MONTHS),
+    ("day of week", 0, 7, _DAYS),
+)
+# One element of a field's comma list: `*`, a value or a range, then an optional step. No
+# croniter extensions (`L`, `W`, `#`, `?`): Debian cron refuses them and ignores the whole file.
+_CRON_ELEMENT = re.compile(r"(\*|[0-9a-z]+(-[0-9a-z]+)?)(/[0-9]+)?\Z")
+
+
+def check_schedule(schedule: str) -> str | None:
+    """Five cron fields (minute hour day month weekday) or a macro such as @daily."""
+    text = schedule.strip()
+    if any(c in schedule for c in "\n\r\0"):
+        return "schedule must be one line"
+    if text.startswith("@"):
+        if text in CRON_MACROS:
+            return None
+        return f"unknown cron macro '{text}'; use one of {', '.join(sorted(CRON_MACROS))}"
+    fields = text.split()
+    if len(fields) != 5:
+        return (
+            f"schedule '{text}' has {len(fields)} fields; cron needs five "
+            '(minute hour day-of-month month day-of-week), like "0 2 * * *"'
+        )
+    from croniter import croniter  # 15 ms of imports, only for files with sa_learn jobs
+
+    for i, (name, low, high, names) in enumerate(_CRON_FIELDS):
+        value = fields[i]
+        probe = ["*"] * 5
+        probe[i] = value
+        if not _cron_field_ok(value.lower(), low, high, names) or not croniter.is_valid(
+            " ".join(probe)
+        ):
+            also = f", or names like {names[0]} or {names[1]}-{names[3]}" if names else ""
+            return (
+                f"schedule '{text}' is not a valid cron expression: the {name} field "
+                f"'{value}' is wrong; {name} takes {low}-{high}{also}, '*', lists (1,15), "
+                "ranges (1-5) and steps (*/10)"
+            )
+    if not croniter.is_valid(text):
+        return f"schedule '{text}' is not a valid cron expression (minute hour day month weekday)"
+    return None
+
+
+def _cron_field_ok(value: str, low: int, high: int, names: tuple[str, ...]) -> bool:
+    """One cron field as Debian cron reads it: every list element in range, names only where
+    the field takes them, steps of 1 or more."""
+    for element in value.split(","):
+        match = _CRON_ELEMENT.match(element)
+        if match is None or (match.group(3) and int(match.group(3)[1:]) < 1):
+            return False
+        if match.group(1) == "*":
+            continue
+        for part in match.group(1).split("-"):
+            if part.isdigit():
+                if not low <= int(part) <= high:
+                    return False
+            elif part not in names:
+                return False
+    return True
+
+
+def check_folder(folder: str) -> str | None:
+    """A Maildir++ folder name (`.Junk`, `cur`, `.Archive*`), never a path."""
+    if not folder:  # the cron line would name the whole maildir: every folder learned as spam
+        return "folder is empty; give a folder name inside the maildir, like .Junk or cur"
+    if "/" in folder or "\\" in folder:
+        return f"folder '{folder}' is a path; give a folder name inside the maildir, like .Junk"
+    if folder in (".", "..") or ".." in folder:
+        return f"folder '{folder}' would leave the maildir; use a name like .Junk or cur"
+    bad = sorted({c for c in folder if not (c.isascii() and (c.isalnum() or c in "._*-"))})
+    if bad:
+        shown = ", ".join(repr(c) for c in bad[:5])
+        return f"folder '{folder}' has {shown}; use letters, digits, '.', '_', '-' and '*'"
+    return None

@@ -30,6 +30,9 @@ from reconciler.formats import (
     quotas,
     regexp,
     relaymap,
+    rspamd_commands,
+    rspamd_map,
+    rspamd_ucl,
     sasl,
     virtual,
 )
@@ -122,11 +125,44 @@ FILES: tuple[DmsFile, ...] = (
         for name in opendkim.TABLES
     ),
 )
+# Rspamd's files: custom-commands.conf has a fixed name; override.d/ holds files by any name (the
+# override files kinds write, the sender map files, and the user's own), found by reading the
+# folder. DMS's change detector hashes every file under rspamd/ (`find rspamd -type f`) when
+# ENABLE_RSPAMD=1, empties /etc/rspamd/override.d/ and copies the folder back on a change there,
+# and reloads Rspamd itself: nothing is owed by the sidecar.
+RSPAMD_FOLDER = "rspamd"
+RSPAMD_COMMANDS = DmsFile(
+    rspamd_commands.FILENAME, rspamd_commands.parse, entries=False, watched=True, setup=True
+)
+RSPAMD_OVERRIDE = DmsFile(rspamd_ucl.DIRECTORY + "/*", rspamd_ucl.parse, False, True, setup=True)
+RSPAMD_MAP = DmsFile(rspamd_map.PREFIX + "*.map", rspamd_map.parse, False, True, setup=True)
+FILES = (*FILES, RSPAMD_COMMANDS)
 BY_NAME: dict[str, DmsFile] = {f.name: f for f in FILES}
 ENTRY_FILES: tuple[str, ...] = tuple(f.name for f in FILES if f.entries)
 SETUP_FILES: tuple[str, ...] = tuple(f.name for f in FILES if f.setup)
 WATCHED: tuple[str, ...] = tuple(f.name for f in FILES if f.watched)
 KEY_FILE_MODE = 0o600  # a DKIM private key and its record file, as opendkim-genkey makes them
+
+
+def is_rspamd(name: str) -> bool:
+    """A file under the volume's rspamd/ folder (DMS hashes them all when Rspamd is on)."""
+    return name.startswith(RSPAMD_FOLDER + "/")
+
+
+def rspamd_file(name: str) -> DmsFile | None:
+    """The table row of a file in rspamd/ (None: not one we read)."""
+    if name == rspamd_commands.FILENAME:
+        return RSPAMD_COMMANDS
+    if rspamd_map.is_map_file(name):
+        return RSPAMD_MAP
+    if rspamd_ucl.is_override_file(name):
+        return RSPAMD_OVERRIDE
+    return None
+
+
+def watched(name: str) -> bool:
+    """DMS's change detector hashes the file (`name`: its logical name)."""
+    return name in WATCHED or is_rspamd(name)
 
 
 def reloads(written: Any) -> set[str]:

@@ -24,6 +24,13 @@ from reconciler.kinds import (
     regexp,
     relay,
     restrict,
+    rspamd_actions,
+    rspamd_commands,
+    rspamd_controller,
+    rspamd_learn,
+    rspamd_modules,
+    rspamd_options,
+    rspamd_senders,
     sa_learn,
     virtual,
 )
@@ -48,10 +55,17 @@ KINDS: tuple[KindModule, ...] = (
     virtual,  # reads the accounts that stay
     quotas,
     quarantine,
+    rspamd_learn,  # hands its cron lines to sa_learn, which writes the cron file
     sa_learn,
     masters,
     regexp,
     restrict,
     relay,
     dkim,
+    rspamd_actions,
+    rspamd_senders,
+    rspamd_modules,
+    rspamd_options,
+    rspamd_controller,
+    rspamd_commands,  # reads what the Rspamd kinds before it declare
 )

@@ -256,6 +256,9 @@ class KindPlan:
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     owns_cron: bool = False  # the sa-learn cron file is owned whole after apply
+    # lines a kind wants in the cron file, with their kind: the kind that plans that file
+    # (sa_learn, after them in the registry) writes them with its own
+    cron: list[tuple[Kind, Any]] = field(default_factory=list)
 
     def add_file(
         self,

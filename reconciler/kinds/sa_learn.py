@@ -8,13 +8,13 @@ are upgraded in place.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
 from reconciler.addresses import check_domain, domain_of, local_of
 from reconciler.formats import cron
+from reconciler.formats.cron import check_folder, check_schedule
 from reconciler.kinds.base import ExportContext, KindPlan, PlanContext
 from reconciler.kinds.checks import DocView, Reporter, report_undeclared, strings, suggest
 from reconciler.model import DesiredState, Learn, SaLearnJob
@@ -35,13 +35,23 @@ def plan(ctx: PlanContext) -> KindPlan:
     have = observed.cron.entries if observed.cron else {}
     comments = observed.cron.comments if observed.cron else ()
     want = {line.key: line for line in cron_lines(desired)}
+    # lines other kinds want in this file (rspamd.learn's rspamc jobs), with their kind
+    kinds = {line.key: kind for r in ctx.results.values() for kind, line in r.cron}
+    for result in ctx.results.values():
+        want.update((line.key, line) for _kind, line in result.cron)
+
+    def kind_of(key: str) -> Kind:
+        if key in kinds or cron.read_rspamc_line(key) is not None:
+            return kinds.get(key, Kind.RSPAMD_LEARN)
+        return Kind.SA_LEARN
+
     if not want and not observed.ownership.owns_cron:
         for key in have:
             if ctx.prune:
                 out.changes.append(
                     Change(
                         CRON,
-                        Kind.SA_LEARN,
+                        kind_of(key),
                         key,
                         Action.DELETE,
                         {"line": key},
@@ -50,7 +60,7 @@ def plan(ctx: PlanContext) -> KindPlan:
                     )
                 )
             else:
-                out.unmanaged.append(Unmanaged(CRON, Kind.SA_LEARN, key))
+                out.unmanaged.append(Unmanaged(CRON, kind_of(key), key))
         write = bool(out.changes)
         emptied = ((), comments) if write else None
         out.files.append(
@@ -64,7 +74,7 @@ def plan(ctx: PlanContext) -> KindPlan:
             out.changes.append(
                 Change(
                     CRON,
-                    Kind.SA_LEARN,
+                    kind_of(key),
                     key,
                     Action.UPDATE,
                     {"line": upgraded[key]},
@@ -73,7 +83,7 @@ def plan(ctx: PlanContext) -> KindPlan:
                 )
             )
         elif key not in have:
-            out.changes.append(Change(CRON, Kind.SA_LEARN, key, Action.CREATE, None, {"line": key}))
+            out.changes.append(Change(CRON, kind_of(key), key, Action.CREATE, None, {"line": key}))
     reason = (
         "the sa-learn cron file is owned whole by `sa_learn` in mailserver.yaml"
         if want
@@ -83,7 +93,7 @@ def plan(ctx: PlanContext) -> KindPlan:
     for key in have:
         if key not in want and key not in replaced:
             out.changes.append(
-                Change(CRON, Kind.SA_LEARN, key, Action.DELETE, {"line": key}, None, reason=reason)
+                Change(CRON, kind_of(key), key, Action.DELETE, {"line": key}, None, reason=reason)
             )
     write = bool(out.changes)
     content = (tuple(want.values()), comments) if write else None
@@ -134,23 +144,6 @@ def _old_form_lines(have: Mapping[str, Any], want: Mapping[str, Any]) -> dict[st
 
 # --- mail rules ---------------------------------------------------------------------------------
 
-CRON_MACROS = frozenset(
-    {"@yearly", "@annually", "@monthly", "@weekly", "@daily", "@midnight", "@hourly", "@reboot"}
-)
-_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
-_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
-# The five fields as Debian cron (DMS's) reads them: name, range, names it takes.
-_CRON_FIELDS = (
-    ("minute", 0, 59, ()),
-    ("hour", 0, 23, ()),
-    ("day of month", 1, 31, ()),
-    ("month", 1, 12, _MONTHS),
-    ("day of week", 0, 7, _DAYS),
-)
-# One element of a field's comma list: `*`, a value or a range, then an optional step. No
-# croniter extensions (`L`, `W`, `#`, `?`): Debian cron refuses them and ignores the whole file.
-_CRON_ELEMENT = re.compile(r"(\*|[0-9a-z]+(-[0-9a-z]+)?)(/[0-9]+)?\Z")
-
 
 def check(report: Reporter, view: DocView) -> None:
     """Scopes are accounts and declared domains; cron schedules parse; folders are names inside
@@ -184,74 +177,6 @@ def check(report: Reporter, view: DocView) -> None:
             report.error(("sa_learn", i, "folder"), problem)
 
 
-def check_schedule(schedule: str) -> str | None:
-    """Five cron fields (minute hour day month weekday) or a macro such as @daily."""
-    text = schedule.strip()
-    if any(c in schedule for c in "\n\r\0"):
-        return "schedule must be one line"
-    if text.startswith("@"):
-        if text in CRON_MACROS:
-            return None
-        return f"unknown cron macro '{text}'; use one of {', '.join(sorted(CRON_MACROS))}"
-    fields = text.split()
-    if len(fields) != 5:
-        return (
-            f"schedule '{text}' has {len(fields)} fields; cron needs five "
-            '(minute hour day-of-month month day-of-week), like "0 2 * * *"'
-        )
-    from croniter import croniter  # 15 ms of imports, only for files with sa_learn jobs
-
-    for i, (name, low, high, names) in enumerate(_CRON_FIELDS):
-        value = fields[i]
-        probe = ["*"] * 5
-        probe[i] = value
-        if not _cron_field_ok(value.lower(), low, high, names) or not croniter.is_valid(
-            " ".join(probe)
-        ):
-            also = f", or names like {names[0]} or {names[1]}-{names[3]}" if names else ""
-            return (
-                f"schedule '{text}' is not a valid cron expression: the {name} field "
-                f"'{value}' is wrong; {name} takes {low}-{high}{also}, '*', lists (1,15), "
-                "ranges (1-5) and steps (*/10)"
-            )
-    if not croniter.is_valid(text):
-        return f"schedule '{text}' is not a valid cron expression (minute hour day month weekday)"
-    return None
-
-
-def _cron_field_ok(value: str, low: int, high: int, names: tuple[str, ...]) -> bool:
-    """One cron field as Debian cron reads it: every list element in range, names only where
-    the field takes them, steps of 1 or more."""
-    for element in value.split(","):
-        match = _CRON_ELEMENT.match(element)
-        if match is None or (match.group(3) and int(match.group(3)[1:]) < 1):
-            return False
-        if match.group(1) == "*":
-            continue
-        for part in match.group(1).split("-"):
-            if part.isdigit():
-                if not low <= int(part) <= high:
-                    return False
-            elif part not in names:
-                return False
-    return True
-
-
-def check_folder(folder: str) -> str | None:
-    """A Maildir++ folder name (`.Junk`, `cur`, `.Archive*`), never a path."""
-    if not folder:  # the cron line would name the whole maildir: every folder learned as spam
-        return "folder is empty; give a folder name inside the maildir, like .Junk or cur"
-    if "/" in folder or "\\" in folder:
-        return f"folder '{folder}' is a path; give a folder name inside the maildir, like .Junk"
-    if folder in (".", "..") or ".." in folder:
-        return f"folder '{folder}' would leave the maildir; use a name like .Junk or cur"
-    bad = sorted({c for c in folder if not (c.isascii() and (c.isalnum() or c in "._*-"))})
-    if bad:
-        shown = ", ".join(repr(c) for c in bad[:5])
-        return f"folder '{folder}' has {shown}; use letters, digits, '.', '_', '-' and '*'"
-    return None
-
-
 # --- export -------------------------------------------------------------------------------------
 
 
@@ -268,7 +193,8 @@ def _adopt(
     groups: dict[tuple[str, str, str, str], list[str]] = defaultdict(list)
     jobs_on_volume = set()
     old_form = False
-    for text in observed.cron.entries:
+    ours = [t for t in observed.cron.entries if cron.read_rspamc_line(t) is None]  # not rspamd's
+    for text in ours:
         line = cron.read_job_line(text)
         if line is None:
             warnings.append(
@@ -300,7 +226,7 @@ def _adopt(
     rendered = [cron.read_job_line(line.key) for line in cron_lines(candidate)]
     if {line.job for line in rendered if line is not None} != jobs_on_volume or len(
         rendered
-    ) != len(observed.cron.entries):
+    ) != len(ours):
         warnings.append("the sa-learn cron file cannot be expressed exactly; left unmanaged")
         return ()
     if old_form:

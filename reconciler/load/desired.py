@@ -48,6 +48,7 @@ from reconciler.model import (
     RegexpAlias,
     Relay,
     Restrict,
+    Rspamd,
     SaLearnJob,
     UserOwned,
     normalise_targets,
@@ -618,7 +619,45 @@ def _extras(doc: dict[str, Any]) -> dict[str, Any]:
             Dkim(domain, (spec or {}).get("selector", "mail"), (spec or {}).get("key_size", 2048))
             for domain, spec in sorted((doc.get("dkim") or {}).items())
         ),
+        "rspamd": _rspamd(doc.get("rspamd") or {}),
     }
+
+
+def _rspamd(doc: dict[str, Any]) -> Rspamd:
+    """`rspamd:` of a validated document (lists deduplicated and sorted, thresholds in order)."""
+    actions = doc.get("actions") or {}
+    senders = doc.get("senders") or {}
+    modules = doc.get("modules") or {}
+    options = doc.get("options") or {}
+    controller = doc.get("controller") or {}
+    return Rspamd(
+        actions=tuple(
+            (name, float(actions[name]))
+            for name in ("greylist", "add_header", "reject")
+            if name in actions
+        ),
+        allow=tuple(sorted({s.lower() for s in senders.get("allow") or []})),
+        deny=tuple(sorted({s.lower() for s in senders.get("deny") or []})),
+        enable=tuple(sorted(set(modules.get("enable") or []))),
+        disable=tuple(sorted(set(modules.get("disable") or []))),
+        common=tuple(sorted((options.get("common") or {}).items())),
+        module_options=tuple(
+            (module, tuple(sorted((opts or {}).items())))
+            for module, opts in sorted((options.get("module") or {}).items())
+            if opts
+        ),
+        controller_hash=controller.get("password_hash"),
+        learn=tuple(
+            SaLearnJob(
+                schedule=" ".join(job["schedule"].split()),
+                learn=Learn(job["learn"]),
+                folder=job["folder"],
+                accounts=tuple(sorted(set(job["accounts"]))) if "accounts" in job else None,
+                domains=tuple(sorted(set(job["domains"]))) if "domains" in job else None,
+            )
+            for job in doc.get("learn") or []
+        ),
+    )
 
 
 def _password(spec: dict[str, Any], where: tuple[str, str]) -> PasswordSource:

@@ -156,7 +156,9 @@ def warnings(facts: DmsFacts, desired: DesiredState) -> list[str]:
         out.append(
             "quotas are declared but ENABLE_QUOTAS=0: DMS ignores dovecot-quotas.cf (no limits)"
         )
-    if desired.quarantine is not None and not facts.on("ENABLE_AMAVIS"):
+    if facts.on("ENABLE_RSPAMD") and not facts.on("ENABLE_AMAVIS"):
+        pass  # quarantine on Rspamd: said by rspamd_warnings
+    elif desired.quarantine is not None and not facts.on("ENABLE_AMAVIS"):
         out.append(
             "quarantine is declared but ENABLE_AMAVIS=0: DMS never reads amavis.cf, "
             "so nothing reaches the quarantine mailbox"
@@ -172,6 +174,7 @@ def warnings(facts: DmsFacts, desired: DesiredState) -> list[str]:
             f"sa_learn is declared but {off}: the jobs learn into a SpamAssassin database "
             "no filter reads"
         )
+    out += rspamd_warnings(facts, desired)
     if version == (16, 0, 0) and facts.on("ENABLE_QUOTAS"):
         refused = _without_userdb_entry(desired)
         if refused:
@@ -183,6 +186,35 @@ def warnings(facts: DmsFacts, desired: DesiredState) -> list[str]:
                 f"user'): {shown}. Fixed in v16.0.1 (DMS #4769): update DMS, or set "
                 "ENABLE_QUOTAS=0"
             )
+    return out
+
+
+def rspamd_warnings(facts: DmsFacts, desired: DesiredState) -> list[str]:
+    """What `rspamd:`, `quarantine:` and learning mean on this DMS's spam filter."""
+    out: list[str] = []
+    if facts.on("ENABLE_RSPAMD") and desired.quarantine is not None:
+        out.append(
+            "quarantine is declared but this DMS runs Rspamd (ENABLE_RSPAMD=1): quarantine has no "
+            "Rspamd equivalent (Rspamd rejects at SMTP time or adds headers, and DMS's sieve files "
+            "tagged mail into Junk); only Amavis reads amavis.cf"
+            + (
+                ""
+                if facts.on("ENABLE_AMAVIS")
+                else ", and ENABLE_AMAVIS=0: nothing reaches the mailbox"
+            )
+        )
+    if desired.rspamd and not facts.on("ENABLE_RSPAMD"):
+        out.append(
+            "rspamd is declared but ENABLE_RSPAMD=0: DMS neither reads rspamd/ nor runs the "
+            "rspamc learn jobs' Rspamd; the files are written for when it does"
+        )
+    if desired.rspamd.learn and facts.on("RSPAMD_LEARN"):
+        out.append(
+            "RSPAMD_LEARN=1 and rspamd.learn jobs: DMS already learns mail moved into or out of "
+            "Junk (its sieve scripts run `rspamc learn_spam|learn_ham`), so a job on .Junk trains "
+            "the same mail twice (Rspamd refuses a message it learned already, but a message "
+            "moved back out of Junk is learned as both); drop the jobs or set RSPAMD_LEARN=0"
+        )
     return out
 
 

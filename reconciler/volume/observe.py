@@ -26,6 +26,7 @@ from reconciler.formats import (
     regexp,
     registry,
     relaymap,
+    rspamd_ucl,
     sasl,
     virtual,
 )
@@ -38,6 +39,7 @@ from reconciler.observed import (  # the data a read makes; defined below the pl
 )
 
 MAX_FILE_BYTES = 256 * 1024 * 1024
+TEMP_MARK = ".dms-reconciler-"  # the executor's staged files (volume.executor.TEMP_MARK)
 
 
 def read_snapshots(config_dir: str, cron_path: str) -> dict[str, FileSnapshot]:
@@ -48,6 +50,7 @@ def read_snapshots(config_dir: str, cron_path: str) -> dict[str, FileSnapshot]:
         for name in (*(f.name for f in registry.FILES if f.name != CRON), state_file.FILENAME)
     }
     snapshots.update(_dkim_key_snapshots(config_dir))
+    snapshots.update(_rspamd_override_snapshots(config_dir))
     snapshots[CRON] = read_snapshot(cron_path)
     return snapshots
 
@@ -123,6 +126,15 @@ _CODECS: dict[str, Callable[[str], Any]] = {
 }
 
 
+def _codec(name: str) -> Callable[[str], Any]:
+    known = _CODECS.get(name)
+    if known is not None:
+        return known
+    row = registry.rspamd_file(name)
+    assert row is not None and row.parse is not None, name
+    return row.parse
+
+
 # file name -> (bytes, their parse) of the last parse of that file
 _last_parse: dict[str, tuple[bytes, Any]] = {}
 
@@ -136,7 +148,7 @@ def _parsed(name: str, data: bytes) -> Any:
     last = _last_parse.get(name)
     if last is not None and last[0] == data:
         return last[1]
-    parsed = _CODECS[name](data.decode("utf-8", "surrogateescape"))
+    parsed = _codec(name)(data.decode("utf-8", "surrogateescape"))
     _last_parse[name] = (data, parsed)
     return parsed
 
@@ -192,7 +204,36 @@ def observe(config_dir: str, cron_path: str) -> Observed:
         relaymap=parsed(relaymap.FILENAME),
         sasl=parsed(sasl.FILENAME),
         dkim_tables={name: parsed(name) for name in opendkim.TABLES},
+        rspamd_commands=parsed(registry.RSPAMD_COMMANDS.name),
+        rspamd_files={
+            name: _parsed(name, snap.data)
+            for name, snap in snapshots.items()
+            if snap.data is not None
+            and name != registry.RSPAMD_COMMANDS.name
+            and registry.rspamd_file(name) is not None
+        },
     )
+
+
+def _rspamd_override_snapshots(config_dir: str) -> dict[str, FileSnapshot]:
+    """Every regular file in `rspamd/override.d/` (DMS copies them all to /etc/rspamd/override.d/).
+    A symlinked folder on the way or a symlinked file is refused, as for the DKIM keys."""
+    folder = rspamd_ucl.DIRECTORY
+    refuse_symlinked_folder(config_dir, folder)
+    path = os.path.join(config_dir, folder)
+    try:
+        found = sorted(os.scandir(path), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    except OSError as exc:
+        raise VolumeError(f"cannot read {path}: {exc.strerror}") from None
+    out: dict[str, FileSnapshot] = {}
+    for entry in found:
+        if entry.is_symlink():
+            raise VolumeError(symlink_refusal(entry.path))
+        if entry.is_file(follow_symlinks=False) and TEMP_MARK not in entry.name:
+            out[f"{folder}/{entry.name}"] = read_snapshot(entry.path)
+    return out
 
 
 def _dkim_key_snapshots(config_dir: str) -> dict[str, FileSnapshot]:

@@ -98,7 +98,7 @@ def confirm_timeout(account_count: int, environ: Mapping[str, str] = os.environ)
 
 def monitored_checksums(sha512: Mapping[str, str]) -> dict[str, str]:
     """From an `ApplyResult.sha512`: only the files DMS's change detector will confirm."""
-    return {name: digest for name, digest in sha512.items() if name in MONITORED}
+    return {name: digest for name, digest in sha512.items() if registry.watched(name)}
 
 
 def parse_chksum(text: str) -> dict[str, str]:
@@ -109,9 +109,10 @@ def parse_chksum(text: str) -> dict[str, str]:
         if len(parts) != 2 or len(parts[0]) != 128:
             continue
         digest, path = parts[0].lower(), parts[1].strip()
-        directory, name = os.path.split(path)
+        name = path[len(DMS_DIR) + 1 :] if path.startswith(DMS_DIR + "/") else ""
         hexadecimal = all(c in "0123456789abcdef" for c in digest)
-        if directory == DMS_DIR and name in MONITORED and hexadecimal:
+        # the top-level files we write, and those under rspamd/ (a logical name with a folder)
+        if name and "/../" not in f"/{name}/" and registry.watched(name) and hexadecimal:
             out[name] = digest
     return out
 

@@ -27,6 +27,9 @@ from reconciler.formats import (
     quotas,
     regexp,
     relaymap,
+    rspamd_commands,
+    rspamd_map,
+    rspamd_ucl,
     sasl,
     virtual,
 )
@@ -47,7 +50,7 @@ def _cron(parsed: Any) -> str:
 def _parsed(codec: Any, parsed: Any) -> Any:
     """What must survive a round trip: the parsed structure without its line-numbered problems
     (a rewrite moves lines) and without the duplicates a rewrite drops on purpose."""
-    if codec is amavis:
+    if codec in (amavis, rspamd_commands):  # read whole, rendered back line for line
         return parsed
     return (parsed.entries, parsed.comments, sorted(parsed.invalid))
 
@@ -68,6 +71,14 @@ CODECS: dict[str, tuple[Any, Callable[[Any], str], list[str]]] = {
     "sa-learn": (cron, _cron, canonical_files("sa-learn")),
     # amavis.cf: our block inside the user's file; with-block.cf is what apply leaves
     "amavis.cf": (amavis, amavis.render, ["with-block.cf"]),
+    "rspamd-override.d": (rspamd_ucl, _lines(rspamd_ucl), canonical_files("rspamd-override.d")),
+    "rspamd-map": (rspamd_map, _lines(rspamd_map), canonical_files("rspamd-map")),
+    # custom-commands.conf: every file is rendered back byte for byte (lines are only removed)
+    "rspamd-custom-commands.conf": (
+        rspamd_commands,
+        lambda parsed: rspamd_commands.render(parsed.lines, parsed.final_newline),
+        corpus_files("rspamd-custom-commands.conf"),
+    ),
 }
 ALL = [(folder, name) for folder in CODECS for name in corpus_files(folder)]
 CANONICAL = [(folder, name) for folder, (_, _, names) in CODECS.items() for name in names]
@@ -89,7 +100,7 @@ def test_parse_of_render_of_parse_is_stable(folder: str, name: str) -> None:
     again = codec.parse(once)
     assert render(again) == once  # what we write is a fixed point
     assert _parsed(codec, codec.parse(render(again))) == _parsed(codec, again)
-    if codec is not amavis:  # and loses no entry (a CRLF quota keeps its key, not its CR)
+    if codec not in (amavis, rspamd_commands):  # and loses no entry (a CRLF quota keeps its key, not its CR)
         assert set(again.entries) == set(parsed.entries)
 
 

@@ -92,10 +92,13 @@ def test_checksum_lines_are_parsed_like_dms_writes_them() -> None:
     a, b = "a" * 128, "b" * 128
     text = (f"{a}  /tmp/docker-mailserver/postfix-accounts.cf\n"
             f"{b}  /tmp/docker-mailserver/postfix-virtual.cf\n"
-            f"{'c' * 128}  /tmp/docker-mailserver/rspamd/override.d/x.conf\n"  # not ours
+            f"{'c' * 128}  /tmp/docker-mailserver/rspamd/override.d/x.conf\n"  # rspamd: ours
+            f"{'e' * 128}  /tmp/docker-mailserver/ssl/cert.pem\n"  # not ours
+            f"{'f' * 128}  /tmp/docker-mailserver/rspamd/../postfix-virtual.cf\n"  # no ..
             f"{'d' * 128}  /etc/letsencrypt/live/mail/postfix-accounts.cf\n"  # another folder
             "garbage line\n")
-    assert dms.parse_chksum(text) == {"postfix-accounts.cf": a, "postfix-virtual.cf": b}
+    assert dms.parse_chksum(text) == {"postfix-accounts.cf": a, "postfix-virtual.cf": b,
+                                      "rspamd/override.d/x.conf": "c" * 128}
 
 
 def test_applied_means_our_hash_or_the_current_one_for_every_file() -> None:
