@@ -19,10 +19,10 @@ import re
 from typing import Any
 
 from reconciler.addresses import check_address, domain_of
-from reconciler.formats import accounts, regexp, virtual
+from reconciler.formats import accounts, regexp
 from reconciler.kinds.base import ExportContext, KindPlan, PlanContext, Want
 from reconciler.kinds.checks import DocView, Reporter
-from reconciler.kinds.routing import self_routed
+from reconciler.kinds.routing import hand_written_virtual, self_routed
 from reconciler.model import DesiredState, RegexpAlias
 from reconciler.observed import Observed
 from reconciler.plan import Action, Change, Kind
@@ -88,7 +88,7 @@ def self_routes(ctx: PlanContext) -> tuple[dict[str, Want], dict[str, Want]]:
     +extension ones (last), by key. Kept accounts (on the volume, not declared) get them too,
     unless a hand-written postfix-virtual.cf line routes them already."""
     kept = [u.key for u in ctx.diff_of(accounts.FILENAME).unmanaged]
-    hand_written = set(ctx.observed.virtual.entries) - ctx.owned(virtual.FILENAME)
+    hand_written = hand_written_virtual(ctx)
     first: dict[str, Want] = {}
     last: dict[str, Want] = {}
     for address in self_routed(ctx.desired, kept_accounts=kept, hand_written=hand_written):

@@ -14,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable
 
 from reconciler.addresses import domain_of
+from reconciler.formats import virtual
+from reconciler.kinds.base import PlanContext
 from reconciler.kinds.checks import DocView, Path, Reporter, failing_targets, find_cycles, suggest
 from reconciler.model import DesiredState
 
@@ -29,23 +31,29 @@ def self_routed(
     Postfix tries `@domain` after the full address: without one, the catch-all would take the
     account's mail (DMS docs, provisioner/file.md). The catch-all's own single target needs none
     (its mail goes to it either way). `kept_accounts` are accounts on the volume that stay
-    although mailserver.yaml does not declare them (`setup email add`): real mailboxes too, unless
-    a hand-written postfix-virtual.cf line (`hand_written`: keys we did not write) routes them."""
+    although mailserver.yaml does not declare them (`setup email add`): real mailboxes too. None
+    for an address a postfix-virtual.cf line that stays and that we did not write routes
+    (`hand_written`: Postfix reads that file first, so the line decides; the plan warns)."""
     catch_domains = {catch.domain for catch in desired.catch_all}
     sole = sole_catch_all_targets(desired)
-    out = {
-        a.address
-        for a in desired.accounts
-        if domain_of(a.address) in catch_domains and a.address.lower() not in sole
-    }
-    out |= {
-        address
-        for address in kept_accounts
-        if domain_of(address) in catch_domains
-        and address not in hand_written
-        and address.lower() not in sole
-    }
-    return sorted(out)
+    candidates = [a.address for a in desired.accounts] + list(kept_accounts)
+    return sorted(
+        {
+            address
+            for address in candidates
+            if domain_of(address) in catch_domains
+            and address not in hand_written
+            and address.lower() not in sole
+        }
+    )
+
+
+def hand_written_virtual(ctx: PlanContext) -> set[str]:
+    """The postfix-virtual.cf keys that stay after this plan and that this tool did not write
+    (none with prune: it deletes them all)."""
+    if ctx.prune:
+        return set()
+    return set(ctx.observed.virtual.entries) - ctx.owned(virtual.FILENAME)
 
 
 def sole_catch_all_targets(desired: DesiredState) -> set[str]:

@@ -25,7 +25,7 @@ from reconciler.kinds.base import (
     with_reason,
 )
 from reconciler.kinds.checks import DocView, Reporter, failing_targets, report_undeclared
-from reconciler.kinds.routing import self_routed, sole_catch_all_targets
+from reconciler.kinds.routing import hand_written_virtual, self_routed, sole_catch_all_targets
 from reconciler.model import Alias, CatchAll, DesiredState
 from reconciler.observed import Observed
 from reconciler.plan import Action, Change, Kind
@@ -60,7 +60,7 @@ def plan(ctx: PlanContext) -> KindPlan:
         self_routed(
             desired,
             kept_accounts=[u.key for u in account_diff.unmanaged],
-            hand_written=set(observed.virtual.entries) - ctx.owned(FILE),
+            hand_written=hand_written_virtual(ctx),
         )
     )
     sole_targets = sole_catch_all_targets(desired)
@@ -137,6 +137,7 @@ def shadow_warnings(
     out: list[str] = []
     account_set = {a.address for a in desired.accounts}
     deleted = {c.key for c in account_diff.changes if c.action is Action.DELETE}
+    catch_domains = {catch.domain for catch in desired.catch_all}
     kept_keys = {entry.key.lower() for entry in virtual_diff.final} | routed
     kept_keys |= {  # exact self-route patterns written by hand
         found[0]
@@ -156,7 +157,14 @@ def shadow_warnings(
                     f"of account(s) {', '.join(swallowed)} (no route of their own): declare "
                     f"`catch_all: {{{item.key[1:]}: ...}}` in mailserver.yaml to fix it"
                 )
-        if item.key in account_set:
+        if item.kind is Kind.SELF_ALIAS and domain_of(item.key) in catch_domains:
+            out.append(
+                f"unmanaged self-alias '{item.key}' in postfix-virtual.cf: DMS logs `Alias "
+                f"'{item.key}' will not be added to '/etc/dovecot/userdb' twice` for it at every "
+                "start and change. Delete the line (or use --prune): dms-reconciler then keeps "
+                "the account's mail from the catch-all by self-routes in postfix-regexp.cf"
+            )
+        elif item.key in account_set:
             out.append(
                 f"unmanaged alias '{item.key}' in postfix-virtual.cf shadows the account "
                 f"'{item.key}': Postfix delivers by the alias (remove it, or use --prune)"
