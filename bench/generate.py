@@ -4,7 +4,7 @@ Deterministic: the same size and seed give byte-identical output. A generated fi
 accounts: N/250 domains (at least 2), N accounts (most with a pre-made `password_hash`, a fraction
 with plaintext secrets via `password_file` and `password_env`, 60% with a quota), 2N aliases with one
 to four targets (accounts, earlier aliases, outside forwards), a catch-all on every fifth domain
-(so its accounts get self-aliases), N/50 devnull addresses, three sa_learn jobs and a quarantine
+(so its accounts get self-routes), N/50 devnull addresses, three sa_learn jobs and a quarantine
 mailbox.
 
 Password hashes: making 50,000 real SHA512-CRYPT hashes would take a minute, so the file reuses a

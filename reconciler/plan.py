@@ -35,7 +35,8 @@ class Kind(str, Enum):
     ALIAS = "alias"
     CATCH_ALL = "catch_all"
     DEVNULL = "devnull"
-    SELF_ALIAS = "self_alias"
+    SELF_ALIAS = "self_alias"  # an account's own line in postfix-virtual.cf (earlier versions)
+    SELF_ROUTE = "self_route"  # an account's own patterns in postfix-regexp.cf (catch-all domain)
     LOCAL_ALIAS = "local_alias"
     QUARANTINE = "quarantine"
     SA_LEARN = "sa_learn"

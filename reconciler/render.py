@@ -59,8 +59,14 @@ def _entry_text(change: dict[str, Any]) -> str:
             kind, kind
         )
         targets = ", ".join(value.get("targets", []))
-        extra = "  (keeps its own mail in a catch-all domain)" if kind == "self_alias" else ""
+        keeps = kind == "self_alias" and change["after"] is not None
+        extra = "  (keeps its own mail in a catch-all domain)" if keeps else ""
         return f"{label} {key} -> {targets}{extra}"
+    if kind == "self_route":
+        targets = value.get("targets", [])
+        extension = any("+${1}@" in t for t in targets)
+        why = "and its +extension addresses" if extension else "keeps its own mail"
+        return f"self-route {key} -> {', '.join(targets)}  ({why} in a catch-all domain)"
     if kind == "local_alias":
         return f"local alias {key}: {value.get('target')}"
     if kind == "quarantine" and key == "block":
@@ -242,6 +248,7 @@ KIND_ORDER = (
     "catch_all",
     "devnull",
     "self_alias",
+    "self_route",
     "local_alias",
     "quarantine",
     "sa_learn",
@@ -346,6 +353,7 @@ def _kind_label(kind: str) -> str:
     return {
         "catch_all": "catch-all",
         "self_alias": "self-alias",
+        "self_route": "self-route",
         "local_alias": "local alias",
         "sa_learn": "sa-learn job",
         "devnull": "devnull address",

@@ -89,6 +89,49 @@ def _quoted_positions(pattern: str) -> frozenset[int]:
     return frozenset(out)
 
 
+# --- self-routes: an account's own mail kept from its domain's catch-all ------------------------
+#
+# Postfix looks a recipient up in every virtual_alias_maps table with the full address, then (with
+# DMS's `recipient_delimiter = +`) in the fixed tables only with `+extension` stripped, then
+# `@domain`. A self-alias `a@d a@d` in postfix-virtual.cf caught both of the first two; as patterns
+# here, the full address goes first (before every other pattern, where postfix-virtual.cf stood)
+# and `a+ext@d` last (after every other pattern, where the stripped lookup came). DMS turns no
+# line of this file into a Dovecot login (its alias dummy accounts read postfix-virtual.cf only).
+
+
+def _literal(text: str) -> str:
+    """`text` as a PCRE literal: every character but letters and digits escaped."""
+    return "".join(c if c.isalnum() and c.isascii() else "\\" + c for c in text)
+
+
+def self_route(address: str) -> RegexpLine:
+    """`/^a@d$/ a@d`: the full address, to itself."""
+    local, _, domain = address.rpartition("@")
+    return RegexpLine(f"^{_literal(local)}@{_literal(domain)}$", "", (address,))
+
+
+def self_route_extension(address: str) -> RegexpLine:
+    """`/^a\\+(.*)@d$/ a+${1}@d`: an address extension, kept (as Postfix keeps an unmatched one)."""
+    local, _, domain = address.rpartition("@")
+    pattern = f"^{_literal(local)}\\+(.*)@{_literal(domain)}$"
+    return RegexpLine(pattern, "", (f"{local}+${{1}}@{domain}",))
+
+
+def self_route_of(entry: RegexpLine) -> tuple[str, bool] | None:
+    """(address, whether it is the extension form) when `entry` is exactly one of the two lines
+    `self_route`/`self_route_extension` make for an address, else None."""
+    if len(entry.targets) != 1 or entry.flags or entry.delimiter != "/":
+        return None
+    target = entry.targets[0]
+    local, at, domain = target.rpartition("@")
+    if not at:
+        return None
+    if local.endswith("+${1}"):
+        address = local[: -len("+${1}")] + "@" + domain
+        return (address, True) if entry == self_route_extension(address) else None
+    return (target, False) if entry == self_route(target) else None
+
+
 def split_pattern(line: str) -> tuple[str, str, str, str] | str:
     """(delimiter, pattern, flags, rest) of a table line, as dict_pcre reads it."""
     delimiter = line[0]

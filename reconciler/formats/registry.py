@@ -70,6 +70,13 @@ FILES: tuple[DmsFile, ...] = (
     # password hashes: not world-readable (DMS's own `setup email add` leaves 0644 under umask 022)
     DmsFile(accounts.FILENAME, accounts.parse, True, True, new_mode=0o640, render=accounts.render),
     DmsFile(quotas.FILENAME, quotas.parse, True, True, render=quotas.render),
+    # postfix-regexp.cf before postfix-virtual.cf: it holds the self-routes that keep an
+    # account's mail from its domain's catch-all, and DMS's change detector hashes the files
+    # (in the order postfix-virtual.cf, postfix-regexp.cf) before it waits for our lock, then
+    # installs only those whose hash changed; the rest waits for its next poll. Written in the
+    # opposite order, DMS can run a new postfix-virtual.cf (a new catch-all, an old self-alias
+    # gone) only together with the new postfix-regexp.cf (its self-routes), never with the old.
+    DmsFile(regexp.FILENAME, regexp.parse, True, True, setup=True, render=regexp.render),
     DmsFile(virtual.FILENAME, virtual.parse, True, True, render=virtual.render),
     DmsFile(aliases.FILENAME, aliases.parse, True, True, render=aliases.render),
     DmsFile(amavis.FILENAME, amavis.parse, entries=False, watched=False, reload=AMAVIS),
@@ -83,7 +90,6 @@ FILES: tuple[DmsFile, ...] = (
         setup=True,
         render=masters.render,
     ),
-    DmsFile(regexp.FILENAME, regexp.parse, True, True, setup=True, render=regexp.render),
     *(
         DmsFile(
             name,

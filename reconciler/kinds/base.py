@@ -251,7 +251,8 @@ class KindPlan:
     files: list[FilePlan] = field(default_factory=list)
     owned: dict[str, frozenset[str]] = field(default_factory=dict)  # after apply, by file
     managed: dict[str, int] = field(default_factory=dict)  # guarded files: entries we own now
-    dropped: dict[str, int] = field(default_factory=dict)  # duplicate lines a rewrite drops
+    # deletions the file's guard does not count: duplicate lines a rewrite drops, self-routes
+    dropped: dict[str, int] = field(default_factory=dict)
     diffs: dict[str, FileDiff] = field(default_factory=dict)  # for later kinds, by file
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)

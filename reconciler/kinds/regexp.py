@@ -3,6 +3,14 @@
 One line per pattern, `/pattern/flags target[,target...]` (a PCRE table: the first matching
 pattern wins, so mailserver.yaml's order is kept and a reorder is a change). Postfix reads it
 after postfix-virtual.cf's addresses and before its catch-alls; DMS watches it and reloads.
+
+The file also holds the self-routes: each account in a declared catch-all domain (but the
+catch-all's sole target) keeps its own mail by two exact patterns, which stand where a self-alias
+in postfix-virtual.cf stood in Postfix's lookups: `/^a@d$/ a@d` before every other pattern, and
+`/^a\\+(.*)@d$/ a+${1}@d` after every other one (see formats/regexp.py). DMS makes no Dovecot login
+of a pattern, so it has nothing to warn about (a self-alias line made it log "will not be added
+to '/etc/dovecot/userdb' twice" at every start and change). They are derived, not declared: the
+deletion guard does not count them.
 """
 
 from __future__ import annotations
@@ -11,9 +19,10 @@ import re
 from typing import Any
 
 from reconciler.addresses import check_address, domain_of
-from reconciler.formats import regexp
+from reconciler.formats import accounts, regexp
 from reconciler.kinds.base import ExportContext, KindPlan, PlanContext, Want
 from reconciler.kinds.checks import DocView, Reporter
+from reconciler.kinds.routing import hand_written_virtual, self_routed
 from reconciler.model import DesiredState, RegexpAlias
 from reconciler.observed import Observed
 from reconciler.plan import Action, Change, Kind
@@ -30,24 +39,80 @@ NOTE = (
 )
 
 
+SELF_ROUTE_NOTE = (
+    "self-routes: an account in a catch-all domain keeps its own mail by two exact patterns in "
+    "postfix-regexp.cf, `/^a@d$/` first and `/^a\\+(.*)@d$/` (its +extension addresses) last, "
+    "which Postfix tries before the `@d` catch-all. DMS makes no login of a pattern, so unlike "
+    "a self-alias in postfix-virtual.cf it has nothing to warn about"
+)
+
+
 def plan(ctx: PlanContext) -> KindPlan:
     out = KindPlan()
     parsed = ctx.observed.regexp
+    first, last = self_routes(ctx)
+    declared = _want(ctx.desired)
+    routes = {**first, **last}
+    want = {**first, **{k: w for k, w in declared.items() if k not in routes}, **last}
     diff = ctx.diff(
         FILE,
-        _want(ctx.desired),
+        want,
         parsed,
         same=lambda a, b: [t.lower() for t in a.targets] == [t.lower() for t in b.targets],
-        show=lambda e: {"targets": list(e.targets)},
-        kind_of=lambda key, e: Kind.REGEXP_ALIAS,
+        show=_show,
+        kind_of=lambda key, e: Kind.SELF_ROUTE if key in routes else _kind_of(key, e),
     )
-    order = _order_change(ctx.desired, ctx.observed)
+    # the +extension routes after every other pattern, the unmanaged ones included
+    diff.final = [e for e in diff.final if e.key not in last] + [w.entry for w in last.values()]
+    order = _order_change(list(want), ctx.observed)
     if order is not None:
         diff.changes.append(order)
-    declared = bool(ctx.desired.regexp_aliases)
-    if out.add_file(ctx, FILE, diff, parsed, listed=declared, guarded=True).write:
-        out.notes.append(NOTE)
+    listed = bool(ctx.desired.regexp_aliases or routes)
+    if out.add_file(ctx, FILE, diff, parsed, listed=listed, guarded=True).write:
+        if any(c.kind is Kind.REGEXP_ALIAS for c in diff.changes):
+            out.notes.append(NOTE)
+        if any(c.kind is Kind.SELF_ROUTE and c.action is Action.CREATE for c in diff.changes):
+            out.notes.append(SELF_ROUTE_NOTE)
+    # Self-routes follow the accounts and catch-alls: the deletion guard (mass deletions of
+    # declared patterns) neither counts them nor the ones this tool manages.
+    out.managed[FILE] = sum(
+        1 for key in ctx.owned(FILE) & parsed.entries.keys() if not _is_self_route(parsed, key)
+    )
+    gone = sum(c.kind is Kind.SELF_ROUTE and c.action is Action.DELETE for c in diff.changes)
+    out.dropped[FILE] = out.dropped.get(FILE, 0) + gone
     return out
+
+
+def self_routes(ctx: PlanContext) -> tuple[dict[str, Want], dict[str, Want]]:
+    """The self-routes this plan wants: the full addresses' patterns (first in the file) and the
+    +extension ones (last), by key. Kept accounts (on the volume, not declared) get them too,
+    unless a hand-written postfix-virtual.cf line routes them already."""
+    kept = [u.key for u in ctx.diff_of(accounts.FILENAME).unmanaged]
+    hand_written = hand_written_virtual(ctx)
+    first: dict[str, Want] = {}
+    last: dict[str, Want] = {}
+    for address in self_routed(ctx.desired, kept_accounts=kept, hand_written=hand_written):
+        line = regexp.self_route(address)
+        first[line.key] = Want(Kind.SELF_ROUTE, line)
+        line = regexp.self_route_extension(address)
+        last[line.key] = Want(Kind.SELF_ROUTE, line)
+    return first, last
+
+
+def _is_self_route(parsed: Any, key: str) -> bool:
+    return regexp.self_route_of(parsed.entries[key]) is not None
+
+
+def _kind_of(key: str, entry: regexp.RegexpLine) -> Kind:
+    """A line on the volume this plan does not want: a self-route by its shape, else an alias."""
+    return Kind.SELF_ROUTE if regexp.self_route_of(entry) is not None else Kind.REGEXP_ALIAS
+
+
+def _show(entry: regexp.RegexpLine) -> dict[str, Any]:
+    found = regexp.self_route_of(entry)
+    if found is None:
+        return {"targets": list(entry.targets)}
+    return {"address": found[0], "targets": list(entry.targets)}
 
 
 def regexp_line(pattern: str, flags: str, targets: tuple[str, ...]) -> regexp.RegexpLine:
@@ -62,12 +127,13 @@ def _want(desired: DesiredState) -> dict[str, Want]:
     return out
 
 
-def _order_change(desired: DesiredState, observed: Observed) -> Change | None:
-    """The declared patterns that are on the volume already, but in another order: first match
+def _order_change(want: list[str], observed: Observed) -> Change | None:
+    """The wanted patterns that are on the volume already, but in another order: first match
     wins, so that is a change of routing."""
-    want = list(_want(desired))
-    have = [key for key in observed.regexp.entries if key in set(want)]
-    wanted = [key for key in want if key in set(have)]
+    wanted_set = set(want)
+    have = [key for key in observed.regexp.entries if key in wanted_set]
+    have_set = set(have)
+    wanted = [key for key in want if key in have_set]
     if have == wanted:
         return None
     return Change(
@@ -283,10 +349,15 @@ def _class_end(pattern: str, position: int) -> int:
 
 
 def export(ctx: ExportContext) -> None:
-    """The patterns PCRE2 and the rules accept, whose plain targets exist here."""
+    """The patterns PCRE2 and the rules accept, whose plain targets exist here; not the
+    self-routes of accounts in an adopted catch-all domain (nothing to declare)."""
     domains, known, catch_domains = ctx.domains(), ctx.known(), ctx.catch_domains()
+    accounts = ctx.accounts()
     out = []
     for key, entry in ctx.observed.regexp.entries.items():
+        found = regexp.self_route_of(entry)
+        if found is not None and found[0] in accounts and domain_of(found[0]) in catch_domains:
+            continue  # a self-route: the adopted catch-all implies it (the planner writes it)
         problem = None
         if entry.delimiter != "/":
             problem = "it is not written between '/' delimiters"

@@ -4,13 +4,65 @@ An address is one thing (an account, an alias or a devnull address: Postfix deli
 alias), an alias target inside a hosted domain exists here, alias chains end (catch-alls are
 nodes too), and no alias expands beyond Postfix's limit. These read the accounts and the virtual
 routing (kinds/accounts.py, kinds/virtual.py) together, so they live beside the kinds, not in
-one; the rules about the `domains` list and `hostname` are in load/rules.py.
+one; the rules about the `domains` list and `hostname` are in load/rules.py. Here too: which
+accounts need a self-route (postfix-regexp.cf, kinds/regexp.py) so a catch-all does not take their
+mail, which the virtual routing (kinds/virtual.py) needs to know as well.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
+
 from reconciler.addresses import domain_of
+from reconciler.formats import virtual
+from reconciler.kinds.base import PlanContext
 from reconciler.kinds.checks import DocView, Path, Reporter, failing_targets, find_cycles, suggest
+from reconciler.model import DesiredState
+
+
+def self_routed(
+    desired: DesiredState,
+    *,
+    kept_accounts: Iterable[str] = (),
+    hand_written: Collection[str] = (),
+) -> list[str]:
+    """The accounts in a declared catch-all domain whose own mail needs a self-route, sorted.
+
+    Postfix tries `@domain` after the full address: without one, the catch-all would take the
+    account's mail (DMS docs, provisioner/file.md). The catch-all's own single target needs none
+    (its mail goes to it either way). `kept_accounts` are accounts on the volume that stay
+    although mailserver.yaml does not declare them (`setup email add`): real mailboxes too. None
+    for an address a postfix-virtual.cf line that stays and that we did not write routes
+    (`hand_written`: Postfix reads that file first, so the line decides; the plan warns)."""
+    catch_domains = {catch.domain for catch in desired.catch_all}
+    sole = sole_catch_all_targets(desired)
+    candidates = [a.address for a in desired.accounts] + list(kept_accounts)
+    return sorted(
+        {
+            address
+            for address in candidates
+            if domain_of(address) in catch_domains
+            and address not in hand_written
+            and address.lower() not in sole
+        }
+    )
+
+
+def hand_written_virtual(ctx: PlanContext) -> set[str]:
+    """The postfix-virtual.cf keys that stay after this plan and that this tool did not write
+    (none with prune: it deletes them all)."""
+    if ctx.prune:
+        return set()
+    return set(ctx.observed.virtual.entries) - ctx.owned(virtual.FILENAME)
+
+
+def sole_catch_all_targets(desired: DesiredState) -> set[str]:
+    """Accounts that are the one target of their own domain's catch-all."""
+    return {
+        catch.targets[0].lower()
+        for catch in desired.catch_all
+        if len(catch.targets) == 1 and domain_of(catch.targets[0]) == catch.domain
+    }
 
 
 def check(report: Reporter, view: DocView) -> None:

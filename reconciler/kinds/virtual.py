@@ -1,19 +1,20 @@
 """Virtual routing: `aliases:`, `catch_all:` and `devnull:`, in `postfix-virtual.cf`, plus the
 `devnull: /dev/null` line of `postfix-aliases.cf` that devnull entries need.
 
-Postfix looks `user@domain` up before `@domain`, so every account in a catch-all domain gets a
-self-alias line (`a@example.com a@example.com`), or the catch-all would take its mail; the
-catch-all's own single target needs none. Unmanaged lines that divert an account's mail after
-this plan are warned about, never touched.
+Postfix looks `user@domain` up before `@domain`, so every account in a catch-all domain needs its
+own route, or the catch-all would take its mail. That route is a pair of exact patterns in
+postfix-regexp.cf (kinds/regexp.py), not a self-alias line here: DMS makes a Dovecot login of
+every `a@d a@d` line and warned at every start and change that it already had one. Self-alias
+lines this tool wrote before are deleted in the apply that writes the patterns. Unmanaged lines
+that divert an account's mail after this plan are warned about, never touched.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
 from typing import Any
 
 from reconciler.addresses import check_address, check_domain, domain_of
-from reconciler.formats import accounts, aliases, virtual
+from reconciler.formats import accounts, aliases, regexp, virtual
 from reconciler.kinds.base import (
     ExportContext,
     FileDiff,
@@ -24,6 +25,7 @@ from reconciler.kinds.base import (
     with_reason,
 )
 from reconciler.kinds.checks import DocView, Reporter, failing_targets, report_undeclared
+from reconciler.kinds.routing import hand_written_virtual, self_routed, sole_catch_all_targets
 from reconciler.model import Alias, CatchAll, DesiredState
 from reconciler.observed import Observed
 from reconciler.plan import Action, Change, Kind
@@ -32,6 +34,10 @@ NAME = "virtual"
 FILE = virtual.FILENAME
 DEVNULL_TARGET = "devnull"
 DEVNULL_LOCAL = aliases.LocalAlias("devnull", "/dev/null")
+MOVED_REASON = (
+    "moved to postfix-regexp.cf as exact patterns (self-routes): DMS warned about this line at "
+    "every start and change"
+)
 SOLE_TARGET_REASON = (
     "not needed: the account is the only target of its domain's catch-all "
     "(DMS warned about this line at every start and change)"
@@ -44,23 +50,21 @@ def plan(ctx: PlanContext) -> KindPlan:
     account_diff = ctx.diff_of(accounts.FILENAME)
     diff = ctx.diff(
         FILE,
-        want(
-            desired,
-            kept_accounts=[u.key for u in account_diff.unmanaged],
-            hand_written=set(observed.virtual.entries) - ctx.owned(FILE),
-        ),
+        want(desired),
         observed.virtual,
         same=_same,
         show=_show,
         kind_of=_kind_of,
     )
+    routed = set(
+        self_routed(
+            desired,
+            kept_accounts=[u.key for u in account_diff.unmanaged],
+            hand_written=hand_written_virtual(ctx),
+        )
+    )
     sole_targets = sole_catch_all_targets(desired)
-    diff.changes = [
-        with_reason(c, SOLE_TARGET_REASON)
-        if c.action is Action.DELETE and c.kind is Kind.SELF_ALIAS and c.key in sole_targets
-        else c
-        for c in diff.changes
-    ]
+    diff.changes = [_self_alias_reason(c, routed, sole_targets) for c in diff.changes]
     out.add_file(ctx, FILE, diff, observed.virtual, duplicates=True)
     local_diff = ctx.diff(
         aliases.FILENAME,
@@ -71,90 +75,34 @@ def plan(ctx: PlanContext) -> KindPlan:
         kind_of=lambda key, e: Kind.LOCAL_ALIAS,
     )
     out.add_file(ctx, aliases.FILENAME, local_diff, observed.local_aliases, duplicates=True)
-    out.warnings += shadow_warnings(desired, observed, diff, account_diff)
-    if warning := self_alias_warning(desired, diff.changes):
-        out.warnings.append(warning)
+    out.warnings += shadow_warnings(desired, observed, diff, account_diff, routed)
     return out
 
 
-def want(
-    desired: DesiredState,
-    *,
-    kept_accounts: Iterable[str] = (),
-    hand_written: Collection[str] = (),
-) -> dict[str, Want]:
-    """The managed postfix-virtual.cf entries. `kept_accounts` are accounts on the volume that
-    stay although the file does not declare them (unmanaged); `hand_written` are the virtual
-    keys on the volume this tool did not write."""
+def _self_alias_reason(change: Change, routed: set[str], sole_targets: set[str]) -> Change:
+    """Why a self-alias line of ours goes: its route moved to postfix-regexp.cf, or the account
+    is its catch-all's sole target; otherwise the usual reason (the account or catch-all left)."""
+    if change.action is not Action.DELETE or change.kind is not Kind.SELF_ALIAS:
+        return change
+    if change.key in routed:
+        return with_reason(change, MOVED_REASON)
+    if change.key in sole_targets:
+        return with_reason(change, SOLE_TARGET_REASON)
+    return change
+
+
+def want(desired: DesiredState) -> dict[str, Want]:
+    """The managed postfix-virtual.cf entries: aliases, catch-alls and devnull addresses (the
+    accounts of a catch-all domain keep their mail by patterns in postfix-regexp.cf)."""
     out: dict[str, Want] = {}
     for alias in desired.aliases:
         out[alias.address] = Want(Kind.ALIAS, virtual.VirtualLine(alias.address, alias.targets))
-    catch_domains = set()
     for catch in desired.catch_all:
         key = "@" + catch.domain
-        catch_domains.add(catch.domain)
         out[key] = Want(Kind.CATCH_ALL, virtual.VirtualLine(key, catch.targets))
     for address in desired.devnull:
         out[address] = Want(Kind.DEVNULL, virtual.VirtualLine(address, (DEVNULL_TARGET,)))
-    sole_targets = sole_catch_all_targets(desired)
-    for account in desired.accounts:
-        # Postfix checks `user@domain` before `@domain`: without this line the catch-all
-        # would take the account's mail (DMS docs, provisioner/file.md). The catch-all's own
-        # single target needs none (its mail goes to it either way), and DMS warns about it.
-        if (
-            domain_of(account.address) in catch_domains
-            and account.address.lower() not in sole_targets
-        ):
-            out[account.address] = Want(
-                Kind.SELF_ALIAS, virtual.VirtualLine(account.address, (account.address,))
-            )
-    for address in kept_accounts:
-        # A kept account this tool did not write (`setup email add`) is a real mailbox too: the
-        # catch-all must not take its mail either, unless a hand-written alias already routes it.
-        if (
-            domain_of(address) in catch_domains
-            and address not in out
-            and address not in hand_written
-        ):
-            out[address] = Want(Kind.SELF_ALIAS, virtual.VirtualLine(address, (address,)))
     return out
-
-
-def sole_catch_all_targets(desired: DesiredState) -> set[str]:
-    """Accounts that are the one target of their own domain's catch-all."""
-    return {
-        catch.targets[0].lower()
-        for catch in desired.catch_all
-        if len(catch.targets) == 1 and domain_of(catch.targets[0]) == catch.domain
-    }
-
-
-def self_alias_warning(desired: DesiredState, changes: Iterable[Change]) -> str | None:
-    """DMS v15.1.0 (ENABLE_QUOTAS=1, its default) logs a WARN at every start and change for each
-    self-alias (`_create_dovecot_alias_dummy_accounts` finds the account's own userdb line). The
-    line is still needed: without it the catch-all takes the account's mail. Said once, by the
-    plan that writes a self-alias or its domain's catch-all (`changes`: postfix-virtual.cf's),
-    not by every later plan of the same setup."""
-    written = [c for c in changes if c.action is not Action.DELETE]
-    new_self = {c.key.lower() for c in written if c.kind is Kind.SELF_ALIAS}
-    new_catch = {c.key[1:].lower() for c in written if c.kind is Kind.CATCH_ALL}
-    catch_domains = {catch.domain for catch in desired.catch_all}
-    sole_targets = sole_catch_all_targets(desired)
-    names = sorted(
-        a.address
-        for a in desired.accounts
-        if domain_of(a.address) in catch_domains
-        and a.address.lower() not in sole_targets
-        and (a.address.lower() in new_self or domain_of(a.address) in new_catch)
-    )
-    if not names:
-        return None
-    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    return (
-        f"self-alias(es) {shown} keep their own mail in a catch-all domain; DMS logs "
-        "`WARN Alias '...' will not be added to '/etc/dovecot/userdb' twice` for each at "
-        "every start and change (harmless: routing is right; see docs/real-dms.md)"
-    )
 
 
 def _same(have: virtual.VirtualLine, want: virtual.VirtualLine) -> bool:
@@ -178,27 +126,45 @@ def _kind_of(key: str, entry: virtual.VirtualLine) -> Kind:
 
 
 def shadow_warnings(
-    desired: DesiredState, observed: Observed, virtual_diff: FileDiff, account_diff: FileDiff
+    desired: DesiredState,
+    observed: Observed,
+    virtual_diff: FileDiff,
+    account_diff: FileDiff,
+    routed: set[str] | frozenset[str] = frozenset(),
 ) -> list[str]:
-    """Unmanaged entries whose mail goes astray after this plan: say so, do not touch them."""
+    """Unmanaged entries whose mail goes astray after this plan: say so, do not touch them.
+    `routed`: the accounts the plan gives a self-route."""
     out: list[str] = []
     account_set = {a.address for a in desired.accounts}
     deleted = {c.key for c in account_diff.changes if c.action is Action.DELETE}
-    kept_keys = {entry.key.lower() for entry in virtual_diff.final}
+    catch_domains = {catch.domain for catch in desired.catch_all}
+    kept_keys = {entry.key.lower() for entry in virtual_diff.final} | routed
+    kept_keys |= {  # exact self-route patterns written by hand
+        found[0]
+        for entry in observed.regexp.entries.values()
+        if (found := regexp.self_route_of(entry)) is not None and not found[1]
+    }
     for item in virtual_diff.unmanaged:
         if item.kind is Kind.CATCH_ALL:
-            # the DMS catch-all trap: without a self-alias, Postfix hands the catch-all the mail
-            # of every real account in the domain
+            # the DMS catch-all trap: without a route of their own, Postfix hands the catch-all
+            # the mail of every real account in the domain
             swallowed = sorted(
                 a for a in account_set if "@" + domain_of(a) == item.key and a not in kept_keys
             )
             if swallowed:
                 out.append(
                     f"unmanaged catch-all '{item.key}' in postfix-virtual.cf takes the mail "
-                    f"of account(s) {', '.join(swallowed)} (no self-alias): declare "
+                    f"of account(s) {', '.join(swallowed)} (no route of their own): declare "
                     f"`catch_all: {{{item.key[1:]}: ...}}` in mailserver.yaml to fix it"
                 )
-        if item.key in account_set:
+        if item.kind is Kind.SELF_ALIAS and domain_of(item.key) in catch_domains:
+            out.append(
+                f"unmanaged self-alias '{item.key}' in postfix-virtual.cf: DMS logs `Alias "
+                f"'{item.key}' will not be added to '/etc/dovecot/userdb' twice` for it at every "
+                "start and change. Delete the line (or use --prune): dms-reconciler then keeps "
+                "the account's mail from the catch-all by self-routes in postfix-regexp.cf"
+            )
+        elif item.key in account_set:
             out.append(
                 f"unmanaged alias '{item.key}' in postfix-virtual.cf shadows the account "
                 f"'{item.key}': Postfix delivers by the alias (remove it, or use --prune)"
@@ -212,7 +178,7 @@ def shadow_warnings(
                     f"{', '.join(gone)}"
                 )
     # The other way round: an alias this plan declares takes the mail of an account it keeps.
-    # (A declared catch-all does not: kept accounts in its domain get a self-alias.)
+    # (A declared catch-all does not: kept accounts in its domain get a self-route.)
     if not account_diff.unmanaged:
         return out  # and then the declared entries need not be built a second time
     declared = {key: wanted.kind for key, wanted in want(desired).items()}
@@ -269,8 +235,9 @@ def _check_addresses(report: Reporter, view: DocView) -> None:
 def export(ctx: ExportContext) -> None:
     """Aliases, catch-alls and devnull addresses that adopt without changing how mail is routed.
 
-    Self-aliases are not declared (the planner adds them); a catch-all that swallows the mail of
-    real accounts today (no self-alias) and aliases whose targets do not resolve stay unmanaged.
+    Self-aliases here and self-routes in postfix-regexp.cf are not declared (the catch-all
+    implies them: the planner writes the self-routes); a catch-all that swallows the mail of real
+    accounts today (neither) and aliases whose targets do not resolve stay unmanaged.
     """
     account_set = ctx.accounts()
     devnull_on = (
@@ -323,9 +290,15 @@ def export(ctx: ExportContext) -> None:
             continue
         aliases[key] = targets
 
-    # A catch-all whose domain has accounts without a self-alias swallows their mail today. Its
-    # own single target is not swallowed (its mail goes to it either way), and the planner wants
-    # no self-alias for it (`sole_catch_all_targets`): adopting changes nothing.
+    # Exact self-route patterns in postfix-regexp.cf keep an account's mail as a self-alias does.
+    self_aliases |= {
+        found[0]
+        for entry in ctx.observed.regexp.entries.values()
+        if (found := regexp.self_route_of(entry)) is not None and not found[1]
+    }
+    # A catch-all whose domain has accounts without either swallows their mail today. Its own
+    # single target is not swallowed (its mail goes to it either way), and the planner wants no
+    # self-route for it (`sole_catch_all_targets`): adopting changes nothing.
     for domain in sorted(catch_all):
         sole = catch_all[domain][0] if len(catch_all[domain]) == 1 else None
         trapped = sorted(
@@ -334,8 +307,9 @@ def export(ctx: ExportContext) -> None:
         if trapped:
             ctx.warnings.append(
                 f"catch-all @{domain} takes the mail of account(s) {', '.join(trapped[:5])}"
-                f"{' ...' if len(trapped) > 5 else ''} (no self-alias); left unmanaged so routing "
-                f"does not change. Add `catch_all: {{{domain}: ...}}` to mailserver.yaml to fix it"
+                f"{' ...' if len(trapped) > 5 else ''} (no self-alias or self-route); left "
+                f"unmanaged so routing does not change. Add `catch_all: {{{domain}: ...}}` to "
+                "mailserver.yaml to fix it"
             )
             del catch_all[domain]
 

@@ -54,7 +54,7 @@ def make_plan(
         name: deletion_guard(
             name,
             sum(c.action is Action.DELETE and c.file == name for c in out.changes)
-            - out.dropped.get(name, 0),  # a dropped duplicate line is no deletion of an entry
+            - out.dropped.get(name, 0),  # a dropped duplicate line or self-route: not counted
             managed,
             desired,
             "accounts" if name == accounts.FILENAME else f"entries of {name}",

@@ -73,7 +73,7 @@ def test_plans_against_a_ref_validate(repo: Repo) -> None:
 
 
 # A catch-all domain with an account that is not the catch-all's target: that account gets a
-# self-alias (the bundled example's only catch-all domain account is the target, which needs none).
+# self-route (the bundled example's only catch-all domain account is the target, which needs none).
 SELF_ALIAS_DESIRED = f"""version: 1
 domains: [example.org]
 accounts:
@@ -95,9 +95,19 @@ def test_every_kind_and_file_validates(tmp_path: Path) -> None:
     second.write_text(SELF_ALIAS_DESIRED)
     self_alias_plan = cli_json("plan", "-f", str(second), *volume.args(), "--offline")
     check(self_alias_plan)
-    self_aliases = [c for c in self_alias_plan["changes"] if c["kind"] == "self_alias"]
-    assert [c["key"] for c in self_aliases] == ["bob@example.org"]
-    kinds = {c["kind"] for c in plan["changes"]} | {"self_alias"}
+    routes = [c["after"] for c in self_alias_plan["changes"] if c["kind"] == "self_route"]
+    assert [r["address"] for r in routes] == ["bob@example.org", "bob@example.org"]
+    # an earlier version's self-alias line: deleted as its self-routes are written
+    volume.write("postfix-accounts.cf", f"bob@example.org|{HASH['admin']}\n")
+    volume.write("postfix-virtual.cf", "bob@example.org bob@example.org\n")
+    volume.write("dms-reconciler.state.json", json.dumps(
+        {"format": 1, "owns_cron": False, "owned": {"postfix-virtual.cf": ["bob@example.org"]}}))
+    moved = cli_json("plan", "-f", str(second), *volume.args(), "--offline")
+    check(moved)
+    assert [c["key"] for c in moved["changes"] if c["kind"] == "self_alias"] == ["bob@example.org"]
+    for name in ("postfix-accounts.cf", "postfix-virtual.cf", "dms-reconciler.state.json"):
+        (volume.config / name).unlink()
+    kinds = {c["kind"] for c in plan["changes"]} | {"self_alias", "self_route"}
     assert kinds == set(SCHEMA["$defs"]["knownKinds"]["enum"]) - {"unmanaged"}
     volume.write("postfix-accounts.cf", f"legacy@example.com|{HASH['dave']}\n")
     volume.write("postfix-virtual.cf", "@example.org someone@example.net\n")

@@ -83,6 +83,47 @@ def test_export_still_refuses_a_catch_all_that_takes_another_accounts_mail(
     assert plan_json(out, volume)["changes"] == []
 
 
+@pytest.mark.parametrize("form", ["self-alias", "self-route"])
+def test_export_reads_self_aliases_and_self_routes_as_nothing_to_declare(tmp_path: Path,
+                                                                        form: str) -> None:
+    """dave keeps his own mail next to the catch-all to carol, by a self-alias line (what
+    earlier versions wrote, and DMS's docs suggest) or by self-routes (what this one writes):
+    either way the catch-all is adopted, neither becomes an alias or a regexp alias, and the
+    plan of the exported file keeps dave's routing (a self-alias moves to self-routes)."""
+    volume = make_volume(tmp_path / "dms")
+    volume.write("postfix-accounts.cf",
+                 f"carol@example.net|{CAROL}\ndave@example.net|{CAROL}\n")
+    if form == "self-alias":
+        volume.write("postfix-virtual.cf",
+                     "@example.net carol@example.net\ndave@example.net dave@example.net\n")
+    else:
+        volume.write("postfix-virtual.cf", "@example.net carol@example.net\n")
+        volume.write("postfix-regexp.cf", "/^dave@example\\.net$/ dave@example.net\n"
+                     "/^dave\\+(.*)@example\\.net$/ dave+${1}@example.net\n")
+    out = tmp_path / "mailserver.yaml"
+    done = export(volume, out)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    assert "catch_all:\n  example.net: carol@example.net" in text, text
+    assert "aliases" not in text and "dave@example.net:" in text, text  # dave: an account only
+    data = plan_json(out, volume)
+    assert data["changes"] == []
+    if form == "self-route":
+        assert data["unmanaged"] == []
+        return
+    # a line we did not write: kept, and it still routes dave; the plan says DMS warns about it
+    # and how to be rid of it: --prune deletes it as it writes dave's self-routes
+    assert [(u["file"], u["kind"]) for u in data["unmanaged"]] == [
+        ("postfix-virtual.cf", "self_alias")]
+    assert any("twice" in w and "--prune" in w for w in data["warnings"]), data["warnings"]
+    pruned = run_cli("plan", "-f", str(out), *volume.args(), "--format", "json", "--prune")
+    assert pruned.returncode == 0, pruned.stderr
+    changes = sorted((c["file"], c["kind"], c["actions"][0])
+                     for c in json.loads(pruned.stdout)["changes"])
+    assert changes == [("postfix-regexp.cf", "self_route", "create")] * 2 + [
+        ("postfix-virtual.cf", "self_alias", "delete")], changes
+
+
 # --- item 6: apply -> export -> plan is empty, again and again --------------------------------
 
 

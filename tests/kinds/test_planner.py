@@ -96,16 +96,19 @@ def test_plaintext_secret_keeps_a_hash_that_verifies(tmp_path: Path) -> None:
     assert set(changed.secrets) == {"a@example.com"}
 
 
-def test_catch_all_domain_accounts_get_self_aliases_and_devnull_its_local_alias(tmp_path: Path) -> None:
+def test_catch_all_domain_accounts_get_self_routes_and_devnull_its_local_alias(tmp_path: Path) -> None:
     state = desired(f"  a@example.com: {{password_hash: '{HASH_A}'}}\n"
                     f"  b@example.com: {{password_hash: '{HASH_A}'}}\n"
                     "catch_all:\n  example.com: a@example.com\ndevnull: [no@example.com]\n")
     plan = plan_for(state, observed_from(tmp_path, {}))
     kinds = {(c.file, c.kind, c.key) for c in plan.changes}
-    assert ("postfix-virtual.cf", Kind.SELF_ALIAS, "b@example.com") in kinds
-    # the catch-all's own single target needs no self-alias (DMS warns about that line)
-    assert not any(c.key == "a@example.com" for c in plan.changes if c.file == "postfix-virtual.cf")
-    assert any("self-alias(es) b@example.com" in w for w in plan.warnings)
+    assert ("postfix-regexp.cf", Kind.SELF_ROUTE, r"/^b@example\.com$/") in kinds
+    assert ("postfix-regexp.cf", Kind.SELF_ROUTE, r"/^b\+(.*)@example\.com$/") in kinds
+    # no self-alias line in postfix-virtual.cf (DMS warns about each), none for the catch-all's
+    # own single target (its mail goes to it either way), and nothing to warn about
+    assert not any(c.kind is Kind.SELF_ALIAS for c in plan.changes)
+    assert not any("a@example.com" in c.key for c in plan.changes if c.file == "postfix-regexp.cf")
+    assert not any("self-alias" in w or "twice" in w for w in plan.warnings), plan.warnings
     assert ("postfix-virtual.cf", Kind.CATCH_ALL, "@example.com") in kinds
     assert ("postfix-virtual.cf", Kind.DEVNULL, "no@example.com") in kinds
     assert ("postfix-aliases.cf", Kind.LOCAL_ALIAS, "devnull") in kinds

@@ -1,5 +1,6 @@
-"""Messages a new admin meets (issue 20): the self-alias warning is said once, where it matters,
-and its Markdown is well formed; validate names indentation mistakes, the bad cron field, and
+"""Messages a new admin meets (issue 20; issue 22 made the self-alias warning unnecessary: the
+self-routes in postfix-regexp.cf give DMS nothing to warn about, and the note on them has well
+formed Markdown); validate names indentation mistakes, the bad cron field, and
 offers the near address for a typo'd alias target."""
 
 from __future__ import annotations
@@ -10,58 +11,51 @@ from reconciler import render
 from tests.kinds.test_planner import HASH_A, desired, observed_from, plan_for
 from tests.support.util import run_cli, write_desired
 
-# --- the self-alias warning ---------------------------------------------------------------------
+# --- self-routes instead of self-aliases: nothing for DMS (or the plan) to warn about ------------
 
 CATCH_ALL = (f"  a@example.com: {{password_hash: '{HASH_A}'}}\n"
              f"  b@example.com: {{password_hash: '{HASH_A}'}}\n"
              "catch_all:\n  example.com: a@example.com\n")
+# what an earlier version wrote: b's self-alias in postfix-virtual.cf
 APPLIED = {"postfix-accounts.cf": f"a@example.com|{HASH_A}\nb@example.com|{HASH_A}\n",
            "postfix-virtual.cf": "b@example.com b@example.com\n@example.com a@example.com\n"}
 OWNED = {"postfix-accounts.cf": ["a@example.com", "b@example.com"],
          "postfix-virtual.cf": ["b@example.com", "@example.com"]}
 
 
-def _self_alias_warnings(plan) -> list[str]:
-    return [w for w in plan.warnings if "self-alias" in w]
+def _dms_warnings(plan) -> list[str]:
+    return [w for w in plan.warnings if "self-alias" in w or "twice" in w]
 
 
-def test_the_self_alias_warning_comes_with_the_plan_that_makes_the_self_alias(tmp_path: Path):
+def test_no_self_alias_and_no_warning_for_an_account_in_a_catch_all_domain(tmp_path: Path):
     first = plan_for(desired(CATCH_ALL), observed_from(tmp_path / "1", {}))
-    assert [w.split(" keep")[0] for w in _self_alias_warnings(first)] == [
-        "self-alias(es) b@example.com"]
-    # applied: nothing to do, nothing to say
-    again = plan_for(desired(CATCH_ALL), observed_from(tmp_path / "2", APPLIED, OWNED))
-    assert not again.has_changes and _self_alias_warnings(again) == []
-    # a new account in the catch-all domain: its own self-alias is new, the old one is not named
-    grown = desired(f"  c@example.com: {{password_hash: '{HASH_A}'}}\n" + CATCH_ALL)
-    plan = plan_for(grown, observed_from(tmp_path / "3", APPLIED, OWNED))
-    assert [w.split(" keep")[0] for w in _self_alias_warnings(plan)] == [
-        "self-alias(es) c@example.com"]
-    # the catch-all itself changes (a is no longer its sole target): every self-alias is named
-    moved = desired(CATCH_ALL.replace("example.com: a@example.com",
-                                      "example.com: [a@example.com, x@elsewhere.net]"))
-    plan = plan_for(moved, observed_from(tmp_path / "4", APPLIED, OWNED))
-    assert [w.split(" keep")[0] for w in _self_alias_warnings(plan)] == [
-        "self-alias(es) a@example.com, b@example.com"]
-    # an unrelated change says nothing about self-aliases
-    other = desired(CATCH_ALL + "aliases:\n  info@example.com: a@example.com\n")
-    plan = plan_for(other, observed_from(tmp_path / "5", APPLIED, OWNED))
-    assert plan.has_changes and _self_alias_warnings(plan) == []
+    assert _dms_warnings(first) == []
+    assert {(c.file, c.kind.value) for c in first.changes if c.file != "postfix-accounts.cf"
+            and "b" in c.key} == {("postfix-regexp.cf", "self_route")}
+    # a volume an earlier version wrote: b's self-alias goes, saying why, as its routes arrive
+    moved = plan_for(desired(CATCH_ALL), observed_from(tmp_path / "2", APPLIED, OWNED))
+    assert _dms_warnings(moved) == []
+    [gone] = [c for c in moved.changes if c.action.value == "delete"]
+    assert (gone.file, gone.kind.value, gone.key) == (
+        "postfix-virtual.cf", "self_alias", "b@example.com")
+    assert gone.reason.startswith("moved to postfix-regexp.cf"), gone.reason
+    assert sorted(c.key for c in moved.changes if c.action.value == "create") == [
+        r"/^b@example\.com$/", r"/^b\+(.*)@example\.com$/"]
 
 
-def test_plan_then_apply_then_plan_warns_once(tmp_path: Path, volume):
+def test_plan_then_apply_then_plan_warns_never(tmp_path: Path, volume):
     path = write_desired(tmp_path / "mailserver.yaml",
                          "version: 1\ndomains: [example.com]\naccounts:\n" + CATCH_ALL)
     args = ["-f", str(path), *volume.args()]
     applied = run_cli("apply", *args)
     assert applied.returncode == 0, applied.stderr
-    assert "self-alias(es) b@example.com keep their own mail" in applied.stdout + applied.stderr
+    assert not [line for line in (applied.stdout + applied.stderr).splitlines()
+                if line.startswith("Warning") and "self" in line], applied.stdout
+    assert "b@example.com" not in (volume.config / "postfix-virtual.cf").read_text()
     for fmt in ("text", "markdown", "json"):
-        result = run_cli("plan", *args, "--format", fmt)
-        assert result.returncode == 0, result.stderr
-        assert "self-alias" not in result.stdout + result.stderr, fmt
-    again = run_cli("apply", *args)
-    assert "self-alias" not in again.stdout + again.stderr
+        result = run_cli("plan", *args, "--format", fmt, "--detailed-exitcode")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "self-" not in result.stdout + result.stderr, fmt
 
 
 def test_markdown_keeps_closing_punctuation_out_of_a_code_span():
@@ -74,12 +68,12 @@ def test_markdown_keeps_closing_punctuation_out_of_a_code_span():
         "\\(pattern `^(a|b)@example.org`\\)"
 
 
-def test_the_self_alias_warning_in_markdown_has_well_formed_code_spans(tmp_path: Path):
+def test_the_self_route_note_in_markdown_has_well_formed_code_spans(tmp_path: Path):
     plan = plan_for(desired(CATCH_ALL), observed_from(tmp_path, {}))
     markdown = render.markdown(plan.to_dict())
-    line = next(line for line in markdown.splitlines() if "self" in line and "alias" in line
-                and "WARN" in line)
-    assert "`docs/real-dms.md`\\)" in line, line
+    line = next(line for line in markdown.splitlines() if "self\\-routes:" in line)
+    assert "`/^a\\+(.*)@d$/`" in line and "\\(its \\+extension addresses\\)" in line, line
+    assert line.count("`") % 2 == 0, line
 
 
 # --- validate: indentation, cron fields, did you mean ---------------------------------------------

@@ -333,6 +333,8 @@ class MailStack:
         _write(pf / "vmailbox", "".join(f"{line}\n" for line in vmailbox))
         source = config / "postfix-virtual.cf"
         _write(pf / "virtual", source.read_text() if source.exists() else "")
+        source = config / "postfix-regexp.cf"  # _handle_postfix_regexp_config: `: >`, then `cp`
+        _write(pf / "regexp", source.read_text() if source.exists() else "")
         aliases_cf = config / "postfix-aliases.cf"
         _write(pf / "aliases", "postmaster: root\n"
                + (aliases_cf.read_text() if aliases_cf.exists() else ""))
@@ -363,7 +365,8 @@ inet_protocols = ipv4
 mynetworks = 127.0.0.0/8
 virtual_mailbox_domains = {pf}/vhost
 virtual_mailbox_maps = texthash:{pf}/vmailbox
-virtual_alias_maps = texthash:{pf}/virtual
+# DMS appends pcre:/etc/postfix/regexp (a copy of postfix-regexp.cf) when that file exists
+virtual_alias_maps = texthash:{pf}/virtual, pcre:{pf}/regexp
 alias_maps = hash:{pf}/aliases
 alias_database = hash:{pf}/aliases
 mail_spool_directory = {r}/localmail

@@ -131,7 +131,7 @@ def test_an_unknown_address_in_a_catch_all_domain_reaches_the_catch_all_target(
 @pytest.mark.parametrize("rcpt", ["bob@example.com", "bob+newsletter@example.com"])
 def test_a_real_account_in_a_catch_all_domain_keeps_its_own_mail(base: MailStack,
                                                                  rcpt: str) -> None:
-    # Without the self-alias `bob@example.com bob@example.com` the catch-all would take it.
+    # Without its self-route (exact patterns in postfix-regexp.cf) the catch-all would take it.
     sent = base.send(rcpt)
     assert sent.code == 250, sent.reply
     assert base.copies(sent.token) == {"bob@example.com": 1}
@@ -204,7 +204,7 @@ def test_removed_accounts_lose_their_mail_routing_but_keep_their_maildirs(site: 
     carol = stack.send("carol@example.org")
     assert carol.code == 550, carol.reply
     assert not stack.imap_login("carol@example.org", CAROL_PASSWORD)
-    # bob's domain has one: his self-alias went with him, so the catch-all takes his mail.
+    # bob's domain has one: his self-route went with him, so the catch-all takes his mail.
     bob = stack.send("bob@example.com")
     assert bob.code == 250, bob.reply
     assert stack.copies(bob.token) == {"admin@example.com": 1}
@@ -237,12 +237,46 @@ def test_a_hand_added_account_in_a_catch_all_domain_keeps_its_own_mail(site: Sit
         assert stack.copies(carl.token) == {"carl@example.com": 1}
         dora = stack.send("dora@example.com")
         assert stack.copies(dora.token) == {"jane@example.org": 1}
-        assert "self-alias carl@example.com -> carl@example.com" in output
-        assert "self-alias dora@example.com" not in output
+        assert r"self-route /^carl@example\.com$/ -> carl@example.com" in output
+        assert "dora" not in (config / "postfix-regexp.cf").read_text()
         assert "dora@example.com jane@example.org\n" in (config / "postfix-virtual.cf").read_text()
     finally:
         site.apply("--prune")  # back to exactly the base file for any later test
-    assert "carl@example.com" not in (config / "postfix-virtual.cf").read_text()
+    assert "carl" not in (config / "postfix-regexp.cf").read_text()
+
+
+def test_self_routes_stand_where_the_self_alias_stood_among_regexp_aliases(site: Site) -> None:
+    """Postfix tries the full address in postfix-virtual.cf, then in postfix-regexp.cf, then
+    (+extension stripped) the fixed tables only, then `@domain`. A declared pattern that also
+    matches bob's address does not take his mail (his full-address route comes first, where
+    postfix-virtual.cf stood); one for `bob+sales@` does (his +extension route comes last, where
+    the stripped lookup stood); other +extensions stay his, other addresses the pattern's."""
+    site.ensure()
+    stack = site.stack
+    patterns = ("regexp_aliases:\n"
+                "  - {pattern: '^bo[a-z]*@example\\.com$', to: jane@example.org}\n"
+                "  - {pattern: '^bob\\+sales@example\\.com$', to: jane@example.org}\n")
+    site.desired.write_text(desired_yaml(site.secret) + patterns)
+    try:
+        done = run_cli("apply", "-f", str(site.desired), *stack.volume.args(),
+                       env={"BOB_PASSWORD": BOB_PASSWORD})
+        assert done.returncode == 0, done.stdout + done.stderr
+        stack.rebuild()
+        lines = (stack.volume.config / "postfix-regexp.cf").read_text().splitlines()[1:]
+        assert lines == [r"/^bob@example\.com$/ bob@example.com",
+                         r"/^bo[a-z]*@example\.com$/ jane@example.org",
+                         r"/^bob\+sales@example\.com$/ jane@example.org",
+                         r"/^bob\+(.*)@example\.com$/ bob+${1}@example.com"]
+        for rcpt, owner in [("bob@example.com", "bob@example.com"),
+                            ("bob+sales@example.com", "jane@example.org"),
+                            ("bob+other@example.com", "bob@example.com"),
+                            ("boz@example.com", "jane@example.org"),
+                            ("whoever@example.com", "admin@example.com")]:
+            sent = stack.send(rcpt)
+            assert sent.code == 250, sent.reply
+            assert stack.copies(sent.token) == {owner: 1}, rcpt
+    finally:
+        site.apply("--allow-deletions", "2")  # back to the base file: both patterns go
 
 
 # --- password rotation ------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 The scenario is a volume in state A (applied by dms-reconciler, plus hand-made unmanaged entries)
 and a desired file B that changes every managed file: accounts added, deleted and re-hashed (some
-hashed at apply from password_env), quotas, aliases, the catch-all and its self-aliases, devnull,
+hashed at apply from password_env), quotas, aliases, the catch-all and its self-routes, devnull,
 the quarantine block and a shorter sa-learn cron file.
 
 `strace -e inject=SET:signal=KILL:when=N` stops the real CLI process on entry to its N-th traced
@@ -31,8 +31,8 @@ with warnings.catch_warnings():
 B64 = "./0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 STATE = "dms-reconciler.state.json"
 LOCK = "check-for-changes.sh.lock"
-MANAGED = ("postfix-accounts.cf", "postfix-virtual.cf", "postfix-aliases.cf", "dovecot-quotas.cf",
-           "amavis.cf", "cron")
+MANAGED = ("postfix-accounts.cf", "postfix-regexp.cf", "postfix-virtual.cf", "postfix-aliases.cf",
+           "dovecot-quotas.cf", "amavis.cf", "cron")
 # Every system call that changes the disk (a kill before each reaches every state the disk can be
 # left in). `openat` is left out: tracing the hundreds of reads at start-up would double the time.
 TRACED = ("write,pwrite64,fsync,fdatasync,rename,renameat,renameat2,link,linkat,unlink,unlinkat,"

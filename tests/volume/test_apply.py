@@ -297,3 +297,40 @@ def test_a_new_accounts_file_is_not_world_readable(tmp_path, volume):
 def _accounts(volume: Volume) -> list[str]:
     text = volume.read("postfix-accounts.cf") or ""
     return [line.split("|")[0] for line in text.splitlines() if "|" in line]
+
+
+# --- self-routes (issue 22) -------------------------------------------------------------------
+
+CATCH_ALL_DOMAIN = "catch_all: {example.com: a0@example.com}\n"
+
+
+def test_self_routes_are_put_in_place_before_postfix_virtual(tmp_path, volume):
+    """DMS's change detector hashes postfix-virtual.cf, then postfix-regexp.cf, before it waits
+    for our lock, and installs only what changed in that snapshot: writing postfix-regexp.cf
+    first, DMS never runs the new postfix-virtual.cf (here: the old self-aliases gone and a new
+    catch-all) without the self-routes."""
+    names = [f"a{i}" for i in range(3)]
+    desired = write_desired(tmp_path / "mailserver.yaml", accounts_yaml(names, CATCH_ALL_DOMAIN))
+    lines = [f"{n}@example.com|{h}" for n, h in zip(names, hashes(3), strict=True)]
+    volume.write("postfix-accounts.cf", "\n".join(lines) + "\n")
+    volume.write("postfix-virtual.cf", "a1@example.com a1@example.com\n")
+    volume.write("dms-reconciler.state.json", json.dumps(
+        {"format": 1, "owns_cron": False, "owned": {"postfix-virtual.cf": ["a1@example.com"]}}))
+    done = run_cli("apply", "-f", str(desired), *volume.args(), "--format", "json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    written = json.loads(done.stdout)["applied"]["files_written"]
+    assert written.index("postfix-regexp.cf") < written.index("postfix-virtual.cf"), written
+    assert "a1@example.com a1" not in volume.read("postfix-virtual.cf")
+    assert r"/^a2@example\.com$/ a2@example.com" in volume.read("postfix-regexp.cf")
+
+
+def test_removing_a_catch_all_is_not_refused_for_its_self_routes(tmp_path, volume):
+    """Self-routes follow the accounts and catch-alls: the deletion guard of postfix-regexp.cf
+    (mass deletions of declared patterns) neither counts them nor refuses their deletion."""
+    names = [f"a{i}" for i in range(6)]
+    desired = write_desired(tmp_path / "mailserver.yaml", accounts_yaml(names, CATCH_ALL_DOMAIN))
+    apply_ok(desired, volume)
+    assert volume.read("postfix-regexp.cf").count("\n") == 1 + 2 * 5  # header, a1..a5
+    desired.write_text(accounts_yaml(names))
+    apply_ok(desired, volume)
+    assert "example" not in volume.read("postfix-regexp.cf")
