@@ -25,9 +25,6 @@ if TYPE_CHECKING:
     from reconciler.gitrev import GitRevision
     from reconciler.reconcile import Target
 
-# Each command imports what it needs (the loader, the planner, the executor, passlib ...) in its
-# own body: `--version`, `--help` and `validate` do not pay for what only `apply` uses.
-
 
 def _prune_option(func: Any) -> Any:
     return click.option(
