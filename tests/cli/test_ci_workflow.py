@@ -22,7 +22,7 @@ import jsonschema
 import pytest
 import yaml
 
-from reconciler.cli.commands import cli
+from reconciler.cli.main import cli
 from tests.cli.test_ci_plan import BASE, HEAD
 from tests.support.ci_util import Repo, git, load_plan_schema, make_repo
 from tests.support.util import PYTHONPATH, REPO

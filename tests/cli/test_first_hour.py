@@ -169,7 +169,7 @@ def test_colour_follows_the_terminal_term_dumb_no_color_and_force_color(tmp_path
 def test_the_readme_command_table_lists_every_command_and_option() -> None:
     """Checked against the real click commands: each command has a row (or two, for apply PLAN),
     and every long option of the command appears in its rows."""
-    from reconciler.cli.commands import cli
+    from reconciler.cli.main import cli
 
     readme = (REPO / "README.md").read_text()
     rows = [line for line in readme.splitlines() if line.startswith("| `")]

@@ -47,7 +47,7 @@ def test_the_first_command_prints_what_the_readme_shows(tmp_path: Path) -> None:
 
 
 def test_every_environment_variable_is_listed() -> None:
-    from reconciler.cli.commands import cli
+    from reconciler.cli.main import cli
 
     names = {param.envvar for command in cli.commands.values() for param in command.params
              if isinstance(param.envvar, str)}

@@ -260,7 +260,7 @@ def test_volume_lines_with_nul_or_cr_are_kept_as_they_are_never_read_as_entries(
 BYPASS = (
     "import sys, reconciler.kinds.relay as rules\n"
     "rules.check_relay_host = lambda host: None\n"  # validation bypassed: the codec must hold
-    "from reconciler.cli.commands import main\n"
+    "from reconciler.cli.main import main\n"
     "sys.argv[0] = 'dms-reconciler'\n"
     "main()\n"
 )

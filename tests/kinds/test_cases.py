@@ -13,7 +13,7 @@ Every case is checked the same way: the plan equals the golden files; apply to a
 exactly `after/` (and touches no file whose bytes stay the same); a second plan is empty; a second
 apply leaves every file byte-identical with its mtime and inode unchanged.
 
-The commands run in-process through `reconciler.cli.commands.main` (the same entry point as the console
+The commands run in-process through `reconciler.cli.main.main` (the same entry point as the console
 script) from a work folder with relative paths, so no absolute path reaches the golden files.
 Only two things are masked, both random by design:
 - a password hash made for a new `password_file`/`password_env` secret: the golden line holds
@@ -42,7 +42,7 @@ from pathlib import Path
 import pytest
 
 from reconciler import dkimkeys
-from reconciler.cli.commands import main
+from reconciler.cli.main import main
 from reconciler.formats import accounts, masters, opendkim
 from reconciler.load.desired import load_desired
 from reconciler.model import PasswordEnv, PasswordFile

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from reconciler import dkimkeys
-from reconciler.cli.commands import cli
+from reconciler.cli.main import cli
 from reconciler.errors import VolumeError
 from reconciler.formats import opendkim
 from reconciler.load.desired import load_desired
