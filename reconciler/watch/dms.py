@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -59,6 +60,7 @@ CONFIRM_SECONDS_PER_ACCOUNT = 0.08  # about twice DMS's measured worst case (41 
 # A hung engine must not hold the sidecar's loop (and its SIGTERM) for long: queries (list,
 # inspect, `cat`) answer in milliseconds. Restarting Amavis takes seconds on a real server.
 API_TIMEOUT_SECONDS = 10.0
+FACTS_TIMEOUT_SECONDS = 2.0  # reading DMS's settings before a plan waits no longer than this
 COMMAND_TIMEOUT_SECONDS = 120.0
 
 
@@ -160,6 +162,7 @@ class Dms:
         self.environ = environ
         self.api_timeout = api_timeout
         self.command_timeout = command_timeout
+        self.unreachable_at: float | None = None  # when (monotonic) the engine last did not answer
         self._docker: Any = None
 
     # --- finding things -----------------------------------------------------------------------
@@ -231,6 +234,7 @@ class Dms:
             ) from None
         except Exception as exc:
             self._forget_client()
+            self.unreachable_at = time.monotonic()
             raise DmsUnavailable(
                 f"cannot reach the Docker engine at {self.engine_address()}: "
                 f"{_why(exc, self.api_timeout)}"
@@ -276,6 +280,7 @@ class Dms:
             ) from None
         except Exception as exc:
             self._forget_client()
+            self.unreachable_at = time.monotonic()
             raise DmsUnavailable(
                 f"lost the Docker engine at {self.engine_address()}: "
                 f"{_why(exc, timeout or self.api_timeout)}"
@@ -475,11 +480,27 @@ class Dms:
 
     def read_facts(self) -> DmsFacts:
         """DMS's release and settings from the container's environment (`docker inspect`
-        Config.Env), DMS's defaults for unset ones; never raises: why not, in the facts."""
+        Config.Env), DMS's defaults for unset ones; never raises: why not, in the facts.
+
+        Asked before every plan, so it waits at most FACTS_TIMEOUT_SECONDS for the engine: a
+        slow or hung engine must not hold a change back for a whole query timeout."""
+        api_timeout = self.api_timeout
         try:
-            container = self.find()
+            client = self._client()  # made with the usual timeout, which it keeps
+            api = getattr(client, "api", None)
+            previous = getattr(api, "timeout", None)
+            self.api_timeout = min(api_timeout, FACTS_TIMEOUT_SECONDS)
+            if api is not None:
+                api.timeout = self.api_timeout
+            try:
+                container = self.find()
+            finally:
+                if api is not None:
+                    api.timeout = previous
         except DmsUnavailable as exc:
             return dms_target.unreadable(self.describe(), str(exc))
+        finally:
+            self.api_timeout = api_timeout
         name = str(getattr(container, "name", "") or self.describe())
         env = (getattr(container, "attrs", None) or {}).get("Config", {}) or {}
         items = env.get("Env") if isinstance(env, dict) else None

@@ -148,6 +148,9 @@ def enabled(environ: Mapping[str, str] = os.environ) -> bool:
     return value not in ("0", "false", "no", "off")
 
 
+SKIP_AFTER_UNREACHABLE = 30.0  # seconds fast apply is not tried after the engine did not answer
+
+
 @dataclass(frozen=True)
 class Result:
     """How one change was applied: `path` "fast" (done here, DMS's record updated) or "dms"
@@ -230,6 +233,13 @@ class FastApply:
         if not any(name in dmsgen.MONITORED for name in written):
             return None
         started = time.monotonic()
+        unreachable_at = getattr(self.dms, "unreachable_at", None)
+        if unreachable_at is not None and started - unreachable_at < SKIP_AFTER_UNREACHABLE:
+            # the engine did not answer a moment ago: asking again would hold DMS's lock (and the
+            # sidecar's loop) for another query timeout; DMS's change detector has the change
+            return Result(
+                "dms", "the Docker engine did not answer lately; left to DMS", unreachable=True
+            )
         # a new amavis.cf: the confirmer copies it and restarts Amavis after this, which reads the
         # new vhost too: one restart instead of DMS's reload and then that restart
         self._amavis_follows = amavis.FILENAME in written

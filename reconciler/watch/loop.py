@@ -50,6 +50,9 @@ RETRY_FIRST_SECONDS = 1.0  # after a failed reconcile: 1 s, doubling up to --int
 Action = Literal["poll_dms", "preview", "reconfirm", "change", "settle", "resync", "sleep"]
 
 
+FACTS_RETRY_AFTER = 30.0  # seconds before the engine is asked for DMS facts after a failure
+
+
 class StopTimedOut(BaseException):
     """Raised in the main thread when the step in flight outlives the stop grace period.
 
@@ -227,6 +230,7 @@ class Watcher:
         self.heartbeat = Heartbeat(self.options.stuck_after, clock=clock)
         self.status = Status(alive=self._alive, stuck=self.heartbeat.stuck)
         self._facts: DmsFacts | None = None  # the DMS release and settings last reported
+        self._facts_read_at: float | None = None  # when (clock) they were last asked for
         if dms is not None and target.dms_facts is None:
             target.dms_facts = self._dms_facts  # every plan is made for the DMS seen then
         self.log = logs.get("watch")
@@ -278,8 +282,19 @@ class Watcher:
 
     def _dms_facts(self) -> DmsFacts:
         """The DMS container's release and settings, read for each plan; logged and exported
-        (`dms_reconciler_dms_info`) when they change (a new container, an upgrade)."""
+        (`dms_reconciler_dms_info`) when they change (a new container, an upgrade). After the
+        engine could not say, it is asked again only FACTS_RETRY_AFTER later: a slow or hung
+        engine must not cost every change a query timeout."""
         assert self.dms is not None
+        now = self.clock()
+        if (
+            self._facts is not None
+            and self._facts.error
+            and self._facts_read_at is not None
+            and now - self._facts_read_at < FACTS_RETRY_AFTER
+        ):
+            return self._facts
+        self._facts_read_at = now
         facts = self.dms.read_facts()
         if facts != self._facts:
             self._facts = facts

@@ -217,8 +217,19 @@ def test_the_example_runs_dms_and_the_sidecar(project: ComposeProject) -> None:
 def test_dms_restarted_in_the_middle_of_a_change(project: ComposeProject) -> None:
     """The change written while DMS has not applied it yet (its change detector held with
     supervisorctl, so the moment is certain), then `docker restart`: the sidecar, waiting for
-    DMS, ends in a confirmation from the restarted DMS."""
+    DMS, ends in a confirmation from the restarted DMS. DMS's own path is what this is about, so
+    one of DMS's generators is marked changed: the sidecar's fast apply then leaves the change to
+    DMS, as it does for any DMS it was not proven against (tests/realdms/test_fast_apply.py)."""
     dms = project.dms()
+    dms.sh("cp -a /usr/local/bin/helpers/accounts.sh /tmp/accounts.sh.orig && "
+           "echo '# a changed generator' >> /usr/local/bin/helpers/accounts.sh")
+    try:
+        _restarted_mid_change(project, dms)
+    finally:
+        dms.sh("cp -a /tmp/accounts.sh.orig /usr/local/bin/helpers/accounts.sh")
+
+
+def _restarted_mid_change(project: ComposeProject, dms: Any) -> None:
     dms.sh("supervisorctl stop changedetector")
     after = len(project.sidecar_records())
     project.edit("  postmaster@example.test: admin@example.test\n",

@@ -142,6 +142,8 @@ def run_change(dms: RealDms, target: Target, client: Dms, bystander: str, local:
                        "DMS to record the change")
     finally:
         probe.stop()
+    if not fast:  # mail DMS's rebuild deferred waits for Postfix's next queue run: start it now
+        dms.sh("postqueue -f")
     for subject in probe.sent:
         dms.wait_for_mail(bystander, subject, timeout=300)
     log = dms.mail_log()[log_mark:]
