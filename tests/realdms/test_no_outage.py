@@ -11,11 +11,8 @@ afterwards every mail the probe sent must be in the bystander's inbox (bounded w
 
 from __future__ import annotations
 
-import re
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,52 +24,11 @@ from reconciler.watch.dms import Dms
 from reconciler.watch.fastapply import FastApply, Result
 from tests.realdms import harness
 from tests.realdms.harness import DmsVolume, RealDms, wait_until
+from tests.realdms.probe import PASSWORD, Probe, mail_trouble, wait_delivered, with_bystander
 
 pytestmark = pytest.mark.realdms
 
 ACCOUNTS = 1000
-PASSWORD = "pool-password-0"
-BYSTANDER_LOCAL = "zz-bystander-with-the-longest-address-of-all"
-
-
-@dataclass
-class Probe:
-    """IMAP logins and mails to the bystander, one after the other, until stopped."""
-
-    dms: RealDms
-    address: str
-    logins: int = 0
-    failed_logins: int = 0
-    sent: list[str] = field(default_factory=list)
-    refused: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def start(self) -> Probe:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(60)
-
-    def _run(self) -> None:
-        number = 0
-        while not self._stop.is_set():
-            self.logins += 1
-            if not self.dms.imap_login(self.address, PASSWORD):
-                self.failed_logins += 1
-            number += 1
-            subject = f"probe-{id(self)}-{number}"
-            code, out = self.dms.exec(
-                ["swaks", "--server", "127.0.0.1", "--port", "25", "--from", self.address,
-                 "--to", self.address, "--h-Subject", subject, "--silent", "2"])
-            if code == 0:
-                self.sent.append(subject)
-            else:
-                self.refused.append(out.strip().splitlines()[-1] if out.strip() else str(code))
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +39,8 @@ def big_host(
     image = dms_image.image  # both images: the realdms group's matrix (conftest.py)
     volume = DmsVolume(realdms_root / f"outage-{dms_image.id}")
     spec = benchgen.build(ACCOUNTS, secrets_from="file", plaintext_fraction=0.0, alias_ratio=1)
-    domain = spec.domains[0]
-    bystander = f"{BYSTANDER_LOCAL}@{domain}"
-    text = benchgen.to_yaml(spec).replace(
-        "hostname: mail.bench-host.test", f"hostname: {harness.HOSTNAME}"
-    ).replace(
-        "accounts:\n",
-        f'accounts:\n  {bystander}:\n    password_hash: "{benchgen.hash_pool()[0]}"\n', 1,
-    )
+    text, bystander = with_bystander(benchgen.to_yaml(spec).replace(
+        "hostname: mail.bench-host.test", f"hostname: {harness.HOSTNAME}"), spec.domains[0])
     desired = volume.root / "mailserver.yaml"
     desired.write_text(text)
     target = Target(str(desired), str(volume.config), str(volume.cron))
@@ -144,11 +94,8 @@ def run_change(dms: RealDms, target: Target, client: Dms, bystander: str, local:
         probe.stop()
     if not fast:  # mail DMS's rebuild deferred waits for Postfix's next queue run: start it now
         dms.sh("postqueue -f")
-    for subject in probe.sent:
-        dms.wait_for_mail(bystander, subject, timeout=300)
-    log = dms.mail_log()[log_mark:]
-    trouble = [line for line in log.splitlines()
-               if bystander in line and re.search(r"status=(deferred|bounced)|\b451\b|\b550\b", line)]
+    wait_delivered(dms, probe)
+    trouble = mail_trouble(dms.mail_log()[log_mark:], bystander)
     return probe, took, trouble, next((r for r in results if r is not None), None)
 
 

@@ -1,0 +1,61 @@
+"""The end-to-end benchmark (bench/end_to_end.py) at its smallest: 50 accounts (fewer make
+bench/generate.py write an empty devnull list, which is invalid), one repetition, DMS v15.1.0
+only (the benchmark runs one image per call; its figures are for docs/performance.md, this only
+proves it still runs and measures what it says). About 2-3 minutes.
+
+It checks the table's shape (one row per path, every cell filled) and, from the runs it writes
+as JSON, that fast apply applied its change (the sidecar's confirmation says so) without a
+bystander missing from the userdb, without a deferred, bounced, refused or lost mail; a failed
+bystander login is allowed only where Dovecot logged it as racing a `dovecot reload`
+("Internal login failure": docs/performance.md says why fast apply still has those)."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from bench import end_to_end
+from tests.realdms import harness
+from tests.realdms.harness import RealEngine
+
+pytestmark = pytest.mark.realdms
+
+TIME = re.compile(r"^\d+\.\d\d s$")
+OF = re.compile(r"^(\d+) of (\d+)( \(.+\))?$")
+
+
+def test_the_end_to_end_bench_runs_and_fast_apply_leaves_the_bystander_alone(
+    real_engine: RealEngine, dms_images: dict[str, harness.DmsImage], tmp_path: Path,
+) -> None:
+    out = io.StringIO()
+    runs_file = tmp_path / "runs.json"
+    image = dms_images["v15.1.0"].image
+    code = end_to_end.main(["--accounts", "50", "--repeat", "1", "--image", image,
+                            "--json", str(runs_file)], engine=real_engine, out=out)
+    assert code == 0
+    text = out.getvalue()
+    lines = text.splitlines()
+    header = f"| {' | '.join(end_to_end.COLUMNS)} |"
+    assert header in lines, text
+    rows = [line.strip("|").split(" | ") for line in lines if line.startswith("| 50 |")]
+    assert [row[1] for row in rows] == list(end_to_end.PATHS.values()), text
+    for row in rows:
+        cells = [cell.strip() for cell in row]
+        assert len(cells) == len(end_to_end.COLUMNS), row
+        assert all(TIME.match(cell) for cell in cells[2:5]), row
+        assert all(OF.match(cell) for cell in cells[5:7]), row
+
+    runs = json.loads(runs_file.read_text())
+    assert [r["path"] for r in runs] == ["fast", "detector", "setup"]
+    fast = runs[0]
+    assert fast["applied_by"] == "fast apply", fast
+    assert fast["logins"] >= 1 and fast["mails"] >= 1, fast  # the probe ran
+    assert fast["missing"] == 0 and fast["deferrals"] == 0 and fast["lost"] == 0, fast
+    assert fast["failed_logins"] == fast["at_reload"], fast
+    assert runs[1]["applied_by"] == "DMS's change detector", runs[1]
+    for run in runs:
+        assert 0 < run["login"] and 0 < run["mail"] and 0 < run["done"], run
