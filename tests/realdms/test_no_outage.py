@@ -96,9 +96,14 @@ def run_change(dms: RealDms, target: Target, client: Dms, bystander: str, local:
                        "DMS to record the change")
     finally:
         probe.stop()
-    if not fast:  # mail DMS's rebuild deferred waits for Postfix's next queue run: start it now
+    if fast:
+        wait_delivered(dms, probe)  # every probe mail arrives: nothing was deferred or bounced
+    else:
+        # DMS's rebuild bounced some probe mails for good (the outage this shows) and deferred
+        # others until Postfix's next queue run: start that run now and wait for the queue to drain
         dms.sh("postqueue -f")
-    wait_delivered(dms, probe)
+        wait_until(lambda: "Mail queue is empty" in dms.sh("postqueue -p"), 300,
+                   "Postfix's queue to drain")
     trouble = mail_trouble(dms.mail_log()[log_mark:], bystander)
     return probe, took, trouble, next((r for r in results if r is not None), None)
 
