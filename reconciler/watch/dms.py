@@ -485,22 +485,19 @@ class Dms:
         Asked before every plan, so it waits at most FACTS_TIMEOUT_SECONDS for the engine: a
         slow or hung engine must not hold a change back for a whole query timeout."""
         api_timeout = self.api_timeout
+        self.api_timeout = min(api_timeout, FACTS_TIMEOUT_SECONDS)
+        api = getattr(self._docker, "api", None)  # the client, when one was made already
+        if api is not None:
+            api.timeout = self.api_timeout
         try:
-            client = self._client()  # made with the usual timeout, which it keeps
-            api = getattr(client, "api", None)
-            previous = getattr(api, "timeout", None)
-            self.api_timeout = min(api_timeout, FACTS_TIMEOUT_SECONDS)
-            if api is not None:
-                api.timeout = self.api_timeout
-            try:
-                container = self.find()
-            finally:
-                if api is not None:
-                    api.timeout = previous
+            container = self.find()
         except DmsUnavailable as exc:
             return dms_target.unreadable(self.describe(), str(exc))
         finally:
             self.api_timeout = api_timeout
+            api = getattr(self._docker, "api", None)  # made now, or before: the usual timeout
+            if api is not None:
+                api.timeout = api_timeout
         name = str(getattr(container, "name", "") or self.describe())
         env = (getattr(container, "attrs", None) or {}).get("Config", {}) or {}
         items = env.get("Env") if isinstance(env, dict) else None
