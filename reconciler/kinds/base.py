@@ -11,11 +11,12 @@ Export runs the other way, volume -> mailserver.yaml fields, in an `ExportContex
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from reconciler.addresses import domain_of, split_hash
+from reconciler.addresses import domain_of, local_of, split_hash
+from reconciler.formats import cron
 from reconciler.formats._lines import ParsedFile
 from reconciler.model import DesiredState
 from reconciler.observed import Observed
@@ -380,3 +381,23 @@ class ExportContext:
     def domains(self) -> set[str]:
         """The domains the adopted accounts, aliases, catch-alls and devnull addresses are in."""
         return {domain_of(a) for a in self.known()} | self.catch_domains()
+
+
+def learn_lines(
+    jobs: Iterable[Any], line_of: Callable[[str, str, str, str, str], str]
+) -> list[Any]:
+    """The cron lines of learn jobs (sa_learn's and rspamd's), in job order, without duplicates:
+    one per account, per domain, or one for every mailbox; `line_of(schedule, learn, domain,
+    user, folder)` writes the command."""
+    out: dict[str, cron.CronLine] = {}
+    for job in jobs:
+        if job.accounts is not None:
+            scopes = [(domain_of(a), local_of(a)) for a in job.accounts]
+        elif job.domains is not None:
+            scopes = [(d, "*") for d in job.domains]
+        else:
+            scopes = [("*", "*")]
+        for domain, user in scopes:
+            text = line_of(job.schedule, job.learn.value, domain, user, job.folder)
+            out.setdefault(text, cron.CronLine(text))
+    return list(out.values())

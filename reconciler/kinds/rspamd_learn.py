@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import replace
 
-from reconciler.addresses import check_domain, domain_of, local_of
+from reconciler.addresses import check_domain, domain_of
 from reconciler.formats import cron
 from reconciler.formats.cron import check_folder, check_schedule
-from reconciler.kinds.base import ExportContext, KindPlan, PlanContext
+from reconciler.kinds.base import ExportContext, KindPlan, PlanContext, learn_lines
 from reconciler.kinds.checks import DocView, Reporter, report_undeclared, section, strings, suggest
 from reconciler.model import DesiredState, Learn, Rspamd, SaLearnJob
 from reconciler.plan import Kind
@@ -26,18 +26,7 @@ NAME = "rspamd_learn"
 
 
 def lines(desired: DesiredState) -> list[cron.CronLine]:
-    out: dict[str, cron.CronLine] = {}
-    for job in desired.rspamd.learn:
-        if job.accounts is not None:
-            scopes = [(domain_of(a), local_of(a)) for a in job.accounts]
-        elif job.domains is not None:
-            scopes = [(d, "*") for d in job.domains]
-        else:
-            scopes = [("*", "*")]
-        for domain, user in scopes:
-            text = cron.rspamc_line(job.schedule, job.learn.value, domain, user, job.folder)
-            out.setdefault(text, cron.CronLine(text))
-    return list(out.values())
+    return learn_lines(desired.rspamd.learn, cron.rspamc_line)
 
 
 def plan(ctx: PlanContext) -> KindPlan:

@@ -12,10 +12,10 @@ from collections import defaultdict
 from collections.abc import Mapping
 from typing import Any
 
-from reconciler.addresses import check_domain, domain_of, local_of
+from reconciler.addresses import check_domain, domain_of
 from reconciler.formats import cron
 from reconciler.formats.cron import check_folder, check_schedule
-from reconciler.kinds.base import ExportContext, KindPlan, PlanContext
+from reconciler.kinds.base import ExportContext, KindPlan, PlanContext, learn_lines
 from reconciler.kinds.checks import DocView, Reporter, report_undeclared, strings, suggest
 from reconciler.model import DesiredState, Learn, SaLearnJob
 from reconciler.observed import CRON, Observed
@@ -112,18 +112,7 @@ def plan(ctx: PlanContext) -> KindPlan:
 
 def cron_lines(desired: DesiredState) -> list[cron.CronLine]:
     """The cron lines for the declared sa_learn jobs, in job order, without duplicates."""
-    lines: dict[str, cron.CronLine] = {}
-    for job in desired.sa_learn:
-        if job.accounts is not None:
-            scopes = [(domain_of(a), local_of(a)) for a in job.accounts]
-        elif job.domains is not None:
-            scopes = [(d, "*") for d in job.domains]
-        else:
-            scopes = [("*", "*")]
-        for domain, user in scopes:
-            text = cron.job_line(job.schedule, job.learn.value, domain, user, job.folder)
-            lines.setdefault(text, cron.CronLine(text))
-    return list(lines.values())
+    return learn_lines(desired.sa_learn, cron.job_line)
 
 
 def _old_form_lines(have: Mapping[str, Any], want: Mapping[str, Any]) -> dict[str, str]:
