@@ -338,11 +338,18 @@ class RealDms:
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.logs()[-4000:]}") from None
 
+    def listening(self, port: int) -> bool:
+        return self.exec(["nc", "-z", "127.0.0.1", str(port)])[0] == 0
+
     def wait_amavis(self, timeout: float = 180.0) -> None:
         """Amavis (port 10024) and Postfix (25) answer: mail can go through the content filter."""
-        wait_until(lambda: self.exec(["nc", "-z", "127.0.0.1", "10024"])[0] == 0
-                   and self.exec(["nc", "-z", "127.0.0.1", "25"])[0] == 0,
+        wait_until(lambda: self.listening(10024) and self.listening(25),
                    timeout, "Amavis on 10024 and Postfix on 25")
+
+    def wait_postfix(self, timeout: float = 180.0) -> None:
+        """Postfix answers on 25: DMS logs 'is up and running' before supervisord has always
+        started it (seen on v16 after a restart)."""
+        wait_until(lambda: self.listening(25), timeout, "Postfix on 25")
 
     # --- mail -----------------------------------------------------------------------------------
 

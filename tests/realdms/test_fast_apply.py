@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from bench import generate as benchgen
 from reconciler.reconcile import Target, apply_once
@@ -57,9 +58,12 @@ def host(
 
 
 def add_account(target: Target, local: str) -> str:
+    """One account in a domain without a catch-all: in a catch-all domain it would also get
+    self-routes, a change to postfix-regexp.cf (which the fixture makes read-only in DMS)."""
     desired = Path(target.desired_path)
     text = desired.read_text()
-    domain = text.split("domains:\n  - ", 1)[1].split("\n", 1)[0]
+    loaded = yaml.safe_load(text)
+    domain = next(d for d in loaded["domains"] if d not in (loaded.get("catch_all") or {}))
     address = f"{local}@{domain}"
     pool_hash = benchgen.hash_pool()[0]
     text = text.replace("accounts:\n", f'accounts:\n  {address}:\n    password_hash: "{pool_hash}"\n'

@@ -127,6 +127,7 @@ def test_no_warning_at_the_next_start(old_volume: tuple[RealDms, Path]) -> None:
     dms.mark()
     dms.container.restart(timeout=30)
     wait_until(lambda: dms.logs().count("is up and running") >= 2, 180, "DMS to start again")
+    dms.wait_postfix()
     dms.send("carol+again@example.test", "after-restart", sender=SENDER)
     dms.wait_for_mail("carol@example.test", "after-restart")
     # supervisord's WARN lines about the stop we asked for are not about our files
