@@ -15,6 +15,7 @@ from reconciler.plan import Kind
 from tests.support.ci_util import load_plan_schema
 from tests.support.util import REPO, make_volume, run_cli, sha512_hash
 
+PW_HASH = "$2$6y69exj8zem6kpp43kiabd98j8pwccew$paw15tsh6f9ef1osyfkpsdm34jb5g1qcohj563yj59y69zthttcy"
 DOC = (REPO / "docs" / "plan-json.md").read_text()
 FULL_RSPAMD = f"""\
 version: 1
@@ -30,7 +31,7 @@ rspamd:
   options:
     common: {{local_networks: "192.168.0.0/16"}}
     module: {{classifier-bayes: {{autolearn: true}}}}
-  controller: {{password_hash: "$2$6y69exj8zem6kpp43kiabd98j8pwccew$paw15tsh6f9ef1osyfkpsdm34jb5g1qcohj563yj59y69zthttcy"}}
+  controller: {{password_hash: "{PW_HASH}"}}
   learn:
     - {{schedule: "0 2 * * *", learn: spam, folder: .Junk, accounts: [admin@example.test]}}
 """
