@@ -9,6 +9,11 @@ state machine that the loop drives; it never writes the volume:
   restart owed for a new amavis.cf; looked at again (`reconfirm`, 1 s doubling up to 15 s)
   until DMS answers, quietly.
 
+Files under rspamd/ are awaited only while DMS's change detector hashes them (ENABLE_RSPAMD=1 in
+the DMS container); their confirmation says that DMS reloaded Rspamd. With Rspamd off DMS never
+records them: they are not awaited, and the log says the change has no effect until Rspamd is
+enabled.
+
 While a write is awaited, the loop only plans new changes (to report them) and writes them
 together once this says DMS confirmed or the wait timed out.
 """
@@ -50,6 +55,8 @@ class DmsClient(Protocol):
 
     def reload_opendkim(self) -> dms_mod.Report: ...
 
+    def rspamd_on(self) -> bool: ...
+
 
 @dataclass
 class Awaiting:
@@ -63,6 +70,7 @@ class Awaiting:
     failures: int = 0  # looks in a row that could not ask DMS
     accounts: int = 0  # how big the write was (the timeout grows with it)
     applied_by: str = "DMS's change detector"  # or "fast apply"
+    rspamd: tuple[str, ...] = ()  # the files under rspamd/ among `expected`: DMS reloads Rspamd
 
 
 class Confirmer:
@@ -152,6 +160,7 @@ class Confirmer:
         if expected:
             try:
                 self.dms.find()
+                expected = self._hashed_by_dms(expected)
             except dms_mod.DmsUnavailable as exc:
                 self._could_not_ask(
                     expected,
@@ -159,7 +168,8 @@ class Confirmer:
                     f"applied, but could not confirm that DMS picked the change up: {exc}",
                 )
             else:
-                self._await(expected, accounts)
+                if expected:
+                    self._await(expected, accounts)
                 if self.awaiting is not None and applied_by is not None:
                     if applied_by.path == "fast":
                         self.awaiting.applied_by = "fast apply"
@@ -180,7 +190,9 @@ class Confirmer:
             self.metrics.dms_confirm_seconds.set(took)
             self.awaiting = None
             self.publish(
-                "confirmed", f"DMS applied the change in {took:.1f} s (by {awaiting.applied_by})"
+                "confirmed",
+                f"DMS applied the change in {took:.1f} s (by {awaiting.applied_by})"
+                + _rspamd_reloaded(awaiting.rspamd),
             )
             return
         awaiting.failures = awaiting.failures + 1 if report.state == "unconfirmed" else 0
@@ -216,11 +228,19 @@ class Confirmer:
         if self.reloads_owed:
             self._reload_services(retry=True)
         if self.unconfirmed:
+            try:
+                self.unconfirmed = self._hashed_by_dms(self.unconfirmed)
+            except dms_mod.DmsUnavailable:
+                pass  # check_applied says so
+        if self.unconfirmed:
             report = self.dms.check_applied(self.unconfirmed, self._current_sha512)
             if report.state == "confirmed":
+                rspamd = tuple(dms_mod.rspamd_names(self.unconfirmed))
                 self.unconfirmed = {}
                 self.publish(
-                    "confirmed", "DMS applied the change (confirmed once DMS could be asked again)"
+                    "confirmed",
+                    "DMS applied the change (confirmed once DMS could be asked again)"
+                    + _rspamd_reloaded(rspamd),
                 )
             elif report.state == "waiting":  # DMS answers, but has not applied it (yet)
                 expected, self.unconfirmed = self.unconfirmed, {}
@@ -280,11 +300,35 @@ class Confirmer:
             level = self.log.info if report.ok else self.log.warning
             level(report.message, extra={"fields": {"service": service, "result": report.state}})
 
+    def _hashed_by_dms(self, expected: dict[str, str]) -> dict[str, str]:
+        """`expected` without the files under rspamd/ when DMS's change detector does not hash
+        them (Rspamd off): it would never record them. Says so: the change has no effect there.
+        Raises `DmsUnavailable` when the container cannot be asked."""
+        assert self.dms is not None
+        names = dms_mod.rspamd_names(expected)
+        if not names or self.dms.rspamd_on():
+            return expected
+        message = (
+            f"{', '.join(names)} written, but Rspamd is off in the DMS container "
+            "(ENABLE_RSPAMD is not 1): DMS neither reads rspamd/ nor reloads Rspamd, so the "
+            "change has no effect until Rspamd is enabled (DMS reads rspamd/ at its start-up)"
+        )
+        rest = {name: digest for name, digest in expected.items() if name not in names}
+        if not rest:  # nothing else to wait for: what /healthz says about the last write
+            self.status.update(dms_message=message)
+        self.log.warning(message, extra={"fields": {"rspamd": "off", "files": names}})
+        return rest
+
     def _await(self, expected: dict[str, str], accounts: int) -> None:
         timeout = dms_mod.confirm_timeout(accounts, self.environ)
         now = self.clock()
         self.awaiting = Awaiting(
-            expected, now, now + timeout, now + self.poll_seconds, accounts=accounts
+            expected,
+            now,
+            now + timeout,
+            now + self.poll_seconds,
+            accounts=accounts,
+            rspamd=tuple(dms_mod.rspamd_names(expected)),
         )
         self.publish(
             "waiting",
@@ -307,3 +351,11 @@ class Confirmer:
 
     def _current_sha512(self, name: str) -> str | None:
         return dms_mod.file_sha512(os.path.join(self.config_dir, name))
+
+
+def _rspamd_reloaded(names: Collection[str]) -> str:
+    """What DMS's change detector did for the files under rspamd/ it applied (check-for-changes.sh
+    `_rspamd_changes`, before it records the checksums): reloaded Rspamd."""
+    if not names:
+        return ""
+    return f"; it reloaded Rspamd (SIGHUP) for {', '.join(sorted(names))}"

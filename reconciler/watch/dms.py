@@ -7,6 +7,13 @@ reloads them, and only then records the checksums it applied in
 and finding the sha512 of what we wrote is the proof that DMS picked the change up. DMS needs 23-41
 ms per account for this, about 6 minutes at 10,000 accounts, so the timeout grows with the server.
 
+The files under `rspamd/` are hashed only while Rspamd is on: DMS's `_monitored_files_checksums`
+(helpers/change-detection.sh, the same in v15.1 and v16) adds `find rspamd -type f` when
+`[[ ${ENABLE_RSPAMD} -eq 1 ]]` and the folder exists, with ENABLE_RSPAMD from /etc/dms-settings
+(the container's setting, 0 when unset). Then a change there makes it reload Rspamd (`supervisorctl
+signal SIGHUP rspamd`) before it records the checksums; otherwise DMS never records them, and
+waiting for them would only time out (`rspamd_hashed`).
+
 `amavis.cf` is not watched by DMS (it is copied to `/etc/amavis/conf.d/50-user` at start-up only),
 so after writing it we copy it and restart Amavis ourselves.
 
@@ -21,8 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -101,6 +109,18 @@ def confirm_timeout(account_count: int, environ: Mapping[str, str] = os.environ)
 def monitored_checksums(sha512: Mapping[str, str]) -> dict[str, str]:
     """From an `ApplyResult.sha512`: only the files DMS's change detector will confirm."""
     return {name: digest for name, digest in sha512.items() if registry.watched(name)}
+
+
+def rspamd_hashed(value: str | None) -> bool:
+    """Does DMS's change detector hash rspamd/ with this ENABLE_RSPAMD (None: unset, DMS's
+    default 0)? Bash's `[[ ${ENABLE_RSPAMD} -eq 1 ]]`: 1, also written 01, +1 or 0x1 (an
+    arithmetic one); anything else is not 1."""
+    return value is not None and re.fullmatch(r"\s*\+?(0*|0[xX]0*)1\s*", value) is not None
+
+
+def rspamd_names(names: Iterable[str]) -> list[str]:
+    """The files under rspamd/ among `names`, sorted."""
+    return sorted(name for name in names if registry.is_rspamd(name))
 
 
 def parse_chksum(text: str) -> dict[str, str]:
@@ -330,6 +350,11 @@ class Dms:
         if is_applied(expected, recorded, current):
             return Report("confirmed", "DMS applied the change")
         return Report("waiting", "DMS has not applied the change yet")
+
+    def rspamd_on(self) -> bool:
+        """Does DMS's change detector hash rspamd/ in the container (ENABLE_RSPAMD=1)? Raises
+        `DmsUnavailable` when the container cannot be found."""
+        return rspamd_hashed(_env(self.find(), "ENABLE_RSPAMD"))
 
     def reload_amavis(self, dms_will_reload: Mapping[str, str] | None = None) -> Report:
         """Install the new amavis.cf as DMS does at start-up and restart Amavis.

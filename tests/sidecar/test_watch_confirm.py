@@ -34,6 +34,7 @@ class FakeDms:
         self.reachable = True
         self.applied: dict[str, str] | None = None  # None: the checksum file does not exist yet
         self.reload_state = "ok"
+        self.rspamd = True  # ENABLE_RSPAMD=1 in the container: DMS hashes rspamd/
         self.calls: list[str] = []
 
     def find(self) -> Any:
@@ -53,6 +54,12 @@ class FakeDms:
         if dms.is_applied(expected, self.applied, current):
             return dms.Report("confirmed", "DMS applied the change")
         return dms.Report("waiting", "DMS has not applied the change yet")
+
+    def rspamd_on(self) -> bool:
+        self.calls.append("rspamd_on")
+        if not self.reachable:
+            raise dms.DmsUnavailable("the Docker engine does not answer")
+        return self.rspamd
 
     def reload_amavis(self, dms_will_reload: Mapping[str, str] | None = None) -> dms.Report:
         self.calls.append("reload")
@@ -236,3 +243,70 @@ def test_a_timeout_is_notified(tmp_path: Path, fake: FakeDms, clock: Clock,
         confirmer.poll()
     assert [kind for kind, _ in events] == ["failed"]  # not "waiting", which is no failure
     assert "DMS did not confirm the change within 30 s" in events[0][1]
+
+
+ACTIONS = "rspamd/override.d/actions.conf"
+
+
+@pytest.mark.parametrize(("value", "hashed"), [
+    ("1", True), ("01", True), ("+1", True), (" 1 ", True), ("0x1", True),
+    (None, False), ("", False), ("0", False), ("true", False), ("10", False), ("2", False),
+])
+def test_rspamd_files_are_hashed_by_dms_when_enable_rspamd_is_an_arithmetic_one(
+        value: str | None, hashed: bool) -> None:
+    # change-detection.sh: `[[ ${ENABLE_RSPAMD} -eq 1 ]] && [[ -d ${RSPAMD_DMS_D} ]]`
+    assert dms.rspamd_hashed(value) is hashed
+
+
+def test_with_rspamd_on_rspamd_files_are_awaited_and_the_confirmation_says_rspamd_reloaded(
+        confirmer: Confirmer, fake: FakeDms, clock: Clock) -> None:
+    written = {ACCOUNTS: "a" * 128, ACTIONS: "r" * 128}
+    confirmer.after_write(written, written, accounts=3)
+    assert confirmer.awaiting is not None and confirmer.awaiting.expected == written
+    fake.applied = {ACCOUNTS: "a" * 128}  # DMS has not recorded the Rspamd file yet
+    clock.now += 1
+    confirmer.poll()
+    assert confirmer.awaiting is not None
+    fake.applied = dict(written)
+    clock.now += 2
+    confirmer.poll()
+    assert confirmer.status.dms == "confirmed"
+    assert confirmer.status.dms_message.endswith(
+        f"; it reloaded Rspamd (SIGHUP) for {ACTIONS}"), confirmer.status.dms_message
+
+
+def test_with_rspamd_off_rspamd_files_are_not_awaited_and_the_log_says_they_have_no_effect(
+        confirmer: Confirmer, fake: FakeDms, clock: Clock,
+        caplog: pytest.LogCaptureFixture) -> None:
+    fake.rspamd = False
+    fake.applied = {}  # DMS never records rspamd/ with Rspamd off
+    caplog.set_level(logging.INFO, logger="test.confirm")
+    only = {ACTIONS: "r" * 128}
+    confirmer.after_write(only, only, accounts=3)
+    assert confirmer.awaiting is None and confirmer.reconfirm_at is None  # nothing to time out
+    warnings = [r.message for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and warnings[0].startswith(f"{ACTIONS} written, but Rspamd is off")
+    assert "no effect until Rspamd is enabled" in warnings[0]
+    assert confirmer.status.dms_message == warnings[0]
+
+    mixed = {ACCOUNTS: "a" * 128, ACTIONS: "s" * 128}  # the rest of a write is awaited as always
+    confirmer.after_write(mixed, mixed, accounts=3)
+    assert confirmer.awaiting is not None and confirmer.awaiting.expected == {ACCOUNTS: "a" * 128}
+    fake.applied = {ACCOUNTS: "a" * 128}
+    clock.now += 1
+    confirmer.poll()
+    assert confirmer.status.dms == "confirmed" and "Rspamd" not in confirmer.status.dms_message
+
+
+def test_rspamd_files_written_while_dms_was_away_are_not_awaited_once_it_says_rspamd_is_off(
+        confirmer: Confirmer, fake: FakeDms, clock: Clock) -> None:
+    fake.reachable = False
+    written = {ACCOUNTS: "a" * 128, ACTIONS: "r" * 128}
+    confirmer.after_write(written, written, accounts=3)
+    assert confirmer.unconfirmed == written
+    fake.reachable, fake.rspamd, fake.applied = True, False, {ACCOUNTS: "a" * 128}
+    assert confirmer.reconfirm_at is not None
+    clock.now = confirmer.reconfirm_at
+    confirmer.reconfirm()
+    assert confirmer.status.dms == "confirmed" and confirmer.unconfirmed == {}
+    assert "Rspamd" not in confirmer.status.dms_message
