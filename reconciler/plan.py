@@ -18,7 +18,7 @@ from reconciler.errors import redact_data
 from reconciler.passwords.sources import Secret
 from reconciler.state import Ownership
 
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
 SENSITIVE = "(sensitive)"
 RESOLVED_AT_APPLY = "(sensitive, resolved at apply)"
 

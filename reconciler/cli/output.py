@@ -18,6 +18,7 @@ from reconciler.errors import (
     Severity,
     printable,
 )
+from reconciler.plan import FORMAT_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -95,7 +96,7 @@ def error_report(exc: ReconcilerError, file: str) -> dict[str, Any]:
     the desired file is invalid, otherwise the error's message alone (docs/plan-json.md)."""
     diagnostics = exc.diagnostics if isinstance(exc, InvalidDesiredState) else []
     return {
-        "format_version": "1.0",
+        "format_version": FORMAT_VERSION,
         "error": printable(str(exc)),
         "file": file,
         "valid": not isinstance(exc, InvalidDesiredState),

@@ -4,22 +4,27 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import pytest
 
+from reconciler.formats import registry
+from reconciler.plan import FORMAT_VERSION, Kind
 from tests.cli.test_ci_plan import ENV, HASH, _two_commits
 from tests.support.ci_util import Repo, load_plan_schema
 from tests.support.util import REPO, make_volume, run_cli
 
 
 def strict(schema: dict[str, Any]) -> dict[str, Any]:
-    """The schema with every documented object closed and `file`/`kind` limited to 1.0's values:
+    """The schema with every documented object closed and `file`/`kind` limited to 1.1's values:
     real output must not carry anything the schema (and so the docs) does not describe."""
     out = copy.deepcopy(schema)
-    out["$defs"]["file"] = {"$ref": "#/$defs/knownFiles"}
+    out["$defs"]["file"] = {
+        "anyOf": [{"$ref": "#/$defs/knownFiles"}, {"$ref": "#/$defs/knownRspamdFile"}]
+    }
     out["$defs"]["kind"] = {"$ref": "#/$defs/knownKinds"}
 
     def close(node: Any) -> None:
@@ -108,7 +113,7 @@ def test_every_kind_and_file_validates(tmp_path: Path) -> None:
     for name in ("postfix-accounts.cf", "postfix-virtual.cf", "dms-reconciler.state.json"):
         (volume.config / name).unlink()
     kinds = {c["kind"] for c in plan["changes"]} | {"self_alias", "self_route"}
-    assert kinds == set(SCHEMA["$defs"]["knownKinds"]["enum"]) - {"unmanaged"}
+    assert kinds <= set(SCHEMA["$defs"]["knownKinds"]["enum"])
     volume.write("postfix-accounts.cf", f"legacy@example.com|{HASH['dave']}\n")
     volume.write("postfix-virtual.cf", "@example.org someone@example.net\n")
     check(cli_json("plan", "-f", example, "--against-dir", str(volume.config)))
@@ -178,4 +183,13 @@ def test_docs_describe_every_property_and_value() -> None:
     for enum in ("knownFiles", "knownKinds", "action", "password"):
         for value in SCHEMA["$defs"][enum]["enum"]:
             assert f"`{value}`" in doc, value
-    assert '"1.0"' in doc and "ignore properties they do not know" in doc
+    assert f'"{FORMAT_VERSION}"' in doc and "ignore properties they do not know" in doc
+
+
+def test_the_schema_knows_every_kind_and_file_the_tool_has() -> None:
+    """A new kind or DMS file in the code is a 1.x addition the schema must name."""
+    assert set(SCHEMA["$defs"]["knownKinds"]["enum"]) == {kind.value for kind in Kind}
+    fixed = set(SCHEMA["$defs"]["knownFiles"]["enum"])
+    rspamd = re.compile(SCHEMA["$defs"]["knownRspamdFile"]["pattern"])
+    for entry in registry.FILES:
+        assert entry.name in fixed or rspamd.match(entry.name), entry.name
