@@ -27,6 +27,8 @@ KEY_BYTES = 32
 _ALPHABET = "ybndrfg8ejkmcpqxot1uwisza345h769"
 _VALUE = {c: i for i, c in enumerate(_ALPHABET)}
 _KEY_MAX = 64  # crypto_generichash_blake2b_KEYBYTES_MAX
+# What the plan writes where apply puts a new hash (the plan is pure: no random salt there)
+PENDING = "$1$dms-reconciler-hash-made-at-apply$"
 
 
 def encode_base32(data: bytes) -> str:

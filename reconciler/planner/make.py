@@ -18,7 +18,7 @@ from reconciler.formats import accounts
 from reconciler.gcpause import paused
 from reconciler.kinds import KINDS
 from reconciler.kinds.base import KindPlan, PlanContext, deletion_guard
-from reconciler.model import RELAY_KEY, RSPAMD_CONTROLLER_KEY, DesiredState
+from reconciler.model import RELAY_KEY, DesiredState
 from reconciler.observed import Observed
 from reconciler.passwords.sources import DesiredPassword, Secret, Status
 from reconciler.plan import Action, Plan
@@ -65,9 +65,7 @@ def make_plan(
     secrets: dict[str, Secret] = {
         address: p.secret
         for address, p in passwords.items()
-        if p.status is Status.NEW
-        and p.secret is not None
-        and not address.startswith((RELAY_KEY, RSPAMD_CONTROLLER_KEY))  # not hashed at apply
+        if p.status is Status.NEW and p.secret is not None and not address.startswith(RELAY_KEY)
     }
     return Plan(
         changes=tuple(out.changes),

@@ -53,7 +53,8 @@ from reconciler.formats import (
     registry,
     sasl,
 )
-from reconciler.passwords import verified
+from reconciler.model import RSPAMD_CONTROLLER_KEY
+from reconciler.passwords import rspamd_pw, verified
 from reconciler.passwords.sources import Secret, hash_many
 from reconciler.plan import DeletionGuard, FilePlan, PendingHash, PendingKey, Plan
 from reconciler.volume import suspend
@@ -142,7 +143,7 @@ def render_files(
     unresolved_hash: Callable[[str], str] | None = None,
 ) -> dict[str, bytes]:
     """Bytes for every file the plan writes; new password hashes are made here."""
-    pending = sorted(plan.secrets)
+    pending = sorted(a for a in plan.secrets if a != RSPAMD_CONTROLLER_KEY)
     made = dict(zip(pending, hasher([plan.secrets[a] for a in pending]), strict=True))
 
     def hash_for(value: Any) -> str:
@@ -163,8 +164,22 @@ def render_files(
         if isinstance(fp.content, PendingKey):
             out[fp.name] = _key_file(fp.content, keys)
             continue
-        out[fp.name] = render_file(fp, hash_for).encode("utf-8", "surrogateescape")
+        text = render_file(fp, hash_for)
+        if isinstance(fp.content, str) and rspamd_pw.PENDING in text:
+            text = text.replace(rspamd_pw.PENDING, _rspamd_hash(plan))
+        out[fp.name] = text.encode("utf-8", "surrogateescape")
     return out
+
+
+def _rspamd_hash(plan: Plan) -> str:
+    """The Rspamd web UI password's new hash (`rspamadm pw --type pbkdf2`), made now."""
+    secret = plan.secrets.get(RSPAMD_CONTROLLER_KEY)
+    if secret is None:
+        raise SecretError(
+            "rspamd.controller: the password could not be read, so apply cannot hash it "
+            "(planned with --offline?)"
+        )
+    return rspamd_pw.make(secret.reveal())
 
 
 def _key_file(pending: PendingKey, made: dict[tuple[str, str], dkimkeys.KeyPair]) -> bytes:
