@@ -51,6 +51,7 @@ from reconciler.formats import (
     masters,
     opendkim,
     registry,
+    rspamd_dkim,
     sasl,
 )
 from reconciler.model import RSPAMD_CONTROLLER_KEY
@@ -183,12 +184,18 @@ def _rspamd_hash(plan: Plan) -> str:
 
 
 def _key_file(pending: PendingKey, made: dict[tuple[str, str], dkimkeys.KeyPair]) -> bytes:
-    """The private key or DNS record file of a key pair made once per (domain, selector)."""
+    """The private key or DNS record file of a key pair made once per (domain, selector):
+    OpenDKIM's (`private`, `txt`) or Rspamd's (`rspamd-private`, `rspamd-public`,
+    `rspamd-dns`)."""
     pair = made.get((pending.domain, pending.selector))
     if pair is None:
         pair = made[(pending.domain, pending.selector)] = dkimkeys.generate(pending.bits)
-    if pending.part == "private":
+    if pending.part in ("private", "rspamd-private"):
         return pair.private_pem
+    if pending.part == "rspamd-public":
+        return rspamd_dkim.render_public(pending.selector, pair.public_b64).encode()
+    if pending.part == "rspamd-dns":
+        return rspamd_dkim.render_dns(pair.public_b64).encode()
     return opendkim.render_txt(pending.domain, pending.selector, pair.public_b64).encode()
 
 
@@ -621,6 +628,8 @@ def _stage(snap: FileSnapshot, data: bytes) -> str:
         raise VolumeError(_why(exc, snap.path)) from None
     try:
         os.fchmod(fd, mode)  # the umask must not loosen or tighten what the admin chose
+        if snap.uid is None and registry.takes_folder_owner(snap.path):
+            snap = _with_folder_owner(snap, directory)
         if snap.uid is not None and (snap.uid, snap.gid) != (os.geteuid(), os.getegid()):
             try:
                 os.fchown(fd, snap.uid, snap.gid if snap.gid is not None else -1)
@@ -636,6 +645,14 @@ def _stage(snap: FileSnapshot, data: bytes) -> str:
         raise VolumeError(_why(exc, snap.path)) from None
     os.close(fd)
     return tmp
+
+
+def _with_folder_owner(snap: FileSnapshot, directory: str) -> FileSnapshot:
+    try:
+        info = os.lstat(directory)
+    except OSError:
+        return snap
+    return dataclasses.replace(snap, uid=info.st_uid, gid=info.st_gid)
 
 
 def _new_file_mode(path: str) -> int:

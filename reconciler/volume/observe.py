@@ -26,6 +26,7 @@ from reconciler.formats import (
     regexp,
     registry,
     relaymap,
+    rspamd_dkim,
     rspamd_ucl,
     sasl,
     virtual,
@@ -51,6 +52,7 @@ def read_snapshots(config_dir: str, cron_path: str) -> dict[str, FileSnapshot]:
     }
     snapshots.update(_dkim_key_snapshots(config_dir))
     snapshots.update(_rspamd_override_snapshots(config_dir))
+    snapshots.update(_rspamd_dkim_snapshots(config_dir))
     snapshots[CRON] = read_snapshot(cron_path)
     return snapshots
 
@@ -233,6 +235,30 @@ def _rspamd_override_snapshots(config_dir: str) -> dict[str, FileSnapshot]:
             raise VolumeError(symlink_refusal(entry.path))
         if entry.is_file(follow_symlinks=False) and TEMP_MARK not in entry.name:
             out[f"{folder}/{entry.name}"] = read_snapshot(entry.path)
+    return out
+
+
+def _rspamd_dkim_snapshots(config_dir: str) -> dict[str, FileSnapshot]:
+    """Every `rspamd/dkim/*.txt` (Rspamd's DKIM keys and their records). A symlinked folder on
+    the way or a symlinked key file is refused, never followed, as for OpenDKIM's keys."""
+    folder = rspamd_dkim.DIRECTORY
+    refuse_symlinked_folder(config_dir, folder)
+    path = os.path.join(config_dir, folder)
+    try:
+        found = sorted(os.scandir(path), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    except OSError as exc:
+        raise VolumeError(f"cannot read {path}: {exc.strerror}") from None
+    out: dict[str, FileSnapshot] = {}
+    for entry in found:
+        name = f"{folder}/{entry.name}"
+        if not rspamd_dkim.is_key_file(name) or TEMP_MARK in entry.name:
+            continue
+        if entry.is_symlink():
+            raise VolumeError(symlink_refusal(entry.path))
+        if entry.is_file(follow_symlinks=False):
+            out[name] = read_snapshot(entry.path)
     return out
 
 
