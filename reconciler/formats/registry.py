@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from reconciler import rspamdkeys
 from reconciler.formats import (
     access,
     accounts,
@@ -31,7 +32,6 @@ from reconciler.formats import (
     regexp,
     relaymap,
     rspamd_commands,
-    rspamd_dkim,
     rspamd_map,
     rspamd_ucl,
     sasl,
@@ -155,7 +155,7 @@ def takes_folder_owner(path: str) -> bool:
     """A new file at `path` gets its folder's owner: Rspamd's DKIM keys, which DMS makes
     `_rspamd`'s (`chown -R _rspamd:_rspamd rspamd/dkim` at start-up) and Rspamd, running as
     `_rspamd`, must read without waiting for a restart."""
-    return f"/{rspamd_dkim.DIRECTORY}/" in path or path.startswith(rspamd_dkim.DIRECTORY + "/")
+    return f"/{rspamdkeys.DIRECTORY}/" in path or path.startswith(rspamdkeys.DIRECTORY + "/")
 
 
 def is_rspamd(name: str) -> bool:
@@ -195,7 +195,7 @@ def reloads(written: Any) -> set[str]:
 def new_file_mode(path: str) -> int:
     """The mode of a DMS file we create at `path` (a logical name or a path ending in one):
     0644 unless it holds secrets."""
-    if opendkim.is_key_file(path) or rspamd_dkim.is_private_key(path):
+    if opendkim.is_key_file(path) or rspamdkeys.is_private_key(path):
         return KEY_FILE_MODE  # Rspamd's public.txt and public.dns.txt: 0644, as DMS leaves them
     for known in FILES:
         if path == known.name or path.endswith("/" + known.name):

@@ -3,7 +3,7 @@
 
 What DMS's `setup config dkim` writes when DMS runs Rspamd with ENABLE_OPENDKIM=0
 (target/bin/rspamd-dkim, v15.1.0 and v16): per domain `rsa-<bits>-<selector>-<domain>.private.txt`
-(0600), `.public.txt` and `.public.dns.txt` (formats/rspamd_dkim.py), and a dkim_signing.conf
+(0600), `.public.txt` and `.public.dns.txt` (formats/rspamdkeys.py), and a dkim_signing.conf
 with DMS's settings and a `domain { <domain> { path = ...; selector = ...; } }` block. DMS's
 script writes that file once, for its first domain; here the block names every declared domain.
 A key is made once, at apply, and never replaced or deleted (rotate by declaring a new
@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from reconciler import dkimkeys
-from reconciler.formats import rspamd_dkim, rspamd_ucl
+from reconciler import dkimkeys, rspamdkeys
+from reconciler.formats import rspamd_ucl
 from reconciler.kinds import rspamd_files
 from reconciler.kinds.base import ExportContext, KindPlan, PlanContext
 from reconciler.kinds.checks import DocView, Reporter, section
@@ -30,7 +30,7 @@ from reconciler.plan import Action, Change, FilePlan, Kind, PendingKey
 NAME = "rspamd_dkim"
 SIGNER = "rspamd"
 CONF = rspamd_ucl.file_name("dkim_signing.conf")
-KEYS_FILE = rspamd_dkim.DIRECTORY  # the logical file of key changes
+KEYS_FILE = rspamdkeys.DIRECTORY  # the logical file of key changes
 DOMAIN = "domain"
 # rspamd-dkim's dkim_signing.conf settings, in its order (`enabled` is always ours)
 DEFAULTS = (
@@ -119,7 +119,7 @@ def plan(ctx: PlanContext) -> KindPlan:
         keys: dict[str, tuple[str, str]] = {}
         for dkim in desired.dkim:
             private = _plan_key(dkim, observed, out)
-            keys[dkim.domain] = (rspamd_dkim.container_path(private), dkim.selector)
+            keys[dkim.domain] = (rspamdkeys.container_path(private), dkim.selector)
         want[DOMAIN] = domain_block(keys)
     fp = rspamd_files.plan_override(ctx, out, CONF, want, Kind.DKIM, same=_same)
     for change in out.changes:
@@ -140,7 +140,7 @@ def plan(ctx: PlanContext) -> KindPlan:
 def current_key(dkim: Dkim, observed: Observed) -> str | None:
     """The logical name of the private key Rspamd signs `dkim`'s domain with: the declared
     size's file, else one of the same selector of another size (a key once made is the key)."""
-    found = rspamd_dkim.find_private(
+    found = rspamdkeys.find_private(
         (n for n, s in observed.snapshots.items() if s.data is not None),
         dkim.domain,
         dkim.selector,
@@ -155,7 +155,7 @@ def _plan_key(dkim: Dkim, observed: Observed, out: KindPlan) -> str:
     key = f"{domain} ({selector})"
     private = current_key(dkim, observed)
     if private is None:
-        private = rspamd_dkim.private_path(domain, selector, bits)
+        private = rspamdkeys.private_path(domain, selector, bits)
         out.changes.append(
             Change(
                 KEYS_FILE,
@@ -168,8 +168,8 @@ def _plan_key(dkim: Dkim, observed: Observed, out: KindPlan) -> str:
         )
         parts = (
             (private, "rspamd-private"),
-            (rspamd_dkim.public_path(private), "rspamd-public"),
-            (rspamd_dkim.dns_path(private), "rspamd-dns"),
+            (rspamdkeys.public_path(private), "rspamd-public"),
+            (rspamdkeys.dns_path(private), "rspamd-dns"),
         )
         for name, part in parts:
             snap = observed.snapshots.get(name)
@@ -202,8 +202,8 @@ def _plan_key(dkim: Dkim, observed: Observed, out: KindPlan) -> str:
             "(keys are never rotated by accident); to rotate, declare a new selector"
         )
     for name, text in (
-        (rspamd_dkim.public_path(private), rspamd_dkim.render_public(selector, public)),
-        (rspamd_dkim.dns_path(private), rspamd_dkim.render_dns(public)),
+        (rspamdkeys.public_path(private), rspamdkeys.render_public(selector, public)),
+        (rspamdkeys.dns_path(private), rspamdkeys.render_dns(public)),
     ):
         have = observed.snapshots.get(name)
         if have is not None and have.data is not None:
@@ -267,7 +267,7 @@ def export(ctx: ExportContext) -> None:
     hosted = ctx.domains()
     out: list[Dkim] = []
     for domain, (path, selector) in sorted(domains.items()):
-        name = rspamd_dkim.logical_name(path)
+        name = rspamdkeys.logical_name(path)
         snap = ctx.observed.snapshots.get(name) if name is not None else None
         read = dkimkeys.read(snap.data) if snap is not None and snap.data is not None else None
         problem = (
@@ -275,7 +275,7 @@ def export(ctx: ExportContext) -> None:
             or (name is None and f"its key {path} is not in rspamd/dkim/")
             or (read is None and f"its key {path} is missing or not a readable RSA key")
             or (
-                name not in [n for _, n in rspamd_dkim.find_private([name], domain, selector)]
+                name not in [n for _, n in rspamdkeys.find_private([name], domain, selector)]
                 and "its key file name is not rsa-<bits>-<selector>-<domain>.private.txt"
             )
         )

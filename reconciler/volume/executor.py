@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler import dkimkeys
+from reconciler import dkimkeys, rspamdkeys
 from reconciler import state as state_file
 from reconciler.errors import (
     LockBusy,
@@ -51,7 +51,6 @@ from reconciler.formats import (
     masters,
     opendkim,
     registry,
-    rspamd_dkim,
     sasl,
 )
 from reconciler.model import RSPAMD_CONTROLLER_KEY
@@ -193,9 +192,9 @@ def _key_file(pending: PendingKey, made: dict[tuple[str, str], dkimkeys.KeyPair]
     if pending.part in ("private", "rspamd-private"):
         return pair.private_pem
     if pending.part == "rspamd-public":
-        return rspamd_dkim.render_public(pending.selector, pair.public_b64).encode()
+        return rspamdkeys.render_public(pending.selector, pair.public_b64).encode()
     if pending.part == "rspamd-dns":
-        return rspamd_dkim.render_dns(pair.public_b64).encode()
+        return rspamdkeys.render_dns(pair.public_b64).encode()
     return opendkim.render_txt(pending.domain, pending.selector, pair.public_b64).encode()
 
 

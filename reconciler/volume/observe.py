@@ -13,6 +13,7 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
+from reconciler import rspamdkeys
 from reconciler import state as state_file
 from reconciler.errors import VolumeError
 from reconciler.formats import (
@@ -26,7 +27,6 @@ from reconciler.formats import (
     regexp,
     registry,
     relaymap,
-    rspamd_dkim,
     rspamd_ucl,
     sasl,
     virtual,
@@ -241,7 +241,7 @@ def _rspamd_override_snapshots(config_dir: str) -> dict[str, FileSnapshot]:
 def _rspamd_dkim_snapshots(config_dir: str) -> dict[str, FileSnapshot]:
     """Every `rspamd/dkim/*.txt` (Rspamd's DKIM keys and their records). A symlinked folder on
     the way or a symlinked key file is refused, never followed, as for OpenDKIM's keys."""
-    folder = rspamd_dkim.DIRECTORY
+    folder = rspamdkeys.DIRECTORY
     refuse_symlinked_folder(config_dir, folder)
     path = os.path.join(config_dir, folder)
     try:
@@ -253,7 +253,7 @@ def _rspamd_dkim_snapshots(config_dir: str) -> dict[str, FileSnapshot]:
     out: dict[str, FileSnapshot] = {}
     for entry in found:
         name = f"{folder}/{entry.name}"
-        if not rspamd_dkim.is_key_file(name) or TEMP_MARK in entry.name:
+        if not rspamdkeys.is_key_file(name) or TEMP_MARK in entry.name:
             continue
         if entry.is_symlink():
             raise VolumeError(symlink_refusal(entry.path))

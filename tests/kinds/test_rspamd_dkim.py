@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from reconciler import dkimkeys
-from reconciler.formats import rspamd_dkim
-from reconciler.kinds.rspamd_dkim import read_domains
+from reconciler import dkimkeys, rspamdkeys
 from reconciler.formats import rspamd_ucl
+from reconciler.kinds.rspamd_dkim import read_domains
 from reconciler.model import DesiredState, Dkim
 from reconciler.planner import target
 from tests.support.util import make_volume, run_cli, sha512_hash, write_desired
@@ -70,7 +69,7 @@ def test_apply_writes_what_setup_config_dkim_writes_for_rspamd(tmp_path):
         size, public = dkimkeys.read(private.read_bytes())  # type: ignore[misc]
         assert size == bits and private.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
         assert (config / f"{base}.public.dns.txt").read_text() == f"v=DKIM1; k=rsa; p={public}\n"
-        assert (config / f"{base}.public.txt").read_text() == rspamd_dkim.render_public(
+        assert (config / f"{base}.public.txt").read_text() == rspamdkeys.render_public(
             selector, public
         )
     conf = (config / CONF).read_text()
@@ -95,7 +94,8 @@ def test_a_key_is_never_replaced_and_a_dms_made_file_is_adopted_as_it_is(tmp_pat
     (config / "rspamd/override.d").mkdir(parents=True)
     (config / f"{KEY_COM}.private.txt").write_bytes(pair.private_pem)
     os.chmod(config / f"{KEY_COM}.private.txt", 0o600)
-    (config / f"{KEY_COM}.public.txt").write_text(rspamd_dkim.render_public("mail", pair.public_b64))
+    public = rspamdkeys.render_public("mail", pair.public_b64)
+    (config / f"{KEY_COM}.public.txt").write_text(public)
     (config / CONF).write_text(DMS_CONF)
     before = _tree(config)
     plan = json.loads(run_cli("plan", "--format", "json", *args).stdout)
@@ -215,3 +215,17 @@ def test_the_target_warns_when_dms_settings_disagree_with_the_signer():
     assert not any("dkim" in w for w in target.warnings(rspamd, state))
     opendkim_state = DesiredState(1, ("example.com",), (), dkim=(Dkim("example.com"),))
     assert any("signer: rspamd" in w for w in target.warnings(rspamd, opendkim_state))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown needs root (the sidecar runs as root)")
+def test_new_key_files_take_the_owner_of_rspamd_dkim(tmp_path):
+    """DMS makes rspamd/dkim/ `_rspamd`'s at start-up; a key apply adds there later must be
+    readable by Rspamd (user _rspamd) without a restart."""
+    config, args = _setup(tmp_path)
+    (config / "rspamd/dkim").mkdir(parents=True)
+    os.chown(config / "rspamd/dkim", 4242, 4343)
+    assert run_cli("apply", *args).returncode == 0
+    for suffix in (".private.txt", ".public.txt", ".public.dns.txt"):
+        info = os.stat(config / f"{KEY_COM}{suffix}")
+        assert (info.st_uid, info.st_gid) == (4242, 4343), suffix
+    assert os.stat(config / CONF).st_uid == os.geteuid()  # not in rspamd/dkim/: ours

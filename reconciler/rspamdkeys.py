@@ -1,5 +1,6 @@
-"""Rspamd's DKIM key files on the volume, as DMS's `setup config dkim` writes them when DMS runs
-Rspamd and not OpenDKIM (target/bin/rspamd-dkim, the same in v15.1.0 and v16):
+"""Rspamd's DKIM key files on the volume (names, forms, record text; not a codec of entries), as
+DMS's `setup config dkim` writes them when DMS runs Rspamd and not OpenDKIM
+(target/bin/rspamd-dkim, the same in v15.1.0 and v16):
 
 - `rspamd/dkim/rsa-<bits>-<selector>-<domain>.private.txt`: the private key, PEM PKCS#8
   (`rspamadm dkim_keygen -k`), mode 0600;
