@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from reconciler import dkimkeys
+from reconciler import dkimkeys, rspamdkeys
 from reconciler.formats import opendkim
 from reconciler.model import DesiredState
 from reconciler.observed import Observed
@@ -82,6 +82,16 @@ def records(desired: DesiredState, observed: Observed) -> tuple[list[Record], li
             continue
         selector = dkim[domain].selector
         name = opendkim.private_key_path(domain, selector)
+        if desired.dkim_signer == "rspamd":  # rspamd/dkim/rsa-<bits>-<selector>-<domain>...
+            found = rspamdkeys.find_private(
+                (n for n, s in observed.snapshots.items() if s.data is not None), domain, selector
+            )
+            exact = [n for bits, n in found if bits == dkim[domain].key_size]
+            name = (
+                exact
+                or [n for _, n in found]
+                or [rspamdkeys.private_path(domain, selector, dkim[domain].key_size)]
+            )[0]
         snap = observed.snapshots.get(name)
         read = dkimkeys.read(snap.data) if snap is not None and snap.data is not None else None
         if snap is not None and (exposed := dkimkeys.unsafe_mode_warning(name, domain, snap.mode)):
@@ -100,7 +110,11 @@ def records(desired: DesiredState, observed: Observed) -> tuple[list[Record], li
                 "dkim",
                 f"{opendkim.record_name(domain, selector)}.",
                 "TXT",
-                opendkim.txt_value(read[1]),
+                (
+                    rspamdkeys.record_value(read[1])
+                    if desired.dkim_signer == "rspamd"
+                    else opendkim.txt_value(read[1])
+                ),
                 False,
                 f"RSA {read[0]} bits, from {name}",
             )

@@ -24,6 +24,7 @@ PASSWORD_KEYS = ("password_hash", "password_file", "password_env", "password")  
 # `relay:<domain>` (no address has a ':', so the keys never meet).
 MASTER_KEY = "master:"
 RELAY_KEY = "relay:"
+RSPAMD_CONTROLLER_KEY = "rspamd:controller"  # the web UI password among the decided ones
 # A value SOPS encrypted (`ENC[AES256_GCM,...]`): opaque until plan decrypts it (load/sops.py).
 SOPS_VALUE = re.compile(
     r"ENC\[AES256_GCM,data:[A-Za-z0-9+/=]*,iv:[A-Za-z0-9+/=]+,tag:[A-Za-z0-9+/=]+,"
@@ -184,6 +185,8 @@ class Rspamd:
     common: tuple[tuple[str, str | int | float | bool], ...] = ()  # options.inc
     module_options: tuple[tuple[str, tuple[tuple[str, str | int | float | bool], ...]], ...] = ()
     controller_hash: str | None = None  # the web UI password as `rspamadm pw` prints it
+    # or read from a secret (password_env / password_file) and hashed by apply
+    controller_password: PasswordSource | None = None
     learn: tuple[SaLearnJob, ...] = ()  # rspamc learn_spam|learn_ham cron jobs
 
     def __bool__(self) -> bool:
@@ -213,6 +216,10 @@ class DesiredState:
     restrict: Restrict = field(default_factory=Restrict)
     relay: tuple[Relay, ...] = ()
     dkim: tuple[Dkim, ...] = ()
+    # who signs with the `dkim:` keys: OpenDKIM (opendkim/, DMS's default) or Rspamd
+    # (rspamd/dkim/ and override.d/dkim_signing.conf, what `setup config dkim` writes when DMS runs
+    # Rspamd with ENABLE_OPENDKIM=0)
+    dkim_signer: str = "opendkim"
     rspamd: Rspamd = field(default_factory=Rspamd)
     # the SOPS-encrypted file the PasswordSops values are decrypted from (None: not encrypted)
     encrypted: SopsFile | None = field(default=None, compare=False, repr=False)
@@ -352,7 +359,8 @@ def _extras_to_document(state: DesiredState, doc: dict[str, Any]) -> None:
             relay[r.domain] = entry
         doc["relay"] = relay
     if state.dkim:
-        doc["dkim"] = {
+        doc["dkim"] = {} if state.dkim_signer == "opendkim" else {"signer": state.dkim_signer}
+        doc["dkim"] |= {
             d.domain: {
                 **({"selector": d.selector} if d.selector != "mail" else {}),
                 **({"key_size": d.key_size} if d.key_size != 2048 else {}),
@@ -382,6 +390,10 @@ def _rspamd_to_document(r: Rspamd) -> dict[str, Any]:
         out["options"] = options
     if r.controller_hash is not None:
         out["controller"] = {"password_hash": r.controller_hash}
+    elif isinstance(r.controller_password, PasswordEnv):
+        out["controller"] = {"password_env": r.controller_password.name}
+    elif isinstance(r.controller_password, PasswordFile):
+        out["controller"] = {"password_file": r.controller_password.path}
     if r.learn:
         out["learn"] = [_job_to_document(job) for job in r.learn]
     return out

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from reconciler.errors import ReconcilerError, Refused, VolumeError
 from reconciler.gcpause import paused
+from reconciler.kinds import rspamd_controller
 from reconciler.load.desired import Loaded, load_desired
 from reconciler.passwords import sources as passwords
 from reconciler.passwords import verified
@@ -124,6 +125,14 @@ def plan_once(
             loaded.state, observed.stored_plaintext(), reader=reader, offline=target.offline
         )
     )
+    decided.update(
+        passwords.resolve_rspamd_controller(
+            loaded.state,
+            rspamd_controller.stored_hash(observed),
+            reader=reader,
+            offline=target.offline,
+        )
+    )
     plan = make_plan(loaded.state, observed, decided, prune=target.prune)
     if target.dms_facts is not None:
         plan = dms_target.annotate(plan, target.dms_facts(), loaded.state)
@@ -149,7 +158,7 @@ def _record_verified(target: Target, converged: Planned, result: ApplyResult) ->
     hashed = {  # relay passwords are compared as plaintext: nothing to remember for them
         key: choice
         for key, choice in converged.passwords.items()
-        if not key.startswith(passwords.RELAY_KEY)
+        if not key.startswith((passwords.RELAY_KEY, passwords.RSPAMD_CONTROLLER_KEY))
     }
     facts = verified.facts_for(hashed, passwords.SecretReader(target.base_dir, target.environ))
     if facts != converged.record:

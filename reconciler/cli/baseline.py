@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from reconciler.errors import Diagnostic, InvalidDesiredState, ReconcilerError, SecretError
+from reconciler.kinds import rspamd_controller
 from reconciler.load.desired import Loaded, load_desired, load_desired_bytes
 from reconciler.load.yamlload import MAX_BYTES
-from reconciler.model import DesiredState, PasswordSource
+from reconciler.model import RSPAMD_CONTROLLER_KEY, DesiredState, PasswordSource
 from reconciler.passwords import sources as passwords
 from reconciler.planner.make import make_plan
 from reconciler.reconcile import Planned, Target
@@ -204,6 +205,9 @@ def render_base(state: DesiredState | None, config_dir: str, cron_path: str) -> 
     empty = observe(config_dir, cron_path)
     decided = passwords.resolve(state, {}, reader=_NoSecrets(), offline=True)
     decided.update(passwords.resolve_plaintext(state, {}, reader=_NoSecrets(), offline=True))
+    decided.update(
+        passwords.resolve_rspamd_controller(state, None, reader=_NoSecrets(), offline=True)
+    )
     plan = make_plan(state, empty, decided)
     sources = _password_sources(state)
 
@@ -238,6 +242,11 @@ def _resolve_against_base(
     decided.update(
         passwords.resolve_plaintext(loaded.state, plaintext, reader=reader, offline=True)
     )
+    decided.update(
+        passwords.resolve_rspamd_controller(
+            loaded.state, plaintext.get(RSPAMD_CONTROLLER_KEY), reader=reader, offline=True
+        )
+    )
     for address, choice in decided.items():
         before = base_sources.get(address)
         if before is None:
@@ -252,8 +261,12 @@ def _plan_working(
     loaded: Loaded, target: Target, base_sources: Mapping[str, PasswordSource]
 ) -> Planned:
     observed = observe(target.config_dir, target.cron_path)
+    plaintext = dict(observed.stored_plaintext())
+    controller = rspamd_controller.stored_hash(observed)
+    if controller is not None:  # not plaintext: a hash, compared in its own way
+        plaintext[RSPAMD_CONTROLLER_KEY] = controller
     decided = _resolve_against_base(
-        loaded, target, observed.stored_hashes(), base_sources, observed.stored_plaintext()
+        loaded, target, observed.stored_hashes(), base_sources, plaintext
     )
     plan = make_plan(loaded.state, observed, decided, prune=target.prune)
     return Planned(loaded, observed, plan, decided)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from reconciler import rspamdkeys
 from reconciler.formats import (
     access,
     accounts,
@@ -150,6 +151,13 @@ WATCHED: tuple[str, ...] = tuple(f.name for f in FILES if f.watched)
 KEY_FILE_MODE = 0o600  # a DKIM private key and its record file, as opendkim-genkey makes them
 
 
+def takes_folder_owner(path: str) -> bool:
+    """A new file at `path` gets its folder's owner: Rspamd's DKIM keys, which DMS makes
+    `_rspamd`'s (`chown -R _rspamd:_rspamd rspamd/dkim` at start-up) and Rspamd, running as
+    `_rspamd`, must read without waiting for a restart."""
+    return f"/{rspamdkeys.DIRECTORY}/" in path or path.startswith(rspamdkeys.DIRECTORY + "/")
+
+
 def is_rspamd(name: str) -> bool:
     """A file under the volume's rspamd/ folder (DMS hashes them all when Rspamd is on)."""
     return name.startswith(RSPAMD_FOLDER + "/")
@@ -187,8 +195,8 @@ def reloads(written: Any) -> set[str]:
 def new_file_mode(path: str) -> int:
     """The mode of a DMS file we create at `path` (a logical name or a path ending in one):
     0644 unless it holds secrets."""
-    if opendkim.is_key_file(path):
-        return KEY_FILE_MODE
+    if opendkim.is_key_file(path) or rspamdkeys.is_private_key(path):
+        return KEY_FILE_MODE  # Rspamd's public.txt and public.dns.txt: 0644, as DMS leaves them
     for known in FILES:
         if path == known.name or path.endswith("/" + known.name):
             return known.new_mode

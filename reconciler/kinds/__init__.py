@@ -27,6 +27,7 @@ from reconciler.kinds import (
     rspamd_actions,
     rspamd_commands,
     rspamd_controller,
+    rspamd_dkim,
     rspamd_learn,
     rspamd_modules,
     rspamd_options,
@@ -62,6 +63,7 @@ KINDS: tuple[KindModule, ...] = (
     restrict,
     relay,
     dkim,
+    rspamd_dkim,  # `dkim:` with signer rspamd: rspamd/dkim/ and override.d/dkim_signing.conf
     rspamd_actions,
     rspamd_senders,
     rspamd_modules,

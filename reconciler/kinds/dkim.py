@@ -33,14 +33,16 @@ NOTE = (
 def plan(ctx: PlanContext) -> KindPlan:
     out = KindPlan()
     desired, observed = ctx.desired, ctx.observed
+    # with `signer: rspamd` the keys are Rspamd's (kinds/rspamd_dkim.py): none declared here
+    declared_dkim = desired.dkim if desired.dkim_signer == "opendkim" else ()
     key_table: dict[str, Want] = {}
     signing: dict[str, Want] = {}
-    for dkim in desired.dkim:
+    for dkim in declared_dkim:
         line = opendkim.key_table_line(dkim.domain, dkim.selector)
         key_table[line.key.lower()] = Want(Kind.DKIM, line)
         sign = opendkim.signing_table_line(dkim.domain, dkim.selector)
         signing[sign.key.lower()] = Want(Kind.DKIM, sign)
-    declared = bool(desired.dkim)
+    declared = bool(declared_dkim)
     written = False
     for name, want in ((opendkim.KEY_TABLE, key_table), (opendkim.SIGNING_TABLE, signing)):
         parsed = observed.dkim_tables.get(name) or ParsedFile({})
@@ -82,7 +84,7 @@ def plan(ctx: PlanContext) -> KindPlan:
         out.files.append(
             FilePlan(opendkim.TRUSTED_HOSTS, trusted.path, False, True, trusted.sha256)
         )
-    for dkim in desired.dkim:
+    for dkim in declared_dkim:
         written |= _plan_key(dkim.domain, dkim.selector, dkim.key_size, observed, out)
     if written:
         out.notes.append(NOTE)
@@ -167,6 +169,8 @@ DNS_NAME_MAX = 253  # a domain name in text form, without the final dot (RFC 103
 
 def check(report: Reporter, view: DocView) -> None:
     for domain, spec in section(view.doc, "dkim").items():
+        if domain == "signer":  # who signs (schema: opendkim|rspamd), not a domain
+            continue
         if domain not in view.declared:
             report.error(("dkim", domain), not_declared(domain, "the DKIM domain"), key=True)
         if not isinstance(spec, dict):

@@ -51,6 +51,7 @@ def plan_override(
     *,
     show: Callable[[rspamd_ucl.Item], dict[str, Any]] = show_item,
     kind_of: Callable[[str, Any], Kind] | None = None,
+    same: Callable[[rspamd_ucl.Item, rspamd_ucl.Item], bool] | None = None,
 ) -> FilePlan | None:
     """Diff override file `name` (a logical name) against the wanted items; add the changes,
     the file plan and what we own after apply to `out`. Returns the file plan (None: the file
@@ -63,7 +64,7 @@ def plan_override(
         name,
         {key: Want(kind, item) for key, item in want.items()},
         parsed,
-        same=lambda have, wanted: bool(have == wanted),
+        same=same or (lambda have, wanted: bool(have == wanted)),
         show=show,
         kind_of=kind_of or (lambda key, entry: kind),
     )

@@ -52,6 +52,11 @@ def plan(ctx: PlanContext) -> KindPlan:
         module = module_of(name)
         if module is not None:
             files.setdefault(name, module)
+    signing = rspamd_ucl.file_name("dkim_signing.conf")
+    if ctx.desired.dkim_signer == "rspamd" or (
+        "dkim_signing" not in want and "domain" in ctx.owned(signing)
+    ):  # kinds/rspamd_dkim.py writes it (and removes what it wrote there)
+        files.pop(signing, None)
     switched: list[str] = []
     optioned: list[str] = []
     for name, module in sorted(files.items()):

@@ -353,7 +353,7 @@ def _translate(doc: Document, error: jsonschema.ValidationError) -> list[Diagnos
         field in ("password_hash", "folder") or (path[:1] == ("relay",) and field == "host")
     ):
         return []  # `rules` checks these with friendlier messages
-    if kind == "oneOf" and title in ("account", "master"):
+    if kind == "oneOf" and title in ("account", "master", "rspamdController"):
         return []  # password source count: `kinds.accounts.check`, `kinds.masters.check`
     if kind == "oneOf":  # targets: one address or a list of them
         if isinstance(instance, str) or (
@@ -618,7 +618,9 @@ def _extras(doc: dict[str, Any]) -> dict[str, Any]:
         "dkim": tuple(
             Dkim(domain, (spec or {}).get("selector", "mail"), (spec or {}).get("key_size", 2048))
             for domain, spec in sorted((doc.get("dkim") or {}).items())
+            if domain != "signer"
         ),
+        "dkim_signer": (doc.get("dkim") or {}).get("signer", "opendkim"),
         "rspamd": _rspamd(doc.get("rspamd") or {}),
     }
 
@@ -647,6 +649,11 @@ def _rspamd(doc: dict[str, Any]) -> Rspamd:
             if opts
         ),
         controller_hash=controller.get("password_hash"),
+        controller_password=(
+            _password(controller, ("rspamd", "controller"))
+            if "password_env" in controller or "password_file" in controller
+            else None
+        ),
         learn=tuple(
             SaLearnJob(
                 schedule=" ".join(job["schedule"].split()),

@@ -38,6 +38,7 @@ from reconciler.errors import SecretError
 from reconciler.model import (
     MASTER_KEY,
     RELAY_KEY,
+    RSPAMD_CONTROLLER_KEY,
     DesiredState,
     PasswordEnv,
     PasswordFile,
@@ -707,6 +708,36 @@ def resolve_plaintext(
             f"{len(failures)} relay password(s) could not be read: " + "; ".join(failures[:20])
         )
     return out
+
+
+def resolve_rspamd_controller(
+    state: DesiredState,
+    stored: str | None,
+    *,
+    reader: SecretReader,
+    offline: bool = False,
+) -> dict[str, DesiredPassword]:
+    """The Rspamd web UI password read from password_env/password_file, keyed
+    `rspamd:controller`: KEPT when `stored` (the hash in worker-controller.inc) is a `$1$` hash
+    of the secret, NEW otherwise (the kind hashes it as `rspamadm pw --type pbkdf2` does).
+    Verified on every run: one PBKDF2-BLAKE2b of 16000 rounds, about 10 ms."""
+    from reconciler.passwords import rspamd_pw
+
+    source = state.rspamd.controller_password
+    if source is None:
+        return {}
+    key = RSPAMD_CONTROLLER_KEY
+    if offline and stored is not None and stored == rspamd_pw.placeholder(source_id(source)):
+        return {key: DesiredPassword(Status.KEPT, source, hash=stored)}
+    try:
+        secret = reader.read(source)
+    except SecretError as exc:
+        if offline:
+            return {key: DesiredPassword(Status.UNRESOLVED, source)}
+        raise SecretError(f"rspamd.controller: the password could not be read: {exc}") from None
+    if stored is not None and rspamd_pw.verify(secret.reveal(), stored):
+        return {key: DesiredPassword(Status.KEPT, source, hash=stored, secret=secret)}
+    return {key: DesiredPassword(Status.NEW, source, secret=secret)}
 
 
 def placeholder_secret(source: PasswordSource) -> str:

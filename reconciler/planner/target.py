@@ -29,6 +29,7 @@ DEFAULTS: dict[str, str] = {
     "ENABLE_AMAVIS": "1",
     "ENABLE_SPAMASSASSIN": "0",
     "ENABLE_RSPAMD": "0",
+    "ENABLE_OPENDKIM": "1",
     "ENABLE_QUOTAS": "1",  # 0 when ACCOUNT_PROVISIONER is not FILE or SMTP_ONLY=1: see below
     "ACCOUNT_PROVISIONER": "FILE",
     "SPAMASSASSIN_SPAM_TO_INBOX": "1",
@@ -208,6 +209,33 @@ def rspamd_warnings(facts: DmsFacts, desired: DesiredState) -> list[str]:
             "rspamd is declared but ENABLE_RSPAMD=0: DMS neither reads rspamd/ nor runs the "
             "rspamc learn jobs' Rspamd; the files are written for when it does"
         )
+    if desired.dkim:
+        # DMS's own rule (target/bin/open-dkim): Rspamd's keys only with ENABLE_RSPAMD=1 and
+        # ENABLE_OPENDKIM=0; otherwise OpenDKIM signs from opendkim/
+        rspamd_signs = facts.on("ENABLE_RSPAMD") and not facts.on("ENABLE_OPENDKIM")
+        if desired.dkim_signer == "rspamd" and not rspamd_signs:
+            out.append(
+                "dkim.signer is rspamd but this DMS has "
+                + ("ENABLE_RSPAMD=0" if not facts.on("ENABLE_RSPAMD") else "ENABLE_OPENDKIM=1")
+                + ": the keys in rspamd/dkim/ are written, but "
+                + (
+                    "nothing signs with them"
+                    if not facts.on("ENABLE_OPENDKIM")
+                    else "OpenDKIM signs (from opendkim/, where nothing is declared) and Rspamd "
+                    "signs too"
+                )
+                + "; set ENABLE_RSPAMD=1 ENABLE_OPENDKIM=0, or drop `signer: rspamd`"
+            )
+        elif desired.dkim_signer == "opendkim" and not facts.on("ENABLE_OPENDKIM"):
+            out.append(
+                "dkim: keys are declared for OpenDKIM but ENABLE_OPENDKIM=0: nothing signs with "
+                "them"
+                + (
+                    "; this DMS runs Rspamd: declare `dkim: {signer: rspamd}` to have it sign"
+                    if facts.on("ENABLE_RSPAMD")
+                    else ""
+                )
+            )
     if desired.rspamd.learn and facts.on("RSPAMD_LEARN"):
         out.append(
             "RSPAMD_LEARN=1 and rspamd.learn jobs: DMS already learns mail moved into or out of "

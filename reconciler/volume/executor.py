@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from reconciler import dkimkeys
+from reconciler import dkimkeys, rspamdkeys
 from reconciler import state as state_file
 from reconciler.errors import (
     LockBusy,
@@ -53,7 +53,8 @@ from reconciler.formats import (
     registry,
     sasl,
 )
-from reconciler.passwords import verified
+from reconciler.model import RSPAMD_CONTROLLER_KEY
+from reconciler.passwords import rspamd_pw, verified
 from reconciler.passwords.sources import Secret, hash_many
 from reconciler.plan import DeletionGuard, FilePlan, PendingHash, PendingKey, Plan
 from reconciler.volume import suspend
@@ -142,7 +143,7 @@ def render_files(
     unresolved_hash: Callable[[str], str] | None = None,
 ) -> dict[str, bytes]:
     """Bytes for every file the plan writes; new password hashes are made here."""
-    pending = sorted(plan.secrets)
+    pending = sorted(a for a in plan.secrets if a != RSPAMD_CONTROLLER_KEY)
     made = dict(zip(pending, hasher([plan.secrets[a] for a in pending]), strict=True))
 
     def hash_for(value: Any) -> str:
@@ -163,17 +164,37 @@ def render_files(
         if isinstance(fp.content, PendingKey):
             out[fp.name] = _key_file(fp.content, keys)
             continue
-        out[fp.name] = render_file(fp, hash_for).encode("utf-8", "surrogateescape")
+        text = render_file(fp, hash_for)
+        if isinstance(fp.content, str) and rspamd_pw.PENDING in text:
+            text = text.replace(rspamd_pw.PENDING, _rspamd_hash(plan))
+        out[fp.name] = text.encode("utf-8", "surrogateescape")
     return out
 
 
+def _rspamd_hash(plan: Plan) -> str:
+    """The Rspamd web UI password's new hash (`rspamadm pw --type pbkdf2`), made now."""
+    secret = plan.secrets.get(RSPAMD_CONTROLLER_KEY)
+    if secret is None:
+        raise SecretError(
+            "rspamd.controller: the password could not be read, so apply cannot hash it "
+            "(planned with --offline?)"
+        )
+    return rspamd_pw.make(secret.reveal())
+
+
 def _key_file(pending: PendingKey, made: dict[tuple[str, str], dkimkeys.KeyPair]) -> bytes:
-    """The private key or DNS record file of a key pair made once per (domain, selector)."""
+    """The private key or DNS record file of a key pair made once per (domain, selector):
+    OpenDKIM's (`private`, `txt`) or Rspamd's (`rspamd-private`, `rspamd-public`,
+    `rspamd-dns`)."""
     pair = made.get((pending.domain, pending.selector))
     if pair is None:
         pair = made[(pending.domain, pending.selector)] = dkimkeys.generate(pending.bits)
-    if pending.part == "private":
+    if pending.part in ("private", "rspamd-private"):
         return pair.private_pem
+    if pending.part == "rspamd-public":
+        return rspamdkeys.render_public(pending.selector, pair.public_b64).encode()
+    if pending.part == "rspamd-dns":
+        return rspamdkeys.render_dns(pair.public_b64).encode()
     return opendkim.render_txt(pending.domain, pending.selector, pair.public_b64).encode()
 
 
@@ -606,6 +627,8 @@ def _stage(snap: FileSnapshot, data: bytes) -> str:
         raise VolumeError(_why(exc, snap.path)) from None
     try:
         os.fchmod(fd, mode)  # the umask must not loosen or tighten what the admin chose
+        if snap.uid is None and registry.takes_folder_owner(snap.path):
+            snap = _with_folder_owner(snap, directory)
         if snap.uid is not None and (snap.uid, snap.gid) != (os.geteuid(), os.getegid()):
             try:
                 os.fchown(fd, snap.uid, snap.gid if snap.gid is not None else -1)
@@ -621,6 +644,14 @@ def _stage(snap: FileSnapshot, data: bytes) -> str:
         raise VolumeError(_why(exc, snap.path)) from None
     os.close(fd)
     return tmp
+
+
+def _with_folder_owner(snap: FileSnapshot, directory: str) -> FileSnapshot:
+    try:
+        info = os.lstat(directory)
+    except OSError:
+        return snap
+    return dataclasses.replace(snap, uid=info.st_uid, gid=info.st_gid)
 
 
 def _new_file_mode(path: str) -> int:

@@ -13,6 +13,7 @@ import stat
 from collections.abc import Callable
 from typing import Any
 
+from reconciler import rspamdkeys
 from reconciler import state as state_file
 from reconciler.errors import VolumeError
 from reconciler.formats import (
@@ -51,6 +52,7 @@ def read_snapshots(config_dir: str, cron_path: str) -> dict[str, FileSnapshot]:
     }
     snapshots.update(_dkim_key_snapshots(config_dir))
     snapshots.update(_rspamd_override_snapshots(config_dir))
+    snapshots.update(_rspamd_dkim_snapshots(config_dir))
     snapshots[CRON] = read_snapshot(cron_path)
     return snapshots
 
@@ -233,6 +235,30 @@ def _rspamd_override_snapshots(config_dir: str) -> dict[str, FileSnapshot]:
             raise VolumeError(symlink_refusal(entry.path))
         if entry.is_file(follow_symlinks=False) and TEMP_MARK not in entry.name:
             out[f"{folder}/{entry.name}"] = read_snapshot(entry.path)
+    return out
+
+
+def _rspamd_dkim_snapshots(config_dir: str) -> dict[str, FileSnapshot]:
+    """Every `rspamd/dkim/*.txt` (Rspamd's DKIM keys and their records). A symlinked folder on
+    the way or a symlinked key file is refused, never followed, as for OpenDKIM's keys."""
+    folder = rspamdkeys.DIRECTORY
+    refuse_symlinked_folder(config_dir, folder)
+    path = os.path.join(config_dir, folder)
+    try:
+        found = sorted(os.scandir(path), key=lambda e: e.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    except OSError as exc:
+        raise VolumeError(f"cannot read {path}: {exc.strerror}") from None
+    out: dict[str, FileSnapshot] = {}
+    for entry in found:
+        name = f"{folder}/{entry.name}"
+        if not rspamdkeys.is_key_file(name) or TEMP_MARK in entry.name:
+            continue
+        if entry.is_symlink():
+            raise VolumeError(symlink_refusal(entry.path))
+        if entry.is_file(follow_symlinks=False):
+            out[name] = read_snapshot(entry.path)
     return out
 
 
