@@ -65,7 +65,7 @@ def start(client: Any, volume: DmsVolume, name: str, image: str) -> RealDms:
                                                            "mode": "ro"}})
 
 
-def add_account(target: Target, local: str) -> str:
+def add_account(target: Target, local: str, index: int = 0) -> str:
     """One account in a domain without a catch-all: in a catch-all domain it would also get
     self-routes, a change to postfix-regexp.cf (which the fixture makes read-only in DMS)."""
     desired = Path(target.desired_path)
@@ -73,7 +73,7 @@ def add_account(target: Target, local: str) -> str:
     loaded = yaml.safe_load(text)
     domain = next(d for d in loaded["domains"] if d not in (loaded.get("catch_all") or {}))
     address = f"{local}@{domain}"
-    pool_hash = benchgen.hash_pool()[0]
+    pool_hash = benchgen.hash_pool()[index]  # password f"pool-password-{index}"
     text = text.replace("accounts:\n", f'accounts:\n  {address}:\n    password_hash: "{pool_hash}"\n'
                         "    quota: 5G\n", 1)
     desired.write_text(text)
@@ -241,11 +241,14 @@ def test_account_changes_need_neither_a_dovecot_reload_nor_dms_change_detector(
     change detector, polling twice while the files are written and applied under the lock,
     finds its record held aside and does nothing: no second handling, no reload of its own."""
     dms, target, client = host
-    (changed, old_index), (removed, removed_index) = plain_accounts(target)[:2]
+    changed, old_index = add_account(target, "changing", 1), 1
+    removed, removed_index = add_account(target, "leaving", 2), 2
+    first = apply_fast(target, FastApply(client, target.config_dir))
+    assert first is not None and first.path == "fast", first
     new_index = (old_index + 1) % len(benchgen.hash_pool())
     users = userdb_users(dms)
     reloads, handlings = dovecot_reloads(dms), detector_handlings(dms)
-    assert dms.imap_login(changed, f"pool-password-{old_index}")
+    wait_until(lambda: dms.imap_login(changed, f"pool-password-{old_index}"), 15, "a login")
     assert dms.imap_login(removed, f"pool-password-{removed_index}")
     added = add_account(target, "noreload")
     set_hash(target, changed, new_index)
