@@ -12,10 +12,12 @@ sidecar still holds DMS's lock after writing the config files (`run`):
 3. uploads the generated files next to their destinations and runs one script in the container:
    new mailbox folders made and owned by the vmail user, each file replaced by a rename (never a
    moment without an existing user), DMS's own `postconf`/`postalias`/10-auth.conf edits, then the
-   reloads DMS would run;
-4. writes DMS's checksum record (`/tmp/docker-mailserver-config-chksum`) only if DMS's own
-   `_monitored_files_checksums`, run in the container, gives exactly the record predicted; DMS's
-   change detector then finds nothing left to do.
+   reloads DMS would run, except Dovecot's when only its passwd-file data changed (it re-reads
+   those files itself; the reload would fail the logins in flight);
+4. writes DMS's checksum record (`/tmp/docker-mailserver-config-chksum`, held aside from just
+   before the write, `prepare`, so DMS's change detector does not handle the change too) only if
+   DMS's own `_monitored_files_checksums`, run in the container, gives exactly the record
+   predicted; DMS's change detector then finds nothing left to do.
 
 Anything unexpected (another DMS version, a setting or a line dmsgen does not model, a failed
 step, the container gone or restarted) leaves the record alone: DMS's change detector applies the
