@@ -177,13 +177,15 @@ def apply_once(
     forget_ownership: bool = False,
     revision: str | None = None,
     while_locked: Callable[[tuple[str, ...]], None] | None = None,
+    before_write: Callable[[tuple[str, ...]], None] | None = None,
 ) -> Applied:
     """Plan and apply until the volume matches, re-planning when another writer interferes.
 
     `check` runs on each plan before anything is written (a saved plan's staleness test).
     `forget_ownership`: see `plan_once`. `revision`: the git revision of the desired file,
     recorded in the state file when this apply writes it. A suspended volume is refused.
-    `while_locked(written)`: run after each write, still under DMS's lock (`apply_plan`).
+    `while_locked(written)`: run after each write, still under DMS's lock (`apply_plan`);
+    `before_write(names)`: under the lock, just before each write (`apply_plan`).
     """
     suspend.refuse_if_suspended(target.config_dir)
     cache = cache if cache is not None else VerifiedCache()
@@ -211,6 +213,7 @@ def apply_once(
                     lock_timeout=lock_timeout,
                     on_wait=on_wait,
                     while_locked=while_locked,
+                    before_write=before_write,
                 ),
             )
         except VolumeChanged as exc:  # files already put in place stay whole; re-plan the rest

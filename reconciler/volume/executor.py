@@ -227,11 +227,14 @@ def apply_plan(
     lock_timeout: float = 120.0,
     on_wait: Callable[[str], None] | None = None,
     while_locked: Callable[[tuple[str, ...]], None] | None = None,
+    before_write: Callable[[tuple[str, ...]], None] | None = None,
 ) -> ApplyResult:
     """Write `contents` (from `render_files`) under DMS's lock; see the module docstring.
 
     `while_locked(written)` runs after the files are written, before DMS's lock is released
-    (the sidecar's fast apply); what it raises is not caught here."""
+    (the sidecar's fast apply); `before_write(names)` under the lock, after every check, just
+    before the first file is written (fast apply hides DMS's checksum record from its change
+    detector meanwhile). What they raise is not caught here."""
     config_dir = observed.config_dir
     by_name = {fp.name: fp for fp in plan.files}
     snaps = {name: _snapshot(observed, name, by_name) for name in contents}
@@ -272,6 +275,8 @@ def apply_plan(
             for name in todo:
                 if not by_name[name].in_place:
                     staged[name] = _stage(snaps[name], contents[name])
+            if before_write is not None and todo:
+                before_write(tuple(todo))
             if todo:
                 intent = state_file.render(observed.ownership.union(new_state)).encode()
                 if intent != state_snap.data:  # an unchanged state file is not touched either

@@ -203,15 +203,20 @@ class ReconcileCycle:
             applied = self._quiet_check(loaded) if trigger == "interval" else None
             if applied is None:
                 self._fast = None
-                applied = apply_once(
-                    self.target,
-                    loaded=loaded,
-                    cache=self.cache,
-                    lock_timeout=self.lock_timeout,
-                    on_wait=lambda message: self.log.info(message),
-                    revision=revision,
-                    while_locked=self._while_locked if self.fast_apply else None,
-                )
+                try:
+                    applied = apply_once(
+                        self.target,
+                        loaded=loaded,
+                        cache=self.cache,
+                        lock_timeout=self.lock_timeout,
+                        on_wait=lambda message: self.log.info(message),
+                        revision=revision,
+                        while_locked=self._while_locked if self.fast_apply else None,
+                        before_write=self._before_write if self.fast_apply else None,
+                    )
+                finally:
+                    if self.fast_apply is not None:
+                        self._release_fast_apply()
         except suspend.Suspended:  # suspended between our look and the apply's: nothing written
             found = suspend.read(self.target.config_dir) or suspend.Suspension()
             return self._plan_only(trigger, started, loaded, found, digest)
@@ -374,6 +379,21 @@ class ReconcileCycle:
                 internal_error(self.log, "talking to DMS", exc)
             self._prepare_next_read()
         return result
+
+    def _before_write(self, names: tuple[str, ...]) -> None:
+        """Under DMS's lock, before a write: fast apply holds DMS's checksum record aside."""
+        assert self.fast_apply is not None
+        try:
+            self.fast_apply.prepare(names)
+        except Exception as exc:  # a bug: the write goes on, DMS's change detector still applies
+            internal_error(self.log, "fast apply", exc)
+
+    def _release_fast_apply(self) -> None:
+        assert self.fast_apply is not None
+        try:
+            self.fast_apply.release()
+        except Exception as exc:  # a bug: the container's watchdog puts DMS's record back
+            internal_error(self.log, "fast apply", exc)
 
     def _while_locked(self, written: tuple[str, ...]) -> None:
         """Still under DMS's lock after a write: fast apply (never raises: a failure leaves the

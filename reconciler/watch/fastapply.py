@@ -12,10 +12,12 @@ sidecar still holds DMS's lock after writing the config files (`run`):
 3. uploads the generated files next to their destinations and runs one script in the container:
    new mailbox folders made and owned by the vmail user, each file replaced by a rename (never a
    moment without an existing user), DMS's own `postconf`/`postalias`/10-auth.conf edits, then the
-   reloads DMS would run;
-4. writes DMS's checksum record (`/tmp/docker-mailserver-config-chksum`) only if DMS's own
-   `_monitored_files_checksums`, run in the container, gives exactly the record predicted; DMS's
-   change detector then finds nothing left to do.
+   reloads DMS would run, except Dovecot's when only its passwd-file data changed (it re-reads
+   those files itself; the reload would fail the logins in flight);
+4. writes DMS's checksum record (`/tmp/docker-mailserver-config-chksum`, held aside from just
+   before the write, `prepare`, so DMS's change detector does not handle the change too) only if
+   DMS's own `_monitored_files_checksums`, run in the container, gives exactly the record
+   predicted; DMS's change detector then finds nothing left to do.
 
 Anything unexpected (another DMS version, a setting or a line dmsgen does not model, a failed
 step, the container gone or restarted) leaves the record alone: DMS's change detector applies the
@@ -58,17 +60,50 @@ ORDER = (
     dmsgen.ETC_ALIASES,
 )
 
+RECORD = dms_mod.CHKSUM_FILE
+# DMS's record, held aside while we write and apply: DMS's change detector compares it with the
+# files' checksums before it takes the lock (check-for-changes.sh); with the record missing its
+# `cmp` exits 2 and it does nothing, instead of waiting for our lock and then running its reloads
+# for a change already applied. A watchdog in the container puts it back if we never do.
+HELD = f"{RECORD}.dms-reconciler-held"
+HOLD_SECONDS = 120
+
 FACTS_SCRIPT = f"""
 cd {BIN} || exit 3
 echo '--- sha256'; sha256sum -- {" ".join(dmsgen.SCRIPTS)} 2>&1
 echo '--- settings'; cat /etc/dms-settings 2>&1
-echo '--- record'; cat {dms_mod.CHKSUM_FILE} 2>/dev/null || echo MISSING
+echo '--- boot'; cut -d ' ' -f 22 /proc/1/stat
+echo '--- record'; cat {RECORD} 2>/dev/null || echo MISSING
+if [[ ${{HOLD:-0}} == 1 && -f {RECORD} ]] && mv -f -- {RECORD} {HELD}; then
+  echo '--- held'
+  # the watchdog gives up once this hold is over (the held file gone, or another hold's)
+  setsid -f bash -c 'I=$(stat -c %i {HELD}); for _ in $(seq {HOLD_SECONDS}); do sleep 1
+      [[ $(stat -c %i {HELD} 2>/dev/null) == "$I" ]] || exit 0; done
+    [[ -e {RECORD} ]] || mv -f -- {HELD} {RECORD}; rm -f -- {HELD}' </dev/null >/dev/null 2>&1
+fi
 echo '--- end'
 """
 
-APPLY_SCRIPT = r"""
+# DMS's record back in place (if we held it and nothing wrote a record since)
+RESTORE_SCRIPT = f"""
+if [[ -e {HELD} ]]; then [[ -e {RECORD} ]] || mv -f -- {HELD} {RECORD}; rm -f -- {HELD}; fi
+"""
+
+APPLY_SCRIPT = (
+    r"""
 W=__WORK__
-fail() { echo "FAILED: $*"; exit 3; }
+RECORD=__RECORD__
+HELD=__HELD__
+restore() {
+  if [[ -e ${HELD} ]]; then
+    [[ -e ${RECORD} ]] || mv -f -- "${HELD}" "${RECORD}"
+    rm -f -- "${HELD}"
+  fi
+}
+fail() { restore; echo "FAILED: $*"; exit 3; }
+# the facts were read in this run of the container: after a restart DMS's start-up rebuilds
+# everything itself (and appends to the userdb line by line: a rename now would double users)
+[[ $(cut -d ' ' -f 22 /proc/1/stat) == "${BOOT}" ]] || fail "DMS restarted since fast apply began"
 # shellcheck source=/dev/null
 source /usr/local/bin/helpers/index.sh >/dev/null 2>&1 || fail "sourcing DMS's helpers"
 # shellcheck source=/dev/null
@@ -87,9 +122,15 @@ while IFS=$'\t' read -r SOURCE DEST; do
   if (( ${#MISSING[@]} )); then chown "${VMAIL}" -- "${DEST}"; fi
 done <"${W}/sieves"
 # 2. 10-auth.conf, as DMS edits it on every pass
+AUTH_CONF=/etc/dovecot/conf.d/10-auth.conf
+# DMS's comment edit adds a '#' on every pass: only a line that stops or starts being a comment
+# changes Dovecot's configuration
+auth_conf() { sed -E 's/^#+/#/' -- "${AUTH_CONF}" 2>/dev/null | cksum; }
+AUTH_BEFORE=$(auth_conf)
 while IFS= read -r EDIT; do
-  sed -i -e "${EDIT}" /etc/dovecot/conf.d/10-auth.conf || fail "editing 10-auth.conf"
+  sed -i -e "${EDIT}" "${AUTH_CONF}" || fail "editing 10-auth.conf"
 done <"${W}/auth"
+AUTH_AFTER=$(auth_conf)
 # 3. each generated file replaced by a rename in its own folder
 while IFS=$'\t' read -r DEST OWNER MODE; do
   NEW="$(dirname -- "${DEST}")/.$(basename -- "${DEST}")__SUFFIX__"
@@ -105,6 +146,16 @@ while IFS=$'\t' read -r DEST OWNER MODE; do
   if [[ -e ${DEST} ]] && cmp -s -- "${NEW}" "${DEST}"; then
     rm -f -- "${NEW}"
   else
+    if [[ -e ${DEST} ]]; then
+      # Dovecot re-reads a passwd-file when its mtime (whole seconds) or size differs from
+      # what it read: a changed password of the same length in the same second must move
+      # the mtime on
+      OLD_MTIME=$(stat -c %Y -- "${DEST}") && NEW_MTIME=$(stat -c %Y -- "${NEW}") \
+        || fail "reading the mtime of ${DEST}"
+      if (( NEW_MTIME <= OLD_MTIME )); then
+        touch -m -d "@$((OLD_MTIME + 1))" -- "${NEW}" || fail "touching ${DEST}"
+      fi
+    fi
     mv -f -- "${NEW}" "${DEST}" || { rm -f -- "${NEW}"; fail "replacing ${DEST}"; }
   fi
 done <"${W}/outputs"
@@ -125,21 +176,37 @@ _chown_var_mail_if_necessary || fail "owning /var/mail"
 # 5. the reloads DMS runs after a change
 if [[ ${RELOAD_AMAVIS} == 1 ]]; then amavisd reload >/dev/null 2>&1 || fail "amavisd reload"; fi
 _reload_postfix >/dev/null 2>&1 || fail "postfix reload"
-dovecot reload || fail "dovecot reload"
+# Dovecot's passwd-file passdb and userdb (/etc/dovecot/userdb, masterdb) re-read the file when
+# its mtime or size changed (at most once a second): only a changed configuration needs the
+# reload, whose restart of the auth processes fails the logins in flight. An auth cache
+# (auth_cache_size, off in DMS) would keep old answers: then reload, as DMS does.
+AUTH_CACHE=$(doveconf -h auth_cache_size 2>/dev/null) || AUTH_CACHE=unknown
+WHY=""
+[[ ${AUTH_BEFORE} == "${AUTH_AFTER}" ]] || WHY="10-auth.conf changed"
+[[ ${AUTH_CACHE} == 0 ]] || WHY="${WHY:+${WHY}, }auth_cache_size is ${AUTH_CACHE}"
+if [[ -n ${WHY} ]]; then
+  dovecot reload || fail "dovecot reload"
+  echo "DOVECOT=reloaded (${WHY})"
+fi
 # 6. DMS's checksum record, if DMS's own checksums are the ones predicted
 _obtain_hostname_and_domainname
 _rspamd_get_envs
 _monitored_files_checksums >"${W}/record.dms" || fail "computing DMS's checksums"
 if cmp -s -- "${W}/record.dms" "${W}/record"; then
-  RECORD=/tmp/docker-mailserver-config-chksum
   cp -- "${W}/record" "${RECORD}__SUFFIX__" && mv -f -- "${RECORD}__SUFFIX__" "${RECORD}" \
     || fail "writing DMS's checksum record"
+  rm -f -- "${HELD}"
   echo RECORD=written
 else
+  restore
   echo RECORD=differs
 fi
 rm -rf -- "${W}"
-""".replace("__WORK__", WORK).replace("__SUFFIX__", SUFFIX)
+""".replace("__WORK__", WORK)
+    .replace("__SUFFIX__", SUFFIX)
+    .replace("__RECORD__", RECORD)
+    .replace("__HELD__", HELD)
+)
 
 
 def enabled(environ: Mapping[str, str] = os.environ) -> bool:
@@ -198,6 +265,12 @@ def predicted_record(record: str, current: Mapping[str, str]) -> str:
     return "".join(line + "\n" for line in ours + others)
 
 
+def _upload_mtime() -> int:
+    """The mtime of the uploaded files (the apply script moves a replacement's on past the old
+    file's, for Dovecot's passwd-file check; a test pins it to prove that)."""
+    return int(time.time())
+
+
 def _tar(entries: Mapping[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
@@ -205,7 +278,7 @@ def _tar(entries: Mapping[str, bytes]) -> bytes:
             info = tarfile.TarInfo(path.lstrip("/"))
             info.size = len(data)
             info.mode = 0o600
-            info.mtime = int(time.time())
+            info.mtime = _upload_mtime()
             archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
@@ -228,15 +301,44 @@ class FastApply:
         self.config_dir = config_dir
         self.command_timeout = command_timeout
         self._amavis_follows = False
+        self._prepared: tuple[Any, str, dict[str, str]] | None = None
+        self._holding: Any = None  # the container whose record we hold aside (HELD)
+
+    def prepare(self, names: Collection[str]) -> None:
+        """`before_write` of `apply_once`: under DMS's lock, just before the files are written,
+        read DMS's facts and hold its checksum record aside (HELD), so that its change detector,
+        polling while we write and apply, neither sees a change nor runs its reloads for one
+        already applied. `run` (or `release`) puts the record back, as predicted or as it was.
+        A failure here only means `run` asks again, without the hold."""
+        if self._holding is not None and self._prepared is not None:
+            return  # a retry after a write interrupted by another writer: still held, same facts
+        self.release()
+        if not any(name in dmsgen.MONITORED for name in names) or self._cooling(time.monotonic()):
+            return
+        try:
+            self._prepared = self._facts(hold=True)
+        except (dms_mod.DmsUnavailable, dms_mod.DmsCommandFailed, dmsgen.Unsupported):
+            self._prepared = None
+
+    def release(self) -> None:
+        """After `apply_once` returned or raised: if the record is still held (the write failed,
+        or `run` could not finish), put it back, so DMS's change detector sees what changed."""
+        self._prepared = None
+        if self._holding is not None:
+            self._restore(self._holding)
+
+    def _cooling(self, now: float) -> bool:
+        unreachable_at = getattr(self.dms, "unreachable_at", None)
+        return unreachable_at is not None and now - unreachable_at < SKIP_AFTER_UNREACHABLE
 
     def run(self, written: Collection[str]) -> Result | None:
         if not any(name in dmsgen.MONITORED for name in written):
             return None
         started = time.monotonic()
-        unreachable_at = getattr(self.dms, "unreachable_at", None)
-        if unreachable_at is not None and started - unreachable_at < SKIP_AFTER_UNREACHABLE:
+        if self._prepared is None and self._cooling(started):
             # the engine did not answer a moment ago: asking again would hold DMS's lock (and the
             # sidecar's loop) for another query timeout; DMS's change detector has the change
+            self.release()
             return Result(
                 "dms", "the Docker engine did not answer lately; left to DMS", unreachable=True
             )
@@ -253,19 +355,41 @@ class FastApply:
             result = Result("dms", f"fast apply failed ({exc}); left to DMS's change detector")
         except dmsgen.Unsupported as exc:
             result = Result("dms", f"fast apply does not model this ({exc}); left to DMS")
+        finally:
+            self.release()
         return result
 
-    def _run(self, started: float) -> Result:
+    def _facts(self, *, hold: bool) -> tuple[Any, str, dict[str, str]]:
+        """The container, its DMS release and the FACTS_SCRIPT's sections; `hold`: DMS's record
+        is held aside (`_holding` says so until it is back)."""
         container = self.dms.find()
         env = _container_env(container)
         release = env.get("DMS_RELEASE", "unknown")
         for name in LOCALE_VARS:
             if env.get(name, "C") not in ("", "C", "POSIX"):
                 raise dmsgen.Unsupported(f"the container sets {name}={env[name]}")
-        code, output = self.dms.run(container, ["bash", "-c", FACTS_SCRIPT])
+        if hold:
+            self._holding = container  # from here until we know it is not held
+        code, output = self.dms.run(
+            container, ["env", f"HOLD={int(hold)}", "bash", "-c", FACTS_SCRIPT]
+        )
         facts = parse_sections(output)
+        if hold and code == 0 and "end" in facts and "held" not in facts:
+            self._holding = None
         if code != 0 or "end" not in facts:
             raise dms_mod.DmsCommandFailed(f"reading DMS's scripts and settings (exit {code})")
+        return container, release, facts
+
+    def _restore(self, container: Any) -> None:
+        self._holding = None  # tried once: what this cannot do, the container's watchdog does
+        try:
+            self.dms.run(container, ["bash", "-c", RESTORE_SCRIPT])
+        except (dms_mod.DmsUnavailable, dms_mod.DmsCommandFailed):
+            pass  # gone or restarted: DMS's start-up writes a new record
+
+    def _run(self, started: float) -> Result:
+        prepared, self._prepared = self._prepared, None
+        container, release, facts = prepared or self._facts(hold=False)
         hashes = {}
         for line in facts.get("sha256", "").splitlines():
             digest, _, path = line.partition("  ")
@@ -296,6 +420,7 @@ class FastApply:
             container,
             [
                 "env",
+                f"BOOT={facts.get('boot', '').strip()}",
                 f"POSTALIAS={int(gen.postalias)}",
                 f"RELOAD_AMAVIS={int(gen.reload_amavis and not self._amavis_follows)}",
                 "bash",
@@ -305,6 +430,8 @@ class FastApply:
             timeout=self.command_timeout,
         )
         took = time.monotonic() - started
+        if re.search(r"^(FAILED: |RECORD=)", output, re.M):
+            self._holding = None  # the script wrote the record or put it back
         failed = re.search(r"^FAILED: (.*)$", output, re.M)
         if code != 0 or failed:
             why = failed.group(1) if failed else f"exit {code}"
@@ -324,8 +451,13 @@ class FastApply:
                 took,
                 version,
             )
+        reloaded = re.search(r"^DOVECOT=(reloaded.*)$", output, re.M)
+        dovecot = reloaded.group(1) if reloaded else "not reloaded (only its data changed)"
         return Result(
-            "fast", f"fast apply (DMS {release}) applied {names} in {took:.2f} s", took, version
+            "fast",
+            f"fast apply (DMS {release}) applied {names} in {took:.2f} s; Dovecot {dovecot}",
+            took,
+            version,
         )
 
     def _read_files(self) -> dict[str, bytes | None]:
