@@ -27,6 +27,7 @@ import os
 import sys
 import time
 
+from reconciler.configvolume import Volume
 from reconciler.passwords import sources as passwords
 from reconciler.reconcile import Target, plan_once
 
@@ -34,7 +35,7 @@ from reconciler.reconcile import Target, plan_once
 def cache(desired: str, config_dir: str, cron_file: str, env_file: str) -> dict[str, object]:
     with open(env_file, encoding="utf-8") as handle:
         environ = {**os.environ, **json.load(handle)}
-    target = Target(desired, config_dir, cron_file, environ=environ)
+    target = Target(desired, Volume(config_dir, cron_file), environ=environ)
     verified = passwords.VerifiedCache()
     start = time.perf_counter()
     cold = plan_once(target, cache=verified)
@@ -71,7 +72,7 @@ def one_add(desired: str, config_dir: str, cron_file: str, env_file: str) -> dic
 
     with open(env_file, encoding="utf-8") as handle:
         environ = {**os.environ, **json.load(handle)}
-    target = Target(desired, config_dir, cron_file, environ=environ)
+    target = Target(desired, Volume(config_dir, cron_file), environ=environ)
     times = {}
     start = time.perf_counter()
     data = read_desired_bytes(desired)

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from reconciler.configvolume import Volume
 from reconciler.errors import ReconcilerError, Refused, VolumeError
 from reconciler.gcpause import paused
 from reconciler.load.desired import Loaded, load_desired
@@ -31,12 +32,12 @@ from reconciler.planner import target as dms_target
 from reconciler.planner.make import make_plan
 from reconciler.planner.target import DmsFacts
 from reconciler.volume import suspend
+from reconciler.volume.atomic import VolumeChanged
+from reconciler.volume.contents import render_files
 from reconciler.volume.executor import (
     ApplyResult,
-    VolumeChanged,
     apply_plan,
     check_safety,
-    render_files,
     require_cron_folder,
     write_record,
 )
@@ -60,8 +61,7 @@ class Target:
     """Where the desired state comes from and which volume it is applied to."""
 
     desired_path: str
-    config_dir: str
-    cron_path: str
+    volume: Volume
     prune: bool = False
     offline: bool = False
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
@@ -102,7 +102,7 @@ def plan_once(
     """Read everything and compute the plan; writes nothing. `forget_ownership` plans as if the
     state file owned nothing (its plan key kept): see `take_ownership`."""
     loaded = loaded or load_desired(target.desired_path)
-    observed = observe(target.config_dir, target.cron_path)
+    observed = observe(target.volume)
     if forget_ownership:
         from reconciler.state import Ownership
 
@@ -110,7 +110,7 @@ def plan_once(
             observed, ownership=Ownership(plan_key=observed.ownership.plan_key)
         )
     reader = passwords.SecretReader(target.base_dir, target.environ)
-    record = _read_record(target.config_dir)
+    record = _read_record(target.volume)
     decided = passwords.resolve(
         loaded.state,
         observed.stored_hashes(),
@@ -128,13 +128,13 @@ def plan_once(
     if target.dms_facts is not None:
         plan = dms_target.annotate(plan, target.dms_facts(), loaded.state)
     if any(f.name == CRON and f.write for f in plan.files):
-        require_cron_folder(target.cron_path)  # apply would refuse: so does the plan
+        require_cron_folder(target.volume)  # apply would refuse: so does the plan
     return Planned(loaded, observed, plan, decided, record)
 
 
-def _read_record(config_dir: str) -> frozenset[str]:
+def _read_record(volume: Volume) -> frozenset[str]:
     try:
-        return verified.parse(read_snapshot(os.path.join(config_dir, verified.FILENAME)).data)
+        return verified.parse(read_snapshot(volume.path(verified.FILENAME)).data)
     except VolumeError:  # a symlink or FIFO in its place: never followed, only costs time
         return frozenset()
 
@@ -153,7 +153,7 @@ def _record_verified(target: Target, converged: Planned, result: ApplyResult) ->
     }
     facts = verified.facts_for(hashed, passwords.SecretReader(target.base_dir, target.environ))
     if facts != converged.record:
-        write_record(target.config_dir, verified.render(facts))
+        write_record(target.volume, verified.render(facts))
 
 
 def apply_once(
@@ -176,7 +176,7 @@ def apply_once(
     recorded in the state file when this apply writes it. A suspended volume is refused.
     `while_locked(written)`: run after each write, still under DMS's lock (`apply_plan`).
     """
-    suspend.refuse_if_suspended(target.config_dir)
+    suspend.refuse_if_suspended(target.volume.folder)
     cache = cache if cache is not None else VerifiedCache()
     loaded = loaded or load_desired(target.desired_path)
     first: Planned | None = None
@@ -247,7 +247,7 @@ def _with_revision(planned: Planned, revision: str | None) -> Planned:
     return dataclasses.replace(planned, plan=dataclasses.replace(plan, ownership=ownership))
 
 
-def take_ownership(loaded: Loaded, config_dir: str, cron_path: str) -> Applied:
+def take_ownership(loaded: Loaded, volume: Volume) -> Applied:
     """Record as owned every entry of `loaded` (an export of this volume), writing nothing but the
     state file: what the first apply of the unchanged file would do. Then removing an exported
     entry from the file before that first apply deletes it, as it would after. Refused, with
@@ -257,7 +257,7 @@ def take_ownership(loaded: Loaded, config_dir: str, cron_path: str) -> Applied:
     an earlier apply wrote that the export could not express (relay credentials, whose password
     cannot go into the file) becomes unmanaged, kept, instead of being planned for deletion; that
     is what export promised (left unmanaged, with a warning), and export -> plan stays empty."""
-    target = Target(loaded.filename, config_dir, cron_path)
+    target = Target(loaded.filename, volume)
 
     def no_changes(planned: Planned) -> None:
         changes = planned.plan.changes
@@ -308,7 +308,7 @@ def _holds_planned_bytes(planned: Planned, contents: Mapping[str, bytes]) -> boo
     if plan.secrets or plan.unresolved:
         return False
     before = planned.observed.snapshots
-    now = read_snapshots(planned.observed.config_dir, planned.observed.cron_path)
+    now = read_snapshots(planned.observed.volume)
     if now.keys() != before.keys():
         return False
     for name, snap in now.items():

@@ -156,7 +156,7 @@ class ReconcileCycle:
                 self._at_revision(git.revision)  # did not touch the file: the volume matches it
             return None
         self._digest_seen = digest
-        found = suspend.read(self.target.config_dir)
+        found = suspend.read(self.target.volume.folder)
         if found is None:
             self.reporter.not_suspended()
         if trigger == "interval" and found is None and self._still_clean(digest):
@@ -213,7 +213,7 @@ class ReconcileCycle:
                     while_locked=self._while_locked if self.fast_apply else None,
                 )
         except suspend.Suspended:  # suspended between our look and the apply's: nothing written
-            found = suspend.read(self.target.config_dir) or suspend.Suspension()
+            found = suspend.read(self.target.volume.folder) or suspend.Suspension()
             return self._plan_only(trigger, started, loaded, found, digest)
         except Refused as exc:
             self._count_pending(loaded)
@@ -290,7 +290,7 @@ class ReconcileCycle:
         if self._clean is None or self._clean[0] != digest:
             return False
         try:
-            now = read_fingerprint(self.target.config_dir, self.target.cron_path)
+            now = read_fingerprint(self.target.volume)
         except ReconcilerError:
             return False
         return now == self._clean[1]
@@ -395,7 +395,7 @@ class ReconcileCycle:
         """Parse what was just written now, while nothing waits, instead of at the start of the
         next change. A volume that cannot be read now is reported by that change's own read."""
         try:
-            prepare_next_read(self.target.config_dir, self.target.cron_path)
+            prepare_next_read(self.target.volume)
         except ReconcilerError:
             pass
 

@@ -248,7 +248,7 @@ class Watcher:
         self.schedule = Schedule(self.options.interval, clock=clock)
         self.confirmer = Confirmer(
             dms,
-            config_dir=target.config_dir,
+            config_dir=target.volume.folder,
             metrics=self.metrics,
             status=self.status,
             log=self.log,
@@ -274,7 +274,7 @@ class Watcher:
             lock_timeout=self.options.lock_timeout,
             retry_in=self.schedule.next_retry_delay,
             fast_apply=(
-                FastApply(dms, target.config_dir)
+                FastApply(dms, target.volume.folder)
                 if dms is not None and self.options.fast_apply
                 else None
             ),
@@ -334,7 +334,7 @@ class Watcher:
                 extra={
                     "fields": {
                         "file": self.target.desired_path,
-                        "config_dir": self.target.config_dir,
+                        "config_dir": self.target.volume.folder,
                         "interval_seconds": self.options.interval,
                         "dms": self.dms.describe() if self.dms else "off",
                         "notify": self.notifier.describe() if self.notifier else [],

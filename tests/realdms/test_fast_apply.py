@@ -42,7 +42,7 @@ def host(
                                           f"hostname: {harness.HOSTNAME}")
     desired = volume.root / "mailserver.yaml"
     desired.write_text(text)
-    target = Target(str(desired), str(volume.config), str(volume.cron))
+    target = Target(str(desired), volume.value)
     apply_once(target)
     readonly = volume.root / "regexp-ro"  # a generated file the container cannot replace
     readonly.write_text("")

@@ -43,7 +43,7 @@ def big_host(
         "hostname: mail.bench-host.test", f"hostname: {harness.HOSTNAME}"), spec.domains[0])
     desired = volume.root / "mailserver.yaml"
     desired.write_text(text)
-    target = Target(str(desired), str(volume.config), str(volume.cron))
+    target = Target(str(desired), volume.value)
     apply_once(target)
     last = (volume.config / "postfix-accounts.cf").read_text().splitlines()[-1]
     assert last.startswith(bystander + "|"), "the bystander must be DMS's last account"
