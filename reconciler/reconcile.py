@@ -24,6 +24,7 @@ from reconciler.configvolume import Volume
 from reconciler.errors import ReconcilerError, Refused, VolumeError
 from reconciler.gcpause import paused
 from reconciler.load.desired import Loaded, load_desired
+from reconciler.memory import Memory
 from reconciler.passwords import sources as passwords
 from reconciler.passwords import verified
 from reconciler.passwords.sources import VerifiedCache
@@ -96,13 +97,14 @@ def plan_once(
     target: Target,
     *,
     loaded: Loaded | None = None,
-    cache: VerifiedCache | None = None,
+    memory: Memory | None = None,
     forget_ownership: bool = False,
 ) -> Planned:
-    """Read everything and compute the plan; writes nothing. `forget_ownership` plans as if the
-    state file owned nothing (its plan key kept): see `take_ownership`."""
+    """Read everything and compute the plan; writes nothing. `memory`: what earlier reconciles
+    of this process parsed and verified (None: nothing, and nothing is kept). `forget_ownership`
+    plans as if the state file owned nothing (its plan key kept): see `take_ownership`."""
     loaded = loaded or load_desired(target.desired_path)
-    observed = observe(target.volume)
+    observed = observe(target.volume, parses=memory.parses if memory else None)
     if forget_ownership:
         from reconciler.state import Ownership
 
@@ -116,7 +118,7 @@ def plan_once(
         observed.stored_hashes(),
         reader=reader,
         offline=target.offline,
-        cache=cache,
+        cache=memory.verified if memory else None,
         record=record,
     )
     decided.update(
@@ -160,7 +162,7 @@ def apply_once(
     target: Target,
     *,
     allow_deletions: int | None = None,
-    cache: VerifiedCache | None = None,
+    memory: Memory | None = None,
     loaded: Loaded | None = None,
     lock_timeout: float = 120.0,
     on_wait: Callable[[str], None] | None = None,
@@ -171,18 +173,19 @@ def apply_once(
 ) -> Applied:
     """Plan and apply until the volume matches, re-planning when another writer interferes.
 
+    `memory`: see `plan_once`; None: a fresh one, shared by this apply's plans only.
     `check` runs on each plan before anything is written (a saved plan's staleness test).
     `forget_ownership`: see `plan_once`. `revision`: the git revision of the desired file,
     recorded in the state file when this apply writes it. A suspended volume is refused.
     `while_locked(written)`: run after each write, still under DMS's lock (`apply_plan`).
     """
     suspend.refuse_if_suspended(target.volume.folder)
-    cache = cache if cache is not None else VerifiedCache()
+    memory = memory if memory is not None else Memory()
     loaded = loaded or load_desired(target.desired_path)
     first: Planned | None = None
     result = ApplyResult((), {}, {})
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        planned = plan_once(target, loaded=loaded, cache=cache, forget_ownership=forget_ownership)
+        planned = plan_once(target, loaded=loaded, memory=memory, forget_ownership=forget_ownership)
         if check is not None:
             check(planned)
         planned = _with_revision(planned, revision)
@@ -214,11 +217,11 @@ def apply_once(
             # of a no-change apply on a big host).
             _record_verified(target, planned, result)
             return Applied(first, result, attempt, converged=True)
-        if proves_convergence(target, planned, contents, loaded, cache):
+        if proves_convergence(target, planned, contents, loaded, memory):
             _record_verified(target, planned, result)
             return Applied(first, result, attempt, converged=True)
-        _remember_new_hashes(planned, contents, cache)
-        again = plan_once(target, loaded=loaded, cache=cache)
+        _remember_new_hashes(planned, contents, memory.verified)
+        again = plan_once(target, loaded=loaded, memory=memory)
         if not again.plan.has_changes:
             _record_verified(target, again, result)
             return Applied(first, result, attempt, converged=True)
@@ -285,11 +288,11 @@ def proves_convergence(
     planned: Planned,
     contents: Mapping[str, bytes],
     loaded: Loaded,
-    cache: VerifiedCache,
+    memory: Memory,
 ) -> bool:
     """True when the volume is proven to match `loaded` after writing `contents`: it holds the
     planned bytes (`_holds_planned_bytes`). False means: make the whole plan again. `target`,
-    `loaded` and `cache` are what such a plan would take (the suite's stricter proof uses them)."""
+    `loaded` and `memory` are what such a plan would take (the suite's stricter proof uses them)."""
     return _holds_planned_bytes(planned, contents)
 
 

@@ -136,37 +136,44 @@ def _codec(name: str) -> Callable[[str], Any]:
     return row.parse
 
 
-# file name -> (bytes, their parse) of the last parse of that file
-_last_parse: dict[str, tuple[bytes, Any]] = {}
-
-
-def _parsed(name: str, data: bytes) -> Any:
-    """The parse of one file's bytes, remembered: every parse is a pure function of the bytes,
-    and most files are the same as last time (the check after an apply re-reads the files it
-    did not write; the sidecar re-reads all of them on every event, see `prepare_next_read`).
+class ParseCache:
+    """The last parse of each file, by logical name: every parse is a pure function of the
+    bytes, and most files are the same as last time (the check after an apply re-reads the files
+    it did not write; the sidecar re-reads all of them on every event, see `prepare_next_read`).
     Only the last parse of each file is kept: the sidecar's memory stays one parse per file,
-    however many versions of postfix-virtual.cf it has seen. Never mutated."""
-    last = _last_parse.get(name)
-    if last is not None and last[0] == data:
-        return last[1]
-    parsed = _codec(name)(data.decode("utf-8", "surrogateescape"))
-    _last_parse[name] = (data, parsed)
-    return parsed
+    however many versions of postfix-virtual.cf it has seen. A parse handed out is never mutated.
+    It lives in the caller's `memory.Memory`, not in this module: a one-shot command's apply
+    shares one across its plans, the sidecar one across its life."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, tuple[bytes, Any]] = {}  # name -> (bytes, their parse)
+
+    def parsed(self, name: str, data: bytes) -> Any:
+        """The parse of one file's bytes, remembered."""
+        last = self.last.get(name)
+        if last is not None and last[0] == data:
+            return last[1]
+        parsed = _codec(name)(data.decode("utf-8", "surrogateescape"))
+        self.last[name] = (data, parsed)
+        return parsed
 
 
-def prepare_next_read(volume: Volume) -> None:
-    """Parse the volume as it is now, so the next `observe` finds the files already parsed.
+def prepare_next_read(volume: Volume, parses: ParseCache) -> None:
+    """Parse the volume as it is now into `parses`, so the next `observe` with them finds the
+    files already parsed.
 
     The sidecar calls this right after it wrote, when nothing waits for it: otherwise the next
     change to mailserver.yaml would start by parsing the files this write produced (at 10,000
     accounts, 50 ms for postfix-virtual.cf) before it could plan.
     """
-    observe(volume)
+    observe(volume, parses=parses)
 
 
 @paused
-def observe(volume: Volume) -> Observed:
-    """Read every file dms-reconciler manages from the volume and parse it."""
+def observe(volume: Volume, *, parses: ParseCache | None = None) -> Observed:
+    """Read every file dms-reconciler manages from the volume and parse it. `parses`: the
+    parses of earlier reads to reuse (and to remember these in); None parses every file."""
+    parses = ParseCache() if parses is None else parses
     if not os.path.isdir(volume.folder):
         raise VolumeError(
             f"config dir {volume.folder} does not exist or is not a directory "
@@ -180,7 +187,7 @@ def observe(volume: Volume) -> Observed:
         data = snapshots[name].data
         if data is None and name not in registry.ENTRY_FILES:
             return None
-        return _parsed(name, data or b"")
+        return parses.parsed(name, data or b"")
 
     ownership = state_file.Ownership()
     if snapshots[state_file.FILENAME].exists:
@@ -206,7 +213,7 @@ def observe(volume: Volume) -> Observed:
         dkim_tables={name: parsed(name) for name in opendkim.TABLES},
         rspamd_commands=parsed(registry.RSPAMD_COMMANDS.name),
         rspamd_files={
-            name: _parsed(name, snap.data)
+            name: parses.parsed(name, snap.data)
             for name, snap in snapshots.items()
             if snap.data is not None
             and name != registry.RSPAMD_COMMANDS.name

@@ -31,7 +31,7 @@ from typing import Literal
 
 from reconciler import log as logs
 from reconciler.errors import ReconcilerError
-from reconciler.passwords.sources import VerifiedCache
+from reconciler.memory import Memory
 from reconciler.planner.target import DmsFacts
 from reconciler.reconcile import Target
 from reconciler.watch import dms as dms_mod
@@ -256,6 +256,7 @@ class Watcher:
             poll_seconds=self.options.dms_poll,
             notify=notify,
         )
+        self.memory = Memory()  # what this sidecar parsed and verified, for its life
         self.cycle = ReconcileCycle(
             target,
             inputs=InputReader(target),
@@ -268,7 +269,7 @@ class Watcher:
                 notify=notify,
             ),
             confirmer=self.confirmer,
-            cache=VerifiedCache(),
+            memory=self.memory,
             log=self.log,
             clock=clock,
             lock_timeout=self.options.lock_timeout,

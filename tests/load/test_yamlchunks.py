@@ -256,11 +256,11 @@ def test_the_sidecar_reloads_through_one_incremental_loader(tmp_path: Path, volu
     target = Target(str(path), volume.value, environ={})
     watcher = Watcher(target, WatchOptions(interval=3600))
     watcher.reconcile("startup")
-    loader = watcher.cycle.yaml
+    loader = watcher.memory.yaml
     assert (loader.parsed, loader.reused, loader.fell_back) == (22, 0, False)
     path.write_text(path.read_text() + f'  new@example.com:\n    password_hash: "{hashed}"\n')
     watcher.reconcile("change")
-    assert watcher.cycle.yaml is loader
+    assert watcher.memory.yaml is loader
     assert (loader.parsed, loader.reused, loader.fell_back) == (1, 22, False)
     assert "new@example.com|" in (volume.read("postfix-accounts.cf") or "")
 

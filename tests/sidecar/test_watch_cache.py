@@ -110,6 +110,6 @@ def test_a_change_plans_from_a_volume_parsed_right_after_the_last_write(
         assert before not in parsed
         assert parsed == [now]
     # one parse per file is kept, the one of the bytes now on the volume
-    assert observe._last_parse[virtual.FILENAME][0].decode() == volume.read("postfix-virtual.cf")
+    assert watcher.memory.parses.last[virtual.FILENAME][0].decode() == volume.read("postfix-virtual.cf")
     # one parse per file: the DMS files' codecs, and the Rspamd files found under rspamd/
-    assert {n for n in observe._last_parse if not n.startswith("rspamd/")} <= set(observe._CODECS)
+    assert {n for n in watcher.memory.parses.last if not n.startswith("rspamd/")} <= set(observe._CODECS)
