@@ -10,7 +10,8 @@ from typing import Any
 from reconciler import dkimkeys
 from reconciler.errors import SecretError
 from reconciler.formats import accounts, amavis, cron, masters, opendkim, registry, sasl
-from reconciler.passwords.sources import Secret, hash_many
+from reconciler.passwords.hashing import hash_many
+from reconciler.passwords.sources import Secret
 from reconciler.plan import FilePlan, PendingHash, PendingKey, Plan
 from reconciler.volume.observe import CRON
 
