@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from reconciler.configvolume import Volume
+from reconciler.configvolume import Volume as ConfigVolume
 from reconciler.reconcile import Target
 from reconciler.watch import cycle, dms, events
 from reconciler.watch.events import watch_dirs
@@ -63,7 +63,7 @@ def test_the_parents_of_watched_folders_guard_them_and_only_events_naming_them_c
 
 
 def test_failed_reconciles_are_retried_sooner_than_the_interval(tmp_path: Path) -> None:
-    target = Target(str(tmp_path / "m.yaml"), Volume(str(tmp_path), str(tmp_path / "cron")))
+    target = Target(str(tmp_path / "m.yaml"), ConfigVolume(str(tmp_path), str(tmp_path / "cron")))
     sidecar = Watcher(target, WatchOptions(interval=60))
     assert [sidecar.schedule.retry_delay(n) for n in (1, 2, 3, 6, 7, 100)] == [1, 2, 4, 32, 60, 60]
     assert Watcher(target, WatchOptions(interval=0.5)).schedule.retry_delay(1) == 1
