@@ -188,7 +188,7 @@ class Host:
     mail_baseline: float = 0.0  # seconds a mail to an existing account takes, no change going on
 
     def target(self) -> Target:
-        return Target(str(self.desired), str(self.volume.config), str(self.volume.cron))
+        return Target(str(self.desired), self.volume.value)
 
     def idle(self) -> bool:
         """DMS has applied the volume as it is and nothing holds its lock."""
@@ -205,7 +205,7 @@ def make_host(client: Any, engine_url: str, root: Path, accounts: int, *, image:
         "hostname: mail.bench-host.test", f"hostname: {harness.HOSTNAME}"), spec.domains[0])
     desired = volume.root / "mailserver.yaml"
     desired.write_text(text)
-    apply_once(Target(str(desired), str(volume.config), str(volume.cron)))
+    apply_once(Target(str(desired), volume.value))
     last = (volume.config / "postfix-accounts.cf").read_text().splitlines()[-1]
     if not last.startswith(bystander + "|"):
         raise RuntimeError("the bystander is not the last line of postfix-accounts.cf")

@@ -1,7 +1,7 @@
 """In-process measurements the command line cannot show (run by bench/run.py, one process each).
 
-`cache`: the sidecar's resync path. Two `reconcile.plan_once` calls share one
-`passwords.VerifiedCache`, as the watcher's loop does: the first verifies every plaintext secret
+`cache`: the sidecar's resync path. Two `reconcile.plan_once` calls share one `memory.Memory`
+(its `passwords.VerifiedCache` and parse cache), as the watcher's loop does: the first verifies every plaintext secret
 against its hash on the volume (on every core), the second finds them all in the cache.
 
 `hashing`: `passwords.hash_many` on N secrets against the single-core rate measured on a sample,
@@ -27,6 +27,8 @@ import os
 import sys
 import time
 
+from reconciler.configvolume import Volume
+from reconciler.memory import Memory
 from reconciler.passwords import sources as passwords
 from reconciler.reconcile import Target, plan_once
 
@@ -34,12 +36,13 @@ from reconciler.reconcile import Target, plan_once
 def cache(desired: str, config_dir: str, cron_file: str, env_file: str) -> dict[str, object]:
     with open(env_file, encoding="utf-8") as handle:
         environ = {**os.environ, **json.load(handle)}
-    target = Target(desired, config_dir, cron_file, environ=environ)
-    verified = passwords.VerifiedCache()
+    target = Target(desired, Volume(config_dir, cron_file), environ=environ)
+    memory = Memory()
+    verified = memory.verified
     start = time.perf_counter()
-    cold = plan_once(target, cache=verified)
+    cold = plan_once(target, memory=memory)
     middle = time.perf_counter()
-    warm = plan_once(target, cache=verified)
+    warm = plan_once(target, memory=memory)
     end = time.perf_counter()
     if cold.plan.has_changes or warm.plan.has_changes:
         raise SystemExit("the volume does not match the desired state: the cache probe needs a "
@@ -71,7 +74,7 @@ def one_add(desired: str, config_dir: str, cron_file: str, env_file: str) -> dic
 
     with open(env_file, encoding="utf-8") as handle:
         environ = {**os.environ, **json.load(handle)}
-    target = Target(desired, config_dir, cron_file, environ=environ)
+    target = Target(desired, Volume(config_dir, cron_file), environ=environ)
     times = {}
     start = time.perf_counter()
     data = read_desired_bytes(desired)

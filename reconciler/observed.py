@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from reconciler import state as state_file
+from reconciler.configvolume import Volume
 from reconciler.formats import (
     access,
     accounts,
@@ -67,8 +68,7 @@ class FileSnapshot:
 
 @dataclass(frozen=True)
 class Observed:
-    config_dir: str
-    cron_path: str
+    volume: Volume  # where it was read from
     snapshots: dict[
         str, FileSnapshot
     ]  # logical name -> snapshot (the four entry files, amavis, cron, state)

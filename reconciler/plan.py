@@ -14,6 +14,7 @@ from enum import Enum
 from typing import Any
 
 from reconciler import __version__
+from reconciler.configvolume import Volume
 from reconciler.errors import redact_data
 from reconciler.passwords.sources import Secret
 from reconciler.state import Ownership
@@ -119,8 +120,7 @@ class PendingKey:
 class FilePlan:
     """What one file becomes. `content` is the codec input; `write` is False when unchanged."""
 
-    name: str
-    path: str
+    name: str  # the logical name: the Volume of the plan says where it is
     write: bool
     existed: bool
     sha256_before: str | None
@@ -151,6 +151,7 @@ class Plan:
     files: tuple[FilePlan, ...]
     ownership: Ownership  # what we own after apply
     fingerprint: Mapping[str, str | None]  # sha256 of each file it was planned from
+    volume: Volume  # the volume it was planned for: where each file is
     warnings: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     unresolved: tuple[str, ...] = ()  # accounts whose secret is decided at apply (--offline)
@@ -212,7 +213,12 @@ class Plan:
             "changes": [c.to_dict() for c in self.changes],
             "unmanaged": [u.to_dict() for u in self.unmanaged],
             "files": [
-                {"name": f.name, "path": f.path, "write": f.write, "existed": f.existed}
+                {
+                    "name": f.name,
+                    "path": self.volume.path(f.name),
+                    "write": f.write,
+                    "existed": f.existed,
+                }
                 for f in self.files
             ],
             "deletions": {

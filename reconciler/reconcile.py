@@ -20,10 +20,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from reconciler.configvolume import Volume
 from reconciler.errors import ReconcilerError, Refused, VolumeError
 from reconciler.gcpause import paused
 from reconciler.kinds import rspamd_controller
 from reconciler.load.desired import Loaded, load_desired
+from reconciler.memory import Memory
 from reconciler.passwords import sources as passwords
 from reconciler.passwords import verified
 from reconciler.passwords.sources import VerifiedCache
@@ -32,12 +34,12 @@ from reconciler.planner import target as dms_target
 from reconciler.planner.make import make_plan
 from reconciler.planner.target import DmsFacts
 from reconciler.volume import suspend
+from reconciler.volume.atomic import VolumeChanged
+from reconciler.volume.contents import render_files
 from reconciler.volume.executor import (
     ApplyResult,
-    VolumeChanged,
     apply_plan,
     check_safety,
-    render_files,
     require_cron_folder,
     write_record,
 )
@@ -61,8 +63,7 @@ class Target:
     """Where the desired state comes from and which volume it is applied to."""
 
     desired_path: str
-    config_dir: str
-    cron_path: str
+    volume: Volume
     prune: bool = False
     offline: bool = False
     environ: Mapping[str, str] = field(default_factory=lambda: os.environ)
@@ -97,13 +98,14 @@ def plan_once(
     target: Target,
     *,
     loaded: Loaded | None = None,
-    cache: VerifiedCache | None = None,
+    memory: Memory | None = None,
     forget_ownership: bool = False,
 ) -> Planned:
-    """Read everything and compute the plan; writes nothing. `forget_ownership` plans as if the
-    state file owned nothing (its plan key kept): see `take_ownership`."""
+    """Read everything and compute the plan; writes nothing. `memory`: what earlier reconciles
+    of this process parsed and verified (None: nothing, and nothing is kept). `forget_ownership`
+    plans as if the state file owned nothing (its plan key kept): see `take_ownership`."""
     loaded = loaded or load_desired(target.desired_path)
-    observed = observe(target.config_dir, target.cron_path)
+    observed = observe(target.volume, parses=memory.parses if memory else None)
     if forget_ownership:
         from reconciler.state import Ownership
 
@@ -111,13 +113,13 @@ def plan_once(
             observed, ownership=Ownership(plan_key=observed.ownership.plan_key)
         )
     reader = passwords.SecretReader(target.base_dir, target.environ)
-    record = _read_record(target.config_dir)
+    record = _read_record(target.volume)
     decided = passwords.resolve(
         loaded.state,
         observed.stored_hashes(),
         reader=reader,
         offline=target.offline,
-        cache=cache,
+        cache=memory.verified if memory else None,
         record=record,
     )
     decided.update(
@@ -137,13 +139,13 @@ def plan_once(
     if target.dms_facts is not None:
         plan = dms_target.annotate(plan, target.dms_facts(), loaded.state)
     if any(f.name == CRON and f.write for f in plan.files):
-        require_cron_folder(target.cron_path)  # apply would refuse: so does the plan
+        require_cron_folder(target.volume)  # apply would refuse: so does the plan
     return Planned(loaded, observed, plan, decided, record)
 
 
-def _read_record(config_dir: str) -> frozenset[str]:
+def _read_record(volume: Volume) -> frozenset[str]:
     try:
-        return verified.parse(read_snapshot(os.path.join(config_dir, verified.FILENAME)).data)
+        return verified.parse(read_snapshot(volume.path(verified.FILENAME)).data)
     except VolumeError:  # a symlink or FIFO in its place: never followed, only costs time
         return frozenset()
 
@@ -162,14 +164,14 @@ def _record_verified(target: Target, converged: Planned, result: ApplyResult) ->
     }
     facts = verified.facts_for(hashed, passwords.SecretReader(target.base_dir, target.environ))
     if facts != converged.record:
-        write_record(target.config_dir, verified.render(facts))
+        write_record(target.volume, verified.render(facts))
 
 
 def apply_once(
     target: Target,
     *,
     allow_deletions: int | None = None,
-    cache: VerifiedCache | None = None,
+    memory: Memory | None = None,
     loaded: Loaded | None = None,
     lock_timeout: float = 120.0,
     on_wait: Callable[[str], None] | None = None,
@@ -181,19 +183,20 @@ def apply_once(
 ) -> Applied:
     """Plan and apply until the volume matches, re-planning when another writer interferes.
 
+    `memory`: see `plan_once`; None: a fresh one, shared by this apply's plans only.
     `check` runs on each plan before anything is written (a saved plan's staleness test).
     `forget_ownership`: see `plan_once`. `revision`: the git revision of the desired file,
     recorded in the state file when this apply writes it. A suspended volume is refused.
     `while_locked(written)`: run after each write, still under DMS's lock (`apply_plan`);
     `before_write(names)`: under the lock, just before each write (`apply_plan`).
     """
-    suspend.refuse_if_suspended(target.config_dir)
-    cache = cache if cache is not None else VerifiedCache()
+    suspend.refuse_if_suspended(target.volume.folder)
+    memory = memory if memory is not None else Memory()
     loaded = loaded or load_desired(target.desired_path)
     first: Planned | None = None
     result = ApplyResult((), {}, {})
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        planned = plan_once(target, loaded=loaded, cache=cache, forget_ownership=forget_ownership)
+        planned = plan_once(target, loaded=loaded, memory=memory, forget_ownership=forget_ownership)
         if check is not None:
             check(planned)
         planned = _with_revision(planned, revision)
@@ -226,11 +229,11 @@ def apply_once(
             # of a no-change apply on a big host).
             _record_verified(target, planned, result)
             return Applied(first, result, attempt, converged=True)
-        if proves_convergence(target, planned, contents, loaded, cache):
+        if proves_convergence(target, planned, contents, loaded, memory):
             _record_verified(target, planned, result)
             return Applied(first, result, attempt, converged=True)
-        _remember_new_hashes(planned, contents, cache)
-        again = plan_once(target, loaded=loaded, cache=cache)
+        _remember_new_hashes(planned, contents, memory.verified)
+        again = plan_once(target, loaded=loaded, memory=memory)
         if not again.plan.has_changes:
             _record_verified(target, again, result)
             return Applied(first, result, attempt, converged=True)
@@ -259,7 +262,7 @@ def _with_revision(planned: Planned, revision: str | None) -> Planned:
     return dataclasses.replace(planned, plan=dataclasses.replace(plan, ownership=ownership))
 
 
-def take_ownership(loaded: Loaded, config_dir: str, cron_path: str) -> Applied:
+def take_ownership(loaded: Loaded, volume: Volume) -> Applied:
     """Record as owned every entry of `loaded` (an export of this volume), writing nothing but the
     state file: what the first apply of the unchanged file would do. Then removing an exported
     entry from the file before that first apply deletes it, as it would after. Refused, with
@@ -269,7 +272,7 @@ def take_ownership(loaded: Loaded, config_dir: str, cron_path: str) -> Applied:
     an earlier apply wrote that the export could not express (relay credentials, whose password
     cannot go into the file) becomes unmanaged, kept, instead of being planned for deletion; that
     is what export promised (left unmanaged, with a warning), and export -> plan stays empty."""
-    target = Target(loaded.filename, config_dir, cron_path)
+    target = Target(loaded.filename, volume)
 
     def no_changes(planned: Planned) -> None:
         changes = planned.plan.changes
@@ -297,11 +300,11 @@ def proves_convergence(
     planned: Planned,
     contents: Mapping[str, bytes],
     loaded: Loaded,
-    cache: VerifiedCache,
+    memory: Memory,
 ) -> bool:
     """True when the volume is proven to match `loaded` after writing `contents`: it holds the
     planned bytes (`_holds_planned_bytes`). False means: make the whole plan again. `target`,
-    `loaded` and `cache` are what such a plan would take (the suite's stricter proof uses them)."""
+    `loaded` and `memory` are what such a plan would take (the suite's stricter proof uses them)."""
     return _holds_planned_bytes(planned, contents)
 
 
@@ -320,7 +323,7 @@ def _holds_planned_bytes(planned: Planned, contents: Mapping[str, bytes]) -> boo
     if plan.secrets or plan.unresolved:
         return False
     before = planned.observed.snapshots
-    now = read_snapshots(planned.observed.config_dir, planned.observed.cron_path)
+    now = read_snapshots(planned.observed.volume)
     if now.keys() != before.keys():
         return False
     for name, snap in now.items():

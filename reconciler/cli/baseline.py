@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from reconciler.configvolume import Volume
 from reconciler.errors import Diagnostic, InvalidDesiredState, ReconcilerError, SecretError
 from reconciler.kinds import rspamd_controller
 from reconciler.load.desired import Loaded, load_desired, load_desired_bytes
@@ -33,8 +34,9 @@ from reconciler.model import RSPAMD_CONTROLLER_KEY, DesiredState, PasswordSource
 from reconciler.passwords import sources as passwords
 from reconciler.planner.make import make_plan
 from reconciler.reconcile import Planned, Target
-from reconciler.volume.executor import apply_plan, render_files
-from reconciler.volume.observe import CRON, observe
+from reconciler.volume.contents import render_files
+from reconciler.volume.executor import apply_plan
+from reconciler.volume.observe import observe
 
 GIT_TIMEOUT = 60.0
 CRON_NAME = os.path.join("cron", "sa-learn")  # beside `config` in DMS's compose layout
@@ -75,14 +77,11 @@ class BasePlanned:
     planned: Planned
     baseline: dict[str, Any]  # the plan JSON's `baseline` object (docs/plan-json.md)
     volume: dict[str, Any]  # the plan JSON's `volume` object
-    paths: Mapping[str, str]  # logical file name -> the path shown for it
 
     def to_dict(self, desired: Mapping[str, Any]) -> dict[str, Any]:
         data = self.planned.plan.to_dict(desired=desired, volume=self.volume)
         if self.baseline["kind"] == "git":
             data["volume"]["fingerprint"] = {}  # a throw-away volume: no staleness to check
-        for entry in data["files"]:
-            entry["path"] = self.paths.get(entry["name"], entry["path"])
         data["baseline"] = dict(self.baseline)
         return data
 
@@ -197,12 +196,12 @@ class _NoSecrets(passwords.SecretReader):
         raise SecretError("secrets are not read for a base version")
 
 
-def render_base(state: DesiredState | None, config_dir: str, cron_path: str) -> None:
-    """Apply `state` to the empty volume at `config_dir` the way `apply` would, with placeholder
-    hashes for secrets. `None` (no file at the base) leaves the volume empty."""
+def render_base(state: DesiredState | None, volume: Volume) -> None:
+    """Apply `state` to the empty `volume` the way `apply` would, with placeholder hashes for
+    secrets. `None` (no file at the base) leaves the volume empty."""
     if state is None:
         return
-    empty = observe(config_dir, cron_path)
+    empty = observe(volume)
     decided = passwords.resolve(state, {}, reader=_NoSecrets(), offline=True)
     decided.update(passwords.resolve_plaintext(state, {}, reader=_NoSecrets(), offline=True))
     decided.update(
@@ -260,7 +259,7 @@ def _resolve_against_base(
 def _plan_working(
     loaded: Loaded, target: Target, base_sources: Mapping[str, PasswordSource]
 ) -> Planned:
-    observed = observe(target.config_dir, target.cron_path)
+    observed = observe(target.volume)
     plaintext = dict(observed.stored_plaintext())
     controller = rspamd_controller.stored_hash(observed)
     if controller is not None:  # not plaintext: a hash, compared in its own way
@@ -298,26 +297,21 @@ def plan_against_ref(
     if base_state is not None:
         base_sources = _password_sources(base_state)
     with tempfile.TemporaryDirectory(prefix="dms-reconciler-base-") as root:
-        config_dir = os.path.join(root, "config")
-        cron_path = os.path.join(root, CRON_NAME)
-        os.makedirs(config_dir)
-        os.makedirs(os.path.dirname(cron_path))
-        render_base(base_state, config_dir, cron_path)
+        volume = Volume(os.path.join(root, "config"), os.path.join(root, CRON_NAME))
+        os.makedirs(volume.folder)
+        os.makedirs(os.path.dirname(volume.cron_file))
+        render_base(base_state, volume)
         target = Target(
             desired_path,
-            config_dir,
-            cron_path,
+            volume,
             prune=prune,
             offline=True,
             environ=dict(os.environ if environ is None else environ),
         )
         planned = _plan_working(loaded, target, base_sources)
-    paths = {
-        name: os.path.join(shown_config_dir, name)
-        for name in (f.name for f in planned.plan.files)
-        if name != CRON
-    }
-    paths[CRON] = shown_cron_file
+    # the plan names the files where apply would write them, not in the throw-away volume
+    shown = Volume(shown_config_dir, shown_cron_file)
+    planned = dataclasses.replace(planned, plan=dataclasses.replace(planned.plan, volume=shown))
     return BasePlanned(
         planned=planned,
         baseline={
@@ -328,7 +322,6 @@ def plan_against_ref(
             "found": base.data is not None,
         },
         volume={"config_dir": shown_config_dir, "cron_file": shown_cron_file},
-        paths=paths,
     )
 
 
@@ -356,7 +349,7 @@ def plan_against_dir(
     from reconciler.reconcile import plan_once
 
     cron_path = find_cron_file(config_dir, cron_file)
-    target = Target(desired_path, config_dir, cron_path, prune=prune, offline=offline)
+    target = Target(desired_path, Volume(config_dir, cron_path), prune=prune, offline=offline)
     planned = plan_once(target)
     return BasePlanned(
         planned=planned,
@@ -367,5 +360,4 @@ def plan_against_dir(
             "cron_found": os.path.isfile(cron_path),
         },
         volume={"config_dir": config_dir, "cron_file": cron_path},
-        paths={f.name: f.path for f in planned.plan.files},
     )

@@ -39,12 +39,14 @@ def export_cmd(
     config_dir: str, cron_file: str, output: str, force: bool, hostname: str | None, adopt: bool
 ) -> int:
     """Write a mailserver.yaml that adopts an existing config volume (hashes kept)."""
+    from reconciler.configvolume import Volume
     from reconciler.planner.export import checked_yaml, export_state, shown_warnings
     from reconciler.reconcile import take_ownership
     from reconciler.render import MAX_LISTED
     from reconciler.volume.observe import observe
 
-    observed = observe(config_dir, cron_file)
+    volume = Volume(config_dir, cron_file)
+    observed = observe(volume)
     exported = export_state(observed, hostname=hostname)
     if exported.state.accounts:  # what we write must validate: the rest is left unmanaged
         exported, text, loaded = checked_yaml(exported, observed, output)
@@ -75,7 +77,7 @@ def export_cmd(
         )
         return 0
     try:
-        take_ownership(loaded, config_dir, cron_file)
+        take_ownership(loaded, volume)
     except ReconcilerError as exc:
         warn(
             f"ownership was not recorded ({exc}): the entries stay unmanaged until the first "

@@ -122,7 +122,7 @@ def plan(
     """Show what apply would change in the config volume. Writes nothing."""
     from reconciler import render
     from reconciler.cli import saved_plan
-    from reconciler.reconcile import Target, plan_once
+    from reconciler.reconcile import plan_once
 
     output.progress_on_terminal(fmt)
 
@@ -135,17 +135,12 @@ def plan(
         planned, headline = based.planned, based.headline()
         data = based.to_dict(_desired_info(planned))
     else:
-        target = Target(
-            file,
-            config_dir,
-            cron_file,
-            prune=prune,
-            offline=bool(offline),
-            dms_facts=_dms_facts(container, container_label),
+        target = _target(
+            file, config_dir, cron_file, prune, container, container_label, offline=bool(offline)
         )
         planned = plan_once(target)
         data = planned.plan.to_dict(desired=_desired_info(planned), volume=_volume_info(target))
-        _note_suspension(data, config_dir)
+        _note_suspension(data, target.volume.folder)
     if fmt == "json":
         click.echo(json.dumps(data, indent=2))
     elif fmt == "markdown":
@@ -281,7 +276,7 @@ def apply(
             )
     from reconciler import render
     from reconciler.cli import saved_plan
-    from reconciler.reconcile import Target, apply_once
+    from reconciler.reconcile import apply_once
 
     output.progress_on_terminal(fmt)
 
@@ -296,13 +291,7 @@ def apply(
     else:
         from reconciler.gitrev import revision_of
 
-        target = Target(
-            file,
-            config_dir,
-            cron_file,
-            prune=prune,
-            dms_facts=_dms_facts(container, container_label),
-        )
+        target = _target(file, config_dir, cron_file, prune, container, container_label)
         git = revision_of(file)
         applied = apply_once(
             target,
@@ -388,4 +377,27 @@ def _note_suspension(data: dict[str, Any], config_dir: str) -> None:
 
 
 def _volume_info(target: Target) -> dict[str, Any]:
-    return {"config_dir": target.config_dir, "cron_file": target.cron_path}
+    return {"config_dir": target.volume.folder, "cron_file": target.volume.cron_file}
+
+
+def _target(
+    file: str,
+    config_dir: str,
+    cron_file: str,
+    prune: bool,
+    container: str | None,
+    container_label: str | None,
+    *,
+    offline: bool = False,
+) -> Target:
+    """What plan and apply run against, from their common options."""
+    from reconciler.configvolume import Volume
+    from reconciler.reconcile import Target
+
+    return Target(
+        file,
+        Volume(config_dir, cron_file),
+        prune=prune,
+        offline=offline,
+        dms_facts=_dms_facts(container, container_label),
+    )

@@ -14,6 +14,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from reconciler.configvolume import Volume
 from reconciler.errors import ReconcilerError, StalePlan
 from reconciler.passwords import sources as passwords
 from reconciler.readfile import NotReadable, TooDeep, load_json, read_regular
@@ -36,8 +37,8 @@ def save(path: str, planned: Planned, target: Target, data: dict[str, Any]) -> N
         "plan": data,
         "target": {
             "desired_path": os.path.abspath(target.desired_path),
-            "config_dir": os.path.abspath(target.config_dir),
-            "cron_path": os.path.abspath(target.cron_path),
+            "config_dir": os.path.abspath(target.volume.folder),
+            "cron_path": os.path.abspath(target.volume.cron_file),
             "prune": target.prune,
         },
         "secret_fingerprints": _fingerprints(planned, key) if key else {},
@@ -130,7 +131,8 @@ def apply_saved(
 ) -> tuple[Applied, Target]:
     saved = load(path)
     t = saved["target"]
-    target = Target(t["desired_path"], t["config_dir"], t["cron_path"], prune=bool(t["prune"]))
+    volume = Volume(t["config_dir"], t["cron_path"])
+    target = Target(t["desired_path"], volume, prune=bool(t["prune"]))
     expected = saved["plan"]
 
     def check(planned: Planned) -> None:

@@ -92,6 +92,7 @@ def watch(
     import prometheus_client
 
     from reconciler import log
+    from reconciler.configvolume import Volume
     from reconciler.reconcile import Target
     from reconciler.watch.dms import Dms
     from reconciler.watch.health import Metrics
@@ -107,7 +108,7 @@ def watch(
         log=log.get("notify"),
         on_result=lambda result: metrics.notifications.labels(result=result).inc(),
     )
-    target = Target(file, config_dir, cron_file)
+    target = Target(file, Volume(config_dir, cron_file))
     options = WatchOptions(
         interval=interval, listen=listen, stuck_after=stuck_after, fast_apply=fast_apply
     )

@@ -292,7 +292,6 @@ class KindPlan:
             self.managed[name] = len(ctx.owned(name) & parsed.entries.keys())
         plan = FilePlan(
             name=name,
-            path=snap.path,
             write=diff.changed,
             existed=snap.exists,
             sha256_before=snap.sha256,

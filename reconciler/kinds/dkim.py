@@ -8,7 +8,6 @@ or deleted (rotate by declaring a new selector). OpenDKIM reads the files at sta
 
 from __future__ import annotations
 
-import os
 import re
 from typing import Any
 
@@ -75,15 +74,11 @@ def plan(ctx: PlanContext) -> KindPlan:
             )
         )
         out.files.append(
-            FilePlan(
-                opendkim.TRUSTED_HOSTS, trusted.path, True, False, None, opendkim.TRUSTED_DEFAULT
-            )
+            FilePlan(opendkim.TRUSTED_HOSTS, True, False, None, opendkim.TRUSTED_DEFAULT)
         )
         written = True
     elif trusted.exists:
-        out.files.append(
-            FilePlan(opendkim.TRUSTED_HOSTS, trusted.path, False, True, trusted.sha256)
-        )
+        out.files.append(FilePlan(opendkim.TRUSTED_HOSTS, False, True, trusted.sha256))
     for dkim in declared_dkim:
         written |= _plan_key(dkim.domain, dkim.selector, dkim.key_size, observed, out)
     if written:
@@ -95,7 +90,6 @@ def _plan_key(domain: str, selector: str, bits: int, observed: Observed, out: Ki
     """A key is made once: an existing private key file is never replaced (whatever its size)."""
     private_name = opendkim.private_key_path(domain, selector)
     txt_name = opendkim.txt_path(domain, selector)
-    key_dir = os.path.join(observed.config_dir, private_name.rpartition("/")[0])
     private = observed.snapshots.get(private_name)
     txt = observed.snapshots.get(txt_name)
     key = f"{domain} ({selector})"
@@ -112,11 +106,9 @@ def _plan_key(domain: str, selector: str, bits: int, observed: Observed, out: Ki
         )
         for name, part in ((private_name, "private"), (txt_name, "txt")):
             snap = observed.snapshots.get(name)
-            path = f"{key_dir}/{name.rpartition('/')[2]}"
             out.files.append(
                 FilePlan(
                     name,
-                    path,
                     True,
                     snap is not None and snap.exists,
                     None,
@@ -124,7 +116,7 @@ def _plan_key(domain: str, selector: str, bits: int, observed: Observed, out: Ki
                 )
             )
         return True
-    out.files.append(FilePlan(private_name, private.path, False, True, private.sha256))
+    out.files.append(FilePlan(private_name, False, True, private.sha256))
     if exposed := dkimkeys.unsafe_mode_warning(private_name, domain, private.mode):
         out.warnings.append(exposed)
     read = dkimkeys.read(private.data)
@@ -145,9 +137,9 @@ def _plan_key(domain: str, selector: str, bits: int, observed: Observed, out: Ki
         out.changes.append(
             Change(KEYS_FILE, Kind.DKIM_KEY, key, Action.CREATE, None, {"key": "DNS record file"})
         )
-        out.files.append(FilePlan(txt_name, f"{key_dir}/{selector}.txt", True, False, None, text))
+        out.files.append(FilePlan(txt_name, True, False, None, text))
         return True
-    out.files.append(FilePlan(txt_name, txt.path, False, True, txt.sha256))
+    out.files.append(FilePlan(txt_name, False, True, txt.sha256))
     return False
 
 

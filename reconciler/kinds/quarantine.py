@@ -65,7 +65,7 @@ def plan(ctx: PlanContext) -> KindPlan:
                 )
             )
     if current is not None and current.broken_markers:
-        out.files.append(FilePlan(FILE, snap.path, False, snap.exists, snap.sha256))
+        out.files.append(FilePlan(FILE, False, snap.exists, snap.sha256))
         out.warnings.append(
             f"{FILE} has the dms-reconciler BEGIN marker but no END marker; "
             "it is left untouched until the markers are fixed by hand"
@@ -88,7 +88,7 @@ def plan(ctx: PlanContext) -> KindPlan:
     write = bool(changes)
     content = amavis.with_block(current, want or None) if write else None
     out.changes = changes
-    out.files.append(FilePlan(FILE, snap.path, write, snap.exists, snap.sha256, content))
+    out.files.append(FilePlan(FILE, write, snap.exists, snap.sha256, content))
     if write:
         out.notes.append(
             "amavis.cf is read when the DMS container starts: the sidecar installs it and "

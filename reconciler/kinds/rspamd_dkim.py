@@ -176,7 +176,6 @@ def _plan_key(dkim: Dkim, observed: Observed, out: KindPlan) -> str:
             out.files.append(
                 FilePlan(
                     name,
-                    f"{observed.config_dir}/{name}",
                     True,
                     snap is not None and snap.exists,
                     None,
@@ -185,7 +184,7 @@ def _plan_key(dkim: Dkim, observed: Observed, out: KindPlan) -> str:
             )
         return private
     snap = observed.snapshots[private]
-    out.files.append(FilePlan(private, snap.path, False, True, snap.sha256))
+    out.files.append(FilePlan(private, False, True, snap.sha256))
     if exposed := dkimkeys.unsafe_mode_warning(private, domain, snap.mode):
         out.warnings.append(exposed.replace("opendkim-genkey", "rspamadm dkim_keygen"))
     read = dkimkeys.read(snap.data or b"")
@@ -207,12 +206,12 @@ def _plan_key(dkim: Dkim, observed: Observed, out: KindPlan) -> str:
     ):
         have = observed.snapshots.get(name)
         if have is not None and have.data is not None:
-            out.files.append(FilePlan(name, have.path, False, True, have.sha256))
+            out.files.append(FilePlan(name, False, True, have.sha256))
             continue
         out.changes.append(
             Change(KEYS_FILE, Kind.DKIM_KEY, key, Action.CREATE, None, {"key": name})
         )
-        out.files.append(FilePlan(name, f"{observed.config_dir}/{name}", True, False, None, text))
+        out.files.append(FilePlan(name, True, False, None, text))
     return private
 
 

@@ -10,7 +10,6 @@ as top-level items is never rewritten: the plan warns and leaves it as it is.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -35,11 +34,10 @@ def show_item(item: rspamd_ucl.Item) -> dict[str, Any]:
 def file_plan(ctx: PlanContext, name: str, content: str | None) -> FilePlan:
     """The plan of one file under rspamd/ (`content`: its new text, None: left as it is)."""
     snap = ctx.observed.snapshots.get(name)
-    path = snap.path if snap is not None else os.path.join(ctx.observed.config_dir, name)
     exists = snap is not None and snap.exists
     sha = snap.sha256 if snap is not None else None
     write = content is not None and (snap is None or snap.text != content)
-    return FilePlan(name, path, write, exists, sha, content if write else None)
+    return FilePlan(name, write, exists, sha, content if write else None)
 
 
 def plan_override(

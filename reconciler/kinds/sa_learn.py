@@ -63,9 +63,7 @@ def plan(ctx: PlanContext) -> KindPlan:
                 out.unmanaged.append(Unmanaged(CRON, kind_of(key), key))
         write = bool(out.changes)
         emptied = ((), comments) if write else None
-        out.files.append(
-            FilePlan(CRON, snap.path, write, snap.exists, snap.sha256, emptied, in_place=True)
-        )
+        out.files.append(FilePlan(CRON, write, snap.exists, snap.sha256, emptied, in_place=True))
         return out
     # Our own lines in the old form (the DMS FAQ's --dbpath) are the same jobs: shown as updates.
     upgraded = _old_form_lines(have, want)
@@ -97,9 +95,7 @@ def plan(ctx: PlanContext) -> KindPlan:
             )
     write = bool(out.changes)
     content = (tuple(want.values()), comments) if write else None
-    out.files.append(
-        FilePlan(CRON, snap.path, write, snap.exists, snap.sha256, content, in_place=True)
-    )
+    out.files.append(FilePlan(CRON, write, snap.exists, snap.sha256, content, in_place=True))
     out.owns_cron = bool(want)
     if write and desired.sa_learn:
         out.notes.append(

@@ -73,6 +73,7 @@ def make_plan(
         files=tuple(out.files),
         ownership=Ownership(out.owned, out.owns_cron, observed.ownership.plan_key),
         fingerprint=observed.fingerprint(),
+        volume=observed.volume,
         warnings=tuple(out.warnings),
         notes=tuple(out.notes),
         unresolved=tuple(sorted(a for a, p in passwords.items() if p.status is Status.UNRESOLVED)),

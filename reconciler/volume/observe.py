@@ -15,6 +15,7 @@ from typing import Any
 
 from reconciler import rspamdkeys
 from reconciler import state as state_file
+from reconciler.configvolume import Volume
 from reconciler.errors import VolumeError
 from reconciler.formats import (
     access,
@@ -43,23 +44,23 @@ MAX_FILE_BYTES = 256 * 1024 * 1024
 TEMP_MARK = ".dms-reconciler-"  # the executor's staged files (volume.executor.TEMP_MARK)
 
 
-def read_snapshots(config_dir: str, cron_path: str) -> dict[str, FileSnapshot]:
+def read_snapshots(volume: Volume) -> dict[str, FileSnapshot]:
     """Every file a plan depends on, by logical name (the bytes only, nothing parsed)."""
-    refuse_symlinked_folder(config_dir, opendkim.DIRECTORY)
+    refuse_symlinked_folder(volume, opendkim.DIRECTORY)
     snapshots = {
-        name: read_snapshot(os.path.join(config_dir, name))
+        name: read_snapshot(volume.path(name))
         for name in (*(f.name for f in registry.FILES if f.name != CRON), state_file.FILENAME)
     }
-    snapshots.update(_dkim_key_snapshots(config_dir))
-    snapshots.update(_rspamd_override_snapshots(config_dir))
-    snapshots.update(_rspamd_dkim_snapshots(config_dir))
-    snapshots[CRON] = read_snapshot(cron_path)
+    snapshots.update(_dkim_key_snapshots(volume))
+    snapshots.update(_rspamd_override_snapshots(volume))
+    snapshots.update(_rspamd_dkim_snapshots(volume))
+    snapshots[CRON] = read_snapshot(volume.path(CRON))
     return snapshots
 
 
-def read_fingerprint(config_dir: str, cron_path: str) -> dict[str, str | None]:
+def read_fingerprint(volume: Volume) -> dict[str, str | None]:
     """`Observed.fingerprint()` of the volume as it is now, without parsing the entry files."""
-    snapshots = read_snapshots(config_dir, cron_path)
+    snapshots = read_snapshots(volume)
     state = snapshots[state_file.FILENAME]
     key = state_file.parse(state.text or "")[0].plan_key if state.exists else ""
     return fingerprint_of(snapshots, key)
@@ -75,12 +76,12 @@ def symlink_refusal(path: str, *, folder: bool = False) -> str:
     )
 
 
-def refuse_symlinked_folder(config_dir: str, folder: str) -> None:
+def refuse_symlinked_folder(volume: Volume, folder: str) -> None:
     """Refuse a symlink at `folder` (a logical name such as `opendkim/keys/example.org`) or at
-    any folder on the way to it below `config_dir`; a missing folder is fine. O_NOFOLLOW only
+    any folder on the way to it below the volume's folder; a missing folder is fine. O_NOFOLLOW only
     guards a path's last part: a symlinked `opendkim/` would lead every read and write under it
     outside the volume."""
-    path = config_dir
+    path = volume.folder
     for part in folder.split("/"):
         path = os.path.join(path, part)
         try:
@@ -137,43 +138,50 @@ def _codec(name: str) -> Callable[[str], Any]:
     return row.parse
 
 
-# file name -> (bytes, their parse) of the last parse of that file
-_last_parse: dict[str, tuple[bytes, Any]] = {}
-
-
-def _parsed(name: str, data: bytes) -> Any:
-    """The parse of one file's bytes, remembered: every parse is a pure function of the bytes,
-    and most files are the same as last time (the check after an apply re-reads the files it
-    did not write; the sidecar re-reads all of them on every event, see `prepare_next_read`).
+class ParseCache:
+    """The last parse of each file, by logical name: every parse is a pure function of the
+    bytes, and most files are the same as last time (the check after an apply re-reads the files
+    it did not write; the sidecar re-reads all of them on every event, see `prepare_next_read`).
     Only the last parse of each file is kept: the sidecar's memory stays one parse per file,
-    however many versions of postfix-virtual.cf it has seen. Never mutated."""
-    last = _last_parse.get(name)
-    if last is not None and last[0] == data:
-        return last[1]
-    parsed = _codec(name)(data.decode("utf-8", "surrogateescape"))
-    _last_parse[name] = (data, parsed)
-    return parsed
+    however many versions of postfix-virtual.cf it has seen. A parse handed out is never mutated.
+    It lives in the caller's `memory.Memory`, not in this module: a one-shot command's apply
+    shares one across its plans, the sidecar one across its life."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, tuple[bytes, Any]] = {}  # name -> (bytes, their parse)
+
+    def parsed(self, name: str, data: bytes) -> Any:
+        """The parse of one file's bytes, remembered."""
+        last = self.last.get(name)
+        if last is not None and last[0] == data:
+            return last[1]
+        parsed = _codec(name)(data.decode("utf-8", "surrogateescape"))
+        self.last[name] = (data, parsed)
+        return parsed
 
 
-def prepare_next_read(config_dir: str, cron_path: str) -> None:
-    """Parse the volume as it is now, so the next `observe` finds the files already parsed.
+def prepare_next_read(volume: Volume, parses: ParseCache) -> None:
+    """Parse the volume as it is now into `parses`, so the next `observe` with them finds the
+    files already parsed.
 
     The sidecar calls this right after it wrote, when nothing waits for it: otherwise the next
     change to mailserver.yaml would start by parsing the files this write produced (at 10,000
     accounts, 50 ms for postfix-virtual.cf) before it could plan.
     """
-    observe(config_dir, cron_path)
+    observe(volume, parses=parses)
 
 
 @paused
-def observe(config_dir: str, cron_path: str) -> Observed:
-    """Read every file dms-reconciler manages from the volume and parse it."""
-    if not os.path.isdir(config_dir):
+def observe(volume: Volume, *, parses: ParseCache | None = None) -> Observed:
+    """Read every file dms-reconciler manages from the volume and parse it. `parses`: the
+    parses of earlier reads to reuse (and to remember these in); None parses every file."""
+    parses = ParseCache() if parses is None else parses
+    if not os.path.isdir(volume.folder):
         raise VolumeError(
-            f"config dir {config_dir} does not exist or is not a directory "
+            f"config dir {volume.folder} does not exist or is not a directory "
             "(give the DMS config volume with --config-dir, usually docker-data/dms/config)"
         )
-    snapshots = read_snapshots(config_dir, cron_path)
+    snapshots = read_snapshots(volume)
     warnings: list[str] = []
 
     def parsed(name: str) -> Any:
@@ -181,7 +189,7 @@ def observe(config_dir: str, cron_path: str) -> Observed:
         data = snapshots[name].data
         if data is None and name not in registry.ENTRY_FILES:
             return None
-        return _parsed(name, data or b"")
+        return parses.parsed(name, data or b"")
 
     ownership = state_file.Ownership()
     if snapshots[state_file.FILENAME].exists:
@@ -189,8 +197,7 @@ def observe(config_dir: str, cron_path: str) -> Observed:
         if problem:
             warnings.append(problem)
     return Observed(
-        config_dir=config_dir,
-        cron_path=cron_path,
+        volume=volume,
         snapshots=snapshots,
         accounts=parsed(accounts.FILENAME),
         virtual=parsed(virtual.FILENAME),
@@ -208,7 +215,7 @@ def observe(config_dir: str, cron_path: str) -> Observed:
         dkim_tables={name: parsed(name) for name in opendkim.TABLES},
         rspamd_commands=parsed(registry.RSPAMD_COMMANDS.name),
         rspamd_files={
-            name: _parsed(name, snap.data)
+            name: parses.parsed(name, snap.data)
             for name, snap in snapshots.items()
             if snap.data is not None
             and name != registry.RSPAMD_COMMANDS.name
@@ -217,12 +224,12 @@ def observe(config_dir: str, cron_path: str) -> Observed:
     )
 
 
-def _rspamd_override_snapshots(config_dir: str) -> dict[str, FileSnapshot]:
+def _rspamd_override_snapshots(volume: Volume) -> dict[str, FileSnapshot]:
     """Every regular file in `rspamd/override.d/` (DMS copies them all to /etc/rspamd/override.d/).
     A symlinked folder on the way or a symlinked file is refused, as for the DKIM keys."""
     folder = rspamd_ucl.DIRECTORY
-    refuse_symlinked_folder(config_dir, folder)
-    path = os.path.join(config_dir, folder)
+    refuse_symlinked_folder(volume, folder)
+    path = volume.path(folder)
     try:
         found = sorted(os.scandir(path), key=lambda e: e.name)
     except (FileNotFoundError, NotADirectoryError):
@@ -238,12 +245,12 @@ def _rspamd_override_snapshots(config_dir: str) -> dict[str, FileSnapshot]:
     return out
 
 
-def _rspamd_dkim_snapshots(config_dir: str) -> dict[str, FileSnapshot]:
+def _rspamd_dkim_snapshots(volume: Volume) -> dict[str, FileSnapshot]:
     """Every `rspamd/dkim/*.txt` (Rspamd's DKIM keys and their records). A symlinked folder on
     the way or a symlinked key file is refused, never followed, as for OpenDKIM's keys."""
     folder = rspamdkeys.DIRECTORY
-    refuse_symlinked_folder(config_dir, folder)
-    path = os.path.join(config_dir, folder)
+    refuse_symlinked_folder(volume, folder)
+    path = volume.path(folder)
     try:
         found = sorted(os.scandir(path), key=lambda e: e.name)
     except (FileNotFoundError, NotADirectoryError):
@@ -262,13 +269,13 @@ def _rspamd_dkim_snapshots(config_dir: str) -> dict[str, FileSnapshot]:
     return out
 
 
-def _dkim_key_snapshots(config_dir: str) -> dict[str, FileSnapshot]:
+def _dkim_key_snapshots(volume: Volume) -> dict[str, FileSnapshot]:
     """Every `opendkim/keys/<domain>/<selector>.private` and `.txt`. A symlink anywhere on the
     way (`opendkim/`, `keys/`, a domain's folder, a key file) is refused, never entered: nothing
     outside the volume is read, and apply would otherwise write through it."""
     out: dict[str, FileSnapshot] = {}
-    refuse_symlinked_folder(config_dir, f"{opendkim.DIRECTORY}/keys")
-    keys = os.path.join(config_dir, opendkim.DIRECTORY, "keys")
+    refuse_symlinked_folder(volume, f"{opendkim.DIRECTORY}/keys")
+    keys = volume.path(f"{opendkim.DIRECTORY}/keys")
     try:
         found = list(os.scandir(keys))
     except (FileNotFoundError, NotADirectoryError):

@@ -31,6 +31,7 @@ from datetime import UTC, datetime
 
 from reconciler.errors import LockBusy, ReconcilerError, Refused, VolumeError, os_error_text
 from reconciler.readfile import kind_of
+from reconciler.volume.atomic import fsync_dir
 
 FILENAME = "dms-reconciler.suspended"
 FORMAT = 1
@@ -183,7 +184,7 @@ def resume(config_dir: str) -> Suspension | None:
         pass
     except OSError as exc:
         raise VolumeError(os_error_text(exc, path, outcome="still suspended")) from None
-    _fsync_dir(config_dir)
+    fsync_dir(config_dir)
     return found
 
 
@@ -222,20 +223,7 @@ def _write_new(path: str, data: bytes) -> None:
         except OSError:
             pass
         raise VolumeError(os_error_text(exc, path, outcome="not suspended")) from None
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: str) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_dir(folder)
 
 
 class _PeerLock:

@@ -19,9 +19,8 @@ from collections.abc import Callable
 from reconciler import state as state_file
 from reconciler.errors import InvalidDesiredState, ReconcilerError, Refused
 from reconciler.gitrev import GitRevision, revision_of
-from reconciler.load.desired import EntryModels, Loaded, load_desired_bytes
-from reconciler.load.yamlchunks import IncrementalLoader
-from reconciler.passwords.sources import VerifiedCache
+from reconciler.load.desired import Loaded, load_desired_bytes
+from reconciler.memory import Memory
 from reconciler.reconcile import Applied, Target, apply_once, plan_once
 from reconciler.volume import suspend
 from reconciler.volume.executor import ApplyResult
@@ -46,7 +45,7 @@ class ReconcileCycle:
         inputs: InputReader,
         reporter: Reporter,
         confirmer: Confirmer,
-        cache: VerifiedCache,
+        memory: Memory,
         log: logging.Logger,
         clock: Callable[[], float],
         lock_timeout: float,
@@ -57,7 +56,7 @@ class ReconcileCycle:
         self.inputs = inputs
         self.reporter = reporter
         self.confirmer = confirmer
-        self.cache = cache  # memory only: what was verified, for this process's lifetime
+        self.memory = memory  # what this process parsed and verified, for its lifetime
         self.log = log
         self.clock = clock
         self.lock_timeout = lock_timeout
@@ -65,8 +64,6 @@ class ReconcileCycle:
         self.fast_apply = fast_apply  # None: DMS's change detector applies every change
         self._fast: Result | None = None  # how the last write was applied (fast apply or DMS)
         self.good: Loaded | None = None  # the last valid desired state
-        self.yaml = IncrementalLoader()  # parses again only the entries an edit changed
-        self.models = EntryModels()  # and models again only those
         self._digest_seen: str | None = None  # input digest at the last reconcile attempt
         self._digest_applied: str | None = None  # input digest at the last successful reconcile
         self._digest_peeked: str | None = None  # input digest last planned while DMS applied
@@ -106,9 +103,9 @@ class ReconcileCycle:
             if problem is not None or data is None:
                 raise problem or InvalidDesiredState([])
             loaded = load_desired_bytes(
-                data, self.target.desired_path, loader=self.yaml, models=self.models
+                data, self.target.desired_path, loader=self.memory.yaml, models=self.memory.models
             )
-            planned = plan_once(self.target, loaded=loaded, cache=self.cache)
+            planned = plan_once(self.target, loaded=loaded, memory=self.memory)
         except InvalidDesiredState as exc:
             self.reporter.invalid(exc, digest)
             return
@@ -156,7 +153,7 @@ class ReconcileCycle:
                 self._at_revision(git.revision)  # did not touch the file: the volume matches it
             return None
         self._digest_seen = digest
-        found = suspend.read(self.target.config_dir)
+        found = suspend.read(self.target.volume.folder)
         if found is None:
             self.reporter.not_suspended()
         if trigger == "interval" and found is None and self._still_clean(digest):
@@ -176,7 +173,10 @@ class ReconcileCycle:
             else:
                 try:
                     loaded = load_desired_bytes(
-                        data, self.target.desired_path, loader=self.yaml, models=self.models
+                        data,
+                        self.target.desired_path,
+                        loader=self.memory.yaml,
+                        models=self.memory.models,
                     )
                 except InvalidDesiredState as exc:
                     problem = exc
@@ -207,7 +207,7 @@ class ReconcileCycle:
                     applied = apply_once(
                         self.target,
                         loaded=loaded,
-                        cache=self.cache,
+                        memory=self.memory,
                         lock_timeout=self.lock_timeout,
                         on_wait=lambda message: self.log.info(message),
                         revision=revision,
@@ -218,7 +218,7 @@ class ReconcileCycle:
                     if self.fast_apply is not None:
                         self._release_fast_apply()
         except suspend.Suspended:  # suspended between our look and the apply's: nothing written
-            found = suspend.read(self.target.config_dir) or suspend.Suspension()
+            found = suspend.read(self.target.volume.folder) or suspend.Suspension()
             return self._plan_only(trigger, started, loaded, found, digest)
         except Refused as exc:
             self._count_pending(loaded)
@@ -268,7 +268,7 @@ class ReconcileCycle:
     ) -> str:
         """Suspended: plan (read-only) and report what waits; write nothing."""
         try:
-            planned = plan_once(self.target, loaded=loaded, cache=self.cache)
+            planned = plan_once(self.target, loaded=loaded, memory=self.memory)
         except ReconcilerError as exc:
             self.log.error(f"suspended, and planning failed: {exc}")
             return self._finish(trigger, "error", started, str(exc))
@@ -295,7 +295,7 @@ class ReconcileCycle:
         if self._clean is None or self._clean[0] != digest:
             return False
         try:
-            now = read_fingerprint(self.target.config_dir, self.target.cron_path)
+            now = read_fingerprint(self.target.volume)
         except ReconcilerError:
             return False
         return now == self._clean[1]
@@ -303,7 +303,7 @@ class ReconcileCycle:
     def _quiet_check(self, loaded: Loaded) -> Applied | None:
         """The timer's common case, nothing to do, for the price of one plan: apply_once would
         plan a second time to prove convergence. None: there is something to apply."""
-        planned = plan_once(self.target, loaded=loaded, cache=self.cache)
+        planned = plan_once(self.target, loaded=loaded, memory=self.memory)
         own, seen = planned.plan.ownership, planned.observed.ownership
         current = (
             planned.observed.snapshots[state_file.FILENAME].exists
@@ -415,14 +415,14 @@ class ReconcileCycle:
         """Parse what was just written now, while nothing waits, instead of at the start of the
         next change. A volume that cannot be read now is reported by that change's own read."""
         try:
-            prepare_next_read(self.target.config_dir, self.target.cron_path)
+            prepare_next_read(self.target.volume, self.memory.parses)
         except ReconcilerError:
             pass
 
     def _count_pending(self, loaded: Loaded) -> None:
         """How many entry changes wait (a refused plan): plan again, read-only."""
         try:
-            planned = plan_once(self.target, loaded=loaded, cache=self.cache)
+            planned = plan_once(self.target, loaded=loaded, memory=self.memory)
         except Exception:  # noqa: BLE001 - only a metric: the error itself is already logged
             return
         self.reporter.pending(len(planned.plan.changes))
@@ -433,4 +433,4 @@ class ReconcileCycle:
             (address, entry.password_hash)
             for address, entry in applied.planned.observed.accounts.entries.items()
         }
-        self.cache.retain(live)
+        self.memory.verified.retain(live)

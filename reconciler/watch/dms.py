@@ -385,15 +385,8 @@ class Dms:
                     f"installed amavis.cf as {AMAVIS_USER_CONF}; DMS's change detector reloads "
                     f"Amavis when it applies {', '.join(sorted(dms_will_reload))}",
                 )
-            code, output = self.run(
-                container, ["supervisorctl", "restart", "amavis"], timeout=self.command_timeout
-            )
-            if code != 0:
-                return Report(
-                    "failed",
-                    "`supervisorctl restart amavis` failed in the DMS "
-                    f"container (exit {code}: {_first_line(output) or 'no output'})",
-                )
+            if failed := self._restart(container, "amavis"):
+                return failed
         except DmsUnavailable as exc:
             return Report(
                 "unconfirmed", f"amavis.cf changed but Amavis could not be restarted: {exc}"
@@ -401,6 +394,19 @@ class Dms:
         except DmsCommandFailed as exc:
             return Report("failed", f"amavis.cf changed but Amavis could not be restarted: {exc}")
         return Report("ok", f"installed amavis.cf as {AMAVIS_USER_CONF} and restarted Amavis")
+
+    def _restart(self, container: Any, service: str) -> Report | None:
+        """`supervisorctl restart <service>` in the container; a failed Report when it fails."""
+        code, output = self.run(
+            container, ["supervisorctl", "restart", service], timeout=self.command_timeout
+        )
+        if code == 0:
+            return None
+        return Report(
+            "failed",
+            f"`supervisorctl restart {service}` failed in the DMS container "
+            f"(exit {code}: {_first_line(output) or 'no output'})",
+        )
 
     def _not_yet_handled(self, container: Any, written: Mapping[str, str]) -> bool:
         """DMS's change detector has neither started on (its lock) nor recorded any of `written`:
@@ -488,15 +494,8 @@ class Dms:
                         f"`{' '.join(argv[:2])}` failed in the DMS container (exit {code}: "
                         f"{_first_line(output)})",
                     )
-            code, output = self.run(
-                container, ["supervisorctl", "restart", "opendkim"], timeout=self.command_timeout
-            )
-            if code != 0:
-                return Report(
-                    "failed",
-                    "`supervisorctl restart opendkim` failed in the DMS container "
-                    f"(exit {code}: {_first_line(output) or 'no output'})",
-                )
+            if failed := self._restart(container, "opendkim"):
+                return failed
         except DmsUnavailable as exc:
             return Report("unconfirmed", f"opendkim/ changed but OpenDKIM was not restarted: {exc}")
         except DmsCommandFailed as exc:

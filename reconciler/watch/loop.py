@@ -31,7 +31,7 @@ from typing import Literal
 
 from reconciler import log as logs
 from reconciler.errors import ReconcilerError
-from reconciler.passwords.sources import VerifiedCache
+from reconciler.memory import Memory
 from reconciler.planner.target import DmsFacts
 from reconciler.reconcile import Target
 from reconciler.watch import dms as dms_mod
@@ -248,7 +248,7 @@ class Watcher:
         self.schedule = Schedule(self.options.interval, clock=clock)
         self.confirmer = Confirmer(
             dms,
-            config_dir=target.config_dir,
+            config_dir=target.volume.folder,
             metrics=self.metrics,
             status=self.status,
             log=self.log,
@@ -256,6 +256,7 @@ class Watcher:
             poll_seconds=self.options.dms_poll,
             notify=notify,
         )
+        self.memory = Memory()  # what this sidecar parsed and verified, for its life
         self.cycle = ReconcileCycle(
             target,
             inputs=InputReader(target),
@@ -268,13 +269,13 @@ class Watcher:
                 notify=notify,
             ),
             confirmer=self.confirmer,
-            cache=VerifiedCache(),
+            memory=self.memory,
             log=self.log,
             clock=clock,
             lock_timeout=self.options.lock_timeout,
             retry_in=self.schedule.next_retry_delay,
             fast_apply=(
-                FastApply(dms, target.config_dir)
+                FastApply(dms, target.volume.folder)
                 if dms is not None and self.options.fast_apply
                 else None
             ),
@@ -334,7 +335,7 @@ class Watcher:
                 extra={
                     "fields": {
                         "file": self.target.desired_path,
-                        "config_dir": self.target.config_dir,
+                        "config_dir": self.target.volume.folder,
                         "interval_seconds": self.options.interval,
                         "dms": self.dms.describe() if self.dms else "off",
                         "notify": self.notifier.describe() if self.notifier else [],

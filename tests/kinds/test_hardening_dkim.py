@@ -25,7 +25,9 @@ from reconciler.formats import opendkim
 from reconciler.load.desired import load_desired
 from reconciler.passwords.sources import SecretReader, resolve
 from reconciler.planner.make import make_plan
-from reconciler.volume.executor import VolumeChanged, apply_plan, render_files
+from reconciler.volume.atomic import VolumeChanged
+from reconciler.volume.contents import render_files
+from reconciler.volume.executor import apply_plan
 from reconciler.volume.observe import observe
 from tests.support.util import Volume, make_volume, run_cli, sha512_hash, write_desired
 
@@ -117,7 +119,7 @@ def test_apply_names_a_key_folder_that_became_a_symlink(tmp_path: Path) -> None:
     volume = make_volume(tmp_path / "dms")
     path = desired(tmp_path)
     loaded = load_desired(str(path))
-    observed = observe(str(volume.config), str(volume.cron))
+    observed = observe(volume.value)
     plan = make_plan(loaded.state, observed, _decided(loaded.state, observed))
     contents = render_files(plan)
     (tmp_path / "elsewhere").mkdir()
@@ -212,7 +214,7 @@ def _plan(volume: Volume, path: Path, selector: str | None = None):  # type: ign
     if selector is not None:  # what validate refuses, to prove the executor's own guard
         state = dataclasses.replace(state, dkim=(dataclasses.replace(state.dkim[0],
                                                                      selector=selector),))
-    observed = observe(str(volume.config), str(volume.cron))
+    observed = observe(volume.value)
     plan = make_plan(state, observed, _decided(state, observed))
     return plan, observed, render_files(plan)
 

@@ -26,7 +26,7 @@ def observed_from(tmp: Path, files: dict[str, str], owned: dict[str, list[str]] 
     volume = make_volume(tmp)
     for name, text in files.items():
         volume.write(name, text)
-    obs = observe(str(volume.config), str(volume.cron))
+    obs = observe(volume.value)
     if owned is not None:
         obs = Observed(**{**obs.__dict__, "ownership": Ownership(
             {k: frozenset(v) for k, v in owned.items()})})

@@ -253,14 +253,14 @@ def test_the_sidecar_reloads_through_one_incremental_loader(tmp_path: Path, volu
     hashed = sha512_hash("pw", "salt")
     entries = "".join(f'  user{i}@example.com:\n    password_hash: "{hashed}"\n' for i in range(20))
     path.write_text(f"version: 1\ndomains: [example.com]\naccounts:\n{entries}")
-    target = Target(str(path), str(volume.config), str(volume.cron), environ={})
+    target = Target(str(path), volume.value, environ={})
     watcher = Watcher(target, WatchOptions(interval=3600))
     watcher.reconcile("startup")
-    loader = watcher.cycle.yaml
+    loader = watcher.memory.yaml
     assert (loader.parsed, loader.reused, loader.fell_back) == (22, 0, False)
     path.write_text(path.read_text() + f'  new@example.com:\n    password_hash: "{hashed}"\n')
     watcher.reconcile("change")
-    assert watcher.cycle.yaml is loader
+    assert watcher.memory.yaml is loader
     assert (loader.parsed, loader.reused, loader.fell_back) == (1, 22, False)
     assert "new@example.com|" in (volume.read("postfix-accounts.cf") or "")
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 
+from reconciler.configvolume import Volume as ConfigVolume
 from tests.dockerengine import COMPOSE_LABEL, DockerEngine
 from tests.support.util import REPO
 
@@ -251,6 +252,11 @@ class DmsVolume:
     @property
     def logs(self) -> Path:
         return self.root / "logs"
+
+    @property
+    def value(self) -> ConfigVolume:
+        """This volume as the reconciler's `Volume` value."""
+        return ConfigVolume(str(self.config), str(self.cron))
 
     def args(self) -> list[str]:
         """The CLI's options for this volume."""

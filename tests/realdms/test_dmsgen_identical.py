@@ -25,6 +25,7 @@ import pytest
 
 from bench import generate as benchgen
 from reconciler import dmsgen
+from reconciler.configvolume import Volume
 from reconciler.reconcile import Target, apply_once
 from tests.realdms import harness
 
@@ -138,7 +139,7 @@ def volumes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         saved = {k: os.environ.get(k) for k in env}
         os.environ.update(env)
         try:
-            apply_once(Target(str(work / "mailserver.yaml"), str(config), str(cron)))
+            apply_once(Target(str(work / "mailserver.yaml"), Volume(str(config), str(cron))))
         finally:
             for key, value in saved.items():
                 if value is None:

@@ -44,7 +44,7 @@ def host(
                                           f"hostname: {harness.HOSTNAME}")
     desired = volume.root / "mailserver.yaml"
     desired.write_text(text)
-    target = Target(str(desired), str(volume.config), str(volume.cron))
+    target = Target(str(desired), volume.value)
     apply_once(target)
     readonly = volume.root / "regexp-ro"  # a generated file the container cannot replace
     readonly.write_text("")
@@ -173,7 +173,7 @@ def test_fast_apply_applies_a_new_account_at_once(host: tuple[RealDms, Target, D
     dms, target, client = host
     address = add_account(target, "fresh")
     started = time.monotonic()
-    result = apply_fast(target, FastApply(client, target.config_dir))
+    result = apply_fast(target, FastApply(client, target.volume.folder))
     assert result is not None and result.path == "fast", result
     # DMS's record holds every file we wrote: its change detector has nothing left to do
     assert dms.has_applied("postfix-accounts.cf", "dovecot-quotas.cf")
@@ -196,7 +196,7 @@ def test_generators_not_proven_are_left_to_dms(host: tuple[RealDms, Target, Dms]
            "echo '# a changed generator' >> /usr/local/bin/helpers/accounts.sh")
     try:
         address = add_account(target, "slowpath")
-        result = apply_fast(target, FastApply(client, target.config_dir))
+        result = apply_fast(target, FastApply(client, target.volume.folder))
         assert result is not None and result.path == "dms", result
         assert "not ones fast apply was proven against" in result.message
         wait_until(lambda: dms.has_applied("postfix-accounts.cf"), 120,
@@ -222,7 +222,7 @@ def test_a_read_only_generated_file_leaves_the_change_to_dms(
         + f"regexp_aliases:\n  - pattern: '^ro[0-9]+@{domain.replace('.', '[.]')}$'\n"
         f"    to: {address}\n"
     )
-    result = apply_fast(target, FastApply(client, target.config_dir))
+    result = apply_fast(target, FastApply(client, target.volume.folder))
     assert result is not None and result.path == "dms", result
     assert "fast apply failed in the container (replacing /etc/postfix/regexp)" in result.message
     assert before <= set(dms.sh("cut -d: -f1 /etc/dovecot/userdb").split())
@@ -243,7 +243,7 @@ def test_account_changes_need_neither_a_dovecot_reload_nor_dms_change_detector(
     dms, target, client = host
     changed, old_index = add_account(target, "changing", 1), 1
     removed, removed_index = add_account(target, "leaving", 2), 2
-    first = apply_fast(target, FastApply(client, target.config_dir))
+    first = apply_fast(target, FastApply(client, target.volume.folder))
     assert first is not None and first.path == "fast", first
     new_index = (old_index + 1) % len(benchgen.hash_pool())
     users = userdb_users(dms)
@@ -254,7 +254,7 @@ def test_account_changes_need_neither_a_dovecot_reload_nor_dms_change_detector(
     set_hash(target, changed, new_index)
     remove_account(target, removed)
 
-    result = apply_fast(target, FastApply(client, target.config_dir),
+    result = apply_fast(target, FastApply(client, target.volume.folder),
                         during=lambda: detector_cycles(dms, 2))
     assert result is not None and result.path == "fast", result
     assert userdb_users(dms) == (users | {added}) - {removed}
@@ -290,7 +290,7 @@ def test_a_password_changed_within_the_same_second_is_seen(
     size = dms.sh("stat -c %s /etc/dovecot/userdb")
     set_hash(target, address, new_index)
     monkeypatch.setattr(fastapply, "_upload_mtime", lambda: pinned)
-    result = apply_fast(target, FastApply(client, target.config_dir))
+    result = apply_fast(target, FastApply(client, target.volume.folder))
     assert result is not None and result.path == "fast", result
     assert dms.sh("stat -c %s /etc/dovecot/userdb") == size  # the case: same size
     assert int(dms.sh("stat -c %Y /etc/dovecot/userdb")) > pinned
@@ -344,7 +344,7 @@ def test_dms_restarted_mid_fast_apply_is_left_to_its_start_up(
     ups = dms.logs().count("is up and running")
     added = add_account(target, "restarted")
     fast = FastApply(Interrupted(client, lambda: dms.container.restart(timeout=20)),
-                     target.config_dir)
+                     target.volume.folder)
     result = apply_fast(target, fast)
     assert result is not None and result.path == "dms", result
     assert "DMS restarted since fast apply began" in result.message, result
@@ -371,7 +371,7 @@ def test_dms_recreated_during_and_between_changes(
         dms.container.remove(force=True)
         dms.container = start(real_client, dms.volume, name, dms_image.image).container
 
-    result = apply_fast(target, FastApply(Interrupted(client, recreate), target.config_dir))
+    result = apply_fast(target, FastApply(Interrupted(client, recreate), target.volume.folder))
     assert result is not None and result.path == "dms", result
     assert "is gone (removed or recreated)" in result.message, result
     wait_started_again(dms, 0)
@@ -379,7 +379,7 @@ def test_dms_recreated_during_and_between_changes(
     wait_until(lambda: dms.imap_login(added, PASSWORD), 30, "the new account to log in")
 
     later = add_account(target, "afterwards")
-    result = apply_fast(target, FastApply(client, target.config_dir))
+    result = apply_fast(target, FastApply(client, target.volume.folder))
     assert result is not None and result.path == "fast", result
     assert_userdb_whole(dms, before | {added, later})
     wait_until(lambda: dms.imap_login(later, PASSWORD), 15, "the next new account to log in")

@@ -43,7 +43,7 @@ def big_host(
         "hostname: mail.bench-host.test", f"hostname: {harness.HOSTNAME}"), spec.domains[0])
     desired = volume.root / "mailserver.yaml"
     desired.write_text(text)
-    target = Target(str(desired), str(volume.config), str(volume.cron))
+    target = Target(str(desired), volume.value)
     apply_once(target)
     last = (volume.config / "postfix-accounts.cf").read_text().splitlines()[-1]
     assert last.startswith(bystander + "|"), "the bystander must be DMS's last account"
@@ -85,7 +85,7 @@ def run_change(dms: RealDms, target: Target, client: Dms, bystander: str, local:
     results: list[Result | None] = []
     started = time.monotonic()
     try:
-        hook = (lambda written: results.append(FastApply(client, target.config_dir).run(written))
+        hook = (lambda written: results.append(FastApply(client, target.volume.folder).run(written))
                 ) if fast else None
         apply_once(target, while_locked=hook)
         wait_until(lambda: dms.imap_login(address, PASSWORD), 600, f"{address} to log in",

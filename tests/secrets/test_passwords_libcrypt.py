@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from reconciler.passwords import sources as passwords
+from reconciler.passwords import hashing as passwords
 from reconciler.passwords.sources import Secret
 
 PASSWORD = "DMS-made pässword"

@@ -90,6 +90,6 @@ def _fails_in_a_child(item: int, parent: int = os.getpid()) -> int:
 
 
 def test_a_failed_helper_s_share_is_done_by_the_parent() -> None:
-    from reconciler.passwords.sources import _forked_map
+    from reconciler.passwords.hashing import _forked_map
 
     assert _forked_map(_fails_in_a_child, list(range(30)), 3) == [i * 2 for i in range(30)]

@@ -320,7 +320,7 @@ def test_reprs_and_exceptions_hide_secrets(setup, tmp_path: Path) -> None:
     from reconciler.reconcile import Target, apply_once, plan_once
 
     desired, volume, secrets, env = setup
-    target = Target(str(desired), str(volume.config), str(volume.cron), environ=env)
+    target = Target(str(desired), volume.value, environ=env)
     planned = plan_once(target)
     for obj in (planned, planned.plan, planned.observed, planned.loaded, planned.passwords,
                 planned.plan.secrets, planned.observed.snapshots, planned.plan.files):
@@ -332,7 +332,7 @@ def test_reprs_and_exceptions_hide_secrets(setup, tmp_path: Path) -> None:
     secrets.assert_absent(repr(again), "repr after apply")
     for broken_env in ({}, {"BOB_PASSWORD": "x\ny", "CAROL_PASSWORD": ""}):
         with pytest.raises(ReconcilerError) as caught:
-            plan_once(Target(str(desired), str(volume.config), str(volume.cron),
+            plan_once(Target(str(desired), volume.value,
                              environ=broken_env))
         secrets.assert_absent(str(caught.value) + repr(caught.value), "a secret error")
     print(f"\nsecret scans: {SCANNED}")

@@ -53,7 +53,7 @@ def _host(tmp_path: Path, volume: Volume, env: dict[str, str] | None = None) -> 
         lines.append(f"  {name.lower()}@example.com: {{password_env: {name}}}")
     path = tmp_path / "mailserver.yaml"
     path.write_text("\n".join(lines) + "\n")
-    return Target(str(path), str(volume.config), str(volume.cron), environ=dict(env or {}))
+    return Target(str(path), volume.value, environ=dict(env or {}))
 
 
 def _record(volume: Volume) -> dict[str, object]:

@@ -44,7 +44,7 @@ def test_unchanged_secrets_are_not_verified_again(tmp_path: Path, volume: Volume
                     "  jane@example.com: {password_env: JANE}\n"
                     "  bob@example.com: {password_env: BOB}\n")
     environ = {"JANE": "jane-pw", "BOB": "bob-pw"}
-    target = Target(str(path), str(volume.config), str(volume.cron), environ=environ)
+    target = Target(str(path), volume.value, environ=environ)
     watcher = Watcher(target, WatchOptions(interval=3600))
     accounts_before = volume.read("postfix-accounts.cf")
 
@@ -92,7 +92,7 @@ def test_a_change_plans_from_a_volume_parsed_right_after_the_last_write(
     monkeypatch.setattr(reconcile, "proves_convergence", fullproof.production_proof(reconcile))
     path = tmp_path / "mailserver.yaml"
     _desired_with_alias(path, "first@elsewhere.net")
-    target = Target(str(path), str(volume.config), str(volume.cron), environ={"JANE": "pw"})
+    target = Target(str(path), volume.value, environ={"JANE": "pw"})
     watcher = Watcher(target, WatchOptions(interval=3600))
     watcher.reconcile("startup")
     assert parsed[-1] == volume.read("postfix-virtual.cf")  # parsed once written
@@ -110,6 +110,6 @@ def test_a_change_plans_from_a_volume_parsed_right_after_the_last_write(
         assert before not in parsed
         assert parsed == [now]
     # one parse per file is kept, the one of the bytes now on the volume
-    assert observe._last_parse[virtual.FILENAME][0].decode() == volume.read("postfix-virtual.cf")
+    assert watcher.memory.parses.last[virtual.FILENAME][0].decode() == volume.read("postfix-virtual.cf")
     # one parse per file: the DMS files' codecs, and the Rspamd files found under rspamd/
-    assert {n for n in observe._last_parse if not n.startswith("rspamd/")} <= set(observe._CODECS)
+    assert {n for n in watcher.memory.parses.last if not n.startswith("rspamd/")} <= set(observe._CODECS)

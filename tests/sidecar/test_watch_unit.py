@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from reconciler.configvolume import Volume as ConfigVolume
 from reconciler.reconcile import Target
 from reconciler.watch import cycle, dms, events
 from reconciler.watch.events import watch_dirs
@@ -62,7 +63,7 @@ def test_the_parents_of_watched_folders_guard_them_and_only_events_naming_them_c
 
 
 def test_failed_reconciles_are_retried_sooner_than_the_interval(tmp_path: Path) -> None:
-    target = Target(str(tmp_path / "m.yaml"), str(tmp_path), str(tmp_path / "cron"))
+    target = Target(str(tmp_path / "m.yaml"), ConfigVolume(str(tmp_path), str(tmp_path / "cron")))
     sidecar = Watcher(target, WatchOptions(interval=60))
     assert [sidecar.schedule.retry_delay(n) for n in (1, 2, 3, 6, 7, 100)] == [1, 2, 4, 32, 60, 60]
     assert Watcher(target, WatchOptions(interval=0.5)).schedule.retry_delay(1) == 1
@@ -151,7 +152,7 @@ def test_an_internal_error_in_a_reconcile_is_reported_and_the_loop_goes_on(
     path = tmp_path / "mailserver.yaml"
     path.write_text("version: 1\ndomains: [example.com]\naccounts:\n"
                     f"  a@example.com: {{password_hash: '{sha512_hash('pw')}'}}\n")
-    loop = Watcher(Target(str(path), str(volume.config), str(volume.cron)), WatchOptions())
+    loop = Watcher(Target(str(path), volume.value), WatchOptions())
     monkeypatch.setattr(cycle, "apply_once", broken)
     loop.reconcile("startup")
     assert loop.status.last_result == "error"
@@ -178,7 +179,7 @@ def test_the_timer_skips_the_plan_only_while_inputs_and_volume_are_byte_identica
     path.write_text("version: 1\ndomains: [example.com]\naccounts:\n"
                     f"  a@example.com: {{password_hash: '{sha512_hash('pw')}'}}\n"
                     "aliases:\n  b@example.com: a@example.com\n")
-    loop = Watcher(Target(str(path), str(volume.config), str(volume.cron)), WatchOptions())
+    loop = Watcher(Target(str(path), volume.value), WatchOptions())
     loop.reconcile("startup")
     loop.reconcile("interval")  # plans once and finds the volume clean
     planned.clear()

@@ -179,7 +179,7 @@ def build_scenario(root: Path, n: int = 600, *, debris: bool = False) -> Scenari
     scenario.desired_a.write_text(desired_yaml("A", n))
     scenario.desired_b.write_text(desired_yaml("B", n))
     volume = make_volume(root / "old")
-    target = Target(str(scenario.desired_a), str(volume.config), str(volume.cron),
+    target = Target(str(scenario.desired_a), volume.value,
                     environ=scenario.env("A"))
     apply_once(target)
     for name, text in HAND_MADE.items():

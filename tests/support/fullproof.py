@@ -25,10 +25,10 @@ def install(reconcile: ModuleType) -> None:
     setattr(reconcile, _ORIGINAL, original)
 
     def proven_twice(target: Any, planned: Any, contents: Mapping[str, bytes], loaded: Any,
-                     cache: Any) -> bool:
-        if not original(target, planned, contents, loaded, cache):
+                     memory: Any) -> bool:
+        if not original(target, planned, contents, loaded, memory):
             return False
-        again = reconcile.plan_once(target, loaded=loaded, cache=cache)
+        again = reconcile.plan_once(target, loaded=loaded, memory=memory)
         if again.plan.has_changes:
             left = ", ".join(f"{c.file}:{c.key}" for c in again.plan.changes[:5])
             raise reconcile.ReconcilerError(

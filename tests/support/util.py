@@ -10,6 +10,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from reconciler.configvolume import Volume as ConfigVolume
+
 REPO = Path(__file__).resolve().parent.parent.parent
 # What every Python process the suite starts gets: this checkout, and the suite's start-up hook
 # (tests/support/boot/sitecustomize.py: the stricter convergence proof, see fullproof.py).
@@ -51,6 +53,11 @@ class Volume:
     @property
     def cron(self) -> Path:
         return self.root / "cron" / "sa-learn"
+
+    @property
+    def value(self) -> ConfigVolume:
+        """This layout as the reconciler's `Volume` value."""
+        return ConfigVolume(str(self.config), str(self.cron))
 
     def args(self) -> list[str]:
         return ["--config-dir", str(self.config), "--cron-file", str(self.cron)]

@@ -131,7 +131,7 @@ def test_the_executor_guard_refuses_a_plan_that_leaves_no_account(managed):
     desired, volume = managed
     state = load_desired(str(desired)).state
     empty = DesiredState(state.version, state.domains, ())
-    observed = observe(str(volume.config), str(volume.cron))
+    observed = observe(volume.value)
     plan = make_plan(empty, observed, {}, prune=True)
     with pytest.raises(Refused, match="without accounts"):
         check_safety(plan, allow_deletions=100)

@@ -189,7 +189,7 @@ def _kill_and_recover(ref: Reference, index: int, workdir: Path) -> dict[str, ob
         result["recovered_by"] = "cli"
         result["recovery_ok"] = recovery.returncode == 0 and "Traceback" not in recovery.stderr
     else:
-        target = Target(str(ref.scenario.desired_b), str(volume.config), str(volume.cron),
+        target = Target(str(ref.scenario.desired_b), volume.value,
                         environ=environ)
         applied = apply_once(target, lock_timeout=5)
         result["recovered_by"] = "apply_once"

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from reconciler import state as state_file
+from reconciler.configvolume import Volume
 from reconciler.errors import InvalidDesiredState, VolumeError
 from reconciler.formats import (
     access,
@@ -393,11 +394,11 @@ def _assert_rendered_files_hold_exactly(state: Any) -> None:
         password_sources,
     )
     from reconciler.planner.make import make_plan
-    from reconciler.volume.executor import render_files
+    from reconciler.volume.contents import render_files
     from reconciler.volume.observe import observe
 
     with tempfile.TemporaryDirectory() as tmp:
-        observed = observe(tmp, os.path.join(tmp, "sa-learn"))
+        observed = observe(Volume(tmp, os.path.join(tmp, "sa-learn")))
         decided = {key: DesiredPassword(Status.GIVEN, source, hash=source.value)
                    if hasattr(source, "value") else
                    DesiredPassword(Status.GIVEN, source, hash="{SHA512-CRYPT}$6$x$" + "b" * 86)
@@ -476,7 +477,7 @@ def _saved_plan_sample(tmp: str) -> dict[str, Any]:
     with open(desired, "w") as handle:
         handle.write("version: 1\ndomains: [example.com]\naccounts:\n  a@example.com: "
                      "{password_hash: '{SHA512-CRYPT}$6$saltsaltsaltsalt$" + "a" * 86 + "'}\n")
-    target = Target(desired, config, os.path.join(tmp, "sa-learn"))
+    target = Target(desired, Volume(config, os.path.join(tmp, "sa-learn")))
     planned = plan_once(target)
     out = os.path.join(tmp, "plan.saved")
     saved_plan.save(out, planned, target, planned.plan.to_dict(desired={}, volume={}))

@@ -105,7 +105,7 @@ def test_a_deep_verified_record_only_costs_a_verification(
     secret.write_text("jane-password\n")
     jane = f"  jane@example.com:\n    password_file: {secret}\n"
     path = write_desired(tmp_path / "mailserver.yaml", desired_text(jane))
-    target = Target(str(path), str(volume.config), str(volume.cron))
+    target = Target(str(path), volume.value)
     apply_once(target)
     record = volume.file(VERIFIED)
     assert len(json.loads(record.read_text())["facts"]) == 1

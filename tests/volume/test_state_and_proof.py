@@ -76,8 +76,7 @@ def plans(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
 
 
 def test_an_apply_that_finds_its_own_bytes_plans_once(tmp_path: Path, volume: Volume, plans):
-    target = Target(str(desired(tmp_path / "m.yaml", "jane@example.com")), str(volume.config),
-                    str(volume.cron))
+    target = Target(str(desired(tmp_path / "m.yaml", "jane@example.com")), volume.value)
     apply_once(target)  # the first apply creates files: proven by planning again
     assert plans == [True, False]
     plans.clear()
@@ -91,8 +90,7 @@ def test_an_apply_that_finds_its_own_bytes_plans_once(tmp_path: Path, volume: Vo
 def test_another_writer_after_our_write_makes_apply_plan_again(
     tmp_path: Path, volume: Volume, plans, monkeypatch: pytest.MonkeyPatch
 ):
-    target = Target(str(desired(tmp_path / "m.yaml", "jane@example.com")), str(volume.config),
-                    str(volume.cron))
+    target = Target(str(desired(tmp_path / "m.yaml", "jane@example.com")), volume.value)
     apply_once(target)
     desired(tmp_path / "m.yaml", "jane@example.com", "bob@example.com")
     real = reconcile.apply_plan
@@ -116,16 +114,14 @@ def test_the_suite_checks_the_byte_proof_against_a_whole_plan(
 ):
     """With the suite's stricter proof (tests/support/fullproof.py) a disagreement is an error, not a pass. The
     planner never disagrees with its own rendering, so this one time it is made to."""
-    target = Target(str(desired(tmp_path / "m.yaml", "jane@example.com")), str(volume.config),
-                    str(volume.cron))
+    target = Target(str(desired(tmp_path / "m.yaml", "jane@example.com")), volume.value)
     apply_once(target)
     desired(tmp_path / "m.yaml", "jane@example.com", "bob@example.com")
     assert reconcile.proves_convergence is not fullproof.production_proof(reconcile)
     real = reconcile.plan_once
     made: list[int] = []
 
-    other = Target(str(desired(tmp_path / "other.yaml", "eve@example.com")), str(volume.config),
-                   str(volume.cron))
+    other = Target(str(desired(tmp_path / "other.yaml", "eve@example.com")), volume.value)
 
     def second_plan_sees_a_change(*args, **kwargs):  # type: ignore[no-untyped-def]
         made.append(1)
