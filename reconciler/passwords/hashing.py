@@ -23,6 +23,9 @@ from reconciler.addresses import split_hash
 
 SCHEME = "SHA512-CRYPT"
 ROUNDS = 5000  # DMS's `doveadm pw -s SHA512-CRYPT`; passlib's default (656000) makes logins slow
+# libxcrypt's CRYPT_MAX_PASSPHRASE_SIZE (512, with the NUL): Dovecot's crypt() refuses a longer
+# password (`doveadm pw` prints `*0`), so an account with one could never log in
+MAX_PASSWORD_BYTES = 511
 # Below this many hashes one core is faster than starting helpers: a forked one costs a few
 # milliseconds, a worker from the forkserver (needed once threads run, as in the sidecar) far more.
 FORK_THRESHOLD = 16

@@ -45,6 +45,7 @@ from reconciler.model import (
     UserOwned,
 )
 from reconciler.passwords.hashing import (
+    MAX_PASSWORD_BYTES,
     PROGRESS_FROM,
     ROUNDS,
     SCHEME,
@@ -381,6 +382,13 @@ def resolve(
                 failures.append(f"{key}: the SOPS-encrypted password_hash is not a Dovecot hash")
                 continue
             out[key] = DesiredPassword(Status.GIVEN, source, hash=secret.reveal())
+            continue
+        size = len(secret.reveal().encode("utf-8", "surrogateescape"))
+        if size > MAX_PASSWORD_BYTES:
+            failures.append(
+                f"{key}: {source_id(given)}: the password is {size} bytes; Dovecot's crypt "
+                f"takes at most {MAX_PASSWORD_BYTES}, so the login would always fail"
+            )
             continue
         if current is None or not current:
             out[key] = DesiredPassword(Status.NEW, source, secret=secret)
