@@ -501,8 +501,9 @@ class FastApply:
         if "RECORD=written" not in output and not others:
             return Result(
                 "dms",
-                f"fast apply put {names} in place in {took:.2f} s, but DMS's checksums of its "
-                "other monitored files changed meanwhile: DMS's change detector applies them",
+                f"fast apply put {names} in place in {took:.2f} s, but DMS's checksums of the "
+                "config files are not the ones predicted (changed meanwhile): DMS's change "
+                "detector applies the change",
                 took,
                 version,
             )
