@@ -114,24 +114,27 @@ ours() {
 }
 ours "${W}/record.dms" >"${W}/ours.dms" || fail "reading DMS's checksums"
 ours "${W}/record" >"${W}/ours.predicted" || fail "reading the predicted checksums"
+SOURCE=${W}/record
+OTHERS=""
 if cmp -s -- "${W}/record.dms" "${W}/record"; then
   RESULT=written
 elif [[ -s ${W}/ours.predicted ]] && cmp -s -- "${W}/ours.dms" "${W}/ours.predicted"; then
+  # the other files changed, new (as DMS's _get_changed_files lists them) or removed
+  OTHERS=$({ grep -Fxvf "${W}/record" -- "${W}/record.dms"
+    grep -Fxvf "${W}/record.dms" -- "${W}/record"; } | sed -E 's/^[^ ]+ +//' | LC_ALL=C sort -u)
   RESULT=others
+  # the same lines in another order (find's, under rspamd/): DMS's own record, nothing to do
+  if [[ -z ${OTHERS} ]]; then RESULT=written SOURCE=${W}/record.dms; fi
 else
   RESULT=differs
 fi
 if [[ ${RESULT} == differs ]]; then
   restore
 else
-  cp -- "${W}/record" "${RECORD}__SUFFIX__" && mv -f -- "${RECORD}__SUFFIX__" "${RECORD}" \
+  cp -- "${SOURCE}" "${RECORD}__SUFFIX__" && mv -f -- "${RECORD}__SUFFIX__" "${RECORD}" \
     || fail "writing DMS's checksum record"
   rm -f -- "${HELD}"
-  if [[ ${RESULT} == others ]]; then
-    # changed, new (as DMS's _get_changed_files lists them) or removed
-    { grep -Fxvf "${W}/record" -- "${W}/record.dms"; grep -Fxvf "${W}/record.dms" -- "${W}/record"
-    } | sed -E 's/^[^ ]+ +/OTHER=/' | LC_ALL=C sort -u
-  fi
+  if [[ -n ${OTHERS} ]]; then sed 's/^/OTHER=/' <<<"${OTHERS}"; fi
 fi
 echo "RECORD=${RESULT}"
 """

@@ -111,6 +111,19 @@ def test_our_files_differing_puts_the_held_record_back(tmp_path: Path, dms: str)
     assert record.read_text() == OLD and not held.exists()
 
 
+def test_the_same_lines_in_another_order_write_dms_own_record(tmp_path: Path) -> None:
+    """find lists rspamd/ in directory order, which a write may change: the same lines in
+    another order are DMS's own record (its change detector, comparing with cmp, then finds
+    nothing to do), not a change of other files."""
+    two = line("c", ACTIONS) + line("d", f"{D}/rspamd/local.d/x.conf")
+    swapped = line("d", f"{D}/rspamd/local.d/x.conf") + line("c", ACTIONS)
+    ours = line("1", ACCOUNTS) + line("b", QUOTAS)
+    out, record, held = run_step(tmp_path, held=line("a", ACCOUNTS) + line("b", QUOTAS) + two,
+                                 predicted=ours + two, dms=ours + swapped)
+    assert out == "RECORD=written\n"
+    assert record.read_text() == ours + swapped and not held.exists()
+
+
 def test_a_path_only_ending_like_ours_is_not_ours(tmp_path: Path) -> None:
     """rspamd/postfix-accounts.cf is DMS's change detector's, not a config file we model."""
     lookalike = f"{D}/rspamd/postfix-accounts.cf"
