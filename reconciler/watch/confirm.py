@@ -173,7 +173,11 @@ class Confirmer:
                 if self.awaiting is not None and applied_by is not None:
                     if applied_by.path == "fast":
                         self.awaiting.applied_by = "fast apply"
-                        self.poll()  # DMS's record already holds it: confirm now
+                        if applied_by.others:  # rspamd/ or certificates: DMS applies those
+                            self.awaiting.applied_by += (
+                                f", and DMS's change detector for {', '.join(applied_by.others)}"
+                            )
+                        self.poll()  # DMS's record already holds it (or ours): confirm now
                     else:
                         self.awaiting.applied_by = f"DMS's change detector ({applied_by.message})"
         self._schedule_reconfirm(first=True)

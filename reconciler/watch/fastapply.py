@@ -16,8 +16,10 @@ sidecar still holds DMS's lock after writing the config files (`run`):
    those files itself; the reload would fail the logins in flight);
 4. writes DMS's checksum record (`/tmp/docker-mailserver-config-chksum`, held aside from just
    before the write, `prepare`, so DMS's change detector does not handle the change too) only if
-   DMS's own `_monitored_files_checksums`, run in the container, gives exactly the record
-   predicted; DMS's change detector then finds nothing left to do.
+   DMS's own `_monitored_files_checksums`, run in the container, gives the record predicted for
+   the config files fast apply models. DMS's change detector then finds nothing left to do, or,
+   when other monitored files changed too (rspamd/**, certificates: the record keeps them as DMS
+   last applied them), handles only those, without rebuilding the accounts.
 
 Anything unexpected (another DMS version, a setting or a line dmsgen does not model, a failed
 step, the container gone or restarted) leaves the record alone: DMS's change detector applies the
@@ -87,6 +89,54 @@ echo '--- end'
 # DMS's record back in place (if we held it and nothing wrote a record since)
 RESTORE_SCRIPT = f"""
 if [[ -e {HELD} ]]; then [[ -e {RECORD} ]] || mv -f -- {HELD} {RECORD}; rm -f -- {HELD}; fi
+"""
+
+# Step 6 of APPLY_SCRIPT (on its own so tests/sidecar/test_fastapply_record.py can run it with
+# stubs): DMS's record is written only if DMS's own `_monitored_files_checksums` gives the
+# predicted record (${W}/record): all of it ("written"), or at least its lines for the config
+# files fast apply models, whose paths are in ${W}/ours ("others"). In the second case the other
+# lines (rspamd/**, certificates) changed too: the predicted record keeps them as DMS last applied
+# them, so DMS's change detector, which handles each file on its own (`_handle_changes`:
+# `_postfix_dovecot_changes` only for the config files in CHANGED), applies just those (and runs
+# its reloads), without rebuilding the accounts. Each of them is printed as OTHER=<path>.
+RECORD_STEP = r"""
+_obtain_hostname_and_domainname
+_rspamd_get_envs
+_monitored_files_checksums >"${W}/record.dms" || fail "computing DMS's checksums"
+declare -A OURS=()
+while IFS= read -r P; do OURS[${P}]=1; done <"${W}/ours"
+# the lines of a record (sha512sum's "<digest>  <path>") for the config files fast apply models
+ours() {
+  local LINE
+  while IFS= read -r LINE; do
+    if [[ -n ${LINE} && -n ${OURS[${LINE#*  }]:-} ]]; then printf '%s\n' "${LINE}"; fi
+  done <"${1}"
+}
+ours "${W}/record.dms" >"${W}/ours.dms" || fail "reading DMS's checksums"
+ours "${W}/record" >"${W}/ours.predicted" || fail "reading the predicted checksums"
+SOURCE=${W}/record
+OTHERS=""
+if cmp -s -- "${W}/record.dms" "${W}/record"; then
+  RESULT=written
+elif [[ -s ${W}/ours.predicted ]] && cmp -s -- "${W}/ours.dms" "${W}/ours.predicted"; then
+  # the other files changed, new (as DMS's _get_changed_files lists them) or removed
+  OTHERS=$({ grep -Fxvf "${W}/record" -- "${W}/record.dms"
+    grep -Fxvf "${W}/record.dms" -- "${W}/record"; } | sed -E 's/^[^ ]+ +//' | LC_ALL=C sort -u)
+  RESULT=others
+  # the same lines in another order (find's, under rspamd/): DMS's own record, nothing to do
+  if [[ -z ${OTHERS} ]]; then RESULT=written SOURCE=${W}/record.dms; fi
+else
+  RESULT=differs
+fi
+if [[ ${RESULT} == differs ]]; then
+  restore
+else
+  cp -- "${SOURCE}" "${RECORD}__SUFFIX__" && mv -f -- "${RECORD}__SUFFIX__" "${RECORD}" \
+    || fail "writing DMS's checksum record"
+  rm -f -- "${HELD}"
+  if [[ -n ${OTHERS} ]]; then sed 's/^/OTHER=/' <<<"${OTHERS}"; fi
+fi
+echo "RECORD=${RESULT}"
 """
 
 APPLY_SCRIPT = (
@@ -188,21 +238,11 @@ if [[ -n ${WHY} ]]; then
   dovecot reload || fail "dovecot reload"
   echo "DOVECOT=reloaded (${WHY})"
 fi
-# 6. DMS's checksum record, if DMS's own checksums are the ones predicted
-_obtain_hostname_and_domainname
-_rspamd_get_envs
-_monitored_files_checksums >"${W}/record.dms" || fail "computing DMS's checksums"
-if cmp -s -- "${W}/record.dms" "${W}/record"; then
-  cp -- "${W}/record" "${RECORD}__SUFFIX__" && mv -f -- "${RECORD}__SUFFIX__" "${RECORD}" \
-    || fail "writing DMS's checksum record"
-  rm -f -- "${HELD}"
-  echo RECORD=written
-else
-  restore
-  echo RECORD=differs
-fi
+# 6. DMS's checksum record
+__RECORD_STEP__
 rm -rf -- "${W}"
-""".replace("__WORK__", WORK)
+""".replace("__RECORD_STEP__", RECORD_STEP)
+    .replace("__WORK__", WORK)
     .replace("__SUFFIX__", SUFFIX)
     .replace("__RECORD__", RECORD)
     .replace("__HELD__", HELD)
@@ -228,6 +268,9 @@ class Result:
     seconds: float = 0.0
     version: str | None = None
     unreachable: bool = False  # DMS could not be asked at all
+    # "fast": monitored files outside the config files fast apply models (rspamd/**,
+    # certificates) that changed too; DMS's change detector applies them (and only them)
+    others: tuple[str, ...] = ()
 
 
 def record_line(digest: str, name: str) -> str:
@@ -254,11 +297,25 @@ def changed_files(record: str, current: Mapping[str, str]) -> set[str]:
     return {name for name, digest in current.items() if record_line(digest, name) not in lines}
 
 
+def our_paths() -> list[str]:
+    """The paths of the config files fast apply models, as DMS's record names them."""
+    return [f"{dmsgen.DMS_DIR}/{name}" for name in dmsgen.MONITORED]
+
+
+def other_names(output: str) -> tuple[str, ...]:
+    """The OTHER=<path> lines of the apply script: paths under DMS's config folder by their name
+    there (rspamd/override.d/actions.conf), others (certificates) as they are, sorted, once each."""
+    names = set()
+    for path in re.findall(r"^OTHER=(.+)$", output, re.M):
+        names.add(path.removeprefix(f"{dmsgen.DMS_DIR}/"))
+    return tuple(sorted(names))
+
+
 def predicted_record(record: str, current: Mapping[str, str]) -> str:
     """The record `_monitored_files_checksums` will print once these files are applied: ours in
     DMS's order, then the record's other lines (rspamd, certificates) as DMS last applied them."""
     ours = [record_line(current[name], name) for name in dmsgen.MONITORED if name in current]
-    config = {f"{dmsgen.DMS_DIR}/{name}" for name in dmsgen.MONITORED}
+    config = set(our_paths())
     others = [
         line for line in record.splitlines() if line and line.split("  ", 1)[-1] not in config
     ]
@@ -443,22 +500,25 @@ class FastApply:
                 version,
             )
         names = ", ".join(sorted(changed))
-        if "RECORD=written" not in output:
+        others = other_names(output) if "RECORD=others" in output else ()
+        if "RECORD=written" not in output and not others:
             return Result(
                 "dms",
-                f"fast apply put {names} in place in {took:.2f} s, but DMS's checksums of its "
-                "other monitored files changed meanwhile: DMS's change detector applies them",
+                f"fast apply put {names} in place in {took:.2f} s, but DMS's checksums of the "
+                "config files are not the ones predicted (changed meanwhile): DMS's change "
+                "detector applies the change",
                 took,
                 version,
             )
         reloaded = re.search(r"^DOVECOT=(reloaded.*)$", output, re.M)
         dovecot = reloaded.group(1) if reloaded else "not reloaded (only its data changed)"
-        return Result(
-            "fast",
-            f"fast apply (DMS {release}) applied {names} in {took:.2f} s; Dovecot {dovecot}",
-            took,
-            version,
-        )
+        message = f"fast apply (DMS {release}) applied {names} in {took:.2f} s; Dovecot {dovecot}"
+        if others:
+            message += (
+                f"; {', '.join(others)} changed too: DMS's change detector applies "
+                f"{'it' if len(others) == 1 else 'them'} (without rebuilding the accounts)"
+            )
+        return Result("fast", message, took, version, others=others)
 
     def _read_files(self) -> dict[str, bytes | None]:
         files: dict[str, bytes | None] = {}
@@ -488,6 +548,7 @@ class FastApply:
         entries[f"{WORK}/postconf"] = _lines(gen.postconf)
         entries[f"{WORK}/postconf_append"] = _lines([f"{k}\t{v}" for k, v in gen.postconf_append])
         entries[f"{WORK}/record"] = record.encode()
+        entries[f"{WORK}/ours"] = _lines(our_paths())
         try:
             ok = container.put_archive("/", _tar(entries))
         except Exception as exc:  # docker errors: the container went away or refused

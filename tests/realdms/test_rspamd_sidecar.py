@@ -332,3 +332,31 @@ def test_a_change_of_thresholds_while_mail_flows_loses_no_mail(on: Host) -> None
     for line in stream.client_deferrals + milter:
         print("  " + line)
     on.assert_no_problems()
+
+
+def test_a_new_account_and_new_thresholds_are_fast_applied_and_dms_applies_the_thresholds(
+        on: Host) -> None:
+    """One save adds an account and changes `rspamd.actions`: fast apply puts the account in
+    place, DMS's change detector applies rspamd/ alone (tests/realdms/test_fast_apply_rspamd.py
+    proves it rebuilds no account), and the confirmation says which path applied what."""
+    _rspamd_ready(on.dms)
+    on.dms.mark()
+    text = on.desired.read_text()
+    found = re.search(r"reject: (\d+)\}", text)
+    assert found, text
+    reject = int(found.group(1))
+    after = on.watcher.count()
+    save_atomically(on.desired, text.replace(f"reject: {reject}}}", f"reject: {reject + 2}}}", 1)
+                    .replace("rspamd:", NEW_ACCOUNT, 1))
+    confirmed = on.confirmed(after)
+    assert (f"(by fast apply, and DMS's change detector for {ACTIONS_FILE}); it reloaded Rspamd"
+            in confirmed["message"]), confirmed
+    fast = [r for r in on.watcher.records()[after:] if r.get("fast_apply")]
+    assert [r.get("fast_apply") for r in fast] == ["fast"], fast
+    assert f"{ACTIONS_FILE} changed too" in fast[0]["message"], fast
+    wait_until(lambda: on.dms.imap_login("carol@example.org", "carol-pw"), 15,
+               "the new account to log in")
+    wait_until(lambda: _running_reject(on.dms) == float(reject + 2), 60,
+               f"the running Rspamd's reject = {reject + 2}")
+    _rspamd_ready(on.dms)
+    on.assert_no_problems()

@@ -12,6 +12,7 @@ import pytest
 
 from reconciler.watch import dms
 from reconciler.watch.confirm import RECONFIRM_MAX_SECONDS, Confirmer
+from reconciler.watch.fastapply import Result
 from reconciler.watch.health import Metrics, Status
 
 ACCOUNTS = "postfix-accounts.cf"
@@ -310,3 +311,21 @@ def test_rspamd_files_written_while_dms_was_away_are_not_awaited_once_it_says_rs
     confirmer.reconfirm()
     assert confirmer.status.dms == "confirmed" and confirmer.unconfirmed == {}
     assert "Rspamd" not in confirmer.status.dms_message
+
+
+def test_fast_apply_leaving_rspamd_files_to_dms_is_confirmed_once_dms_records_them(
+        confirmer: Confirmer, fake: FakeDms, clock: Clock) -> None:
+    """Fast apply wrote DMS's record with our config files new and the rspamd/ file as DMS last
+    applied it: the write is confirmed once DMS's change detector records that too, and the
+    confirmation says which path applied which file."""
+    written = {ACCOUNTS: "a" * 128, ACTIONS: "r" * 128}
+    fake.applied = {ACCOUNTS: "a" * 128}  # what fast apply's record holds
+    fast = Result("fast", "fast apply applied postfix-accounts.cf", others=(ACTIONS,))
+    confirmer.after_write(written, written, accounts=3, applied_by=fast)
+    assert confirmer.awaiting is not None and confirmer.status.dms == "waiting"
+    fake.applied = dict(written)
+    clock.now += 2
+    confirmer.poll()
+    assert confirmer.status.dms == "confirmed"
+    assert (f"(by fast apply, and DMS's change detector for {ACTIONS}); it reloaded Rspamd"
+            in confirmer.status.dms_message), confirmer.status.dms_message
