@@ -55,7 +55,7 @@ def rspamd_on(real_engine: Any, real_client: Any) -> Iterator[Host]:
         volume = DmsVolume(root / "dms")
         desired = root / "mailserver.yaml"
         desired.write_text(DESIRED)
-        target = Target(str(desired), str(volume.config), str(volume.cron))
+        target = Target(str(desired), volume.value)
         apply_once(target)
         dms = harness.start_dms(real_client, volume, name="realdms-fast-rspamd",
                                 env=RSPAMD_ENV, image=IMAGE.image)
@@ -89,7 +89,7 @@ def test_a_new_account_and_new_thresholds_in_one_write_rebuild_no_accounts(
     desired.write_text(text.replace("reject: 15}", "reject: 17}", 1)
                        .replace("rspamd:", NEW_ACCOUNT, 1))
 
-    result = apply_fast(target, FastApply(rspamd_on.client, target.config_dir))
+    result = apply_fast(target, FastApply(rspamd_on.client, target.volume.folder))
     userdb = userdb_stat(dms)  # as fast apply left it
     assert "carol@example.org" in dms.sh("cut -d: -f1 /etc/dovecot/userdb").split()
     # a retry only if DMS's change detector, handling the rspamd/ change, reloads Dovecot just then
