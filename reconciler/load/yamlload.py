@@ -54,6 +54,10 @@ class YamlLoadError(Exception):
         self.diagnostics = diagnostics
 
 
+# (marks, key_marks) of one entry, as in `Document`, keyed from the entry's own key down.
+EntryPositions = tuple[dict[Path, tuple[int, int]], dict[Path, tuple[int, int]]]
+
+
 @dataclass
 class Document:
     """Plain values plus the position of each (`marks`) and of each mapping key (`key_marks`).
@@ -76,9 +80,13 @@ class Document:
         default=None, repr=False, compare=False
     )  # plain_ascii(value), if known
     # Positions read from one entry's own text (`_entry_position`): section -> its entries'
-    # spans (None: that section cannot be read so), (section, entry) -> that entry's tables.
+    # spans (None: that section cannot be read so); an entry's text -> its positions counted from
+    # its first line (None: not readable alone). The sidecar's loader hands the same
+    # `entry_positions` to each document, so an unchanged entry is not read again.
     _spans: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
-    _entry_tables: dict[Path, Any] = field(default_factory=dict, repr=False, compare=False)
+    entry_positions: dict[str, EntryPositions | None] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def __getattribute__(self, name: str) -> Any:
         if name in _POSITION_TABLES and object.__getattribute__(self, "_unread_text") is not None:
@@ -117,26 +125,27 @@ class Document:
         section, entry = path[0], path[1]
         if not isinstance(section, str) or not isinstance(entry, str):
             return None
-        if section not in self._spans:
-            self._spans[section] = _entry_spans(text, section, self.value.get(section))
-        spans = self._spans[section]
-        if spans is None or entry not in spans:
+        spans = self._spans
+        if section not in spans:
+            spans[section] = _entry_spans(text, section, self.value.get(section))
+        span = spans[section].get(entry) if spans[section] is not None else None
+        if span is None:
             return None
-        if (section, entry) not in self._entry_tables:
-            self._entry_tables[(section, entry)] = _read_entry(
-                text, spans[entry], entry, self.value[section][entry]
-            )
-        tables = self._entry_tables[(section, entry)]
+        start, stop, before = span
+        chunk = text[start:stop]
+        known = self.entry_positions
+        if chunk not in known:  # the same text reads the same wherever it stands
+            known[chunk] = _read_entry(chunk, entry, self.value[section][entry])
+        tables = known[chunk]
         if tables is None:
             return None
         marks, key_marks = tables
         table = key_marks if key else marks
         probe = tuple(path[1:])
         while probe:  # as `position`, down to the entry itself (always in both tables)
-            if probe in table:
-                return table[probe]
-            if key and probe in marks:
-                return marks[probe]
+            found = table.get(probe) or (marks.get(probe) if key else None)
+            if found is not None:
+                return found[0] + before, found[1]
             probe = probe[:-1]
         return None
 
@@ -196,24 +205,18 @@ def _entry_spans(text: str, section: str, value: Any) -> dict[str, tuple[int, in
     return spans
 
 
-def _read_entry(
-    text: str, span: tuple[int, int, int], entry: str, expected: Any
-) -> tuple[dict[Path, tuple[int, int]], dict[Path, tuple[int, int]]] | None:
-    """The positions inside one entry (paths from the entry down), read from its slice alone;
-    None when the slice does not read as that entry."""
-    start, stop, before = span
+def _read_entry(chunk: str, entry: str, expected: Any) -> EntryPositions | None:
+    """The positions inside one entry (paths from the entry down; lines counted from the
+    chunk's first), read from its text alone; None when it does not read as that entry."""
     builder = DocumentBuilder("")
     try:
-        value = builder.build(text[start:stop]).value
+        value = builder.build(chunk).value
     except YamlLoadError:
         return None
     if builder.anchors or value != {entry: expected}:
         return None
-
-    def moved(table: dict[Path, tuple[int, int]]) -> dict[Path, tuple[int, int]]:
-        return {path: (line + before, column) for path, (line, column) in table.items() if path}
-
-    return moved(builder.doc.marks), moved(builder.doc.key_marks)
+    builder.doc.marks.pop((), None)  # the chunk's own mapping: not the section's position
+    return builder.doc.marks, builder.doc.key_marks
 
 
 _POSITION_TABLES = frozenset({"marks", "key_marks", "unindented"})
