@@ -111,3 +111,20 @@ def test_a_warning_on_an_entry_does_not_read_the_whole_file_again() -> None:
     for path in quotas:
         assert doc.position(path) == full.position(path)
     assert doc._unread_text is not None  # the positions tables were never filled
+
+
+def test_the_sidecar_reads_an_unchanged_entrys_positions_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = generate.build(300)
+    loader = IncrementalLoader()
+    first = loader.load(generate.to_yaml(spec).encode(), "m.yaml")
+    address = next(a for a, entry in first.value["accounts"].items() if "quota" in entry)
+    path = ("accounts", address, "quota")
+    first.position(path)
+    generate.add_account(spec)  # another save: a new entry above or below, lines move
+    text = generate.to_yaml(spec)
+    monkeypatch.setattr(yamlload, "_read_entry", lambda *args: pytest.fail("read again"))
+    second = loader.load(text.encode(), "m.yaml")
+    full = yamlload.DocumentBuilder("m.yaml").build(text)
+    assert second.position(path) == full.position(path)
