@@ -13,6 +13,7 @@ we cannot read are kept as they are, after the entries.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -99,9 +100,16 @@ def _quoted_positions(pattern: str) -> frozenset[int]:
 # line of this file into a Dovecot login (its alias dummy accounts read postfix-virtual.cf only).
 
 
+_NOT_LITERAL = re.compile(r"[^A-Za-z0-9]")
+
+
 def _literal(text: str) -> str:
-    """`text` as a PCRE literal: every character but letters and digits escaped."""
-    return "".join(c if c.isalnum() and c.isascii() else "\\" + c for c in text)
+    """`text` as a PCRE literal: every character but ASCII letters and digits escaped."""
+    return _NOT_LITERAL.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return "\\" + match.group()
 
 
 def self_route(address: str) -> RegexpLine:
