@@ -152,10 +152,10 @@ class Document:
 
 # Text whose lines or meaning could differ in a slice: tabs, a BOM, line breaks other than \n and
 # \r\n (libyaml counts them as lines), document markers.
-_ENTRY_DOUBTS = ("\t", "\ufeff", "\x85", "\u2028", "\u2029", "\n---", "\n...")
+_ENTRY_DOUBTS = ("\t", "\n---", "\n...")
+_WIDE_DOUBTS = ("\ufeff", "\x85", "\u2028", "\u2029")  # only in text that is not ASCII
 _COLUMN_ZERO = re.compile(r"\n(?=[^ #\r\n])")
 _FIRST_INDENTED = re.compile(r"\n( +)(?=[^ #\r\n])")
-_KEY_TEXT = re.compile(r"[^\r\n]*?(?=:(?:[ \r\n]|\Z))")
 _HEADER_REST = re.compile(r":[ ]*(?:[ ]#[^\n]*)?\r?\n")
 
 
@@ -165,7 +165,11 @@ def _entry_spans(text: str, section: str, value: Any) -> dict[str, tuple[int, in
     keys, in order (then each slice is exactly one entry, and reads alone as in the whole)."""
     if not isinstance(value, dict) or not value:
         return None
-    if any(doubt in text for doubt in _ENTRY_DOUBTS) or text.count("\r") != text.count("\r\n"):
+    if any(doubt in text for doubt in _ENTRY_DOUBTS) or (
+        not text.isascii() and any(doubt in text for doubt in _WIDE_DOUBTS)
+    ):
+        return None
+    if "\r" in text and text.count("\r") != text.count("\r\n"):
         return None
     lines = [0] if text.startswith(section) else []  # `section:` lines at column 0
     at = text.find("\n" + section)  # (str.find: a regex anchored to lines is ten times slower)
@@ -186,16 +190,23 @@ def _entry_spans(text: str, section: str, value: Any) -> dict[str, tuple[int, in
         text, body - 1, end
     ):
         return None
-    starts: list[int] = []
-    names: list[str] = []
-    for line in re.compile(rf"\n {{{indent}}}(?=[^ #\r\n])").finditer(text, body - 1, end):
-        named = _KEY_TEXT.match(text, line.end())
-        if named is None:
-            return None
-        starts.append(line.start() + 1)
-        names.append(named.group())
-    if names != list(value):
+    starts = [
+        line.start() + 1
+        for line in re.compile(rf"\n {{{indent}}}(?=[^ #\r\n])").finditer(text, body - 1, end)
+    ]
+    names = list(value)
+    if len(starts) != len(names):
         return None
+    for name, start in zip(names, starts, strict=True):
+        # the line is `<name>:` then a blank or its end, as the key is written plain
+        colon = start + indent + len(name)
+        if (
+            not text.startswith(name, start + indent)
+            or text[colon : colon + 1] != ":"
+            or text[colon + 1 : colon + 2] not in ("", " ", "\r", "\n")
+            or ": " in name
+        ):
+            return None
     spans: dict[str, tuple[int, int, int]] = {}
     before, counted = text.count("\n", 0, starts[0]), starts[0]
     for name, start, stop in zip(names, starts, starts[1:] + [end], strict=True):
