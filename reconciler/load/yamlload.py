@@ -135,7 +135,7 @@ class Document:
         chunk = text[start:stop]
         known = self.entry_positions
         if chunk not in known:  # the same text reads the same wherever it stands
-            known[chunk] = _read_entry(chunk, entry, self.value[section][entry])
+            known[chunk] = _read_entry(chunk, entry)
         tables = known[chunk]
         if tables is None:
             return None
@@ -216,18 +216,56 @@ def _entry_spans(text: str, section: str, value: Any) -> dict[str, tuple[int, in
     return spans
 
 
-def _read_entry(chunk: str, entry: str, expected: Any) -> EntryPositions | None:
+def _read_entry(chunk: str, entry: str) -> EntryPositions | None:
     """The positions inside one entry (paths from the entry down; lines counted from the
-    chunk's first), read from its text alone; None when it does not read as that entry."""
-    builder = DocumentBuilder("")
+    chunk's first), from its text alone: `DocumentBuilder`'s marks without building the values
+    (this runs once per diagnostic). None when it does not read as that one entry, or holds an
+    anchor or alias (their positions are the whole text's to tell)."""
+    marks: dict[Path, tuple[int, int]] = {}
+    key_marks: dict[Path, tuple[int, int]] = {}
+    stack: list[list[Any]] = []  # per open collection: [path, is mapping, key waiting, items]
+    next_event = _Loader(chunk).get_event
+    scalar, mapping, sequence = yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent
     try:
-        value = builder.build(chunk).value
-    except YamlLoadError:
+        while True:
+            event = next_event()
+            kind = type(event)
+            if kind is scalar or kind is mapping or kind is sequence:
+                if event.anchor is not None:
+                    return None
+                mark = event.start_mark
+                if not stack:  # the chunk's own mapping: not the section's position
+                    if kind is not mapping:
+                        return None
+                    stack.append([(), True, None, 0])
+                    continue
+                top = stack[-1]
+                if top[1] and top[2] is None:  # a key
+                    if kind is not scalar:
+                        return None
+                    top[2] = event.value
+                    key_marks[top[0] + (event.value,)] = (mark.line + 1, mark.column + 1)
+                    continue
+                if top[1]:
+                    path = top[0] + (top[2],)
+                    top[2] = None
+                else:
+                    path = top[0] + (top[3],)
+                    top[3] += 1
+                marks[path] = (mark.line + 1, mark.column + 1)
+                if kind is not scalar:
+                    stack.append([path, kind is mapping, None, 0])
+            elif kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
+                stack.pop()
+            elif kind is yaml.AliasEvent:
+                return None
+            elif event is None or kind is yaml.StreamEndEvent:
+                break
+    except yaml.YAMLError:
         return None
-    if builder.anchors or value != {entry: expected}:
+    if [path for path in key_marks if len(path) == 1] != [(entry,)]:
         return None
-    builder.doc.marks.pop((), None)  # the chunk's own mapping: not the section's position
-    return builder.doc.marks, builder.doc.key_marks
+    return marks, key_marks
 
 
 _POSITION_TABLES = frozenset({"marks", "key_marks", "unindented"})

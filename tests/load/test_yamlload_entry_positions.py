@@ -63,6 +63,20 @@ aliases:
     "flow section": "aliases: {a@example.org: b@example.com, c@example.org: [d@x.org]}\n",
     "line separator in a value": 'aliases:\n  a@example.org: "x\u2028y"\n  b@example.org: c@x.org\n',
     "document marker": "---\naliases:\n  a@example.org: b@example.com\n",
+    "nested": """\
+relay:
+  example.com:
+    hosts: [{host: a.example.net, port: 587}, [x, [], {}], ~]
+    empty:
+    list:
+      - {a: 1}
+      - - b
+        - c: [d]
+      -
+    'quoted': "value"
+    ? complex
+    : key
+""",
     "a section twice in text": """\
 notes: |
   aliases:
