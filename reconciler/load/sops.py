@@ -93,7 +93,9 @@ def check(doc: Document, metadata: dict[str, Any] | None) -> list[Diagnostic]:
         line, column = doc.position(path)
         out.append(Diagnostic(doc.filename, line, column, format_path(path), message))
 
-    for path, value in encrypted_places(doc.value):
+    # a value SOPS wrote starts `ENC[`: a file without it anywhere needs no walk over its values
+    places = encrypted_places(doc.value) if doc.may_hold("ENC[") else []
+    for path, value in places:
         if metadata is None:
             error(
                 path,

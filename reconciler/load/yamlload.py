@@ -116,6 +116,13 @@ class Document:
                 return None, None
             probe = probe[:-1]
 
+    def may_hold(self, needle: str) -> bool:
+        """False when no string in the document can contain `needle`: it is not in the file's
+        text, and the text has no `\\` (a double-quoted escape could write it). True when it may,
+        or the text is no longer kept (once the positions were read)."""
+        text = object.__getattribute__(self, "_unread_text")
+        return text is None or needle in text or "\\" in text
+
     def _entry_position(self, path: Path, key: bool) -> tuple[int, int] | None:
         """`position` of a path inside an entry of a section (`accounts.<address>...`), read
         from that entry's text alone, the way `yamlchunks` reads it: a warning on 2,000 of
