@@ -13,6 +13,8 @@ we cannot read are kept as they are, after the entries.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -99,9 +101,16 @@ def _quoted_positions(pattern: str) -> frozenset[int]:
 # line of this file into a Dovecot login (its alias dummy accounts read postfix-virtual.cf only).
 
 
+_NOT_LITERAL = re.compile(r"[^A-Za-z0-9]")
+
+
 def _literal(text: str) -> str:
-    """`text` as a PCRE literal: every character but letters and digits escaped."""
-    return "".join(c if c.isalnum() and c.isascii() else "\\" + c for c in text)
+    """`text` as a PCRE literal: every character but ASCII letters and digits escaped."""
+    return _NOT_LITERAL.sub(_escaped, text)
+
+
+def _escaped(match: re.Match[str]) -> str:
+    return "\\" + match.group()
 
 
 def self_route(address: str) -> RegexpLine:
@@ -137,16 +146,8 @@ def split_pattern(line: str) -> tuple[str, str, str, str] | str:
     delimiter = line[0]
     if delimiter.isalnum() or delimiter.isspace() or delimiter == "\\":
         return "not `/pattern/ target`; Postfix cannot read this line"
-    position = 1
-    while position < len(line):
-        char = line[position]
-        if char == "\\":
-            position += 2
-            continue
-        if char == delimiter:
-            break
-        position += 1
-    else:
+    position = _up_to_delimiter(delimiter).match(line, 1).end()  # type: ignore[union-attr]
+    if position >= len(line) or line[position] != delimiter:
         return "the pattern has no closing delimiter; Postfix cannot read this line"
     pattern = line[1:position]
     rest = line[position + 1 :]
@@ -157,6 +158,13 @@ def split_pattern(line: str) -> tuple[str, str, str, str] | str:
     if any(f not in FLAGS for f in flags):
         return f"unknown pattern flag in '{flags}'; Postfix cannot read this line"
     return delimiter, pattern, flags, rest.strip()
+
+
+@functools.lru_cache(maxsize=64)
+def _up_to_delimiter(delimiter: str) -> re.Pattern[str]:
+    """The pattern's text as dict_pcre scans it: each `\\` skips the character after it, and the
+    first `delimiter` not so skipped closes it (a `\\` with nothing after it closes nothing)."""
+    return re.compile(rf"(?:[^\\{re.escape(delimiter)}]|\\.)*", re.DOTALL)
 
 
 def _targets(rest: str) -> tuple[str, ...]:

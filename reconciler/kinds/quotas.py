@@ -52,11 +52,19 @@ def _show(entry: quotas.QuotaLine) -> dict[str, Any]:
 
 def check(report: Reporter, view: DocView) -> None:
     """Quotas Dovecot can hold (the schema checks their form)."""
+    verdicts: dict[str, tuple[str | None, str | None]] = {}  # a few sizes for 10,000 accounts
     for address, account in view.accounts.items():
         quota = account.get("quota") if isinstance(account, dict) else None
-        if isinstance(quota, str) and (problem := check_quota(quota)):
+        if not isinstance(quota, str):
+            continue
+        verdict = verdicts.get(quota)
+        if verdict is None:
+            problem = check_quota(quota)
+            verdict = verdicts[quota] = (problem, None if problem else quota_grace_lost(quota))
+        problem, lost = verdict
+        if problem:
             report.error(("accounts", address, "quota"), problem)
-        elif isinstance(quota, str) and (lost := quota_grace_lost(quota)):
+        elif lost:
             report.warning(("accounts", address, "quota"), lost)  # DMS v16's grace
 
 

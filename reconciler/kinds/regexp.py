@@ -76,7 +76,9 @@ def plan(ctx: PlanContext) -> KindPlan:
     # Self-routes follow the accounts and catch-alls: the deletion guard (mass deletions of
     # declared patterns) neither counts them nor the ones this tool manages.
     out.managed[FILE] = sum(
-        1 for key in ctx.owned(FILE) & parsed.entries.keys() if not _is_self_route(parsed, key)
+        1
+        for key in ctx.owned(FILE) & parsed.entries.keys()
+        if not _is_self_route(parsed, key, routes)
     )
     gone = sum(c.kind is Kind.SELF_ROUTE and c.action is Action.DELETE for c in diff.changes)
     out.dropped[FILE] = out.dropped.get(FILE, 0) + gone
@@ -99,8 +101,12 @@ def self_routes(ctx: PlanContext) -> tuple[dict[str, Want], dict[str, Want]]:
     return first, last
 
 
-def _is_self_route(parsed: Any, key: str) -> bool:
-    return regexp.self_route_of(parsed.entries[key]) is not None
+def _is_self_route(parsed: Any, key: str, routes: dict[str, Want]) -> bool:
+    entry = parsed.entries[key]
+    wanted = routes.get(key)
+    if wanted is not None and wanted.entry == entry:
+        return True  # the usual case: the line is the self-route this plan wants
+    return regexp.self_route_of(entry) is not None
 
 
 def _kind_of(key: str, entry: regexp.RegexpLine) -> Kind:

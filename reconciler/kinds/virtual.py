@@ -135,21 +135,45 @@ def shadow_warnings(
     """Unmanaged entries whose mail goes astray after this plan: say so, do not touch them.
     `routed`: the accounts the plan gives a self-route."""
     out: list[str] = []
+    if virtual_diff.unmanaged:
+        out += _unmanaged_warnings(desired, observed, virtual_diff, account_diff, routed)
+    # The other way round: an alias this plan declares takes the mail of an account it keeps.
+    # (A declared catch-all does not: kept accounts in its domain get a self-route.)
+    if not account_diff.unmanaged:
+        return out  # and then the declared entries need not be built a second time
+    declared = {key: wanted.kind for key, wanted in want(desired).items()}
+    for item in account_diff.unmanaged:
+        if declared.get(item.key) in (Kind.ALIAS, Kind.DEVNULL):
+            out.append(
+                f"the {declared[item.key].value} '{item.key}' in mailserver.yaml takes "
+                f"the mail of the unmanaged account '{item.key}' (Postfix delivers by the "
+                "alias)"
+            )
+    return out
+
+
+def _unmanaged_warnings(
+    desired: DesiredState,
+    observed: Observed,
+    virtual_diff: FileDiff,
+    account_diff: FileDiff,
+    routed: set[str] | frozenset[str],
+) -> list[str]:
+    """`shadow_warnings` of the unmanaged postfix-virtual.cf lines (none on most volumes: the
+    sets are built only then, and the self-routed addresses only for an unmanaged catch-all)."""
+    out: list[str] = []
     account_set = {a.address for a in desired.accounts}
     deleted = {c.key for c in account_diff.changes if c.action is Action.DELETE}
     catch_domains = {catch.domain for catch in desired.catch_all}
-    kept_keys = {entry.key.lower() for entry in virtual_diff.final} | routed
-    kept_keys |= {  # exact self-route patterns written by hand
-        found[0]
-        for entry in observed.regexp.entries.values()
-        if (found := regexp.self_route_of(entry)) is not None and not found[1]
-    }
+    kept: set[str] | None = None
     for item in virtual_diff.unmanaged:
         if item.kind is Kind.CATCH_ALL:
+            if kept is None:
+                kept = _kept(observed, virtual_diff, routed)
             # the DMS catch-all trap: without a route of their own, Postfix hands the catch-all
             # the mail of every real account in the domain
             swallowed = sorted(
-                a for a in account_set if "@" + domain_of(a) == item.key and a not in kept_keys
+                a for a in account_set if "@" + domain_of(a) == item.key and a not in kept
             )
             if swallowed:
                 out.append(
@@ -177,19 +201,21 @@ def shadow_warnings(
                     f"unmanaged alias '{item.key}' still points to deleted account(s) "
                     f"{', '.join(gone)}"
                 )
-    # The other way round: an alias this plan declares takes the mail of an account it keeps.
-    # (A declared catch-all does not: kept accounts in its domain get a self-route.)
-    if not account_diff.unmanaged:
-        return out  # and then the declared entries need not be built a second time
-    declared = {key: wanted.kind for key, wanted in want(desired).items()}
-    for item in account_diff.unmanaged:
-        if declared.get(item.key) in (Kind.ALIAS, Kind.DEVNULL):
-            out.append(
-                f"the {declared[item.key].value} '{item.key}' in mailserver.yaml takes "
-                f"the mail of the unmanaged account '{item.key}' (Postfix delivers by the "
-                "alias)"
-            )
     return out
+
+
+def _kept(
+    observed: Observed, virtual_diff: FileDiff, routed: set[str] | frozenset[str]
+) -> set[str]:
+    """The addresses with a route of their own after this plan: a postfix-virtual.cf line, a
+    self-route, or an exact self-route pattern written by hand."""
+    kept_keys = {entry.key.lower() for entry in virtual_diff.final} | routed
+    kept_keys |= {
+        found[0]
+        for entry in observed.regexp.entries.values()
+        if (found := regexp.self_route_of(entry)) is not None and not found[1]
+    }
+    return kept_keys
 
 
 # --- mail rules ---------------------------------------------------------------------------------

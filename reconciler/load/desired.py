@@ -266,7 +266,7 @@ def check_document(
     ruled = {d.path for d in from_rules if d.severity is Severity.ERROR} | encrypted
     from_schema = [d for d in _schema_diagnostics(doc, known) if d.path not in ruled]
     found = _dedupe(from_schema + from_rules + from_sops)
-    typed = _password_values(doc.value)
+    typed = tuple(_password_values(doc.value))  # once: thousands of warnings may follow
     if typed:  # hash-shaped values are redacted anyway (errors.redact); these may be plaintext
         found = [d.redacted(typed) for d in found]
     return sorted(found, key=Diagnostic.sort_key)

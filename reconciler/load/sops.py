@@ -20,7 +20,7 @@ The decryption itself is a password source and lives in `reconciler.passwords.so
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from reconciler.errors import Diagnostic
@@ -57,16 +57,26 @@ def recipients(metadata: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def encrypted_places(value: Any, path: Path = ()) -> Iterator[tuple[Path, str]]:
-    """(path, value) of every encrypted value in a document."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from encrypted_places(item, path + (key,))
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            yield from encrypted_places(item, path + (index,))
-    elif is_encrypted(value):
-        yield path, value
+def encrypted_places(value: Any, path: Path = ()) -> list[tuple[Path, str]]:
+    """(path, value) of every encrypted value in a document, in document order."""
+    found: list[tuple[Path, str]] = []
+    if is_encrypted(value):
+        found.append((path, value))
+    elif isinstance(value, dict | list):
+        _collect_encrypted(value, path, found)
+    return found
+
+
+def _collect_encrypted(container: Any, path: Path, found: list[tuple[Path, str]]) -> None:
+    """Runs on every value of every load (150,000 at 10,000 accounts): a string that does not
+    start as SOPS's values do is passed over without building its path."""
+    items = container.items() if isinstance(container, dict) else enumerate(container)
+    for key, item in items:
+        if isinstance(item, str):
+            if item.startswith("ENC[") and is_encrypted(item):
+                found.append((path + (key,), item))
+        elif isinstance(item, dict | list):
+            _collect_encrypted(item, path + (key,), found)
 
 
 def is_secret_place(path: Path) -> bool:
@@ -83,7 +93,9 @@ def check(doc: Document, metadata: dict[str, Any] | None) -> list[Diagnostic]:
         line, column = doc.position(path)
         out.append(Diagnostic(doc.filename, line, column, format_path(path), message))
 
-    for path, value in encrypted_places(doc.value):
+    # a value SOPS wrote starts `ENC[`: a file without it anywhere needs no walk over its values
+    places = encrypted_places(doc.value) if doc.may_hold("ENC[") else []
+    for path, value in places:
         if metadata is None:
             error(
                 path,

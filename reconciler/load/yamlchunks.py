@@ -25,6 +25,7 @@ from reconciler.load.yamlload import (
     MAX_EXPANDED_NODES,
     Document,
     DocumentBuilder,
+    EntryPositions,
     YamlLoadError,
     decode_text,
     load_yaml_bytes,
@@ -76,6 +77,9 @@ class IncrementalLoader:
 
     def __init__(self) -> None:
         self._cache: dict[str, _Chunk] = {}
+        # Positions read from an entry's text for a diagnostic (`Document.entry_positions`):
+        # kept for the entries of the last load, so a warning on an unchanged entry costs nothing.
+        self._positions: dict[str, EntryPositions | None] = {}
         self.parsed = 0  # chunks parsed by the last load (the rest came from the cache)
         self.reused = 0  # chunks taken from the cache by the last load
         self.fell_back = False  # the last load was the full load
@@ -90,11 +94,16 @@ class IncrementalLoader:
         except _Doubt:
             self.fell_back = True
             self._cache = fresh  # what parsed fine still saves work next time
-            return load_yaml_bytes(data, filename)
-        self.fell_back = False
-        self._cache = fresh
-        doc = Document(value=value, filename=filename, plain=plain)
-        doc._unread_text = text  # positions are read from the full text when first asked for
+            doc = load_yaml_bytes(data, filename)
+        else:
+            self.fell_back = False
+            self._cache = fresh
+            doc = Document(value=value, filename=filename, plain=plain)
+            doc._unread_text = text  # positions are read from the full text when first asked for
+        known = self._positions
+        self._positions = doc.entry_positions = {
+            chunk: known[chunk] for chunk in fresh.keys() & known.keys()
+        }
         return doc
 
     def _assemble(

@@ -54,6 +54,10 @@ class YamlLoadError(Exception):
         self.diagnostics = diagnostics
 
 
+# (marks, key_marks) of one entry, as in `Document`, keyed from the entry's own key down.
+EntryPositions = tuple[dict[Path, tuple[int, int]], dict[Path, tuple[int, int]]]
+
+
 @dataclass
 class Document:
     """Plain values plus the position of each (`marks`) and of each mapping key (`key_marks`).
@@ -75,6 +79,14 @@ class Document:
     plain: bool | None = field(
         default=None, repr=False, compare=False
     )  # plain_ascii(value), if known
+    # Positions read from one entry's own text (`_entry_position`): section -> its entries'
+    # spans (None: that section cannot be read so); an entry's text -> its positions counted from
+    # its first line (None: not readable alone). The sidecar's loader hands the same
+    # `entry_positions` to each document, so an unchanged entry is not read again.
+    _spans: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    entry_positions: dict[str, EntryPositions | None] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def __getattribute__(self, name: str) -> Any:
         if name in _POSITION_TABLES and object.__getattribute__(self, "_unread_text") is not None:
@@ -87,6 +99,10 @@ class Document:
 
     def position(self, path: Path, *, key: bool = False) -> tuple[int | None, int | None]:
         """Best known 1-based (line, column) for `path`, walking up to the nearest known parent."""
+        if len(path) >= 2 and object.__getattribute__(self, "_unread_text") is not None:
+            found = self._entry_position(path, key)
+            if found is not None:
+                return found
         table = self.key_marks if key else self.marks
         probe = tuple(path)
         while True:
@@ -99,6 +115,164 @@ class Document:
             if not probe:
                 return None, None
             probe = probe[:-1]
+
+    def may_hold(self, needle: str) -> bool:
+        """False when no string in the document can contain `needle`: it is not in the file's
+        text, and the text has no `\\` (a double-quoted escape could write it). True when it may,
+        or the text is no longer kept (once the positions were read)."""
+        text = object.__getattribute__(self, "_unread_text")
+        return text is None or needle in text or "\\" in text
+
+    def _entry_position(self, path: Path, key: bool) -> tuple[int, int] | None:
+        """`position` of a path inside an entry of a section (`accounts.<address>...`), read
+        from that entry's text alone, the way `yamlchunks` reads it: a warning on 2,000 of
+        10,000 accounts need not read the whole file again. None where the entry's text cannot
+        be told apart for certain (then the whole text is read)."""
+        text: str = object.__getattribute__(self, "_unread_text")
+        section, entry = path[0], path[1]
+        if not isinstance(section, str) or not isinstance(entry, str):
+            return None
+        spans = self._spans
+        if section not in spans:
+            spans[section] = _entry_spans(text, section, self.value.get(section))
+        span = spans[section].get(entry) if spans[section] is not None else None
+        if span is None:
+            return None
+        start, stop, before = span
+        chunk = text[start:stop]
+        known = self.entry_positions
+        if chunk not in known:  # the same text reads the same wherever it stands
+            known[chunk] = _read_entry(chunk, entry)
+        tables = known[chunk]
+        if tables is None:
+            return None
+        marks, key_marks = tables
+        table = key_marks if key else marks
+        probe = tuple(path[1:])
+        while probe:  # as `position`, down to the entry itself (always in both tables)
+            found = table.get(probe) or (marks.get(probe) if key else None)
+            if found is not None:
+                return found[0] + before, found[1]
+            probe = probe[:-1]
+        return None
+
+
+# Text whose lines or meaning could differ in a slice: tabs, a BOM, line breaks other than \n and
+# \r\n (libyaml counts them as lines), document markers.
+_ENTRY_DOUBTS = ("\t", "\n---", "\n...")
+_WIDE_DOUBTS = ("\ufeff", "\x85", "\u2028", "\u2029")  # only in text that is not ASCII
+_COLUMN_ZERO = re.compile(r"\n(?=[^ #\r\n])")
+_FIRST_INDENTED = re.compile(r"\n( +)(?=[^ #\r\n])")
+_HEADER_REST = re.compile(r":[ ]*(?:[ ]#[^\n]*)?\r?\n")
+
+
+def _entry_spans(text: str, section: str, value: Any) -> dict[str, tuple[int, int, int]] | None:
+    """entry -> (start, end, lines before it) of each entry of the block mapping `section:` at the
+    top level; None unless the lines at the entries' indentation name exactly the document's own
+    keys, in order (then each slice is exactly one entry, and reads alone as in the whole)."""
+    if not isinstance(value, dict) or not value:
+        return None
+    if any(doubt in text for doubt in _ENTRY_DOUBTS) or (
+        not text.isascii() and any(doubt in text for doubt in _WIDE_DOUBTS)
+    ):
+        return None
+    if "\r" in text and text.count("\r") != text.count("\r\n"):
+        return None
+    lines = [0] if text.startswith(section) else []  # `section:` lines at column 0
+    at = text.find("\n" + section)  # (str.find: a regex anchored to lines is ten times slower)
+    while at >= 0:
+        lines.append(at + 1)
+        at = text.find("\n" + section, at + 1)
+    found = [rest for at in lines if (rest := _HEADER_REST.match(text, at + len(section)))]
+    if len(found) != 1:
+        return None
+    body = found[0].end()
+    after = _COLUMN_ZERO.search(text, body - 1)
+    end = after.start() + 1 if after is not None else len(text)
+    first = _FIRST_INDENTED.search(text, body - 1, end)
+    if first is None:
+        return None
+    indent = len(first.group(1))
+    if indent > 1 and re.compile(rf"\n {{1,{indent - 1}}}(?=[^ #\r\n])").search(
+        text, body - 1, end
+    ):
+        return None
+    starts = [
+        line.start() + 1
+        for line in re.compile(rf"\n {{{indent}}}(?=[^ #\r\n])").finditer(text, body - 1, end)
+    ]
+    names = list(value)
+    if len(starts) != len(names):
+        return None
+    for name, start in zip(names, starts, strict=True):
+        # the line is `<name>:` then a blank or its end, as the key is written plain
+        colon = start + indent + len(name)
+        if (
+            not text.startswith(name, start + indent)
+            or text[colon : colon + 1] != ":"
+            or text[colon + 1 : colon + 2] not in ("", " ", "\r", "\n")
+            or ": " in name
+        ):
+            return None
+    spans: dict[str, tuple[int, int, int]] = {}
+    before, counted = text.count("\n", 0, starts[0]), starts[0]
+    for name, start, stop in zip(names, starts, starts[1:] + [end], strict=True):
+        before += text.count("\n", counted, start)
+        counted = start
+        spans[name] = (start, stop, before)
+    return spans
+
+
+def _read_entry(chunk: str, entry: str) -> EntryPositions | None:
+    """The positions inside one entry (paths from the entry down; lines counted from the
+    chunk's first), from its text alone: `DocumentBuilder`'s marks without building the values
+    (this runs once per diagnostic). None when it does not read as that one entry, or holds an
+    anchor or alias (their positions are the whole text's to tell)."""
+    marks: dict[Path, tuple[int, int]] = {}
+    key_marks: dict[Path, tuple[int, int]] = {}
+    stack: list[list[Any]] = []  # per open collection: [path, is mapping, key waiting, items]
+    next_event = _Loader(chunk).get_event
+    scalar, mapping, sequence = yaml.ScalarEvent, yaml.MappingStartEvent, yaml.SequenceStartEvent
+    try:
+        while True:
+            event = next_event()
+            kind = type(event)
+            if kind is scalar or kind is mapping or kind is sequence:
+                if event.anchor is not None:
+                    return None
+                mark = event.start_mark
+                if not stack:  # the chunk's own mapping: not the section's position
+                    if kind is not mapping:
+                        return None
+                    stack.append([(), True, None, 0])
+                    continue
+                top = stack[-1]
+                if top[1] and top[2] is None:  # a key
+                    if kind is not scalar:
+                        return None
+                    top[2] = event.value
+                    key_marks[top[0] + (event.value,)] = (mark.line + 1, mark.column + 1)
+                    continue
+                if top[1]:
+                    path = top[0] + (top[2],)
+                    top[2] = None
+                else:
+                    path = top[0] + (top[3],)
+                    top[3] += 1
+                marks[path] = (mark.line + 1, mark.column + 1)
+                if kind is not scalar:
+                    stack.append([path, kind is mapping, None, 0])
+            elif kind is yaml.MappingEndEvent or kind is yaml.SequenceEndEvent:
+                stack.pop()
+            elif kind is yaml.AliasEvent:
+                return None
+            elif event is None or kind is yaml.StreamEndEvent:
+                break
+    except yaml.YAMLError:
+        return None
+    if [path for path in key_marks if len(path) == 1] != [(entry,)]:
+        return None
+    return marks, key_marks
 
 
 _POSITION_TABLES = frozenset({"marks", "key_marks", "unindented"})

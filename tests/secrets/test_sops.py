@@ -332,3 +332,18 @@ def test_the_sidecar_decrypts_refuses_a_bad_mac_and_follows_a_changed_secret(
                              what="the changed secret applied")
         assert verify(Secret(JANE_2), jane_hash())
         assert_no_secret(watcher.raw_log(), watcher.raw_stdout())
+
+
+def test_an_encrypted_value_written_with_an_escape_is_found_too() -> None:
+    """The check skips its walk over the values when `ENC[` is nowhere in the text, but not when
+    a double-quoted escape could write it."""
+    from reconciler.load.yamlload import load_yaml_bytes
+
+    text = ('version: 1\ndomains: [example.com]\naccounts:\n  a@example.com:\n'
+            '    password_hash: "\\x45NC[AES256_GCM,data:YWJj,iv:YWJj,tag:YWJj,type:str]"\n')
+    assert "ENC[" not in text
+    found = sops_mod.check(load_yaml_bytes(text.encode(), "m.yaml"), None)
+    assert [(d.path, d.line) for d in found] == [("accounts.a@example.com.password_hash", 5)]
+    assert "but the file has no `sops:` block" in found[0].message
+    plain = text.replace("\\x45", "X")  # no `ENC[` and no escape: nothing to find
+    assert sops_mod.check(load_yaml_bytes(plain.encode(), "m.yaml"), None) == []
