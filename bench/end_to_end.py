@@ -109,7 +109,7 @@ class Run:
     trouble: list[str]  # the first refusals and mail log lines behind `deferrals`
     login_began: float = 0.0  # ... until that login attempt connected (the one before failed)
     login_wait: float = 0.0  # seconds Dovecot took to answer its LOGIN (no penalty: milliseconds)
-    login_failures: int = 0  # the new account's attempts that failed before it
+    login_attempt: int = 0  # which attempt it was (from 1; one started every 0.1 s)
     fast_apply: str = ""  # the sidecar's fast apply message, with where its time went
 
 
@@ -351,6 +351,7 @@ class Attempt:
     started: float  # connecting
     answered: float  # Dovecot answered LOGIN (OK, or NO after its 2 s auth_failure_delay)
     ok: bool  # LOGIN and SELECT INBOX worked
+    number: int = 0  # the how-manieth attempt (from 1)
 
 
 def imap_attempt(address: str, source: str, started: float) -> Attempt:
@@ -390,7 +391,6 @@ class LoginRace:
         self.one_source = one_source  # every attempt from 127.0.0.1: the probe before, penalised
         self.took: float | None = None
         self.attempt: Attempt | None = None
-        self.failed = 0  # attempts answered NO (or cut off) before the one that worked
         self.errors: list[BaseException] = []
         self._done = threading.Event()
         self._lock = threading.Lock()
@@ -404,10 +404,11 @@ class LoginRace:
             if self._slots.acquire(timeout=0.1):
                 source = "127.0.0.1" if self.one_source else source_address(self._count)
                 self._count += 1
-                threading.Thread(target=self._attempt, args=(source,), daemon=True).start()
+                threading.Thread(target=self._attempt, args=(source, self._count),
+                                 daemon=True).start()
             self._done.wait(0.1)
 
-    def _attempt(self, source: str) -> None:
+    def _attempt(self, source: str, number: int) -> None:
         try:
             enter_network_of(self.netns)
             attempt = imap_attempt(self.address, source, self.started)
@@ -417,9 +418,8 @@ class LoginRace:
                 if attempt.ok:
                     self.took = time.monotonic() - self.started
                     self.attempt = attempt
+                    attempt.number = number
                     self._done.set()
-                else:
-                    self.failed += 1
         except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
             self.errors.append(exc)
         finally:
@@ -563,7 +563,7 @@ def one_run(host: Host, path: str, repeat: int, sidecar: Sidecar | None) -> Run:
     return Run(host.accounts, path, repeat, address, *took, probe.logins, probe.failed_logins,
                missing, at_reload, len(probe.sent) + len(probe.refused), len(trouble),
                len(lost), applied_by, trouble[:5], login.attempt.started,
-               login.attempt.answered - login.attempt.started, login.failed, fast_note)
+               login.attempt.answered - login.attempt.started, login.attempt.number, fast_note)
 
 
 def run_size(client: Any, engine_url: str, root: Path, accounts: int, args: argparse.Namespace,
@@ -595,7 +595,7 @@ def describe(run: Run) -> str:
     by = f", applied by {run.applied_by}" if run.applied_by else ""
     return (f"{run.accounts} accounts, {PATHS[run.path]} #{run.repeat}: login {run.login:.2f} s "
             f"(the attempt that worked began at {run.login_began:.2f} s, its LOGIN answered in "
-            f"{run.login_wait:.2f} s, {run.login_failures} failed before), "
+            f"{run.login_wait:.2f} s; attempt #{run.login_attempt}), "
             f"mail {run.mail:.2f} s, DMS done {run.done:.2f} s; bystander {run.failed_logins} of "
             f"{run.logins} logins failed ({run.missing} unknown user, {run.at_reload} at a Dovecot "
             f"reload), {run.deferrals} of {run.mails} mails refused/deferred/"
