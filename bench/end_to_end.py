@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import datetime
 import imaplib
 import json
 import os
@@ -173,6 +174,21 @@ class Sidecar:
             if match:
                 return match.group(1)
         return ""
+
+    def timeline(self, since: int, saved: float) -> str:
+        """When the sidecar began reconciling, finished fast apply and confirmed, in seconds
+        after `saved` (wall clock), from its log records after `since`."""
+        marks = []
+        for record in self.records()[since:]:
+            message = str(record.get("message"))
+            name = ("began reconciling" if message == "reconciling"
+                    else "fast apply done" if "fast_apply" in record
+                    else "confirmed" if message.startswith("DMS applied the change") else "")
+            stamp = str(record.get("time", ""))
+            if name and stamp:
+                at = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+                marks.append(f"{name} +{at - saved:.2f} s")
+        return ", ".join(marks)
 
     def fast_apply(self, since: int) -> str:
         """What fast apply said about the change (with where its time went), from the log
@@ -520,6 +536,7 @@ def one_run(host: Host, path: str, repeat: int, sidecar: Sidecar | None) -> Run:
     records = len(sidecar.records()) if sidecar else 0
     probe = Probe(dms, host.bystander).start()
     started = time.monotonic()
+    saved = time.time()  # the same moment, on the wall clock of the sidecar's log
     deadline = started + host.timeout
     try:
         if path == "setup":
@@ -559,6 +576,7 @@ def one_run(host: Host, path: str, repeat: int, sidecar: Sidecar | None) -> Run:
         applied_by = wait_until(lambda: sidecar.confirmation(records), 60,
                                 "the sidecar's confirmation", interval=0.2)
         fast_note = sidecar.fast_apply(records)
+        fast_note = f"{sidecar.timeline(records, saved)}; {fast_note}" if fast_note else ""
     assert login.attempt is not None
     return Run(host.accounts, path, repeat, address, *took, probe.logins, probe.failed_logins,
                missing, at_reload, len(probe.sent) + len(probe.refused), len(trouble),
