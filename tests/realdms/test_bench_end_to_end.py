@@ -62,10 +62,11 @@ def test_the_end_to_end_bench_runs_and_fast_apply_leaves_the_bystander_alone(
     assert runs[1]["applied_by"] == "DMS's change detector", runs[1]
     for run in runs:
         assert 0 < run["login"] and 0 < run["mail"] and 0 < run["done"], run
-        # The new account's login attempts failed before it existed, yet the one that worked was
-        # not held back by them: Dovecot's auth penalty holds a login from an IP with a failure
-        # 4 s (2 s doubled) before looking the user up; each attempt comes from its own address.
-        assert run["login_attempt"] >= 2, run  # attempts before it, failed
-        assert run["login_wait"] < PENALTY / 2, run
+        assert 2 <= run["login_attempt"], run  # attempts before it, which failed
         assert run["login_began"] < run["login"], run
+    # Fast apply's new account: its login attempts failed before it existed, yet the one that
+    # worked was not held back by them. Dovecot's auth penalty holds a login from an IP with a
+    # failure 4 s (2 s doubled) before it looks the user up; each attempt has an address of its
+    # own. (On DMS's paths the attempt that works may wait out a `dovecot reload` instead.)
+    assert fast["login_wait"] < PENALTY / 2, fast
     assert "; time: " in fast["fast_apply"] and "script steps (s): " in fast["fast_apply"], fast
