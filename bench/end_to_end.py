@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import datetime
 import imaplib
 import json
 import os
@@ -45,6 +46,7 @@ import re
 import shutil
 import signal
 import smtplib
+import socket
 import statistics
 import subprocess
 import sys
@@ -77,6 +79,12 @@ COLUMNS = ("accounts", "path", "saved -> IMAP login works", "saved -> mail deliv
 # What the sidecar's confirmation says applied the change, per path ("" without a sidecar).
 CONFIRMED = {"fast": "fast apply", "detector": "DMS's change detector", "setup": ""}
 LOCK = "check-for-changes.sh.lock"
+LOGIN_MEANS = (
+    "'IMAP login works': from the save until the new account's first IMAP LOGIN + SELECT INBOX "
+    "that worked was done; a new attempt starts every 0.1 s, each on its own connection from a "
+    "local address of its own (Dovecot delays a failed login's answer 2 s and holds later "
+    "logins from the same IP 4 s: neither touches another attempt), so the account began to "
+    "work at most ~0.1 s before the attempt that worked began.")
 CLONE_NEWNET = 0x40000000
 
 
@@ -88,7 +96,7 @@ class Run:
     path: str  # a key of PATHS
     repeat: int
     address: str
-    login: float  # seconds from the save to the first working IMAP login
+    login: float  # seconds from the save until the first IMAP LOGIN + SELECT that worked was done
     mail: float  # ... to the mail in its maildir
     done: float  # ... to DMS's record holding the new postfix-accounts.cf
     logins: int  # the bystander's IMAP logins meanwhile
@@ -100,6 +108,10 @@ class Run:
     lost: int  # of its mails accepted, not in its inbox after the run (and a queue flush)
     applied_by: str  # the sidecar's confirmation ("fast apply", "DMS's change detector"), or ""
     trouble: list[str]  # the first refusals and mail log lines behind `deferrals`
+    login_began: float = 0.0  # ... until that login attempt connected (the one before failed)
+    login_wait: float = 0.0  # seconds Dovecot took to answer its LOGIN (no penalty: milliseconds)
+    login_attempt: int = 0  # which attempt it was (from 1; one started every 0.1 s)
+    fast_apply: str = ""  # the sidecar's fast apply message, with where its time went
 
 
 class Sidecar:
@@ -112,7 +124,9 @@ class Sidecar:
                                               suffix=".log", dir=host.volume.root)[1])
         env = {k: v for k, v in os.environ.items() if not k.startswith("DMS_RECONCILER_")}
         env.update({"DOCKER_HOST": host.engine_url, "DMS_RECONCILER_LOG_FORMAT": "json",
-                    "PYTHONPATH": str(REPO)})
+                    "PYTHONPATH": str(REPO),
+                    # fast apply's message says where its time went (reconciler/watch/fastapply.py)
+                    "DMS_RECONCILER_FAST_APPLY_TIMING": "1"})
         self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "reconciler", "watch", "-f", str(host.desired),
@@ -161,6 +175,26 @@ class Sidecar:
                 return match.group(1)
         return ""
 
+    def timeline(self, since: int, saved: float) -> str:
+        """When the sidecar began reconciling, finished fast apply and confirmed, in seconds
+        after `saved` (wall clock), from its log records after `since`."""
+        marks = []
+        for record in self.records()[since:]:
+            message = str(record.get("message"))
+            name = ("began reconciling" if message == "reconciling"
+                    else "fast apply done" if "fast_apply" in record
+                    else "confirmed" if message.startswith("DMS applied the change") else "")
+            stamp = str(record.get("time", ""))
+            if name and stamp:
+                at = datetime.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+                marks.append(f"{name} +{at - saved:.2f} s")
+        return ", ".join(marks)
+
+    def fast_apply(self, since: int) -> str:
+        """What fast apply said about the change (with where its time went), from the log
+        records after `since`; "" if it said nothing."""
+        return next((str(r["message"]) for r in self.records()[since:] if "fast_apply" in r), "")
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -186,6 +220,7 @@ class Host:
     domain: str  # for the new accounts: one without a catch-all
     timeout: float
     mail_baseline: float = 0.0  # seconds a mail to an existing account takes, no change going on
+    one_source: bool = False  # the new account's login attempts all from 127.0.0.1 (--one-source)
 
     def target(self) -> Target:
         return Target(str(self.desired), self.volume.value)
@@ -301,52 +336,106 @@ def enter_network_of(pid: int) -> None:
         os.close(fd)
 
 
-def imap_login(address: str) -> bool:
+class _SourcedIMAP(imaplib.IMAP4):
+    """imaplib's client, its connection made from a given local address."""
+
+    def __init__(self, host: str, port: int, source: str, timeout: float) -> None:
+        self._source = source
+        super().__init__(host, port, timeout=timeout)
+
+    def _create_socket(self, timeout: float | None = None) -> socket.socket:
+        return socket.create_connection((self.host, self.port), timeout,
+                                        source_address=(self._source, 0))
+
+
+def source_address(number: int) -> str:
+    """The local address of the new account's `number`th login attempt: one of 65,024 in
+    127.1.0.0/16 (all of 127/8 is the container's loopback), none of them 127.0.0.1, where the
+    bystander logs in from. Dovecot's auth penalty is kept per remote IP: after a failed login
+    from an IP it holds every later login from that IP 4 s before even looking the user up
+    (2 s doubled per failure, the same user and password counting once; it is forgotten 15 s
+    after the last failure: auth-penalty.c). An attempt from an address of its own pays none,
+    and its failure penalises no later attempt and not the bystander."""
+    number %= 254 * 256
+    return f"127.1.{number // 254}.{number % 254 + 1}"
+
+
+@dataclass
+class Attempt:
+    """One IMAP login of the new account, in seconds from the save."""
+
+    started: float  # connecting
+    answered: float  # Dovecot answered LOGIN (OK, or NO after its 2 s auth_failure_delay)
+    ok: bool  # LOGIN and SELECT INBOX worked
+    number: int = 0  # the how-manieth attempt (from 1)
+
+
+def imap_attempt(address: str, source: str, started: float) -> Attempt:
     """IMAP LOGIN and SELECT INBOX on the container's 127.0.0.1:143 (from a thread in its
-    network namespace)."""
+    network namespace), connecting from `source`."""
+    began = time.monotonic()
+    answered = began
     try:
-        client = imaplib.IMAP4("127.0.0.1", 143, timeout=10)
+        client = _SourcedIMAP("127.0.0.1", 143, source, timeout=10)
     except OSError:  # Dovecot restarting
-        return False
+        return Attempt(began - started, time.monotonic() - started, False)
     try:
-        client.login(address, PASSWORD)
+        try:
+            client.login(address, PASSWORD)
+        finally:
+            answered = time.monotonic()
         ok = client.select("INBOX")[0] == "OK"
         client.logout()
-        return ok
     except (imaplib.IMAP4.error, OSError):
-        return False
+        ok = False
+    return Attempt(began - started, answered - started, ok)
 
 
 class LoginRace:
     """From `started`: until an IMAP login of `address` works. Dovecot answers a failed login
-    only after `auth_failure_delay` (2 s), so one attempt after the other would see the moment
-    the account works 2 s late: a new attempt starts every 0.1 s, each in a thread of its own in
-    the container's network namespace, and the first that succeeds stops the clock."""
+    only after `auth_failure_delay` (2 s), and after a failure holds further logins from the
+    same IP back (its auth penalty, 4 s): so a new attempt starts every 0.1 s, each in a thread
+    of its own in the container's network namespace and each from a local address of its own
+    (`source_address`), none waiting for another or paying for another's failure. The first
+    attempt whose LOGIN + SELECT works stops the clock: `took` is when it had SELECTed, and it
+    began at most 0.1 s after an attempt that still failed (`attempt`: when it began and when
+    Dovecot answered its LOGIN)."""
 
-    def __init__(self, started: float, address: str, deadline: float, netns: int) -> None:
+    def __init__(self, started: float, address: str, deadline: float, netns: int, *,
+                 one_source: bool = False) -> None:
         self.started, self.address, self.deadline, self.netns = started, address, deadline, netns
+        self.one_source = one_source  # every attempt from 127.0.0.1: the probe before, penalised
         self.took: float | None = None
+        self.attempt: Attempt | None = None
         self.errors: list[BaseException] = []
         self._done = threading.Event()
         self._lock = threading.Lock()
-        self._slots = threading.BoundedSemaphore(32)
+        self._slots = threading.BoundedSemaphore(64)
+        self._count = 0
         self._thread = threading.Thread(target=self._spawn, daemon=True)
         self._thread.start()
 
     def _spawn(self) -> None:
         while not self._done.is_set() and time.monotonic() < self.deadline and not self.errors:
             if self._slots.acquire(timeout=0.1):
-                threading.Thread(target=self._attempt, daemon=True).start()
+                source = "127.0.0.1" if self.one_source else source_address(self._count)
+                self._count += 1
+                threading.Thread(target=self._attempt, args=(source, self._count),
+                                 daemon=True).start()
             self._done.wait(0.1)
 
-    def _attempt(self) -> None:
+    def _attempt(self, source: str, number: int) -> None:
         try:
             enter_network_of(self.netns)
-            if imap_login(self.address):
-                with self._lock:
-                    if not self._done.is_set():
-                        self.took = time.monotonic() - self.started
-                        self._done.set()
+            attempt = imap_attempt(self.address, source, self.started)
+            with self._lock:
+                if self._done.is_set():
+                    return
+                if attempt.ok:
+                    self.took = time.monotonic() - self.started
+                    self.attempt = attempt
+                    attempt.number = number
+                    self._done.set()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
             self.errors.append(exc)
         finally:
@@ -447,6 +536,7 @@ def one_run(host: Host, path: str, repeat: int, sidecar: Sidecar | None) -> Run:
     records = len(sidecar.records()) if sidecar else 0
     probe = Probe(dms, host.bystander).start()
     started = time.monotonic()
+    saved = time.time()  # the same moment, on the wall clock of the sidecar's log
     deadline = started + host.timeout
     try:
         if path == "setup":
@@ -457,7 +547,7 @@ def one_run(host: Host, path: str, repeat: int, sidecar: Sidecar | None) -> Run:
             save_with_account(host.desired, address)
         accounts_cf = host.volume.config / "postfix-accounts.cf"
         netns = int(dms.container.attrs["State"]["Pid"])
-        login = LoginRace(started, address, deadline, netns)
+        login = LoginRace(started, address, deadline, netns, one_source=host.one_source)
         mail = Stopwatch(started, Delivery(host, address, log_mark).check, deadline, netns)
         done = Stopwatch(started, lambda: f"\n{address}|" in "\n" + accounts_cf.read_text()
                          and host.idle(), deadline)
@@ -481,13 +571,17 @@ def one_run(host: Host, path: str, repeat: int, sidecar: Sidecar | None) -> Run:
     log = dms.mail_log()[log_mark:]
     trouble = probe.refused + mail_trouble(log, host.bystander)
     missing, at_reload = login_failures(log, host.bystander)
-    applied_by = ""
+    applied_by = fast_note = ""
     if sidecar is not None:
         applied_by = wait_until(lambda: sidecar.confirmation(records), 60,
                                 "the sidecar's confirmation", interval=0.2)
+        fast_note = sidecar.fast_apply(records)
+        fast_note = f"{sidecar.timeline(records, saved)}; {fast_note}" if fast_note else ""
+    assert login.attempt is not None
     return Run(host.accounts, path, repeat, address, *took, probe.logins, probe.failed_logins,
                missing, at_reload, len(probe.sent) + len(probe.refused), len(trouble),
-               len(lost), applied_by, trouble[:5])
+               len(lost), applied_by, trouble[:5], login.attempt.started,
+               login.attempt.answered - login.attempt.started, login.attempt.number, fast_note)
 
 
 def run_size(client: Any, engine_url: str, root: Path, accounts: int, args: argparse.Namespace,
@@ -495,6 +589,7 @@ def run_size(client: Any, engine_url: str, root: Path, accounts: int, args: argp
     timeout = args.timeout or 120.0 + 0.15 * accounts
     host = make_host(client, engine_url, root, accounts, image=args.image,
                      alias_ratio=args.alias_ratio, timeout=timeout, log=log)
+    host.one_source = args.one_source
     runs: list[Run] = []
     try:
         for repeat in range(1, args.repeat + 1):
@@ -516,7 +611,9 @@ def run_size(client: Any, engine_url: str, root: Path, accounts: int, args: argp
 
 def describe(run: Run) -> str:
     by = f", applied by {run.applied_by}" if run.applied_by else ""
-    return (f"{run.accounts} accounts, {PATHS[run.path]} #{run.repeat}: login {run.login:.2f} s, "
+    return (f"{run.accounts} accounts, {PATHS[run.path]} #{run.repeat}: login {run.login:.2f} s "
+            f"(the attempt that worked began at {run.login_began:.2f} s, its LOGIN answered in "
+            f"{run.login_wait:.2f} s; attempt #{run.login_attempt}), "
             f"mail {run.mail:.2f} s, DMS done {run.done:.2f} s; bystander {run.failed_logins} of "
             f"{run.logins} logins failed ({run.missing} unknown user, {run.at_reload} at a Dovecot "
             f"reload), {run.deferrals} of {run.mails} mails refused/deferred/"
@@ -566,6 +663,10 @@ def main(argv: list[str] | None = None, *, engine: RealEngine | None = None,
     parser.add_argument("--paths", nargs="+", default=list(PATHS), choices=list(PATHS))
     parser.add_argument("--timeout", type=float, default=0.0,
                         help="seconds one run may take (default 120 + 0.15 per account)")
+    parser.add_argument("--one-source", action="store_true",
+                        help="make every login attempt of the new account from 127.0.0.1, as the "
+                        "probe did before: each then waits out Dovecot's auth penalty for the "
+                        "attempts that failed before it (for comparison only)")
     parser.add_argument("--json", type=Path, help="also write every run here")
     parser.add_argument("--keep", action="store_true", help="keep the generated volumes")
     args = parser.parse_args(argv)
@@ -610,11 +711,17 @@ def main(argv: list[str] | None = None, *, engine: RealEngine | None = None,
           + "; a mail to an existing account, no change going on, arrives in "
           + ", ".join(f"{h.mail_baseline:.2f} s at {a:,}" for a, h in hosts.items())
           + " (Amavis, SpamAssassin: every 'mail delivered' includes it)", file=out)
+    print(LOGIN_MEANS + (" NOTE --one-source: every attempt from 127.0.0.1, each held back by "
+                         "Dovecot's auth penalty for the failures before it." if args.one_source
+                         else ""), file=out)
     print("", file=out)
     print(table(runs), file=out)
     print("", file=out)
     for run in runs:
         print(describe(run), file=out)
+    for run in runs:
+        if run.fast_apply:
+            print(f"{PATHS[run.path]} #{run.repeat}, the sidecar: {run.fast_apply}", file=out)
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in runs], indent=1))
     return 0

@@ -301,7 +301,7 @@ def cut_field(value: str, delimiter: str, number: int) -> str:
     return parts[number - 1] if number <= len(parts) else ""
 
 
-_BRE_SPECIAL = set("\\[]*^$")
+_BRE_SPECIAL = re.compile(r"[\\\[\]*^$]")
 
 
 def check_pattern(pattern: str) -> None:
@@ -312,7 +312,7 @@ def check_pattern(pattern: str) -> None:
         raise Unsupported("an empty grep pattern (it matches every line)")
     if pattern.startswith("-"):
         raise Unsupported(f"{pattern!r} starts with '-' (grep would take it for an option)")
-    if any(c in _BRE_SPECIAL for c in pattern):
+    if _BRE_SPECIAL.search(pattern):
         raise Unsupported(f"{pattern!r} holds a regular-expression character")
 
 
@@ -340,33 +340,59 @@ def grep_matches(pattern: str, line: str) -> bool:
 class Grep:
     """`grep [-i] PATTERN FILE` over one file's lines, answering "the first matching line" fast.
 
-    Lines holding an `@` are indexed by each `x@y` around it: a pattern whose `@` has a literal
-    character on both sides can only match at one of those. Other patterns scan the whole file."""
+    A pattern with literal characters on both sides of an `@` can only match a line where those
+    characters stand around one of the line's `@`s: lines are indexed by the up to WINDOW literal
+    characters before and after an `@` that the pattern has (one index per such width, built on
+    first use; at 10,000 accounts a 3-character window left buckets of ~1,000 lines for every
+    look-up). Other patterns scan the whole file."""
+
+    WINDOW = 4
 
     def __init__(self, text: str, *, ignore_case: bool = False) -> None:
         self.ignore_case = ignore_case
         self.raw = _lines(text)
         self.lines = [line.lower() for line in self.raw] if ignore_case else self.raw
-        self.index: dict[str, list[int]] = {}
-        for number, line in enumerate(self.lines):
-            start = line.find("@", 1)
-            while 0 < start < len(line) - 1:
-                bucket = self.index.setdefault(line[start - 1 : start + 2], [])
-                if not bucket or bucket[-1] != number:
-                    bucket.append(number)
-                start = line.find("@", start + 1)
+        self._indexes: dict[tuple[int, int], dict[str, list[int]]] = {}
         self._cache: dict[str, str | None] = {}
+
+    def _index(self, before: int, after: int) -> dict[str, list[int]]:
+        """Line numbers (ascending) by the `before` characters, the `@` and the `after`
+        characters around each `@` of the line."""
+        index = self._indexes.get((before, after))
+        if index is None:
+            index = {}
+            for number, line in enumerate(self.lines):
+                start = line.find("@", before)
+                while 0 <= start < len(line) - after:
+                    bucket = index.setdefault(line[start - before : start + after + 1], [])
+                    if not bucket or bucket[-1] != number:
+                        bucket.append(number)
+                    start = line.find("@", start + 1)
+            self._indexes[(before, after)] = index
+        return index
+
+    def _candidates(self, folded: str) -> Iterable[int]:
+        at = folded.find("@")
+        before = after = 0
+        if at >= 0:
+            while before < self.WINDOW and at - before > 0 and folded[at - before - 1] != ".":
+                before += 1
+            while (
+                after < self.WINDOW
+                and at + after + 1 < len(folded)
+                and folded[at + after + 1] != "."
+            ):
+                after += 1
+        if not (before and after):
+            return range(len(self.lines))
+        return self._index(before, after).get(folded[at - before : at + after + 1], [])
 
     def first(self, pattern: str) -> str | None:
         """The first line matching `pattern`, as grep prints it (original case), or None."""
         if pattern not in self._cache:
             folded = pattern.lower() if self.ignore_case else pattern
             check_pattern(folded)
-            at = folded.find("@")
-            if 0 < at < len(folded) - 1 and "." not in folded[at - 1 : at + 2]:
-                candidates: Iterable[int] = self.index.get(folded[at - 1 : at + 2], [])
-            else:
-                candidates = range(len(self.lines))
+            candidates = self._candidates(folded)
             found = next((n for n in candidates if grep_matches(folded, self.lines[n])), None)
             self._cache[pattern] = None if found is None else self.raw[found]
         return self._cache[pattern]

@@ -24,7 +24,9 @@ sidecar still holds DMS's lock after writing the config files (`run`):
 Anything unexpected (another DMS version, a setting or a line dmsgen does not model, a failed
 step, the container gone or restarted) leaves the record alone: DMS's change detector applies the
 change as it always did, and the result says why. `DMS_RECONCILER_FAST_APPLY=0` (or
-`--no-fast-apply`) turns it off.
+`--no-fast-apply`) turns it off. `DMS_RECONCILER_FAST_APPLY_TIMING=1` adds where the time went
+to the result's message (reading DMS's facts, dmsgen, the upload and its size, each step of the
+script in the container): for profiling at scale (bench/end_to_end.py sets it).
 """
 
 from __future__ import annotations
@@ -151,6 +153,14 @@ restore() {
   fi
 }
 fail() { restore; echo "FAILED: $*"; exit 3; }
+# TIMING=1: "STEP <name> <ms>" after each step (EPOCHREALTIME's digits: microseconds)
+LAST=${EPOCHREALTIME//[!0-9]/}
+step() {
+  [[ ${TIMING:-0} == 1 ]] || return 0
+  local NOW=${EPOCHREALTIME//[!0-9]/}
+  echo "STEP $1 $(( (NOW - LAST) / 1000 ))"
+  LAST=${NOW}
+}
 # the facts were read in this run of the container: after a restart DMS's start-up rebuilds
 # everything itself (and appends to the userdb line by line: a rename now would double users)
 [[ $(cut -d ' ' -f 22 /proc/1/stat) == "${BOOT}" ]] || fail "DMS restarted since fast apply began"
@@ -159,6 +169,7 @@ source /usr/local/bin/helpers/index.sh >/dev/null 2>&1 || fail "sourcing DMS's h
 # shellcheck source=/dev/null
 source /etc/dms-settings || fail "reading /etc/dms-settings"
 VMAIL="${DMS_VMAIL_UID}:${DMS_VMAIL_GID}"
+step helpers
 # 1. new mailbox folders, owned as Dovecot needs them (DMS's mkdir leaves them to root and
 #    chowns all of /var/mail, which its start-up skips past a few dozen mailboxes)
 MISSING=()
@@ -171,6 +182,7 @@ while IFS=$'\t' read -r SOURCE DEST; do
   cp -- "${SOURCE}" "${DEST}" || fail "copying ${SOURCE}"
   if (( ${#MISSING[@]} )); then chown "${VMAIL}" -- "${DEST}"; fi
 done <"${W}/sieves"
+step mailboxes
 # 2. 10-auth.conf, as DMS edits it on every pass
 AUTH_CONF=/etc/dovecot/conf.d/10-auth.conf
 # DMS's comment edit adds a '#' on every pass: only a line that stops or starts being a comment
@@ -181,6 +193,7 @@ while IFS= read -r EDIT; do
   sed -i -e "${EDIT}" "${AUTH_CONF}" || fail "editing 10-auth.conf"
 done <"${W}/auth"
 AUTH_AFTER=$(auth_conf)
+step 10-auth.conf
 # 3. each generated file replaced by a rename in its own folder
 while IFS=$'\t' read -r DEST OWNER MODE; do
   NEW="$(dirname -- "${DEST}")/.$(basename -- "${DEST}")__SUFFIX__"
@@ -209,6 +222,7 @@ while IFS=$'\t' read -r DEST OWNER MODE; do
     mv -f -- "${NEW}" "${DEST}" || { rm -f -- "${NEW}"; fail "replacing ${DEST}"; }
   fi
 done <"${W}/outputs"
+step renames
 # 4. Postfix settings and tables, with DMS's own functions
 while IFS= read -r SETTING; do
   _adjust_mtime_for_postfix_maincf
@@ -222,10 +236,13 @@ if [[ ${POSTALIAS} == 1 ]]; then
   _adjust_mtime_for_postfix_maincf
   postalias /etc/aliases || fail "postalias /etc/aliases"
 fi
+step postconf
 _chown_var_mail_if_necessary || fail "owning /var/mail"
+step chown-check
 # 5. the reloads DMS runs after a change
 if [[ ${RELOAD_AMAVIS} == 1 ]]; then amavisd reload >/dev/null 2>&1 || fail "amavisd reload"; fi
 _reload_postfix >/dev/null 2>&1 || fail "postfix reload"
+step postfix-reload
 # Dovecot's passwd-file passdb and userdb (/etc/dovecot/userdb, masterdb) re-read the file when
 # its mtime or size changed (at most once a second): only a changed configuration needs the
 # reload, whose restart of the auth processes fails the logins in flight. An auth cache
@@ -238,15 +255,35 @@ if [[ -n ${WHY} ]]; then
   dovecot reload || fail "dovecot reload"
   echo "DOVECOT=reloaded (${WHY})"
 fi
+step dovecot
 # 6. DMS's checksum record
 __RECORD_STEP__
 rm -rf -- "${W}"
+step record
 """.replace("__RECORD_STEP__", RECORD_STEP)
     .replace("__WORK__", WORK)
     .replace("__SUFFIX__", SUFFIX)
     .replace("__RECORD__", RECORD)
     .replace("__HELD__", HELD)
 )
+
+
+def timing(environ: Mapping[str, str] = os.environ) -> bool:
+    """DMS_RECONCILER_FAST_APPLY_TIMING=1 (or true/yes/on): say where fast apply's time went."""
+    value = environ.get("DMS_RECONCILER_FAST_APPLY_TIMING", "0").strip().lower()
+    return value in ("1", "true", "yes", "on")
+
+
+def timing_note(spans: list[tuple[str, float]], upload_bytes: int, output: str) -> str:
+    """The note timing adds to a result's message: the sidecar's own steps in seconds (facts,
+    read, dmsgen, upload, script), the upload's size, then the script's STEP lines."""
+    parts = [f"{name} {seconds:.2f} s" for name, seconds in spans]
+    steps = [
+        f"{m.group(1)} {int(m.group(2)) / 1000:.2f}"
+        for m in re.finditer(r"^STEP (\S+) (\d+)$", output, re.M)
+    ]
+    note = "; time: " + ", ".join(parts) + f"; upload {upload_bytes / 1e6:.1f} MB"
+    return note + (f"; script steps (s): {', '.join(steps)}" if steps else "")
 
 
 def enabled(environ: Mapping[str, str] = os.environ) -> bool:
@@ -353,10 +390,20 @@ def _dirs(homes: list[str]) -> list[str]:
 class FastApply:
     """Runs fast apply for a write; `None` results mean there was nothing for DMS to apply."""
 
-    def __init__(self, dms: Any, config_dir: str, *, command_timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        dms: Any,
+        config_dir: str,
+        *,
+        command_timeout: float = 300.0,
+        timed: bool | None = None,
+    ) -> None:
         self.dms = dms
         self.config_dir = config_dir
         self.command_timeout = command_timeout
+        self.timed = timing() if timed is None else timed  # say where the time went
+        self._prepare_took = 0.0  # seconds `prepare` spent reading DMS's facts
+        self._upload_bytes = 0
         self._amavis_follows = False
         self._prepared: tuple[Any, str, dict[str, str]] | None = None
         self._holding: Any = None  # the container whose record we hold aside (HELD)
@@ -372,10 +419,12 @@ class FastApply:
         self.release()
         if not any(name in dmsgen.MONITORED for name in names) or self._cooling(time.monotonic()):
             return
+        began = time.monotonic()
         try:
             self._prepared = self._facts(hold=True)
         except (dms_mod.DmsUnavailable, dms_mod.DmsCommandFailed, dmsgen.Unsupported):
             self._prepared = None
+        self._prepare_took = time.monotonic() - began
 
     def release(self) -> None:
         """After `apply_once` returned or raised: if the record is still held (the write failed,
@@ -446,7 +495,20 @@ class FastApply:
 
     def _run(self, started: float) -> Result:
         prepared, self._prepared = self._prepared, None
+        spans: list[tuple[str, float]] = []
+        mark = time.monotonic()
+
+        def span(name: str) -> None:
+            nonlocal mark
+            now = time.monotonic()
+            spans.append((name, now - mark))
+            mark = now
+
+        if prepared is not None:
+            spans.append(("facts (before the write)", self._prepare_took))
         container, release, facts = prepared or self._facts(hold=False)
+        if prepared is None:
+            span("facts")
         hashes = {}
         for line in facts.get("sha256", "").splitlines():
             digest, _, path = line.partition("  ")
@@ -463,6 +525,7 @@ class FastApply:
             return Result("dms", "DMS is still starting (no checksum record yet); left to DMS")
         settings = dmsgen.Settings.from_dms_settings(facts.get("settings", ""))
         files = self._read_files()
+        span("read")
         current = {
             name: hashlib.sha512(data).hexdigest()
             for name, data in files.items()
@@ -472,7 +535,9 @@ class FastApply:
         if not changed:
             return Result("dms", "DMS had already applied these files", version=version)
         gen = dmsgen.generate(files, settings, version, changed)
+        span("dmsgen")
         self._upload(container, gen, predicted_record(record, current))
+        span("upload")
         code, output = self.dms.run(
             container,
             [
@@ -480,6 +545,7 @@ class FastApply:
                 f"BOOT={facts.get('boot', '').strip()}",
                 f"POSTALIAS={int(gen.postalias)}",
                 f"RELOAD_AMAVIS={int(gen.reload_amavis and not self._amavis_follows)}",
+                f"TIMING={int(self.timed)}",
                 "bash",
                 "-c",
                 APPLY_SCRIPT,
@@ -487,6 +553,8 @@ class FastApply:
             timeout=self.command_timeout,
         )
         took = time.monotonic() - started
+        span("script")
+        note = timing_note(spans, self._upload_bytes, output) if self.timed else ""
         if re.search(r"^(FAILED: |RECORD=)", output, re.M):
             self._holding = None  # the script wrote the record or put it back
         failed = re.search(r"^FAILED: (.*)$", output, re.M)
@@ -495,7 +563,7 @@ class FastApply:
             self._cleanup(container)
             return Result(
                 "dms",
-                f"fast apply failed in the container ({why}); left to DMS's change detector",
+                f"fast apply failed in the container ({why}); left to DMS's change detector" + note,
                 took,
                 version,
             )
@@ -506,7 +574,7 @@ class FastApply:
                 "dms",
                 f"fast apply put {names} in place in {took:.2f} s, but DMS's checksums of the "
                 "config files are not the ones predicted (changed meanwhile): DMS's change "
-                "detector applies the change",
+                "detector applies the change" + note,
                 took,
                 version,
             )
@@ -518,7 +586,7 @@ class FastApply:
                 f"; {', '.join(others)} changed too: DMS's change detector applies "
                 f"{'it' if len(others) == 1 else 'them'} (without rebuilding the accounts)"
             )
-        return Result("fast", message, took, version, others=others)
+        return Result("fast", message + note, took, version, others=others)
 
     def _read_files(self) -> dict[str, bytes | None]:
         files: dict[str, bytes | None] = {}
@@ -549,8 +617,10 @@ class FastApply:
         entries[f"{WORK}/postconf_append"] = _lines([f"{k}\t{v}" for k, v in gen.postconf_append])
         entries[f"{WORK}/record"] = record.encode()
         entries[f"{WORK}/ours"] = _lines(our_paths())
+        archive = _tar(entries)
+        self._upload_bytes = len(archive)
         try:
-            ok = container.put_archive("/", _tar(entries))
+            ok = container.put_archive("/", archive)
         except Exception as exc:  # docker errors: the container went away or refused
             raise dms_mod.DmsUnavailable(f"uploading the generated files failed: {exc}") from None
         if not ok:

@@ -99,7 +99,56 @@ def test_grep_dot_is_any_character_and_first_line_wins() -> None:
         assert folded.first(pattern) == (upper.stdout[:-1] if upper.returncode == 0 else None)
 
 
+def test_grep_with_long_patterns_around_the_at_matches_grep() -> None:
+    """Patterns with up to Grep.WINDOW literal characters and more on each side of an `@` (the
+    widths its index is keyed by), dots anywhere, against lines with several `@`s."""
+    rng = random.Random(9)
+
+    def word(low: int, high: int) -> str:
+        return "".join(rng.choice("ab.") for _ in range(rng.randrange(low, high)))
+
+    lines = [
+        "|".join(f"{word(0, 7)}@{word(0, 7)}" for _ in range(rng.randrange(1, 3)))
+        for _ in range(300)
+    ]
+    text = "".join(line + "\n" for line in lines)
+    grep = dmsgen.Grep(text)
+    folded = dmsgen.Grep(text.upper(), ignore_case=True)
+    for number in range(400):
+        line = rng.choice(lines)
+        at = line.index("@")
+        start, end = max(0, at - rng.randrange(0, 8)), at + rng.randrange(1, 8)
+        pattern = "".join(c if rng.random() > 0.15 else "." for c in line[start:end])
+        if number % 4 == 0:  # a pattern that may match nowhere
+            pattern = f"{word(1, 7)}@{word(1, 7)}"
+        if pattern.startswith("-"):
+            continue
+        result = subprocess.run(
+            ["grep", "-m1", "-e", pattern], input=text, capture_output=True, text=True
+        )
+        assert grep.first(pattern) == (result.stdout[:-1] if result.returncode == 0 else None)
+        upper = subprocess.run(
+            ["grep", "-i", "-m1", "-e", pattern.upper()],
+            input=text.upper(),
+            capture_output=True,
+            text=True,
+        )
+        want = upper.stdout[:-1] if upper.returncode == 0 else None
+        assert folded.first(pattern.upper()) == want, pattern
+
+
 def test_patterns_grep_would_read_differently_are_declined() -> None:
     for pattern in ("", "-a@b", "a*@b", "a[1]@b", "^a@b", "a@b$", "a\\.b@c"):
         with pytest.raises(dmsgen.Unsupported):
             dmsgen.Grep("x\n").first(pattern)
+
+
+def test_an_address_look_up_checks_a_handful_of_lines_not_a_tenth_of_the_file() -> None:
+    """At 10,000 accounts dmsgen looks each account and alias target up (quotas, dummy
+    accounts): keyed by one character around the `@`, every look-up checked ~1,000 lines."""
+    lines = [f"user{i}@domain{i % 7}.test|{{SHA512-CRYPT}}x" for i in range(5000)]
+    grep = dmsgen.Grep("".join(line + "\n" for line in lines))
+    for i in range(0, 5000, 97):
+        pattern = f"user{i}@domain{i % 7}.test"
+        assert len(list(grep._candidates(pattern))) <= 10, pattern
+        assert grep.first(pattern) == lines[i]
