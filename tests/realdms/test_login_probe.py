@@ -59,7 +59,7 @@ def test_a_failed_attempt_holds_back_only_its_own_address(
     )
     desired = volume.root / "mailserver.yaml"
     desired.write_text(text)
-    apply_once(Target(str(desired), str(volume.config), str(volume.cron)))
+    apply_once(Target(str(desired), volume.value))
     dms = start_real_dms(volume, name="dms-login-probe")
     # DMS's start-up leaves mailbox folders root-owned past a few dozen accounts (DMS PR #4696):
     # SELECT would fail. The bench does the same once after start-up.
