@@ -169,6 +169,7 @@ source /usr/local/bin/helpers/index.sh >/dev/null 2>&1 || fail "sourcing DMS's h
 # shellcheck source=/dev/null
 source /etc/dms-settings || fail "reading /etc/dms-settings"
 VMAIL="${DMS_VMAIL_UID}:${DMS_VMAIL_GID}"
+VHOST_CHANGED=0
 step helpers
 # 1. new mailbox folders, owned as Dovecot needs them (DMS's mkdir leaves them to root and
 #    chowns all of /var/mail, which its start-up skips past a few dozen mailboxes)
@@ -220,6 +221,7 @@ while IFS=$'\t' read -r DEST OWNER MODE; do
       fi
     fi
     mv -f -- "${NEW}" "${DEST}" || { rm -f -- "${NEW}"; fail "replacing ${DEST}"; }
+    if [[ ${DEST} == /etc/postfix/vhost ]]; then VHOST_CHANGED=1; fi
   fi
 done <"${W}/outputs"
 step renames
@@ -240,7 +242,13 @@ step postconf
 _chown_var_mail_if_necessary || fail "owning /var/mail"
 step chown-check
 # 5. the reloads DMS runs after a change
-if [[ ${RELOAD_AMAVIS} == 1 ]]; then amavisd reload >/dev/null 2>&1 || fail "amavisd reload"; fi
+# Amavis reads /etc/postfix/vhost (its local domains) and nothing else of ours: DMS reloads it
+# whenever it regenerated vhost; a vhost that came out byte for byte the same needs no reload,
+# whose restart of Amavis's children refuses the mail Postfix hands it meanwhile
+if [[ ${RELOAD_AMAVIS} == 1 && ${VHOST_CHANGED} == 1 ]]; then
+  amavisd reload >/dev/null 2>&1 || fail "amavisd reload"
+  echo "AMAVIS=reloaded"
+fi
 _reload_postfix >/dev/null 2>&1 || fail "postfix reload"
 step postfix-reload
 # Dovecot's passwd-file passdb and userdb (/etc/dovecot/userdb, masterdb) re-read the file when
@@ -581,6 +589,8 @@ class FastApply:
         reloaded = re.search(r"^DOVECOT=(reloaded.*)$", output, re.M)
         dovecot = reloaded.group(1) if reloaded else "not reloaded (only its data changed)"
         message = f"fast apply (DMS {release}) applied {names} in {took:.2f} s; Dovecot {dovecot}"
+        if "AMAVIS=reloaded" in output:
+            message += "; Amavis reloaded (its domains changed)"
         if others:
             message += (
                 f"; {', '.join(others)} changed too: DMS's change detector applies "

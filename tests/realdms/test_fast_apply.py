@@ -383,3 +383,27 @@ def test_dms_recreated_during_and_between_changes(
     assert result is not None and result.path == "fast", result
     assert_userdb_whole(dms, before | {added, later})
     wait_until(lambda: dms.imap_login(later, PASSWORD), 15, "the next new account to log in")
+
+
+def test_amavis_is_reloaded_only_when_its_domains_change(
+    host: tuple[RealDms, Target, Dms],
+) -> None:
+    """Amavis reads /etc/postfix/vhost alone: an account in a known domain leaves vhost byte for
+    byte the same and Amavis is not reloaded (its reload refuses the mail Postfix hands it
+    meanwhile); an account in a new domain changes vhost and Amavis is reloaded, as DMS does."""
+    dms, target, client = host
+    starts = dms.amavis_starts()
+    add_account(target, "samedomain")
+    same = apply_fast(target, FastApply(client, target.volume.folder))
+    assert same is not None and same.path == "fast", same
+    assert "Amavis reloaded" not in same.message
+    desired = Path(target.desired_path)
+    desired.write_text(desired.read_text().replace(
+        "domains:\n", "domains:\n  - fresh-domain.test\n", 1).replace(
+        "accounts:\n", f'accounts:\n  new@fresh-domain.test:\n    password_hash: '
+        f'"{benchgen.hash_pool()[0]}"\n', 1))
+    fresh = apply_fast(target, FastApply(client, target.volume.folder))
+    assert fresh is not None and fresh.path == "fast", fresh
+    assert "Amavis reloaded (its domains changed)" in fresh.message
+    wait_until(lambda: dms.amavis_starts() > starts, 60, "Amavis to log its reload")
+    assert dms.amavis_starts() == starts + 1, "Amavis was reloaded for the known domain too"
