@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from reconciler import state as state_file
-from reconciler.errors import InvalidDesiredState, ReconcilerError, Refused
+from reconciler.errors import Diagnostic, InvalidDesiredState, ReconcilerError, Refused
 from reconciler.gitrev import GitRevision, revision_of
 from reconciler.load.desired import Loaded, load_desired_bytes
 from reconciler.memory import Memory
@@ -74,6 +74,7 @@ class ReconcileCycle:
         self._good_revision: str | None = None  # the git revision of `good`
         self._revision_problem: str | None = None  # why git could not say, last logged
         self._target_warnings: tuple[str, ...] = ()  # the DMS target's warnings last logged
+        self._logged_warnings: set[tuple[str, str]] = set()  # mailserver.yaml's, as logged
 
     def run(self, trigger: str, *, settle: bool = False, writer_open: bool = False) -> str | None:
         """One reconcile: load, plan, apply, report. `trigger` is startup, change or interval.
@@ -194,8 +195,8 @@ class ReconcileCycle:
             assert loaded is not None
             self.good, self._good_revision = loaded, git.revision
             self.reporter.valid()
-            for warning in () if reused else loaded.warnings:
-                self.log.warning(warning.format())
+            if not reused:
+                self._report_warnings(loaded.warnings)
         revision = self._good_revision
         if found is not None:
             return self._plan_only(trigger, started, loaded, found, digest)
@@ -279,6 +280,21 @@ class ReconcileCycle:
         return self._finish(
             trigger, "suspended", started, f"the config volume is {found.describe()}{waiting}"
         )
+
+    def _report_warnings(self, warnings: Sequence[Diagnostic]) -> None:
+        """mailserver.yaml's warnings, each logged once while it stands: a save logs the new
+        ones (10,000 accounts may carry 10,000 of them; a line added above moves every
+        position, so a warning is known by its path and message), and says how many stand."""
+        current = {(w.path, w.message) for w in warnings}
+        new = [w for w in warnings if (w.path, w.message) not in self._logged_warnings]
+        for warning in new:
+            self.log.warning(warning.format())
+        if len(new) < len(current):
+            self.log.info(
+                f"{self.target.desired_path}: {len(current) - len(new)} warning(s) logged before "
+                "still stand (`dms-reconciler validate` lists them all)"
+            )
+        self._logged_warnings = current
 
     def _report_target(self, warnings: tuple[str, ...]) -> None:
         """What the DMS container's release and settings mean for mailserver.yaml: logged when

@@ -194,3 +194,44 @@ def test_the_timer_skips_the_plan_only_while_inputs_and_volume_are_byte_identica
     loop.reconcile("interval")
     assert planned and loop.status.last_result == "changed"  # the hand edit is repaired
     assert "b@example.com a@example.com" in (volume.read("postfix-virtual.cf") or "")
+
+
+def test_each_warning_is_logged_once_while_it_stands(
+        tmp_path: Path, volume: Volume, caplog: pytest.LogCaptureFixture) -> None:
+    """A save logs the warnings that are new, not every standing one again (10,000 accounts may
+    carry 10,000): a line added above moves every position, yet a warning is known by what it
+    says; a warning that went away and comes back is new again."""
+    hashed = sha512_hash("pw")
+
+    def save(*locals_with_quota: str, plain: str = "") -> None:
+        lines = [f"  {plain}@example.com: {{password_hash: '{hashed}'}}"] if plain else []
+        lines += [f"  {local}@example.com: {{password_hash: '{hashed}', quota: 5G}}"
+                  for local in locals_with_quota]
+        path.write_text("version: 1\ndomains: [example.com]\naccounts:\n" + "\n".join(lines) + "\n")
+
+    def warned() -> list[str]:
+        found = [r.getMessage() for r in caplog.records
+                 if r.levelname == "WARNING" and "quota" in r.getMessage()]
+        caplog.clear()
+        return found
+
+    path = tmp_path / "mailserver.yaml"
+    save("a", "b")
+    loop = Watcher(Target(str(path), volume.value), WatchOptions())
+    caplog.set_level("INFO")
+    loop.reconcile("startup")
+    first = warned()
+    assert len(first) == 2 and any("accounts.a@example.com.quota" in w for w in first), first
+    save("a", "b", plain="above")  # every warning moves down a line
+    loop.reconcile("change")
+    assert warned() == []
+    save("a", "b", "c", plain="above")
+    loop.reconcile("change")
+    new = warned()
+    assert len(new) == 1 and "c@example.com" in new[0], new
+    save("a", "c", plain="above")  # b's warning goes away ...
+    loop.reconcile("change")
+    save("a", "b", "c", plain="above")  # ... and comes back: logged again
+    loop.reconcile("change")
+    again = warned()
+    assert len(again) == 1 and "b@example.com" in again[0], again
