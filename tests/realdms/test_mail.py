@@ -282,22 +282,22 @@ def test_sa_learn_job_learns_into_the_database_amavis_reads(host: MailHost) -> N
     host.assert_no_problems()
 
 
-def test_a_virtual_change_restarts_amavis_once(host: MailHost) -> None:
-    """DMS's change detector reloads Amavis itself after postfix-virtual.cf changes
-    (check-for-changes.sh: `amavisd reload` when the vhost file is regenerated); the sidecar,
-    which restarts Amavis only for a new amavis.cf, must not add a second restart."""
+def test_a_virtual_change_in_a_known_domain_leaves_amavis_running(host: MailHost) -> None:
+    """Amavis reads /etc/postfix/vhost alone of what a change regenerates. An alias in a domain
+    the server already hosts leaves vhost byte for byte the same, so the sidecar's fast apply
+    neither reloads nor restarts Amavis (DMS's own path would `amavisd reload`, refusing the mail
+    Postfix hands it meanwhile), and the new alias's mail goes through Amavis at once."""
     dms = host.dms
     dms.mark()
     starts, spawns = dms.amavis_starts(), dms.supervisor_restarts("amavis")
     before = host.watcher.count()
     host.edit("  sales@example.org: bob@example.org\n",
               "  sales@example.org: bob@example.org\n  info@example.org: jane@example.org\n")
-    host.wait_confirmed(before)
-    wait_until(lambda: dms.amavis_starts() > starts, 60, "DMS's own `amavisd reload`")
-    time.sleep(10)  # a second restart (the sidecar's) would come within seconds of the first
-    assert (dms.amavis_starts() - starts, dms.supervisor_restarts("amavis") - spawns) == (1, 0)
+    confirmed = host.wait_confirmed(before)
+    assert "by fast apply" in confirmed["message"], confirmed
     dms.send("info@example.org", "after-virtual-change")
     dms.wait_for_mail("jane@example.org", "after-virtual-change")
+    assert (dms.amavis_starts() - starts, dms.supervisor_restarts("amavis") - spawns) == (0, 0)
     host.assert_no_problems()
 
 
