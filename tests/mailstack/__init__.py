@@ -557,9 +557,12 @@ def _set_subreaper(on: bool) -> None:
 def _processes() -> dict[int, tuple[int, int]]:
     """pid -> (ppid, session id) of every process, zombies included."""
     table = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            text = stat.read_text()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:  # a process may exit between the listing and the read: ESRCH, ENOENT
+            with open(f"/proc/{entry}/stat") as handle:
+                text = handle.read()
         except OSError:
             continue
         fields = text[text.rindex(")") + 2:].split()  # after "pid (comm) ": state ppid pgrp sid
