@@ -144,16 +144,17 @@ echo "RECORD=${RESULT}"
 # Step 1 of APPLY_SCRIPT (on its own so tests/sidecar/test_fastapply_mailboxes.py can run it on a
 # folder of its own): new mailbox folders, made and owned as Dovecot needs them (DMS's mkdir leaves
 # them to root and chowns all of /var/mail, which its start-up skips past a few dozen mailboxes).
-# ${W}/chains has a line per account home: every folder `mkdir -p` of it would make, parents
-# first, tab-separated, the home last. A home that exists has its parents: one test per account
-# (10,000 at 10,000 accounts, read with mapfile), not one per folder.
+# ${W}/homes has the account homes, one per line; ${W}/chains, on the same line, every folder
+# `mkdir -p` of that home would make, parents first, tab-separated. A home that exists has its
+# parents: one test per account (10,000 at 10,000 accounts, read with mapfile), not one per folder.
 MAILBOX_STEP = r"""
 MISSING=()
 declare -A SEEN=()
+mapfile -t HOMES <"${W}/homes"
 mapfile -t CHAINS <"${W}/chains"
-for CHAIN in "${CHAINS[@]}"; do
-  [[ -d ${CHAIN##*$'\t'} ]] && continue
-  IFS=$'\t' read -ra FOLDERS <<<"${CHAIN}"
+for I in "${!HOMES[@]}"; do
+  [[ -d ${HOMES[I]} ]] && continue
+  IFS=$'\t' read -ra FOLDERS <<<"${CHAINS[I]}"
   for P in "${FOLDERS[@]}"; do
     [[ -n ${SEEN[${P}]:-} || -d ${P} ]] || MISSING+=("${P}")
     SEEN[${P}]=1
@@ -408,7 +409,7 @@ def _tar(entries: Mapping[str, bytes]) -> bytes:
 
 def _chains(homes: list[str]) -> list[str]:
     """A line per home for MAILBOX_STEP: every folder `mkdir -p` of it would make below
-    /var/mail, parents first, tab-separated (addresses hold no tab)."""
+    /var/mail, parents first, tab-separated (addresses hold no tab; a home has no newline)."""
     lines = []
     for home in homes:
         parts = home.strip("/").split("/")
@@ -648,6 +649,7 @@ class FastApply:
             mode = "-" if output.mode is None else f"{output.mode:o}"
             lines.append(f"{output.path}\t{output.owner or '-'}\t{mode}")
         entries[f"{WORK}/outputs"] = _lines(lines)
+        entries[f"{WORK}/homes"] = _lines(gen.homes)
         entries[f"{WORK}/chains"] = _lines(_chains(gen.homes))
         entries[f"{WORK}/sieves"] = _lines([f"{s}\t{d}" for s, d in gen.sieves])
         entries[f"{WORK}/auth"] = _lines([edit.sed for edit in gen.auth_edits])

@@ -3,7 +3,8 @@ bash here on a folder of its own: the folders of new homes are made, parents fir
 the vmail user; an existing home, and the existing parents of a new one, are left as they are
 (one test per home: 10,000 at 10,000 accounts, not one per folder).
 
-The real DMS is tests/realdms/test_fast_apply.py (a new account's mailbox owned by Dovecot's user)."""
+The real DMS is tests/realdms/test_fast_apply.py (a new account's mailbox owned by Dovecot's
+user)."""
 
 from __future__ import annotations
 
@@ -23,9 +24,11 @@ def chain(mail: Path, home: str) -> str:
 
 
 def run_step(tmp_path: Path, chains: list[str]) -> list[str]:
-    """MAILBOX_STEP over `chains`; the folders it made, in order."""
+    """MAILBOX_STEP over `chains` (their homes: the last folder of each); the folders it made,
+    in order."""
     work = tmp_path / "work"
     work.mkdir()
+    (work / "homes").write_text("".join(c.rsplit("\t", 1)[-1] + "\n" for c in chains))
     (work / "chains").write_text("".join(c + "\n" for c in chains))
     (work / "sieves").write_text("")
     script = (
