@@ -56,12 +56,20 @@ def test_chains_name_every_folder_below_var_mail_parents_first_home_last() -> No
 def test_new_homes_are_made_parents_first_once_each_and_owned_by_vmail(tmp_path: Path) -> None:
     mail = tmp_path / "mail"
     mail.mkdir()
-    made = run_step(tmp_path, [chain(mail, "new.example/alice/home"),
-                               chain(mail, "new.example/bob/home"),
-                               chain(mail, "new.example/alice/home")])  # twice: made once
+    made = run_step(
+        tmp_path,
+        [
+            chain(mail, "new.example/alice/home"),
+            chain(mail, "new.example/bob/home"),
+            chain(mail, "new.example/alice/home"),
+        ],
+    )  # twice: made once
     assert made == [
-        f"{mail}/new.example", f"{mail}/new.example/alice", f"{mail}/new.example/alice/home",
-        f"{mail}/new.example/bob", f"{mail}/new.example/bob/home",
+        f"{mail}/new.example",
+        f"{mail}/new.example/alice",
+        f"{mail}/new.example/alice/home",
+        f"{mail}/new.example/bob",
+        f"{mail}/new.example/bob/home",
     ]
     assert all(owner(folder) == VMAIL for folder in made)
 
@@ -69,8 +77,9 @@ def test_new_homes_are_made_parents_first_once_each_and_owned_by_vmail(tmp_path:
 def test_existing_homes_and_parents_are_left_as_they_are(tmp_path: Path) -> None:
     mail = tmp_path / "mail"
     (mail / "old.example" / "carol" / "home").mkdir(parents=True)  # root's, as DMS left it
-    made = run_step(tmp_path, [chain(mail, "old.example/carol/home"),
-                               chain(mail, "old.example/dave/home")])
+    made = run_step(
+        tmp_path, [chain(mail, "old.example/carol/home"), chain(mail, "old.example/dave/home")]
+    )
     assert made == [f"{mail}/old.example/dave", f"{mail}/old.example/dave/home"]
     assert owner(mail / "old.example") == owner(mail / "old.example" / "carol" / "home") == (0, 0)
     assert owner(mail / "old.example" / "dave" / "home") == VMAIL
