@@ -80,7 +80,9 @@ COLUMNS = ("accounts", "path", "saved -> IMAP login works", "saved -> mail deliv
 # What the sidecar's confirmation says applied the change, per path ("" without a sidecar).
 CONFIRMED = {"fast": "fast apply", "detector": "DMS's change detector", "setup": ""}
 LOCK = "check-for-changes.sh.lock"
-CHKSUM = "/tmp/docker-mailserver-config-chksum"  # DMS's record, in the container
+CHKSUM = "/tmp/docker-mailserver-config-chksum"
+# the bystander: a login and a mail at most this often (a `docker exec` of each paced it before)
+PROBE_INTERVAL = 0.5  # DMS's record, in the container
 LOGIN_MEANS = (
     "'IMAP login works': from the save until the new account's first IMAP LOGIN + SELECT INBOX "
     "that worked was done; a new attempt starts every 0.1 s, each on its own connection from a "
@@ -466,6 +468,41 @@ class LoginRace:
         return self.took
 
 
+class DirectClient:
+    """The bystander's client in the bench (tests/realdms/probe.py's ProbeClient): IMAP and SMTP
+    from this process in the container's network namespace, from 127.0.0.1 (the new account's
+    attempts have addresses of their own), instead of a `docker exec` of a Python or swaks
+    client in the container for each login and mail."""
+
+    def __init__(self, host: Host) -> None:
+        self.netns = int(host.dms.container.attrs["State"]["Pid"])
+
+    def enter(self) -> None:
+        enter_network_of(self.netns)
+
+    def login(self, address: str, password: str) -> bool:
+        try:
+            client = imaplib.IMAP4("127.0.0.1", 143, timeout=30)
+        except OSError:
+            return False  # no answer at all (Dovecot restarting): a failure too
+        try:
+            client.login(address, password)
+            client.select("INBOX")
+            client.logout()
+            return True
+        except (imaplib.IMAP4.error, OSError):
+            return False
+
+    def send(self, address: str, subject: str) -> str | None:
+        message = f"From: {address}\r\nTo: {address}\r\nSubject: {subject}\r\n\r\nprobe\r\n"
+        try:
+            with smtplib.SMTP("127.0.0.1", 25, timeout=30) as client:
+                client.sendmail(address, [address], message)
+            return None
+        except (smtplib.SMTPException, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}"[:300]
+
+
 def smtp_send(sender: str, to: str, subject: str) -> bool:
     """One mail through Postfix on the container's 127.0.0.1:25; False if it is refused."""
     message = f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n\r\nend to end\r\n"
@@ -550,7 +587,7 @@ def one_run(host: Host, path: str, repeat: int, sidecar: Sidecar | None) -> Run:
     address = f"e2e-{path}-{repeat}@{host.domain}"
     log_mark = len(dms.mail_log())
     records = len(sidecar.records()) if sidecar else 0
-    probe = Probe(dms, host.bystander).start()
+    probe = Probe(dms, host.bystander, client=DirectClient(host), interval=PROBE_INTERVAL).start()
     started = time.monotonic()
     saved = time.time()  # the same moment, on the wall clock of the sidecar's log
     deadline = started + host.timeout
