@@ -229,10 +229,10 @@ while IFS=$'\t' read -r DEST OWNER MODE; do
   if [[ -e ${DEST} ]] && cmp -s -- "${NEW}" "${DEST}"; then
     rm -f -- "${NEW}"
   else
-    if [[ -e ${DEST} ]]; then
+    if [[ -e ${DEST} && ${DEST} == /etc/dovecot/* ]]; then
       # Dovecot re-reads a passwd-file when its mtime (whole seconds) or size differs from
       # what it read: a changed password of the same length in the same second must move
-      # the mtime on
+      # the mtime on (Postfix's files keep the cool mtime they were uploaded with)
       OLD_MTIME=$(stat -c %Y -- "${DEST}") && NEW_MTIME=$(stat -c %Y -- "${NEW}") \
         || fail "reading the mtime of ${DEST}"
       if (( NEW_MTIME <= OLD_MTIME )); then
@@ -395,14 +395,31 @@ def _upload_mtime() -> int:
     return int(time.time())
 
 
-def _tar(entries: Mapping[str, bytes]) -> bytes:
+# Postfix reads a texthash table (/etc/postfix/vmailbox, virtual) again, dozing 0.3 s each time,
+# for as long as its mtime is within a second of the read (`dict_thash_open`: a "hot" file may
+# still be being written): every process started by the reload would wait up to 2 s, and mail
+# with it. Ours are complete when renamed into place, so they go in with an mtime this far back.
+POSTFIX_COOL_SECONDS = 2
+
+
+def _mtime_for(path: str) -> int:
+    """The mtime an uploaded file gets: Dovecot's now (moved on past the old file's in the
+    container), Postfix's already cool."""
+    if path.startswith("/etc/dovecot/"):
+        return _upload_mtime()
+    return _upload_mtime() - POSTFIX_COOL_SECONDS
+
+
+def _tar(entries: Mapping[str, bytes], mtimes: Mapping[str, int]) -> bytes:
+    """A tar of `entries` (path -> content), each with its mtime in `mtimes` (default now)."""
     buffer = io.BytesIO()
+    now = _upload_mtime()
     with tarfile.open(fileobj=buffer, mode="w") as archive:
         for path, data in entries.items():
             info = tarfile.TarInfo(path.lstrip("/"))
             info.size = len(data)
             info.mode = 0o600
-            info.mtime = _upload_mtime()
+            info.mtime = mtimes.get(path, now)
             archive.addfile(info, io.BytesIO(data))
     return buffer.getvalue()
 
@@ -643,9 +660,11 @@ class FastApply:
         rank = {path: i for i, path in enumerate(ORDER)}
         outputs = sorted(gen.outputs, key=lambda o: rank.get(o.path, len(ORDER)))
         lines = []
+        mtimes: dict[str, int] = {}
         for output in outputs:
             folder, base = os.path.split(output.path)
             entries[f"{folder}/.{base}{SUFFIX}"] = output.data
+            mtimes[f"{folder}/.{base}{SUFFIX}"] = _mtime_for(output.path)
             mode = "-" if output.mode is None else f"{output.mode:o}"
             lines.append(f"{output.path}\t{output.owner or '-'}\t{mode}")
         entries[f"{WORK}/outputs"] = _lines(lines)
@@ -657,7 +676,7 @@ class FastApply:
         entries[f"{WORK}/postconf_append"] = _lines([f"{k}\t{v}" for k, v in gen.postconf_append])
         entries[f"{WORK}/record"] = record.encode()
         entries[f"{WORK}/ours"] = _lines(our_paths())
-        archive = _tar(entries)
+        archive = _tar(entries, mtimes)
         self._upload_bytes = len(archive)
         try:
             ok = container.put_archive("/", archive)
