@@ -15,12 +15,12 @@ engine, `--network none`: tests/realdms/harness.py) and adds one account per run
   the moment the command starts.
 
 From that moment it measures, in parallel: until the new account's IMAP LOGIN + SELECT works;
-until a mail to it (swaks on port 25, retried while Postfix refuses it, sent again if it bounces)
-is in its maildir; until DMS's checksum record holds the new postfix-accounts.cf (DMS is done). A
-bystander (tests/realdms/probe.py: the last account of postfix-accounts.cf, the one DMS's rebuild
-restores last) logs in and mails itself back to back from just before the save until all three
-are done; its failed logins, and its refused, deferred and bounced mails, are counted. The next
-run starts once DMS is idle and the bystander's mails have arrived.
+until a mail to it (SMTP on port 25, a new attempt every 0.1 s while Postfix refuses it, again if
+it bounces) is in its maildir; until DMS's checksum record holds the new postfix-accounts.cf (DMS
+is done). A bystander (tests/realdms/probe.py: the last account of postfix-accounts.cf, the one
+DMS's rebuild restores last) logs in and mails itself, at most every 0.5 s, from just before the
+save until all three are done; its failed logins, and its refused, deferred and bounced mails,
+are counted. The next run starts once DMS is idle and the bystander's mails have arrived.
 
 Fast apply and DMS's change detector alternate within each repetition (the sidecar is restarted
 for each); the `setup email add` runs come last, with the sidecar stopped (the account it adds is
@@ -548,37 +548,89 @@ class Stopwatch:
         return self.took
 
 
-class Delivery:
-    """`check()` is true once a mail to `address` is in its maildir: sends one (again while
-    Postfix refuses it; again when the mail log says the accepted one bounced or was deferred:
-    the time until a mail sent then arrives, not Postfix's retry interval), then looks."""
+class MailRace:
+    """From `started`: until a mail to `address` is in its maildir. As for logins, a new SMTP
+    attempt starts every 0.1 s, each in a thread of its own in the container's network
+    namespace, none waiting for another: Postfix refuses the address (550) until its reload, and
+    a session refused just before `postfix reload` is held about a second by the old smtpd
+    before it ends (seen at every fast apply), which a serial retry waited out. Attempts stop
+    once one was accepted; the clock stops when an accepted mail is in the maildir. When the
+    mail log says an accepted one bounced or was deferred, attempts start again (the time until
+    a mail sent then arrives, not Postfix's retry interval)."""
 
-    def __init__(self, host: Host, address: str, log_mark: int) -> None:
+    def __init__(self, host: Host, address: str, log_mark: int, started: float,
+                 deadline: float, netns: int) -> None:
         self.host, self.address, self.log_mark = host, address, log_mark
-        self.subject: str | None = None
-        self.sent = 0
-        self.failed = 0  # bounced or deferred
-        self._looked = 0.0
+        self.started, self.deadline, self.netns = started, deadline, netns
+        self.took: float | None = None
+        self.errors: list[BaseException] = []
+        self._accepted: list[str] = []  # subjects Postfix took, not known to have failed
+        self._failed = 0  # bounced or deferred, in the mail log
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(32)
+        self._count = 0
+        self._spawner = threading.Thread(target=self._spawn, daemon=True)
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+        self._spawner.start()
+        self._watcher.start()
 
-    def check(self) -> bool:
-        dms = self.host.dms
-        if self.subject is None:
-            self.sent += 1
-            subject = f"e2e {self.address} {self.sent}"
-            if not smtp_send(self.host.sender, self.address, subject):
+    def _running(self) -> bool:
+        return not self._done.is_set() and time.monotonic() < self.deadline and not self.errors
+
+    def _spawn(self) -> None:
+        while self._running():
+            with self._lock:
+                waiting = bool(self._accepted)
+            if not waiting and self._slots.acquire(timeout=0.1):
+                self._count += 1
+                threading.Thread(target=self._attempt, args=(self._count,), daemon=True).start()
+            self._done.wait(0.1)
+
+    def _attempt(self, number: int) -> None:
+        try:
+            enter_network_of(self.netns)
+            subject = f"e2e {self.address} {number}"
+            if smtp_send(self.host.sender, self.address, subject):
+                with self._lock:
+                    self._accepted.append(subject)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
+            self.errors.append(exc)
+        finally:
+            self._slots.release()
+
+    def _watch(self) -> None:
+        looked = 0.0
+        try:
+            while self._running():
+                with self._lock:
+                    accepted = list(self._accepted)
+                if accepted:
+                    texts = self.host.dms.messages(self.address)
+                    if any(f"Subject: {s}" in text for s in accepted for text in texts):
+                        self.took = time.monotonic() - self.started
+                        self._done.set()
+                        return
+                if time.monotonic() - looked > 2.0:  # the mail log grows: not at every look
+                    looked = time.monotonic()
+                    log = self.host.dms.mail_log()[self.log_mark:]
+                    failed = len(re.findall(
+                        rf"to=<{re.escape(self.address)}>.*status=(bounced|deferred)", log))
+                    if failed > self._failed:  # bounced, or waits for Postfix's retry
+                        with self._lock:
+                            self._failed, self._accepted = failed, []
                 time.sleep(0.05)
-                return False
-            self.subject = subject
-        if any(f"Subject: {self.subject}" in text for text in dms.messages(self.address)):
-            return True
-        if time.monotonic() - self._looked > 2.0:  # the mail log grows: not at every look
-            self._looked = time.monotonic()
-            log = dms.mail_log()[self.log_mark:]
-            failed = len(re.findall(
-                rf"to=<{re.escape(self.address)}>.*status=(bounced|deferred)", log))
-            if failed > self.failed:  # bounced, or waits for Postfix's retry: send a new one
-                self.failed, self.subject = failed, None
-        return False
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
+            self.errors.append(exc)
+
+    def result(self, what: str) -> float:
+        self._watcher.join()
+        self._spawner.join()
+        if self.errors:
+            raise self.errors[0]
+        if self.took is None:
+            raise TimeoutError(f"timed out waiting for {what}")
+        return self.took
 
 
 def one_run(host: Host, path: str, repeat: int, sidecar: Sidecar | None) -> Run:
@@ -601,7 +653,7 @@ def one_run(host: Host, path: str, repeat: int, sidecar: Sidecar | None) -> Run:
         accounts_cf = host.volume.config / "postfix-accounts.cf"
         netns = int(dms.container.attrs["State"]["Pid"])
         login = LoginRace(started, address, deadline, netns, one_source=host.one_source)
-        mail = Stopwatch(started, Delivery(host, address, log_mark).check, deadline, netns)
+        mail = MailRace(host, address, log_mark, started, deadline, netns)
         done = Stopwatch(started, lambda: f"\n{address}|" in "\n" + accounts_cf.read_text()
                          and host.idle_seen_from_host(), deadline)
         took = (login.result(f"{address} to log in"), mail.result(f"a mail to {address}"),
