@@ -15,12 +15,12 @@ engine, `--network none`: tests/realdms/harness.py) and adds one account per run
   the moment the command starts.
 
 From that moment it measures, in parallel: until the new account's IMAP LOGIN + SELECT works;
-until a mail to it (swaks on port 25, retried while Postfix refuses it, sent again if it bounces)
-is in its maildir; until DMS's checksum record holds the new postfix-accounts.cf (DMS is done). A
-bystander (tests/realdms/probe.py: the last account of postfix-accounts.cf, the one DMS's rebuild
-restores last) logs in and mails itself back to back from just before the save until all three
-are done; its failed logins, and its refused, deferred and bounced mails, are counted. The next
-run starts once DMS is idle and the bystander's mails have arrived.
+until a mail to it (SMTP on port 25, a new attempt every 0.1 s while Postfix refuses it, again if
+it bounces) is in its maildir; until DMS's checksum record holds the new postfix-accounts.cf (DMS
+is done). A bystander (tests/realdms/probe.py: the last account of postfix-accounts.cf, the one
+DMS's rebuild restores last) logs in and mails itself, at most every 0.5 s, from just before the
+save until all three are done; its failed logins, and its refused, deferred and bounced mails,
+are counted. The next run starts once DMS is idle and the bystander's mails have arrived.
 
 Fast apply and DMS's change detector alternate within each repetition (the sidecar is restarted
 for each); the `setup email add` runs come last, with the sidecar stopped (the account it adds is
@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime
+import hashlib
 import imaplib
 import json
 import os
@@ -79,6 +80,9 @@ COLUMNS = ("accounts", "path", "saved -> IMAP login works", "saved -> mail deliv
 # What the sidecar's confirmation says applied the change, per path ("" without a sidecar).
 CONFIRMED = {"fast": "fast apply", "detector": "DMS's change detector", "setup": ""}
 LOCK = "check-for-changes.sh.lock"
+CHKSUM = "/tmp/docker-mailserver-config-chksum"
+# the bystander: a login and a mail at most this often (a `docker exec` of each paced it before)
+PROBE_INTERVAL = 0.5  # DMS's record, in the container
 LOGIN_MEANS = (
     "'IMAP login works': from the save until the new account's first IMAP LOGIN + SELECT INBOX "
     "that worked was done; a new attempt starts every 0.1 s, each on its own connection from a "
@@ -228,6 +232,20 @@ class Host:
     def idle(self) -> bool:
         """DMS has applied the volume as it is and nothing holds its lock."""
         return (self.dms.has_applied("postfix-accounts.cf")
+                and not (self.volume.config / LOCK).exists())
+
+    def idle_seen_from_host(self) -> bool:
+        """`idle()` without a `docker exec`: DMS's checksum record read through the container's
+        root in /proc. Polled every 0.05 s while a change is applied, a `docker exec` per look
+        kept one exec running all the time (dockerd, containerd and runc on the CPUs the change
+        needs)."""
+        pid = int(self.dms.container.attrs["State"]["Pid"])
+        try:
+            record = Path(f"/proc/{pid}/root{CHKSUM}").read_text()
+            accounts = (self.volume.config / "postfix-accounts.cf").read_bytes()
+        except OSError:
+            return False
+        return (hashlib.sha512(accounts).hexdigest() in record
                 and not (self.volume.config / LOCK).exists())
 
 
@@ -450,6 +468,41 @@ class LoginRace:
         return self.took
 
 
+class DirectClient:
+    """The bystander's client in the bench (tests/realdms/probe.py's ProbeClient): IMAP and SMTP
+    from this process in the container's network namespace, from 127.0.0.1 (the new account's
+    attempts have addresses of their own), instead of a `docker exec` of a Python or swaks
+    client in the container for each login and mail."""
+
+    def __init__(self, host: Host) -> None:
+        self.netns = int(host.dms.container.attrs["State"]["Pid"])
+
+    def enter(self) -> None:
+        enter_network_of(self.netns)
+
+    def login(self, address: str, password: str) -> bool:
+        try:
+            client = imaplib.IMAP4("127.0.0.1", 143, timeout=30)
+        except OSError:
+            return False  # no answer at all (Dovecot restarting): a failure too
+        try:
+            client.login(address, password)
+            client.select("INBOX")
+            client.logout()
+            return True
+        except (imaplib.IMAP4.error, OSError):
+            return False
+
+    def send(self, address: str, subject: str) -> str | None:
+        message = f"From: {address}\r\nTo: {address}\r\nSubject: {subject}\r\n\r\nprobe\r\n"
+        try:
+            with smtplib.SMTP("127.0.0.1", 25, timeout=30) as client:
+                client.sendmail(address, [address], message)
+            return None
+        except (smtplib.SMTPException, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}"[:300]
+
+
 def smtp_send(sender: str, to: str, subject: str) -> bool:
     """One mail through Postfix on the container's 127.0.0.1:25; False if it is refused."""
     message = f"From: {sender}\r\nTo: {to}\r\nSubject: {subject}\r\n\r\nend to end\r\n"
@@ -495,37 +548,89 @@ class Stopwatch:
         return self.took
 
 
-class Delivery:
-    """`check()` is true once a mail to `address` is in its maildir: sends one (again while
-    Postfix refuses it; again when the mail log says the accepted one bounced or was deferred:
-    the time until a mail sent then arrives, not Postfix's retry interval), then looks."""
+class MailRace:
+    """From `started`: until a mail to `address` is in its maildir. As for logins, a new SMTP
+    attempt starts every 0.1 s, each in a thread of its own in the container's network
+    namespace, none waiting for another: Postfix refuses the address (550) until its reload, and
+    a session refused just before `postfix reload` is held about a second by the old smtpd
+    before it ends (seen at every fast apply), which a serial retry waited out. Attempts stop
+    once one was accepted; the clock stops when an accepted mail is in the maildir. When the
+    mail log says an accepted one bounced or was deferred, attempts start again (the time until
+    a mail sent then arrives, not Postfix's retry interval)."""
 
-    def __init__(self, host: Host, address: str, log_mark: int) -> None:
+    def __init__(self, host: Host, address: str, log_mark: int, started: float,
+                 deadline: float, netns: int) -> None:
         self.host, self.address, self.log_mark = host, address, log_mark
-        self.subject: str | None = None
-        self.sent = 0
-        self.failed = 0  # bounced or deferred
-        self._looked = 0.0
+        self.started, self.deadline, self.netns = started, deadline, netns
+        self.took: float | None = None
+        self.errors: list[BaseException] = []
+        self._accepted: list[str] = []  # subjects Postfix took, not known to have failed
+        self._failed = 0  # bounced or deferred, in the mail log
+        self._done = threading.Event()
+        self._lock = threading.Lock()
+        self._slots = threading.BoundedSemaphore(32)
+        self._count = 0
+        self._spawner = threading.Thread(target=self._spawn, daemon=True)
+        self._watcher = threading.Thread(target=self._watch, daemon=True)
+        self._spawner.start()
+        self._watcher.start()
 
-    def check(self) -> bool:
-        dms = self.host.dms
-        if self.subject is None:
-            self.sent += 1
-            subject = f"e2e {self.address} {self.sent}"
-            if not smtp_send(self.host.sender, self.address, subject):
+    def _running(self) -> bool:
+        return not self._done.is_set() and time.monotonic() < self.deadline and not self.errors
+
+    def _spawn(self) -> None:
+        while self._running():
+            with self._lock:
+                waiting = bool(self._accepted)
+            if not waiting and self._slots.acquire(timeout=0.1):
+                self._count += 1
+                threading.Thread(target=self._attempt, args=(self._count,), daemon=True).start()
+            self._done.wait(0.1)
+
+    def _attempt(self, number: int) -> None:
+        try:
+            enter_network_of(self.netns)
+            subject = f"e2e {self.address} {number}"
+            if smtp_send(self.host.sender, self.address, subject):
+                with self._lock:
+                    self._accepted.append(subject)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
+            self.errors.append(exc)
+        finally:
+            self._slots.release()
+
+    def _watch(self) -> None:
+        looked = 0.0
+        try:
+            while self._running():
+                with self._lock:
+                    accepted = list(self._accepted)
+                if accepted:
+                    texts = self.host.dms.messages(self.address)
+                    if any(f"Subject: {s}" in text for s in accepted for text in texts):
+                        self.took = time.monotonic() - self.started
+                        self._done.set()
+                        return
+                if time.monotonic() - looked > 2.0:  # the mail log grows: not at every look
+                    looked = time.monotonic()
+                    log = self.host.dms.mail_log()[self.log_mark:]
+                    failed = len(re.findall(
+                        rf"to=<{re.escape(self.address)}>.*status=(bounced|deferred)", log))
+                    if failed > self._failed:  # bounced, or waits for Postfix's retry
+                        with self._lock:
+                            self._failed, self._accepted = failed, []
                 time.sleep(0.05)
-                return False
-            self.subject = subject
-        if any(f"Subject: {self.subject}" in text for text in dms.messages(self.address)):
-            return True
-        if time.monotonic() - self._looked > 2.0:  # the mail log grows: not at every look
-            self._looked = time.monotonic()
-            log = dms.mail_log()[self.log_mark:]
-            failed = len(re.findall(
-                rf"to=<{re.escape(self.address)}>.*status=(bounced|deferred)", log))
-            if failed > self.failed:  # bounced, or waits for Postfix's retry: send a new one
-                self.failed, self.subject = failed, None
-        return False
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
+            self.errors.append(exc)
+
+    def result(self, what: str) -> float:
+        self._watcher.join()
+        self._spawner.join()
+        if self.errors:
+            raise self.errors[0]
+        if self.took is None:
+            raise TimeoutError(f"timed out waiting for {what}")
+        return self.took
 
 
 def one_run(host: Host, path: str, repeat: int, sidecar: Sidecar | None) -> Run:
@@ -534,7 +639,7 @@ def one_run(host: Host, path: str, repeat: int, sidecar: Sidecar | None) -> Run:
     address = f"e2e-{path}-{repeat}@{host.domain}"
     log_mark = len(dms.mail_log())
     records = len(sidecar.records()) if sidecar else 0
-    probe = Probe(dms, host.bystander).start()
+    probe = Probe(dms, host.bystander, client=DirectClient(host), interval=PROBE_INTERVAL).start()
     started = time.monotonic()
     saved = time.time()  # the same moment, on the wall clock of the sidecar's log
     deadline = started + host.timeout
@@ -548,9 +653,9 @@ def one_run(host: Host, path: str, repeat: int, sidecar: Sidecar | None) -> Run:
         accounts_cf = host.volume.config / "postfix-accounts.cf"
         netns = int(dms.container.attrs["State"]["Pid"])
         login = LoginRace(started, address, deadline, netns, one_source=host.one_source)
-        mail = Stopwatch(started, Delivery(host, address, log_mark).check, deadline, netns)
+        mail = MailRace(host, address, log_mark, started, deadline, netns)
         done = Stopwatch(started, lambda: f"\n{address}|" in "\n" + accounts_cf.read_text()
-                         and host.idle(), deadline)
+                         and host.idle_seen_from_host(), deadline)
         took = (login.result(f"{address} to log in"), mail.result(f"a mail to {address}"),
                 done.result("DMS to record the change"))
     finally:

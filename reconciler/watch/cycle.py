@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Sequence
 
 from reconciler import state as state_file
@@ -75,6 +76,9 @@ class ReconcileCycle:
         self._revision_problem: str | None = None  # why git could not say, last logged
         self._target_warnings: tuple[str, ...] = ()  # the DMS target's warnings last logged
         self._logged_warnings: set[tuple[str, str]] = set()  # mailserver.yaml's, as logged
+        # this reconcile's load (monotonic end, seconds), for fast apply's timing note
+        self._loaded_at: float | None = None
+        self._load_took = 0.0
 
     def run(self, trigger: str, *, settle: bool = False, writer_open: bool = False) -> str | None:
         """One reconcile: load, plan, apply, report. `trigger` is startup, change or interval.
@@ -161,6 +165,7 @@ class ReconcileCycle:
             self._at_revision(git.revision)
             return self._finish(trigger, "unchanged", started, "the volume matches", success=True)
         self._clean = None
+        self._loaded_at = None
         loud = trigger != "interval"
         if loud:
             self.log.info("reconciling", extra={"fields": {"trigger": trigger}})
@@ -173,12 +178,14 @@ class ReconcileCycle:
                 loaded, reused = self.good, True
             else:
                 try:
+                    began = time.monotonic()
                     loaded = load_desired_bytes(
                         data,
                         self.target.desired_path,
                         loader=self.memory.yaml,
                         models=self.memory.models,
                     )
+                    self._loaded_at, self._load_took = time.monotonic(), time.monotonic() - began
                 except InvalidDesiredState as exc:
                     problem = exc
         if problem is not None:
@@ -399,6 +406,10 @@ class ReconcileCycle:
     def _before_write(self, names: tuple[str, ...]) -> None:
         """Under DMS's lock, before a write: fast apply holds DMS's checksum record aside."""
         assert self.fast_apply is not None
+        if self.fast_apply.timed and self._loaded_at is not None:
+            self.fast_apply.lead(
+                [("load", self._load_took), ("plan", time.monotonic() - self._loaded_at)]
+            )
         try:
             self.fast_apply.prepare(names)
         except Exception as exc:  # a bug: the write goes on, DMS's change detector still applies

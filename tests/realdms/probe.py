@@ -8,7 +8,8 @@ that is missing longest on DMS's path.
 
 - `with_bystander(text, domain)`: a generated mailserver.yaml with the bystander added;
 - `Probe(dms, address).start()` ... `.stop()`: IMAP LOGIN + SELECT, then one mail to itself, back
-  to back, counting failed logins and refused mails;
+  to back, counting failed logins and refused mails (through `docker exec` clients, or a
+  `ProbeClient` of the caller's: the bench talks from its own process);
 - `mail_trouble(log, address)`: the mail log's deferrals and bounces for an address (451, 550,
   status=deferred/bounced), the failures that show only there;
 - `login_failures(log, address)`: why its logins failed, as Dovecot logs it (a user missing from
@@ -20,7 +21,9 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from bench import generate as benchgen
 from tests.realdms.harness import RealDms
@@ -38,13 +41,31 @@ def with_bystander(text: str, domain: str) -> tuple[str, str]:
     return text.replace("accounts:\n", entry, 1), bystander
 
 
+class ProbeClient(Protocol):
+    """How a probe reaches DMS from its own thread, instead of a `docker exec` per login and per
+    mail (each starts dockerd's, containerd's and runc's work and an interpreter in the
+    container: on a 2-core machine, load on the CPUs a change being measured needs)."""
+
+    def enter(self) -> None:
+        """Run first in the probe's thread (e.g. entering the container's network namespace)."""
+
+    def login(self, address: str, password: str) -> bool:
+        """IMAP LOGIN + SELECT INBOX; False when refused or unanswered."""
+
+    def send(self, address: str, subject: str) -> str | None:
+        """A mail from `address` to itself; None when accepted, else what refused it."""
+
+
 @dataclass
 class Probe:
-    """IMAP logins and mails to the bystander, one after the other, until stopped."""
+    """IMAP logins and mails to the bystander, one after the other, until stopped: through
+    `docker exec` clients in the container, or `client`."""
 
     dms: RealDms
     address: str
     password: str = PASSWORD
+    client: ProbeClient | None = None
+    interval: float = 0.0  # at least this many seconds from one login + mail to the next
     logins: int = 0
     failed_logins: int = 0
     sent: list[str] = field(default_factory=list)
@@ -63,24 +84,40 @@ class Probe:
         self._thread.join(60)
 
     def _run(self) -> None:
+        if self.client is not None:
+            self.client.enter()
         number = 0
         while not self._stop.is_set():
+            began = time.monotonic()
             self.logins += 1
-            try:
-                ok = self.dms.imap_login(self.address, self.password)
-            except AssertionError:  # no IMAP answer at all (Dovecot restarting): a failure too
-                ok = False
-            if not ok:
+            if not self._login():
                 self.failed_logins += 1
             number += 1
             subject = f"probe-{id(self)}-{number}"
-            code, out = self.dms.exec(
-                ["swaks", "--server", "127.0.0.1", "--port", "25", "--from", self.address,
-                 "--to", self.address, "--h-Subject", subject, "--silent", "2"])
-            if code == 0:
+            refusal = self._send(subject)
+            if refusal is None:
                 self.sent.append(subject)
             else:
-                self.refused.append(out.strip().splitlines()[-1] if out.strip() else str(code))
+                self.refused.append(refusal)
+            self._stop.wait(max(0.0, began + self.interval - time.monotonic()))
+
+    def _login(self) -> bool:
+        if self.client is not None:
+            return self.client.login(self.address, self.password)
+        try:
+            return self.dms.imap_login(self.address, self.password)
+        except AssertionError:  # no IMAP answer at all (Dovecot restarting): a failure too
+            return False
+
+    def _send(self, subject: str) -> str | None:
+        if self.client is not None:
+            return self.client.send(self.address, subject)
+        code, out = self.dms.exec(
+            ["swaks", "--server", "127.0.0.1", "--port", "25", "--from", self.address,
+             "--to", self.address, "--h-Subject", subject, "--silent", "2"])
+        if code == 0:
+            return None
+        return out.strip().splitlines()[-1] if out.strip() else str(code)
 
 
 def mail_trouble(log: str, address: str) -> list[str]:

@@ -70,3 +70,6 @@ def test_the_end_to_end_bench_runs_and_fast_apply_leaves_the_bystander_alone(
     # own. (On DMS's paths the attempt that works may wait out a `dovecot reload` instead.)
     assert fast["login_wait"] < PENALTY / 2, fast
     assert "; time: " in fast["fast_apply"] and "script steps (s): " in fast["fast_apply"], fast
+    # the sidecar's own steps before fast apply come first: from the save to the script
+    lead = r"; time: load \d+\.\d\d s, plan \d+\.\d\d s, facts \(before the write\)"
+    assert re.search(lead, fast["fast_apply"]), fast
