@@ -24,6 +24,13 @@ from typing import Any
 from reconciler.model import DesiredState
 from reconciler.plan import Plan
 
+
+def bash_is_one(value: str) -> bool:
+    """DMS's `[[ ${SETTING} -eq 1 ]]`: bash compares arithmetically, so 1 is also written 01, +1,
+    0x1 or with spaces around it; anything else (2, yes, 08, empty) is not 1."""
+    return re.fullmatch(r"\s*\+?(0*|0[xX]0*)1\s*", value) is not None
+
+
 # The settings that decide what the declared file can do, with DMS's defaults for unset ones.
 DEFAULTS: dict[str, str] = {
     "ENABLE_AMAVIS": "1",
@@ -70,7 +77,7 @@ class DmsFacts:
         return f"v{version[0]}" if version and version[0] in (15, 16) else "unknown"
 
     def on(self, name: str) -> bool:
-        return self.settings.get(name, DEFAULTS[name]).strip() == "1"
+        return bash_is_one(self.settings.get(name, DEFAULTS[name]))
 
     def to_dict(self) -> dict[str, Any]:
         """The plan JSON's `target` (docs/plan-json.md)."""

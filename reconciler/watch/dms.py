@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -115,7 +114,7 @@ def rspamd_hashed(value: str | None) -> bool:
     """Does DMS's change detector hash rspamd/ with this ENABLE_RSPAMD (None: unset, DMS's
     default 0)? Bash's `[[ ${ENABLE_RSPAMD} -eq 1 ]]`: 1, also written 01, +1 or 0x1 (an
     arithmetic one); anything else is not 1."""
-    return value is not None and re.fullmatch(r"\s*\+?(0*|0[xX]0*)1\s*", value) is not None
+    return value is not None and dms_target.bash_is_one(value)
 
 
 def rspamd_names(names: Iterable[str]) -> list[str]:

@@ -63,6 +63,15 @@ def test_no_warning_when_every_declared_part_works_there() -> None:
     assert warned({**ALL_ON, "DMS_RELEASE": "v15.1.0"}) == []
 
 
+@pytest.mark.parametrize("written", ["01", "+1", " 1 ", "0x1"])
+def test_a_setting_is_on_as_dms_reads_it_arithmetically(written: str) -> None:
+    """DMS tests `[[ ${SETTING} -eq 1 ]]`: 01 is on for DMS, so it is for the plan; 2 is not."""
+    assert warned({**ALL_ON, "ENABLE_SPAMASSASSIN": written}) == []
+    assert warned({**ALL_ON, "ENABLE_QUOTAS": written.replace("1", "0")}) != []
+    assert target.facts_from_env({"ENABLE_RSPAMD": written}, "m").on("ENABLE_RSPAMD")
+    assert not target.facts_from_env({"ENABLE_RSPAMD": "2"}, "m").on("ENABLE_RSPAMD")
+
+
 def test_each_part_without_effect_is_named() -> None:
     assert warned({**ALL_ON, "ENABLE_QUOTAS": "0"}) == [
         "quotas are declared but ENABLE_QUOTAS=0: DMS ignores dovecot-quotas.cf (no limits)"]
