@@ -19,7 +19,7 @@ import re
 from typing import Any
 
 from reconciler import dkimkeys, rspamdkeys
-from reconciler.formats import rspamd_ucl
+from reconciler.formats import opendkim, rspamd_ucl
 from reconciler.kinds import rspamd_files
 from reconciler.kinds.base import ExportContext, KindPlan, PlanContext
 from reconciler.kinds.checks import DocView, Reporter, section
@@ -149,6 +149,23 @@ def current_key(dkim: Dkim, observed: Observed) -> str | None:
     return exact[0] if exact else (found[0][1] if found else None)
 
 
+def _selector_taken_by_opendkim(dkim: Dkim, observed: Observed) -> str | None:
+    """A new Rspamd key under a selector OpenDKIM already has a key for: the published record is
+    the OpenDKIM key's, so mail Rspamd signs fails DKIM until that record is replaced."""
+    name = opendkim.private_key_path(dkim.domain, dkim.selector)
+    snap = observed.snapshots.get(name)
+    if snap is None or snap.data is None:
+        return None
+    record = f"{dkim.selector}._domainkey.{dkim.domain}"
+    return (
+        f"{dkim.domain}: selector {dkim.selector} already has an OpenDKIM key ({name}), and "
+        f"the TXT record {record} in DNS is that key's. Rspamd gets a new key under the same "
+        f"selector: the mail it signs fails DKIM until {record} holds the record "
+        "`dms-reconciler dns` prints after apply. Declare a new selector to publish the new "
+        "record beside the old one first"
+    )
+
+
 def _plan_key(dkim: Dkim, observed: Observed, out: KindPlan) -> str:
     """Plan `dkim`'s key files; returns the private key's logical name."""
     domain, selector, bits = dkim.domain, dkim.selector, dkim.key_size
@@ -156,6 +173,8 @@ def _plan_key(dkim: Dkim, observed: Observed, out: KindPlan) -> str:
     private = current_key(dkim, observed)
     if private is None:
         private = rspamdkeys.private_path(domain, selector, bits)
+        if warning := _selector_taken_by_opendkim(dkim, observed):
+            out.warnings.append(warning)
         out.changes.append(
             Change(
                 KEYS_FILE,

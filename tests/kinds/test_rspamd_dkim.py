@@ -229,3 +229,23 @@ def test_new_key_files_take_the_owner_of_rspamd_dkim(tmp_path):
         info = os.stat(config / f"{KEY_COM}{suffix}")
         assert (info.st_uid, info.st_gid) == (4242, 4343), suffix
     assert os.stat(config / CONF).st_uid == os.geteuid()  # not in rspamd/dkim/: ours
+
+
+def test_a_new_rspamd_key_under_a_selector_opendkim_has_a_key_for_is_warned(tmp_path):
+    """Switching the signer with the same selector: the TXT record in DNS is OpenDKIM's key, so
+    mail Rspamd signs with its new key fails DKIM until the record is replaced: said in the plan.
+    Another selector (example.org's s2024) gets no such warning."""
+    config, args = _setup(tmp_path)
+    pair = dkimkeys.generate(1024)
+    keys = config / "opendkim" / "keys"
+    for domain, selector in (("example.com", "mail"), ("example.org", "mail")):
+        (keys / domain).mkdir(parents=True, exist_ok=True)
+        (keys / domain / f"{selector}.private").write_bytes(pair.private_pem)
+        os.chmod(keys / domain / f"{selector}.private", 0o600)
+    plan = run_cli("plan", *args)
+    assert plan.returncode == 0, plan.stderr
+    said = plan.stdout + plan.stderr
+    assert ("example.com: selector mail already has an OpenDKIM key "
+            "(opendkim/keys/example.com/mail.private)") in said, said
+    assert "mail._domainkey.example.com" in said
+    assert "example.org: selector" not in said  # its selector is s2024: no record in the way
