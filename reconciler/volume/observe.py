@@ -227,28 +227,21 @@ def observe(volume: Volume, *, parses: ParseCache | None = None) -> Observed:
 def _rspamd_override_snapshots(volume: Volume) -> dict[str, FileSnapshot]:
     """Every regular file in `rspamd/override.d/` (DMS copies them all to /etc/rspamd/override.d/).
     A symlinked folder on the way or a symlinked file is refused, as for the DKIM keys."""
-    folder = rspamd_ucl.DIRECTORY
-    refuse_symlinked_folder(volume, folder)
-    path = volume.path(folder)
-    try:
-        found = sorted(os.scandir(path), key=lambda e: e.name)
-    except (FileNotFoundError, NotADirectoryError):
-        return {}
-    except OSError as exc:
-        raise VolumeError(f"cannot read {path}: {exc.strerror}") from None
-    out: dict[str, FileSnapshot] = {}
-    for entry in found:
-        if entry.is_symlink():
-            raise VolumeError(symlink_refusal(entry.path))
-        if entry.is_file(follow_symlinks=False) and TEMP_MARK not in entry.name:
-            out[f"{folder}/{entry.name}"] = read_snapshot(entry.path)
-    return out
+    return _folder_snapshots(volume, rspamd_ucl.DIRECTORY, lambda name: True)
 
 
 def _rspamd_dkim_snapshots(volume: Volume) -> dict[str, FileSnapshot]:
     """Every `rspamd/dkim/*.txt` (Rspamd's DKIM keys and their records). A symlinked folder on
     the way or a symlinked key file is refused, never followed, as for OpenDKIM's keys."""
-    folder = rspamdkeys.DIRECTORY
+    return _folder_snapshots(volume, rspamdkeys.DIRECTORY, rspamdkeys.is_key_file)
+
+
+def _folder_snapshots(
+    volume: Volume, folder: str, wanted: Callable[[str], bool]
+) -> dict[str, FileSnapshot]:
+    """The regular files of one folder whose logical name is `wanted` (our staged temp files
+    left out). A symlinked folder on the way, or a symlink among the wanted names, is refused:
+    nothing outside the volume is read, and apply would otherwise write through it."""
     refuse_symlinked_folder(volume, folder)
     path = volume.path(folder)
     try:
@@ -260,7 +253,7 @@ def _rspamd_dkim_snapshots(volume: Volume) -> dict[str, FileSnapshot]:
     out: dict[str, FileSnapshot] = {}
     for entry in found:
         name = f"{folder}/{entry.name}"
-        if not rspamdkeys.is_key_file(name) or TEMP_MARK in entry.name:
+        if not wanted(name) or TEMP_MARK in entry.name:
             continue
         if entry.is_symlink():
             raise VolumeError(symlink_refusal(entry.path))
