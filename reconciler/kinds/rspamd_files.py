@@ -80,6 +80,8 @@ def plan_override(
     out.changes.extend(diff.changes)
     out.unmanaged.extend(diff.unmanaged)
     out.owned[name] = frozenset(diff.owned)
+    # the deletion guard, as for every file the state file can claim entries of
+    out.managed[name] = len(ctx.owned(name) & parsed.entries.keys())
     content = None
     if diff.changed:
         content = rspamd_ucl.render(

@@ -100,7 +100,11 @@ def test_removing_a_declaration_removes_what_we_wrote_and_keeps_the_rest(tmp_pat
     config, args = _volume(tmp_path)
     assert run_cli("apply", *args).returncode == 0
     write_desired(Path(args[1]), HEAD)
-    assert run_cli("apply", *args).returncode == 0
+    # what apply wrote goes as every other file's entries do: past the deletion guard (half of
+    # the settings a file holds for us), only with --allow-deletions or policy.max_deletions
+    refused = run_cli("apply", *args)
+    assert refused.returncode == 1 and "--allow-deletions" in refused.stderr, refused.stderr
+    assert run_cli("apply", *args, "--allow-deletions", "10").returncode == 0
     over = config / "rspamd" / "override.d"
     assert (over / "actions.conf").read_text().splitlines()[1:] == ["rewrite_subject = 8;"]
     assert (over / "rbl.conf").read_text().splitlines()[1:] == []

@@ -212,6 +212,7 @@ HAND_MADE = {
                           "example.com:mail:/etc/opendkim/keys/example.com/mail.private\n",
                           "mail._domainkey.example.com"),
     "opendkim/SigningTable": ("*@example.com mail._domainkey.example.com\n", "*@example.com"),
+    "rspamd/override.d/actions.conf": ("reject = 20;\n", "reject"),
 }
 
 
