@@ -162,7 +162,10 @@ def test_dropping_the_signer_removes_the_signing_config_and_keeps_the_keys(tmp_p
     config, args = _setup(tmp_path)
     assert run_cli("apply", *args).returncode == 0
     write_desired(Path(args[1]), HEAD)
-    out = run_cli("apply", *args)
+    # ten deletions in one file: past its deletion guard only with --allow-deletions
+    refused = run_cli("apply", *args)
+    assert refused.returncode == 1 and "--allow-deletions 10" in refused.stderr, refused.stderr
+    out = run_cli("apply", *args, "--allow-deletions", "10")
     assert out.returncode == 0, out.stderr
     assert "key files in rspamd/dkim/ are kept" in out.stdout
     assert "10 destroyed" in out.stdout  # the nine settings and the domain block, once
