@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 
 from reconciler import log
 from reconciler.errors import redact
@@ -46,13 +47,17 @@ def test_regexp_aliases_appear_verbatim_in_every_plan_form(tmp_path, volume):
 
 def test_log_lines_show_patterns_and_targets_but_never_hashes():
     stream = io.StringIO()
+    shared = logging.getLogger(log.LOGGER_NAME)  # the tool's logger, as it was before setup
+    propagate, level = shared.propagate, shared.level
     logger = log.setup(stream, fmt="json")
     try:
         logger.info("applied %s -> %s", PATTERNS[1], TARGETS[0],
                     extra={"fields": {"pattern": PATTERNS[0], "to": [TARGETS[0]],
                                       "oops": ADMIN, "also": BCRYPT}})
     finally:
+        # as it was: later tests read its records through pytest's caplog (root's handler)
         logger.handlers.clear()
+        logger.propagate, logger.level = propagate, level
     record = json.loads(stream.getvalue().splitlines()[-1])
     assert record["message"] == f"applied {PATTERNS[1]} -> {TARGETS[0]}"
     assert record["pattern"] == PATTERNS[0] and record["to"] == [TARGETS[0]]
