@@ -185,7 +185,8 @@ class ReconcileCycle:
                         loader=self.memory.yaml,
                         models=self.memory.models,
                     )
-                    self._loaded_at, self._load_took = time.monotonic(), time.monotonic() - began
+                    self._loaded_at = time.monotonic()
+                    self._load_took = self._loaded_at - began
                 except InvalidDesiredState as exc:
                     problem = exc
         if problem is not None:
