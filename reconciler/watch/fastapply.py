@@ -144,14 +144,18 @@ echo "RECORD=${RESULT}"
 # Step 1 of APPLY_SCRIPT (on its own so tests/sidecar/test_fastapply_mailboxes.py can run it on a
 # folder of its own): new mailbox folders, made and owned as Dovecot needs them (DMS's mkdir leaves
 # them to root and chowns all of /var/mail, which its start-up skips past a few dozen mailboxes).
-# ${W}/homes has the account homes, one per line; ${W}/chains, on the same line, every folder
-# `mkdir -p` of that home would make, parents first, tab-separated. A home that exists has its
-# parents: one test per account (10,000 at 10,000 accounts, read with mapfile), not one per folder.
+# ${W}/homes${SET} has the account homes, one per line; ${W}/chains${SET}, on the same line, every
+# folder `mkdir -p` of that home would make, parents first, tab-separated. A home that exists has
+# its parents: one test per account (10,000 at 10,000 accounts, read with mapfile), not one per
+# folder. It runs twice: before the renames for the accounts new in this write (SET empty: they
+# log in and receive mail once the renames are done), after them for the accounts that were
+# there before (SET=.known: a folder of theirs gone meanwhile is made again, as DMS would, without
+# keeping the new accounts waiting for 10,000 tests).
 MAILBOX_STEP = r"""
 MISSING=()
 declare -A SEEN=()
-mapfile -t HOMES <"${W}/homes"
-mapfile -t CHAINS <"${W}/chains"
+mapfile -t HOMES <"${W}/homes${SET:-}"
+mapfile -t CHAINS <"${W}/chains${SET:-}"
 for I in "${!HOMES[@]}"; do
   [[ -d ${HOMES[I]} ]] && continue
   IFS=$'\t' read -ra FOLDERS <<<"${CHAINS[I]}"
@@ -167,7 +171,7 @@ fi
 while IFS=$'\t' read -r SOURCE DEST; do
   cp -- "${SOURCE}" "${DEST}" || fail "copying ${SOURCE}"
   if (( ${#MISSING[@]} )); then chown "${VMAIL}" -- "${DEST}"; fi
-done <"${W}/sieves"
+done <"${W}/sieves${SET:-}"
 """
 
 APPLY_SCRIPT = (
@@ -200,7 +204,8 @@ source /etc/dms-settings || fail "reading /etc/dms-settings"
 VMAIL="${DMS_VMAIL_UID}:${DMS_VMAIL_GID}"
 VHOST_CHANGED=0
 step helpers
-# 1. new mailbox folders, owned as Dovecot needs them
+# 1. the new accounts' mailbox folders, owned as Dovecot needs them
+SET=""
 __MAILBOX_STEP__
 step mailboxes
 # 2. 10-auth.conf, as DMS edits it on every pass
@@ -281,6 +286,10 @@ if [[ -n ${WHY} ]]; then
   echo "DOVECOT=reloaded (${WHY})"
 fi
 step dovecot
+# the mailbox folders of the accounts that were there before (a folder gone meanwhile made again)
+SET=.known
+__MAILBOX_STEP__
+step mailboxes-known
 # DMS's own workaround, after the reloads (mail for a new account needs only its folders, made
 # in step 1): at 10,000 accounts its `find` over /var/mail takes half a second
 _chown_var_mail_if_necessary || fail "owning /var/mail"
@@ -434,6 +443,27 @@ def _chains(homes: list[str]) -> list[str]:
     return lines
 
 
+def accounts_in(accounts_cf: bytes) -> frozenset[str]:
+    """The logins of a postfix-accounts.cf (what precedes the first '|' of each line; comments
+    and blank lines give names no home has)."""
+    return frozenset(
+        line.split(b"|", 1)[0].decode("ascii", "replace") for line in accounts_cf.splitlines()
+    )
+
+
+def split_homes(gen: dmsgen.Generated, before: Collection[str]) -> tuple[list[str], list[str]]:
+    """`gen.homes` split into those of accounts new in this write (and any with a sieve to copy
+    into its home) and those of the accounts in `before`: `/var/mail/D/U/home` of `U@D`."""
+    known = {
+        f"/var/mail/{login.partition('@')[2]}/{login.partition('@')[0]}/home"
+        for login in before
+        if login.count("@") == 1
+    }
+    known.difference_update(home.rsplit("/", 1)[0] for _, home in gen.sieves)
+    new = [home for home in gen.homes if home not in known]
+    return new, [home for home in gen.homes if home in known]
+
+
 class FastApply:
     """Runs fast apply for a write; `None` results mean there was nothing for DMS to apply."""
 
@@ -454,6 +484,9 @@ class FastApply:
         self._upload_bytes = 0
         self._amavis_follows = False
         self._prepared: tuple[Any, str, dict[str, str]] | None = None
+        # postfix-accounts.cf just before this write (read by `prepare`): if DMS's record says
+        # it was applied, its accounts' mailbox folders are checked after the renames
+        self._accounts_before: bytes | None = None
         self._holding: Any = None  # the container whose record we hold aside (HELD)
 
     def prepare(self, names: Collection[str]) -> None:
@@ -468,6 +501,7 @@ class FastApply:
         if not any(name in dmsgen.MONITORED for name in names) or self._cooling(time.monotonic()):
             return
         began = time.monotonic()
+        self._accounts_before = self._read_accounts()
         try:
             self._prepared = self._facts(hold=True)
         except (dms_mod.DmsUnavailable, dms_mod.DmsCommandFailed, dmsgen.Unsupported):
@@ -483,6 +517,7 @@ class FastApply:
         """After `apply_once` returned or raised: if the record is still held (the write failed,
         or `run` could not finish), put it back, so DMS's change detector sees what changed."""
         self._prepared = None
+        self._accounts_before = None
         if self._holding is not None:
             self._restore(self._holding)
 
@@ -590,7 +625,9 @@ class FastApply:
             return Result("dms", "DMS had already applied these files", version=version)
         gen = dmsgen.generate(files, settings, version, changed)
         span("dmsgen")
-        self._upload(container, gen, predicted_record(record, current))
+        self._upload(
+            container, gen, predicted_record(record, current), self._applied_accounts(record)
+        )
         span("upload")
         code, output = self.dms.run(
             container,
@@ -644,6 +681,22 @@ class FastApply:
             )
         return Result("fast", message + note, took, version, others=others)
 
+    def _read_accounts(self) -> bytes | None:
+        try:
+            with open(os.path.join(self.config_dir, dmsgen.ACCOUNTS), "rb") as handle:
+                return handle.read()
+        except OSError:
+            return None
+
+    def _applied_accounts(self, record: str) -> frozenset[str]:
+        """The accounts of postfix-accounts.cf before this write, if DMS's record says DMS (or
+        fast apply) applied that file: their homes were made then. Otherwise none."""
+        before = self._accounts_before
+        if before is None:
+            return frozenset()
+        line = record_line(hashlib.sha512(before).hexdigest(), dmsgen.ACCOUNTS)
+        return accounts_in(before) if line in record.splitlines() else frozenset()
+
     def _read_files(self) -> dict[str, bytes | None]:
         files: dict[str, bytes | None] = {}
         for entry in os.scandir(self.config_dir):
@@ -655,7 +708,9 @@ class FastApply:
                 files[name] = b""
         return files
 
-    def _upload(self, container: Any, gen: dmsgen.Generated, record: str) -> None:
+    def _upload(
+        self, container: Any, gen: dmsgen.Generated, record: str, applied: Collection[str]
+    ) -> None:
         entries: dict[str, bytes] = {}
         rank = {path: i for i, path in enumerate(ORDER)}
         outputs = sorted(gen.outputs, key=lambda o: rank.get(o.path, len(ORDER)))
@@ -668,9 +723,12 @@ class FastApply:
             mode = "-" if output.mode is None else f"{output.mode:o}"
             lines.append(f"{output.path}\t{output.owner or '-'}\t{mode}")
         entries[f"{WORK}/outputs"] = _lines(lines)
-        entries[f"{WORK}/homes"] = _lines(gen.homes)
-        entries[f"{WORK}/chains"] = _lines(_chains(gen.homes))
+        new, known = split_homes(gen, applied)
+        for suffix, homes in (("", new), (".known", known)):
+            entries[f"{WORK}/homes{suffix}"] = _lines(homes)
+            entries[f"{WORK}/chains{suffix}"] = _lines(_chains(homes))
         entries[f"{WORK}/sieves"] = _lines([f"{s}\t{d}" for s, d in gen.sieves])
+        entries[f"{WORK}/sieves.known"] = b""
         entries[f"{WORK}/auth"] = _lines([edit.sed for edit in gen.auth_edits])
         entries[f"{WORK}/postconf"] = _lines(gen.postconf)
         entries[f"{WORK}/postconf_append"] = _lines([f"{k}\t{v}" for k, v in gen.postconf_append])

@@ -8,10 +8,12 @@ user)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
 
+from reconciler import dmsgen
 from reconciler.watch import fastapply
 
 VMAIL = (5000, 5000)
@@ -23,16 +25,17 @@ def chain(mail: Path, home: str) -> str:
     return line.replace("/var/mail/", f"{mail}/")
 
 
-def run_step(tmp_path: Path, chains: list[str]) -> list[str]:
-    """MAILBOX_STEP over `chains` (their homes: the last folder of each); the folders it made,
-    in order."""
+def run_step(tmp_path: Path, chains: list[str], part: str = "") -> list[str]:
+    """MAILBOX_STEP over `chains` (their homes: the last folder of each) as the upload's `part`
+    ("" before the renames, ".known" after them); the folders it made, in order."""
     work = tmp_path / "work"
-    work.mkdir()
-    (work / "homes").write_text("".join(c.rsplit("\t", 1)[-1] + "\n" for c in chains))
-    (work / "chains").write_text("".join(c + "\n" for c in chains))
-    (work / "sieves").write_text("")
+    work.mkdir(exist_ok=True)
+    (work / f"homes{part}").write_text("".join(c.rsplit("\t", 1)[-1] + "\n" for c in chains))
+    (work / f"chains{part}").write_text("".join(c + "\n" for c in chains))
+    (work / f"sieves{part}").write_text("")
     script = (
         f'W={work}; VMAIL={VMAIL[0]}:{VMAIL[1]}\nfail() {{ echo "FAILED: $*"; exit 3; }}\n'
+        + (f"SET={part}\n" if part else "")
         + fastapply.MAILBOX_STEP
         + 'printf "MADE=%s\\n" "${MISSING[@]}"\n'
     )
@@ -89,3 +92,59 @@ def test_no_new_home_makes_nothing(tmp_path: Path) -> None:
     mail = tmp_path / "mail"
     (mail / "old.example" / "carol" / "home").mkdir(parents=True)
     assert run_step(tmp_path, [chain(mail, "old.example/carol/home")]) == []
+
+
+def test_the_pass_after_the_renames_reads_its_own_lists(tmp_path: Path) -> None:
+    """The accounts that were there before are checked after the renames (SET=.known), from
+    their own lists: a folder of theirs gone meanwhile is made again, owned by vmail."""
+    mail = tmp_path / "mail"
+    (mail / "old.example" / "carol" / "home").mkdir(parents=True)
+    run_step(tmp_path, [chain(mail, "new.example/alice/home")])  # the lists before the renames
+    made = run_step(
+        tmp_path,
+        [chain(mail, "old.example/carol/home"), chain(mail, "old.example/erin/home")],
+        ".known",
+    )
+    assert made == [f"{mail}/old.example/erin", f"{mail}/old.example/erin/home"]
+    assert owner(mail / "old.example" / "erin" / "home") == VMAIL
+
+
+def generated(logins: list[str], sieves: tuple[str, ...] = ()) -> dmsgen.Generated:
+    gen = dmsgen.Generated()
+    for login in logins:
+        user, domain = login.split("@")
+        home = f"/var/mail/{domain}/{user}/home"
+        gen.homes.append(home)
+        if login in sieves:
+            gen.sieves.append((f"/tmp/docker-mailserver/{login}.dovecot.sieve", f"{home}/x"))
+    return gen
+
+
+def test_homes_of_accounts_dms_applied_wait_until_after_the_renames() -> None:
+    gen = generated(["old@a.example", "new@a.example", "Old@b.example"])
+    new, known = fastapply.split_homes(gen, {"old@a.example", "gone@a.example"})
+    assert new == ["/var/mail/a.example/new/home", "/var/mail/b.example/Old/home"]
+    assert known == ["/var/mail/a.example/old/home"]
+
+
+def test_a_home_with_a_sieve_to_copy_is_made_before_the_renames() -> None:
+    gen = generated(["old@a.example", "sieved@a.example"], sieves=("sieved@a.example",))
+    new, known = fastapply.split_homes(gen, {"old@a.example", "sieved@a.example"})
+    assert new == ["/var/mail/a.example/sieved/home"]
+    assert known == ["/var/mail/a.example/old/home"]
+
+
+def test_accounts_before_count_only_if_dms_applied_that_file(tmp_path: Path) -> None:
+    """The old postfix-accounts.cf's accounts are "known" only if DMS's record holds that very
+    file (DMS or fast apply applied it, so their homes were made); otherwise every home is
+    checked before the renames, as before."""
+    accounts = b"old@a.example|{SHA512-CRYPT}x\n# a comment\nzed@b.example|{PLAIN}y|attr\n"
+    (tmp_path / "postfix-accounts.cf").write_bytes(accounts)
+    fast = fastapply.FastApply(dms=None, config_dir=str(tmp_path), timed=False)
+    fast._accounts_before = fast._read_accounts()
+    digest = hashlib.sha512(accounts).hexdigest()
+    applied = fastapply.record_line(digest, "postfix-accounts.cf") + "\n"
+    assert {"old@a.example", "zed@b.example"} <= fast._applied_accounts(applied)
+    assert fast._applied_accounts(applied.replace(digest[:8], "00000000")) == frozenset()
+    fast._accounts_before = None  # no postfix-accounts.cf before the write
+    assert fast._applied_accounts(applied) == frozenset()
