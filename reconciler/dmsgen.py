@@ -278,6 +278,12 @@ def read_array(line: str, delimiter: str) -> list[str]:
 def read_words(line: str, names: int) -> list[str]:
     """`read -r V1 .. Vn` with the default IFS (space, tab, newline)."""
     stripped = line.strip(" \t")
+    if names == 2:  # DMS's `read -r ALIAS RECIPIENT`, once per alias: no loop
+        space, tab = stripped.find(" "), stripped.find("\t")
+        cut = space if tab < 0 else tab if space < 0 else min(space, tab)
+        if cut < 0:
+            return [stripped, ""]
+        return [stripped[:cut], stripped[cut:].lstrip(" \t")]
     out: list[str] = []
     rest = stripped
     while len(out) < names - 1 and rest:
@@ -318,20 +324,25 @@ def check_pattern(pattern: str) -> None:
 
 def grep_matches(pattern: str, line: str) -> bool:
     """Does `line` hold `pattern` (checked by `check_pattern`; `.` any character) anywhere?"""
+    if pattern in line:  # every `.` standing for itself (the usual match), or none at all
+        return True
     if "." not in pattern:
-        return pattern in line
+        return False
     size = len(pattern)
-    offset = next((i for i, c in enumerate(pattern) if c != "."), None)
-    if offset is None:
+    pieces = []  # the runs of literal characters, with their offsets in the pattern
+    offset = 0
+    for piece in pattern.split("."):
+        if piece:
+            pieces.append((offset, piece))
+        offset += len(piece) + 1
+    if not pieces:
         return len(line) >= size
-    end = pattern.find(".", offset)
-    chunk = pattern[offset : end if end >= 0 else size]
+    (offset, chunk), rest = pieces[0], pieces[1:]
+    last = len(line) - size  # the last place the pattern can start
     at = line.find(chunk, offset)
-    while at >= 0:
+    while at >= 0 and at - offset <= last:
         start = at - offset
-        if start + size <= len(line) and all(
-            p == "." or p == c for p, c in zip(pattern, line[start : start + size], strict=True)
-        ):
+        if all(line.startswith(piece, start + where) for where, piece in rest):
             return True
         at = line.find(chunk, at + 1)
     return False
@@ -373,16 +384,12 @@ class Grep:
 
     def _candidates(self, folded: str) -> Iterable[int]:
         at = folded.find("@")
-        before = after = 0
-        if at >= 0:
-            while before < self.WINDOW and at - before > 0 and folded[at - before - 1] != ".":
-                before += 1
-            while (
-                after < self.WINDOW
-                and at + after + 1 < len(folded)
-                and folded[at + after + 1] != "."
-            ):
-                after += 1
+        if at < 0:
+            return range(len(self.lines))
+        # the literal characters next to the `@` (up to a `.` or the end), at most WINDOW a side
+        before = min(self.WINDOW, at - folded.rfind(".", 0, at) - 1)
+        dot = folded.find(".", at + 1)
+        after = min(self.WINDOW, (len(folded) if dot < 0 else dot) - at - 1)
         if not (before and after):
             return range(len(self.lines))
         return self._index(before, after).get(folded[at - before : at + after + 1], [])
@@ -443,31 +450,39 @@ class _Userdb:
         self.by_home: dict[str, list[str]] = {}  # "D/U/home::..." prefix -> lines
         self.folded: set[str] = set()
 
-    def contains_substring(self, line: str) -> bool:
-        # Every line is LOGIN:PASS<marker>D/U/home::ATTRS with the marker exactly once (checked):
-        # a line inside another aligns their markers, so it shares D/U (no '/' in them) and is
-        # found among the lines of the same home.
-        head, _, tail = line.partition(self.marker)
-        home = tail.split("/home::", 1)[0]
-        for other in self.by_home.get(home, ()):
-            if line in other:
-                return True
-        return False
-
-    def add(self, line: str) -> None:
+    def _home(self, line: str) -> str:
         if line.count(self.marker) != 1:
             raise Unsupported("a password or attribute holds the userdb's uid/gid/home marker")
-        home = line.partition(self.marker)[2].split("/home::", 1)[0]
+        return line.partition(self.marker)[2].split("/home::", 1)[0]
+
+    def add_unless_inside(self, line: str) -> None:
+        """`grep -qF LINE` first: added unless a line so far holds it. Every line is
+        LOGIN:PASS<marker>D/U/home::ATTRS with the marker exactly once (checked): a line inside
+        another aligns their markers, so it shares D/U (no '/' in them) and is found among the
+        lines of the same home."""
+        home = self._home(line)
+        same = self.by_home.get(home)
+        if same is not None and any(line in other for other in same):
+            return
+        self._add(line, home)
+
+    def add(self, line: str) -> None:
+        self._add(line, self._home(line))
+
+    def _add(self, line: str, home: str) -> None:
         self.by_home.setdefault(home, []).append(line)
         self.folded.add(line.lower())
         self.lines.append(line)
+
+
+_LOGIN_ODD = re.compile(r"[ \t/:]")
 
 
 def _split_login(login: str) -> tuple[str, str]:
     """USER and DOMAIN as `cut -d @ -f1/-f2` make them, for the logins we model (one '@')."""
     if login.count("@") != 1 or login.startswith("@") or login.endswith("@"):
         raise Unsupported(f"the login {login!r} is not local@domain")
-    if any(c in login for c in " \t/:"):
+    if _LOGIN_ODD.search(login):
         raise Unsupported(f"the login {login!r} holds a space, '/' or ':'")
     _no_option(login, "the login")
     return cut_field(login, "@", 1), cut_field(login, "@", 2)
@@ -522,11 +537,9 @@ def _create_accounts(
         if not (vline in VMAILBOX_HEADER or any(vline in other for other in same)):
             vmailbox.append(vline)
             same.append(vline)
-        uline = f"{login}:{password}:{uid}:{gid}::/var/mail/{domain}/{user}/home::{attributes}"
-        if uline.count(userdb.marker) != 1:
-            raise Unsupported("a password or attribute holds the userdb's uid/gid/home marker")
-        if not userdb.contains_substring(uline):
-            userdb.add(uline)
+        userdb.add_unless_inside(
+            f"{login}:{password}:{uid}:{gid}::/var/mail/{domain}/{user}/home::{attributes}"
+        )
         home = f"/var/mail/{domain}/{user}/home"
         gen.homes.append(home)
         if files.get(f"{login}.dovecot.sieve") is not None:
@@ -558,26 +571,26 @@ def _dummy_accounts(
             real = aliased  # the whole rest: a list of targets finds no account
             if not real:
                 raise Unsupported(f"the alias {alias!r} has no target")
-            if accounts.first(real) is None:
+            found = accounts.first(real)
+            if found is None:
                 continue
         else:
             if not re.search(r".+@.+", alias):  # v16 skips catch-alls (DMS #4581)
                 continue
             if any(c in aliased for c in "*?["):  # an unquoted `for`: bash would glob
                 raise Unsupported(f"the alias target {aliased!r} holds a glob character")
-            real = ""
+            real, found = "", None
             for target in aliased.replace(",", " ").split():
-                if accounts.first(target) is not None:
+                found = accounts.first(target)
+                if found is not None:
                     real = target
                     break
-            if not real:
+            if found is None:
                 continue
         if any(c in real for c in " \t"):
             raise Unsupported(f"the alias target {real!r} holds a space")
         _no_option(alias, "the alias")  # the userdb line is grep's pattern
         real_user, real_domain = cut_field(real, "@", 1), cut_field(real, "@", 2)
-        found = accounts.first(real)
-        assert found is not None
         fields = read_array(found, "|")
         if len(fields) < 2 or not fields[1]:
             raise Unsupported("DMS would panic (an alias's account line has no password)")
