@@ -173,8 +173,12 @@ def test_fast_apply_applies_a_new_account_at_once(host: tuple[RealDms, Target, D
     dms, target, client = host
     address = add_account(target, "fresh")
     started = time.monotonic()
-    result = apply_fast(target, FastApply(client, target.volume.folder))
+    result = apply_fast(target, FastApply(client, target.volume.folder, timed=True))
     assert result is not None and result.path == "fast", result
+    # Postfix was reloaded only once Dovecot's userdb look-up (the real doveadm) found the new
+    # account: no moment where Postfix takes mail for it that Dovecot's LMTP would bounce
+    assert "dovecot-knows" in result.message and "before Dovecot" not in result.message, result
+    assert not (Path(target.volume.folder) / fastapply.STAGE).exists()  # staged, then removed
     # Postfix's texthash tables went in already cool: a Postfix process the reload starts reads
     # them at once instead of dozing 0.3 s at a time until their mtime is 2 s old
     # (dict_thash_open's "pausing to let file ... cool down", logged at -vv)
@@ -237,6 +241,7 @@ def test_a_read_only_generated_file_leaves_the_change_to_dms(
                "DMS's own change detector to apply the change")
     wait_until(lambda: dms.imap_login(address, PASSWORD), 30, "the new account to log in")
     assert dms.sh("ls -a /etc/postfix | grep -c dms-reconciler", check=False).strip() == "0"
+    assert not (Path(target.volume.folder) / fastapply.STAGE).exists()
 
 
 def test_account_changes_need_neither_a_dovecot_reload_nor_dms_change_detector(
@@ -285,7 +290,7 @@ def test_a_password_changed_within_the_same_second_is_seen(
 ) -> None:
     """Dovecot compares the passwd-file's mtime in whole seconds and its size: a new hash of the
     same length put in place within the second of the file it replaces would go unseen. Pinned
-    here: the userdb and the upload carry the same mtime; the apply script moves it on."""
+    here: the userdb and the staged copy carry the same mtime; the apply script moves it on."""
     dms, target, client = host
     address, old_index = plain_accounts(target)[0]
     new_index = (old_index + 1) % len(benchgen.hash_pool())
@@ -308,7 +313,7 @@ def test_a_password_changed_within_the_same_second_is_seen(
 
 class Interrupted:
     """The sidecar's Dms client, but `action()` runs once just before fast apply's script, after
-    the generated files were uploaded: the moment a restart or a recreation does most harm."""
+    the generated files were staged: the moment a restart or a recreation does most harm."""
 
     def __init__(self, dms: Dms, action: Callable[[], None]) -> None:
         self.dms = dms
@@ -342,7 +347,7 @@ def assert_userdb_whole(dms: RealDms, expected: set[str]) -> None:
 def test_dms_restarted_mid_fast_apply_is_left_to_its_start_up(
     host: tuple[RealDms, Target, Dms],
 ) -> None:
-    """`docker restart` after the upload, before fast apply's script: the script finds another
+    """`docker restart` after the staging, before fast apply's script: the script finds another
     run of the container and stops before touching anything (DMS's start-up rebuilds the userdb
     line by line: a rename then would double users), fast apply says so and leaves the change
     to DMS, whose start-up applies it. No user is missing from the userdb after it."""
@@ -360,12 +365,13 @@ def test_dms_restarted_mid_fast_apply_is_left_to_its_start_up(
     wait_until(lambda: dms.imap_login(added, PASSWORD), 30, "the new account to log in")
     assert not dms.sh("ls -a /tmp /etc/postfix /etc/dovecot | grep dms-reconciler",
                       check=False).strip()
+    assert not (Path(target.volume.folder) / fastapply.STAGE).exists()  # hashes: never left
 
 
 def test_dms_recreated_during_and_between_changes(
     host: tuple[RealDms, Target, Dms], real_client: Any, dms_image: harness.DmsImage,
 ) -> None:
-    """The container removed and started again (same name, same volume) after the upload:
+    """The container removed and started again (same name, same volume) after the staging:
     fast apply's script finds the container gone, says so, and leaves the change to DMS, whose
     new container's start-up applies it. The next change finds the new container by its name
     and is applied by fast apply. No user is missing from the userdb after either."""

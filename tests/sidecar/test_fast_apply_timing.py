@@ -16,11 +16,11 @@ def test_timing_is_off_unless_asked_for() -> None:
     assert fastapply.timing({"DMS_RECONCILER_FAST_APPLY_TIMING": " Yes "})
 
 
-def test_the_note_names_the_sidecar_steps_the_upload_and_the_script_steps() -> None:
+def test_the_note_names_the_sidecar_steps_what_was_staged_and_the_script_steps() -> None:
     output = "DOVECOT=x\nSTEP helpers 120\nSTEP renames 7\nRECORD=written\n"
     note = fastapply.timing_note([("facts", 0.051), ("dmsgen", 0.5)], 2_100_000, output)
     assert note == (
-        "; time: facts 0.05 s, dmsgen 0.50 s; upload 2.1 MB; "
+        "; time: facts 0.05 s, dmsgen 0.50 s; staged 2.1 MB; "
         "script steps (s): helpers 0.12, renames 0.01"
     )
 

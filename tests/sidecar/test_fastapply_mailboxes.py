@@ -148,3 +148,68 @@ def test_accounts_before_count_only_if_dms_applied_that_file(tmp_path: Path) -> 
     assert fast._applied_accounts(applied.replace(digest[:8], "00000000")) == frozenset()
     fast._accounts_before = None  # no postfix-accounts.cf before the write
     assert fast._applied_accounts(applied) == frozenset()
+
+
+def test_the_stage_is_owner_only_in_the_volume_and_removed_after(tmp_path: Path) -> None:
+    """Fast apply stages the generated files (the userdb holds hashes) and the script's lists in
+    a hidden folder of the config volume: owner-only, Postfix's tables with their cool mtime,
+    each listed with the name it was staged under; `_unstage` leaves nothing behind."""
+    gen = generated(["new@a.example"])
+    gen.outputs += [
+        dmsgen.Output(dmsgen.USERDB, b"new@a.example:{X}h:5000:5000::/var/mail/a/new/home::\n"),
+        dmsgen.Output(dmsgen.VMAILBOX, b"new@a.example a.example/new/\n"),
+    ]
+    fast = fastapply.FastApply(dms=None, config_dir=str(tmp_path), timed=False)
+    fast._stage(gen, "record\n", set(), "new@a.example")
+    stage = tmp_path / fastapply.STAGE
+    outputs = (stage / "work" / "outputs").read_text().splitlines()
+    assert outputs == [
+        f"{dmsgen.USERDB}\t-\t-\t0",  # Dovecot's first
+        f"{dmsgen.VMAILBOX}\t-\t-\t1",
+    ]
+    assert (stage / "files" / "0").read_bytes().startswith(b"new@a.example:{X}h")
+    assert (stage / "work" / "homes").read_text() == "/var/mail/a.example/new/home\n"
+    assert (stage / "work" / "probe").read_text() == "new@a.example\n"
+    for path in [stage, *stage.rglob("*")]:
+        assert path.stat().st_mode & 0o077 == 0, path
+    dovecot, postfix = ((stage / "files" / n).stat().st_mtime for n in ("0", "1"))
+    assert dovecot - postfix == fastapply.POSTFIX_COOL_SECONDS
+    fast._unstage()
+    assert not stage.exists()
+
+
+def test_the_account_dovecot_must_know_before_postfix_reloads_is_a_new_one() -> None:
+    accounts = b"old@a.example|x\n# a comment\nzed@a.example|y\nnew@b.example|z\n"
+    assert fastapply.new_account(accounts, {"old@a.example"}) == "new@b.example"
+    assert fastapply.new_account(accounts, {"old@a.example", "new@b.example", "zed@a.example"}) is None
+    assert fastapply.new_account(None, set()) is None
+
+
+def probe_section() -> str:
+    script = fastapply.APPLY_SCRIPT
+    return script[script.index("if [[ -s ${W}/probe ]]"): script.index("step dovecot-knows")]
+
+
+def run_probe(tmp_path: Path, known_after: int) -> tuple[str, int]:
+    """The apply script's wait for Dovecot, with a `doveadm` that finds the account from its
+    `known_after`-th look-up on (the real one: tests/realdms/test_fast_apply.py)."""
+    (tmp_path / "probe").write_text("new@a.example\n")
+    (tmp_path / "count").write_text("0")
+    script = (
+        f"W={tmp_path}\nstep() {{ :; }}\n"
+        f'doveadm() {{ N=$(( $(<"{tmp_path}/count") + 1 )); echo "$N" >"{tmp_path}/count"\n'
+        f'  [[ $1 == user && $2 == -- && $3 == new@a.example && $N -ge {known_after} ]]; }}\n'
+        + probe_section()
+        + "fi\n"
+    )
+    result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
+    return result.stdout, int((tmp_path / "count").read_text())
+
+
+def test_postfix_waits_until_dovecot_knows_the_new_account(tmp_path: Path) -> None:
+    assert run_probe(tmp_path, known_after=4) == ("", 4)  # asked until it knew, then on
+
+
+def test_postfix_waits_a_bounded_time_for_dovecot(tmp_path: Path) -> None:
+    out, looked = run_probe(tmp_path, known_after=10**6)
+    assert (out, looked) == ("PROBE=unknown\n", fastapply.PROBE_TRIES)
