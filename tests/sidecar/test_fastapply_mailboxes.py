@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
+import time
 from pathlib import Path
 
 from reconciler import dmsgen
@@ -207,7 +208,11 @@ def run_probe(tmp_path: Path, known_after: int) -> tuple[str, int]:
 
 
 def test_postfix_waits_until_dovecot_knows_the_new_account(tmp_path: Path) -> None:
-    assert run_probe(tmp_path, known_after=4) == ("", 4)  # asked until it knew, then on
+    """One look now; the next just after the second turns (when Dovecot looks again)."""
+    began = time.time()
+    assert run_probe(tmp_path, known_after=2) == ("", 2)  # asked until it knew, then on
+    took = time.time() - began
+    assert int(time.time()) > int(began) and took < 3.0, took  # the next second, not later
 
 
 def test_postfix_waits_a_bounded_time_for_dovecot(tmp_path: Path) -> None:
