@@ -52,8 +52,8 @@ SUFFIX = ".dms-reconciler-new"
 # `put_archive` of the same 5 MB took 0.07-0.17 s), copied into place by the script. DMS's change
 # detector hashes named files and rspamd/ only: a hidden folder is not watched.
 STAGE = ".dms-reconciler-fast"
-# How many userdb look-ups of a new account Postfix's reload waits for at most (one now, one just
-# after each turn of a second): Dovecot looks at a changed passwd-file within a second.
+# How many userdb look-ups of a new account the rename of Postfix's files waits for at most (one
+# now, one just after each turn of a second): Dovecot looks at a changed passwd-file in a second.
 PROBE_TRIES = 3
 BIN = "/usr/local/bin"
 # The container's locale must leave `sort` and grep byte-wise, as dmsgen models them.
@@ -237,8 +237,32 @@ while IFS= read -r EDIT; do
 done <"${W}/auth"
 AUTH_AFTER=$(auth_conf)
 step 10-auth.conf
-# 3. each generated file replaced by a rename in its own folder
+# Dovecot reads its passwd-files again at most once a second (at the first look-up in a new
+# second of its clock): until it has, a Postfix process that reads the new tables (any smtpd
+# started after their rename, not only after the reload) would accept mail for a new account that
+# Dovecot's LMTP then refuses for good ("550 5.1.1 User doesn't exist"). So Postfix's files are
+# renamed only once a userdb look-up of one new account (${W}/probe) finds it: one look now,
+# then one just after each second's turn (each doveadm costs a process and a configuration read:
+# no busy polling).
+PROBED=0
+wait_for_dovecot() {
+  PROBED=1
+  [[ -s ${W}/probe ]] || return 0
+  local PROBE KNOWN=0 NOW WAIT
+  IFS= read -r PROBE <"${W}/probe"
+  for _ in $(seq __PROBE_TRIES__); do
+    if doveadm user -- "${PROBE}" >/dev/null 2>&1; then KNOWN=1; break; fi
+    NOW=${EPOCHREALTIME//[!0-9]/}
+    WAIT=$(( 1020000 - 10#${NOW: -6} ))  # microseconds until 20 ms past the next second
+    sleep "$(( WAIT / 1000000 )).$(printf '%06d' $(( WAIT % 1000000 )))"
+  done
+  [[ ${KNOWN} == 1 ]] || echo "PROBE=unknown"
+  step dovecot-knows
+}
+# 3. each generated file replaced by a rename in its own folder: Dovecot's first, then, once
+# Dovecot knows the new accounts, Postfix's
 while IFS=$'\t' read -r DEST OWNER MODE _; do
+  if [[ ${PROBED} == 0 && ${DEST} != /etc/dovecot/* ]]; then wait_for_dovecot; fi
   NEW="${DEST%/*}/.${DEST##*/}__SUFFIX__"
   [[ -f ${NEW} ]] || fail "the copy of ${DEST} is missing"
   if [[ -e ${DEST} ]]; then
@@ -266,24 +290,8 @@ while IFS=$'\t' read -r DEST OWNER MODE _; do
     if [[ ${DEST} == /etc/postfix/vhost ]]; then VHOST_CHANGED=1; fi
   fi
 done <"${W}/outputs"
+if [[ ${PROBED} == 0 ]]; then wait_for_dovecot; fi
 step renames
-# Dovecot reads its passwd-files again at most once a second (at the first look-up in a new
-# second of its clock): until it has, Postfix would accept mail for a new account that Dovecot's
-# LMTP then refuses for good ("550 5.1.1 User doesn't exist"). So Postfix's reload waits until a
-# userdb look-up of one new account (${W}/probe) finds it: one look now, then one just after each
-# second's turn (each doveadm costs a process and a configuration read: no busy polling).
-if [[ -s ${W}/probe ]]; then
-  IFS= read -r PROBE <"${W}/probe"
-  KNOWN=0
-  for _ in $(seq __PROBE_TRIES__); do
-    if doveadm user -- "${PROBE}" >/dev/null 2>&1; then KNOWN=1; break; fi
-    NOW=${EPOCHREALTIME//[!0-9]/}
-    WAIT=$(( 1020000 - 10#${NOW: -6} ))  # microseconds until 20 ms past the next second
-    sleep "$(( WAIT / 1000000 )).$(printf '%06d' $(( WAIT % 1000000 )))"
-  done
-  [[ ${KNOWN} == 1 ]] || echo "PROBE=unknown"
-  step dovecot-knows
-fi
 # 4. Postfix settings and tables, with DMS's own functions
 while IFS= read -r SETTING; do
   _adjust_mtime_for_postfix_maincf
@@ -714,7 +722,7 @@ class FastApply:
             message += "; Amavis reloaded (its domains changed)"
         if "PROBE=unknown" in output:
             message += (
-                f"; Postfix was reloaded before Dovecot's userdb look-up found {probe} "
+                f"; Postfix's tables were renamed before Dovecot's userdb look-up found {probe} "
                 f"(waited {PROBE_TRIES} tries): mail to it may have bounced meanwhile"
             )
         if others:

@@ -188,7 +188,7 @@ def test_the_account_dovecot_must_know_before_postfix_reloads_is_a_new_one() -> 
 
 def probe_section() -> str:
     script = fastapply.APPLY_SCRIPT
-    return script[script.index("if [[ -s ${W}/probe ]]"): script.index("step dovecot-knows")]
+    return script[script.index("PROBED=0"): script.index("# 3. each generated file")]
 
 
 def run_probe(tmp_path: Path, known_after: int) -> tuple[str, int]:
@@ -201,7 +201,7 @@ def run_probe(tmp_path: Path, known_after: int) -> tuple[str, int]:
         f'doveadm() {{ N=$(( $(<"{tmp_path}/count") + 1 )); echo "$N" >"{tmp_path}/count"\n'
         f'  [[ $1 == user && $2 == -- && $3 == new@a.example && $N -ge {known_after} ]]; }}\n'
         + probe_section()
-        + "fi\n"
+        + "wait_for_dovecot\n"
     )
     result = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True)
     return result.stdout, int((tmp_path / "count").read_text())
