@@ -262,7 +262,8 @@ wait_for_dovecot() {
 # 3. each generated file replaced by a rename in its own folder: Dovecot's first, then, once
 # Dovecot knows the new accounts, Postfix's
 while IFS=$'\t' read -r DEST OWNER MODE _; do
-  if [[ ${PROBED} == 0 && ${DEST} != /etc/dovecot/* ]]; then wait_for_dovecot; fi
+  # (its stdin kept off the list this loop reads)
+  if [[ ${PROBED} == 0 && ${DEST} != /etc/dovecot/* ]]; then wait_for_dovecot </dev/null; fi
   NEW="${DEST%/*}/.${DEST##*/}__SUFFIX__"
   [[ -f ${NEW} ]] || fail "the copy of ${DEST} is missing"
   if [[ -e ${DEST} ]]; then
