@@ -492,7 +492,7 @@ def new_account(accounts_cf: bytes | None, before: Collection[str]) -> str | Non
     """One account of `accounts_cf` not in `before` (a plain `local@domain`, the first in sorted
     order), for the apply script to wait until Dovecot knows it; None when there is none."""
     for login in sorted(accounts_in(accounts_cf or b"") - set(before)):
-        if login.count("@") == 1 and re.fullmatch(r"[!-~]+", login) and "|" not in login:
+        if login.count("@") == 1 and re.fullmatch(r"[!-~]+", login):
             return login
     return None
 
@@ -501,9 +501,8 @@ def split_homes(gen: dmsgen.Generated, before: Collection[str]) -> tuple[list[st
     """`gen.homes` split into those of accounts new in this write (and any with a sieve to copy
     into its home) and those of the accounts in `before`: `/var/mail/D/U/home` of `U@D`."""
     known = {
-        f"/var/mail/{login.partition('@')[2]}/{login.partition('@')[0]}/home"
-        for login in before
-        if login.count("@") == 1
+        f"/var/mail/{domain}/{user}/home"
+        for user, _, domain in (login.partition("@") for login in before if login.count("@") == 1)
     }
     known.difference_update(home.rsplit("/", 1)[0] for _, home in gen.sieves)
     new = [home for home in gen.homes if home not in known]
